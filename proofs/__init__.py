@@ -1,0 +1,1 @@
+"""Symbolic derivations (sympy), one module per result."""

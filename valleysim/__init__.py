@@ -1,0 +1,1 @@
+"""valleysim: SGD dynamics on analytic landscapes."""
