@@ -1,0 +1,225 @@
+"""Ensemble SGD on per-example quadratics: R trajectories x T steps in one numba kernel.
+
+Each step draws a mini-batch B of size S and moves u = w - w* by
+u <- u - eta (1/S) sum_{i in B} H_i u. Sampling schemes:
+
+    without_replacement  a uniform S-subset, independently every step (default)
+    with_replacement     S independent uniform indices every step
+    reshuffle            a new random permutation every epoch, consumed in
+                         floor(N/S) consecutive batches (the last N mod S
+                         examples are dropped). A different process: batches
+                         within an epoch are dependent, so the one-step
+                         second-moment recursion does not apply.
+
+Reproducibility: trajectory r draws from its own generator seeded by
+(seed, r) (``valleysim.rng``), and its initial point comes from a numpy
+Generator seeded by ``seed``; results do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
+from valleysim.quadratic import PerExampleQuadratic
+from valleysim.rng import bounded, seed_state
+from valleysim.theory import SCHEMES, check_scheme
+
+_KIND_CODE = {"dense": 0, "diagonal": 1, "rank_one": 2}
+
+
+@dataclass(frozen=True)
+class Record:
+    """What an ensemble run recorded. R trajectories, n recorded steps.
+
+    steps:     (n,) step index t of each record (0 = initial point)
+    dist2:     (R, n) squared distance ||P (w_t - w*)||^2 to the minimum manifold
+    loss:      (R, n) full loss L(w_t)
+    log_norm:  (R, n) log(||u_t|| / ||u_0||), u = P (w - w*)
+    diverged_step: (R,) first step whose squared distance reached the divergence
+               threshold or was not finite, -1 if none. Records from then on are inf.
+    """
+
+    steps: np.ndarray
+    dist2: np.ndarray
+    loss: np.ndarray
+    log_norm: np.ndarray
+    diverged_step: np.ndarray
+
+    @property
+    def diverged(self) -> np.ndarray:
+        """(R,) bool: the trajectory diverged."""
+        return self.diverged_step >= 0
+
+
+@njit(inline="always")
+def _draw_batch(state, scheme, perm, pos, S, N):
+    """Fill perm so that the batch is perm[start:start+S]; returns (start, new pos)."""
+    if scheme == 0:  # without replacement: partial Fisher-Yates on a persistent permutation
+        for k in range(S):
+            j = k + bounded(state, N - k)
+            tmp = perm[k]
+            perm[k] = perm[j]
+            perm[j] = tmp
+        return 0, pos
+    if scheme == 1:  # with replacement: S independent indices written in front
+        for k in range(S):
+            perm[k] = bounded(state, N)
+        return 0, pos
+    if pos + S > N:  # reshuffle: new epoch
+        for k in range(N - 1):
+            j = k + bounded(state, N - k)
+            tmp = perm[k]
+            perm[k] = perm[j]
+            perm[j] = tmp
+        pos = 0
+    return pos, pos + S
+
+
+@njit(inline="always")
+def _batch_hvp(kind, data, perm, start, S, u, g):
+    """g = (1/S) sum_{k<S} H_{perm[start+k]} u for the three data layouts."""
+    D = u.shape[0]
+    g[:] = 0.0
+    for k in range(S):
+        i = perm[start + k]
+        if kind == 0:
+            for a in range(D):
+                acc = 0.0
+                for b in range(D):
+                    acc += data[i, a, b] * u[b]
+                g[a] += acc
+        elif kind == 1:
+            for a in range(D):
+                g[a] += data[i, 0, a] * u[a]
+        else:
+            dot = 0.0
+            for a in range(D):
+                dot += data[i, 0, a] * u[a]
+            for a in range(D):
+                g[a] += dot * data[i, 0, a]
+    for a in range(D):
+        g[a] /= S
+
+
+@njit(inline="always")
+def _quad(H, u):
+    out = 0.0
+    for a in range(u.shape[0]):
+        acc = 0.0
+        for b in range(u.shape[0]):
+            acc += H[a, b] * u[b]
+        out += u[a] * acc
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed,
+                     renormalize, threshold, dist2, loss, log_norm, div_step):
+    R, D = U0.shape
+    N = data.shape[0]
+    n_rec = rec_steps.shape[0]
+    for r in prange(R):
+        state = seed_state(seed, r)
+        perm = np.empty(max(N, S), dtype=np.int64)
+        perm[:N] = np.arange(N)
+        u = U0[r].copy()
+        g = np.empty(D)
+        log_acc = 0.0
+        n0 = np.sqrt(np.sum(u * u))
+        pos = N  # forces a shuffle on the first reshuffle step
+        rec = 0
+        div_step[r] = -1
+        for t in range(n_steps + 1):
+            if t > 0:
+                start, pos = _draw_batch(state, scheme, perm, pos, S, N)
+                _batch_hvp(kind, data, perm, start, S, u, g)
+                for a in range(D):
+                    u[a] -= eta * g[a]
+                n2 = np.sum(u * u)
+                if renormalize:
+                    nrm = np.sqrt(n2)
+                    log_acc += np.log(nrm)
+                    if nrm > 0.0:
+                        for a in range(D):
+                            u[a] /= nrm
+                elif not n2 < threshold:
+                    div_step[r] = t
+                    while rec < n_rec:
+                        dist2[r, rec] = np.inf
+                        loss[r, rec] = np.inf
+                        log_norm[r, rec] = np.inf
+                        rec += 1
+                    break
+            if rec < n_rec and rec_steps[rec] == t:
+                if renormalize:
+                    scale = np.exp(2.0 * log_acc)
+                    dist2[r, rec] = np.sum(u * u) * scale
+                    loss[r, rec] = 0.5 * _quad(H, u) * scale
+                    log_norm[r, rec] = log_acc
+                else:
+                    n2 = np.sum(u * u)
+                    dist2[r, rec] = n2
+                    loss[r, rec] = 0.5 * _quad(H, u)
+                    log_norm[r, rec] = 0.5 * np.log(n2) - np.log(n0)
+                rec += 1
+
+
+def kernel_layout(q: PerExampleQuadratic) -> tuple[int, np.ndarray]:
+    """(kind code, data as a 3-D array) as the kernel reads it: (N, D, D) or (N, 1, D)."""
+    data = q.data if q.kind == "dense" else q.data[:, None, :]
+    return _KIND_CODE[q.kind], np.ascontiguousarray(data)
+
+
+def initial_points(q: PerExampleQuadratic, n_traj: int, seed: int, w0=None) -> np.ndarray:
+    """(R, D) initial offsets u_0 = P (w_0 - w*), P the projector onto the non-flat subspace.
+
+    ``w0`` None: u_0 ~ N(0, P) drawn per trajectory (E[u_0 u_0^T] = P);
+    otherwise every trajectory starts at the given w0 (D,).
+    """
+    U = q.range_basis()
+    if w0 is None:
+        z = np.random.default_rng([seed, 0x5EED]).standard_normal((n_traj, U.shape[1]))
+        return np.ascontiguousarray(z @ U.T)
+    w0 = np.asarray(w0, dtype=np.float64)
+    if w0.shape != (q.D,) or not np.all(np.isfinite(w0)):
+        raise UserInputError(f"w0 must be a finite vector of shape ({q.D},); got shape {w0.shape}")
+    u0 = U @ (U.T @ (w0 - q.w_star))
+    if not np.any(u0):
+        raise UserInputError("w0 lies on the minimum manifold: the distance stays 0")
+    return np.ascontiguousarray(np.broadcast_to(u0, (n_traj, q.D)))
+
+
+def simulate(q: PerExampleQuadratic, eta: float, batch_size: int, n_steps: int, *,
+             n_traj: int = 256, seed: int = 0, scheme: str = "without_replacement",
+             record_every: int | None = None, w0=None, renormalize: bool = False,
+             divergence_threshold: float = 1e100) -> Record:
+    """Run R = ``n_traj`` SGD trajectories for ``n_steps`` steps (see module docstring).
+
+    ``renormalize``: rescale u to unit norm after every step and accumulate
+    log||u|| instead (for Lyapunov exponents and mean-square growth without
+    overflow; no divergence is flagged then). Records at t = 0, every
+    ``record_every`` steps (default about 100 records) and at t = n_steps.
+    """
+    check_positive(eta, "eta")
+    check_scheme(scheme)
+    check_batch_size(batch_size, q.N, allow_above_n=scheme == "with_replacement")
+    check_int_range(n_steps, "n_steps", 0)
+    check_int_range(n_traj, "n_traj", 1)
+    check_int_range(seed, "seed", 0, 2**63 - 1)
+    every = record_every or max(1, n_steps // 100)
+    check_int_range(every, "record_every", 1)
+    check_positive(divergence_threshold, "divergence_threshold")
+    steps = np.unique(np.r_[np.arange(0, n_steps + 1, every), n_steps]).astype(np.int64)
+    kind, data = kernel_layout(q)
+    U0 = initial_points(q, n_traj, seed, w0)
+    shape = (n_traj, steps.size)
+    dist2, loss, log_norm = np.empty(shape), np.empty(shape), np.empty(shape)
+    div_step = np.empty(n_traj, dtype=np.int64)
+    _ensemble_kernel(kind, data, q.mean_hessian(), U0, float(eta), int(batch_size),
+                     SCHEMES.index(scheme), int(n_steps), steps, int(seed), bool(renormalize),
+                     float(divergence_threshold), dist2, loss, log_norm, div_step)
+    return Record(steps, dist2, loss, log_norm, div_step)

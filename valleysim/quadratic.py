@@ -1,0 +1,204 @@
+"""Per-example quadratic landscapes L_i(w) = 1/2 (w - w*)^T H_i (w - w*).
+
+A landscape is data, not a class hierarchy: ``PerExampleQuadratic`` holds
+the per-example curvature in one of three layouts and the minimum w*.
+
+    kind        data shape   H_i
+    "diagonal"  (N, D)       diag(data[i])          (D = 1 is the 1-D case)
+    "dense"     (N, D, D)    data[i]                (symmetric, maybe indefinite)
+    "rank_one"  (N, D)       outer(data[i], data[i]) (least squares, x_i = data[i])
+
+The minima form the affine manifold w* + null(H), H = (1/N) sum H_i; the
+distance to it is ||P (w - w*)|| with P the projector onto range(H).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from valleysim.errors import UserInputError, check_int_range, check_positive
+
+KINDS = ("diagonal", "dense", "rank_one")
+
+
+@dataclass(frozen=True)
+class PerExampleQuadratic:
+    """N per-example quadratics in D dimensions (see module docstring)."""
+
+    kind: str
+    data: np.ndarray
+    w_star: np.ndarray = field(default=None)  # (D,); zeros when None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise UserInputError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
+        data = np.ascontiguousarray(self.data, dtype=np.float64)
+        want = 3 if self.kind == "dense" else 2
+        if data.ndim != want or data.shape[0] < 1 or data.shape[1] < 1:
+            raise UserInputError(f"{self.kind} per-example curvature must have shape "
+                                 f"{'(N, D, D)' if want == 3 else '(N, D)'}; got {data.shape}")
+        if not np.all(np.isfinite(data)):
+            raise UserInputError("hessians must be finite (found NaN or inf)")
+        if self.kind == "dense":
+            if data.shape[1] != data.shape[2]:
+                raise UserInputError(f"dense hessians must be square (N, D, D); got {data.shape}")
+            scale = max(np.abs(data).max(), 1.0)
+            asym = np.abs(data - data.transpose(0, 2, 1)).max()
+            if asym > 1e-10 * scale:
+                raise UserInputError(f"hessians must be symmetric; max |H_i - H_i^T| = {asym:.3g}")
+            data = 0.5 * (data + data.transpose(0, 2, 1))
+        D = data.shape[1]
+        w_star = np.zeros(D) if self.w_star is None else np.asarray(self.w_star, dtype=np.float64)
+        if w_star.shape != (D,) or not np.all(np.isfinite(w_star)):
+            raise UserInputError(f"w_star must be a finite vector of shape ({D},); got {w_star.shape}")
+        object.__setattr__(self, "data", data)
+        object.__setattr__(self, "w_star", w_star)
+        evals = np.linalg.eigvalsh(self.mean_hessian())
+        tol = 1e-10 * max(np.abs(evals).max(), 1.0)
+        if evals[0] < -tol:
+            raise UserInputError("the mean Hessian (1/N) sum H_i must be positive semi-definite; "
+                                 f"its smallest eigenvalue is {evals[0]:.4g} (individual H_i may be indefinite)")
+
+    @property
+    def N(self) -> int:
+        return self.data.shape[0]
+
+    @property
+    def D(self) -> int:
+        return self.data.shape[1]
+
+    def hessians(self) -> np.ndarray:
+        """Dense per-example Hessians, shape (N, D, D)."""
+        if self.kind == "dense":
+            return self.data
+        if self.kind == "diagonal":
+            out = np.zeros((self.N, self.D, self.D))
+            idx = np.arange(self.D)
+            out[:, idx, idx] = self.data
+            return out
+        return self.data[:, :, None] * self.data[:, None, :]
+
+    def mean_hessian(self) -> np.ndarray:
+        """H = (1/N) sum_i H_i, shape (D, D)."""
+        if self.kind == "dense":
+            return self.data.mean(axis=0)
+        if self.kind == "diagonal":
+            return np.diag(self.data.mean(axis=0))
+        return self.data.T @ self.data / self.N
+
+    def range_basis(self) -> np.ndarray:
+        """Orthonormal basis U (D, r) of span of all ranges of H_i (the non-flat subspace).
+
+        For PSD H_i this is range(H); directions outside it never move.
+        """
+        if self.kind == "diagonal":
+            nz = np.flatnonzero(np.any(self.data != 0.0, axis=0))
+            return np.eye(self.D)[:, nz]
+        stacked = self.data.reshape(-1, self.D)  # rows span the same space
+        _, sv, vt = np.linalg.svd(stacked, full_matrices=False)
+        r = int(np.sum(sv > 1e-10 * max(sv[0], 1e-300))) if sv.size else 0
+        return vt[:r].T
+
+    def reduced(self) -> "PerExampleQuadratic":
+        """The same landscape restricted to range_basis(): w <- U^T (w - w*), dense or diagonal."""
+        U = self.range_basis()
+        if self.kind == "diagonal":
+            return PerExampleQuadratic("diagonal", self.data @ U)
+        if self.kind == "rank_one":
+            return PerExampleQuadratic("rank_one", self.data @ U)
+        return PerExampleQuadratic("dense", np.einsum("da,nde,eb->nab", U, self.data, U, optimize=True))
+
+    def loss(self, w: np.ndarray) -> np.ndarray:
+        """Full loss L(w) = 1/2 (w - w*)^T H (w - w*); w of shape (..., D)."""
+        u = np.asarray(w) - self.w_star
+        return 0.5 * np.einsum("...d,de,...e->...", u, self.mean_hessian(), u)
+
+
+def load_hessians(path: str | Path) -> PerExampleQuadratic:
+    """Per-example Hessians from ``.npy``: (N,) 1-D, (N, D) diagonal, (N, D, D) dense."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"hessians file not found: {path}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise UserInputError(f"hessians file {path} is not a readable .npy array: {err}") from None
+    if not np.issubdtype(arr.dtype, np.number):
+        raise UserInputError(f"hessians must be numeric; {path} holds {arr.dtype}")
+    if arr.ndim == 1:
+        return PerExampleQuadratic("diagonal", arr[:, None])
+    if arr.ndim == 2:
+        return PerExampleQuadratic("diagonal", arr)
+    if arr.ndim == 3:
+        return PerExampleQuadratic("dense", arr)
+    raise UserInputError(f"hessians must have shape (N,), (N, D) or (N, D, D); {path} has {arr.shape}")
+
+
+def least_squares(X: np.ndarray, y: np.ndarray) -> PerExampleQuadratic:
+    """Over-parameterised least squares L_i(w) = 1/2 (x_i . w - y_i)^2 as rank-one quadratics.
+
+    Needs an interpolating solution (X w = y solvable); w* is the minimum-norm one.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if X.ndim != 2 or y.shape != (X.shape[0],):
+        raise UserInputError(f"X must be (N, D) and y (N,); got {X.shape} and {y.shape}")
+    w_star, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = np.abs(X @ w_star - y).max()
+    if resid > 1e-8 * max(np.abs(y).max(), 1.0):
+        raise UserInputError("X w = y has no exact solution (max residual "
+                             f"{resid:.3g}); per-example quadratics need an interpolating least-squares problem")
+    return PerExampleQuadratic("rank_one", X, w_star)
+
+
+def _spectrum(D: int, lambda_max: float, condition: float) -> np.ndarray:
+    """Geometric spectrum from lambda_max down to lambda_max / condition, shape (D,)."""
+    if D == 1:
+        return np.array([lambda_max])
+    return lambda_max * condition ** (-np.arange(D) / (D - 1))
+
+
+def generate(kind: str, N: int, D: int, *, lambda_max: float = 1.0, nonuniformity: float = 0.5,
+             condition: float = 10.0, seed: int = 0) -> PerExampleQuadratic:
+    """Random per-example quadratics with a controlled mean spectrum and spread.
+
+    The mean Hessian's top eigenvalue is exactly ``lambda_max``; its spectrum
+    is the geometric one lambda_max ... lambda_max / condition (exactly for
+    diagonal, in expectation otherwise). ``nonuniformity`` is the relative
+    spread of per-example curvature; all H_i are PSD:
+
+    - diagonal: h_ij = lam_j g_ij / mean_i(g_ij), g ~ Gamma(1 / nonuniformity^2),
+      so std_i(h_ij) / lam_j ~= nonuniformity.
+    - dense: H_i = (1/m) sum_k a_ik a_ik^T, a ~ N(0, C) (Wishart, m =
+      max(1, round(2 / nonuniformity^2)) so the spread of v^T H_i v is ~
+      nonuniformity), then rescaled so the mean's top eigenvalue is lambda_max.
+    - rank_one: x_i ~ N(0, C), y = X w_true, rescaled likewise (minima form an
+      affine manifold of dimension D - N when N < D).
+    """
+    if kind not in KINDS:
+        raise UserInputError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    check_int_range(N, "N", 1)
+    check_int_range(D, "D", 1)
+    check_positive(lambda_max, "lambda_max")
+    check_positive(nonuniformity, "nonuniformity")
+    if not condition >= 1:
+        raise UserInputError(f"condition must be >= 1; got {condition}")
+    rng = np.random.default_rng(seed)
+    lam = _spectrum(D, lambda_max, condition)
+    if kind == "diagonal":
+        g = rng.gamma(1.0 / nonuniformity**2, size=(N, D))
+        return PerExampleQuadratic("diagonal", lam * g / g.mean(axis=0))
+    Q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    C_half = Q * np.sqrt(lam)  # C = Q diag(lam) Q^T
+    if kind == "dense":
+        m = max(1, round(2.0 / nonuniformity**2))
+        A = rng.standard_normal((N, m, D)) @ C_half.T
+        H = np.einsum("nkd,nke->nde", A, A) / m
+        H *= lambda_max / np.linalg.eigvalsh(H.mean(axis=0))[-1]
+        return PerExampleQuadratic("dense", H)
+    X = rng.standard_normal((N, D)) @ C_half.T
+    X *= np.sqrt(lambda_max / np.linalg.eigvalsh(X.T @ X / N)[-1])
+    return least_squares(X, X @ rng.standard_normal(D))
