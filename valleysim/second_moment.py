@@ -78,6 +78,16 @@ class MomentMap:
         """T(eta) Sigma: the expected u u^T after one step from second moment Sigma."""
         return sigma - eta * (self.H @ sigma + sigma @ self.H) + eta**2 * self.quadratic_part(sigma, c)
 
+    def mean_dist2(self, eta: float, c: float, steps) -> np.ndarray:
+        """E||u_t||^2 = tr(T(eta)^t I) at the given increasing steps t, for u_0 ~ N(0, P)."""
+        sigma, t, out = np.eye(self.r), 0, []
+        for target in steps:
+            for _ in range(int(target) - t):
+                sigma = self.transition(sigma, eta, c)
+            t = int(target)
+            out.append(np.trace(sigma))
+        return np.array(out)
+
     def lyapunov_solve(self, y: np.ndarray) -> np.ndarray:
         """L^{-1}(Y): the Sigma with H Sigma + Sigma H = Y (H > 0 on the reduced space)."""
         yt = self.V.T @ y @ self.V

@@ -1,0 +1,59 @@
+"""One stability report at (eta, S): exact mean-square, almost-sure, optional Monte Carlo."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from valleysim import reshuffle
+from valleysim.errors import check_batch_size, check_positive
+from valleysim.lyapunov import lyapunov_exponent, mean_square_growth_mc
+from valleysim.quadratic import PerExampleQuadratic
+from valleysim.second_moment import MomentMap, mean_square
+from valleysim.theory import check_scheme
+
+
+def stability_report(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement", *,
+                     simulate: bool = False, n_traj: int = 20000, n_steps: int = 12, seed: int = 0) -> dict:
+    """Everything known about SGD's stability at (eta, S) on ``q``.
+
+    Keys: eta_star, spectral_radius (per step, of E u u^T), mean_square_stable,
+    lyapunov_exponent (per step, of log||u||) with lyapunov_se and
+    lyapunov_method, almost_sure_stable, lambda_max, nonuniformity,
+    variance_factor, sharpness_bound, noise_bound; with ``simulate`` also
+    the Monte Carlo per-step growth rate of E||u_t||^2 over the window
+    [n_steps / 4, n_steps] (simulated_growth_rate, + _se) next to its exact
+    value over the same window (predicted_growth_rate, from tr T^t(I); it
+    tends to log spectral_radius as the window grows). Short windows keep the
+    Monte Carlo honest: E||u_t||^2 is carried by ever rarer trajectories.
+    For 'reshuffle' the mean-square entries are per-step values of the exact
+    epoch map (N <= 8) and None otherwise.
+    """
+    check_positive(eta, "eta")
+    check_scheme(scheme)
+    check_batch_size(S, q.N, allow_above_n=scheme == "with_replacement")
+    out = {"kind": q.kind, "N": q.N, "D": q.D, "eta": float(eta), "batch_size": int(S), "scheme": scheme}
+    moments = MomentMap(q)
+    if scheme == "reshuffle":
+        exact = q.N <= reshuffle.MAX_N
+        rho = reshuffle.per_step_spectral_radius(q, eta, S) if exact else None
+        ms = mean_square(q, eta, S, "without_replacement", moments)  # curvature facts and bounds
+        ms.update(eta_star=reshuffle.eta_star(q, S) if exact else None, spectral_radius=rho,
+                  mean_square_stable=None if rho is None else bool(rho <= 1.0 + 1e-12))
+    else:
+        ms = mean_square(q, eta, S, scheme, moments)
+    out.update(ms)
+    lyap = lyapunov_exponent(q, eta, S, scheme, seed=seed)
+    out.update(lyapunov_exponent=lyap["value"], lyapunov_se=lyap["se"], lyapunov_method=lyap["method"],
+               almost_sure_stable=bool(lyap["value"] < 0.0))
+    if simulate:
+        t0 = max(1, n_steps // 4)
+        mc = mean_square_growth_mc(q, eta, S, scheme, n_steps=n_steps, burn_in=t0, n_traj=n_traj, seed=seed)
+        predicted = None
+        if scheme != "reshuffle":
+            d2 = moments.mean_dist2(eta, out["variance_factor"], [t0, n_steps])
+            predicted = float(np.log(d2[1] / d2[0]) / (n_steps - t0))
+        out.update(simulated_growth_rate=mc["value"], simulated_growth_rate_se=mc["se"],
+                   predicted_growth_rate=predicted, log_spectral_radius=None if out["spectral_radius"] is None
+                   else float(np.log(out["spectral_radius"])))
+    return out
+
