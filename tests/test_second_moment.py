@@ -88,6 +88,22 @@ def test_eta_star_theorems(q, data):
         assert m.eta_star(variance_factor(S + 1, q.N)) >= es * (1 - 1e-10)
 
 
+def test_commonly_cited_nonuniformity_bound_is_not_necessary():
+    """proofs/ERRATA.md item 7: s^2 = lambda_max(E[(H_i - H)^2]) does not give a necessary bound."""
+    q = generate("rank_one", 10, 2, nonuniformity=0.6262589118729796, seed=3)
+    c = variance_factor(2, 10)  # S = 2
+    Hs = q.hessians()
+    H = Hs.mean(axis=0)
+    s_wu = np.sqrt(np.linalg.eigvalsh(np.mean([(A - H) @ (A - H) for A in Hs], axis=0))[-1])
+    eta = 1.01 / (np.sqrt(c) * s_wu)  # violates the cited condition eta^2 c s_wu^2 <= 1
+    rho = np.max(np.abs(np.linalg.eigvals(dense_transition(q, eta, c))))  # Kronecker reference
+    assert rho < 1.0  # yet mean-square stable
+    assert eta_star_dense(q, c) > eta
+    m = MomentMap(q)
+    _, noise = necessary_eta_bounds(m.lambda_max, m.nonuniformity(), c)
+    assert eta_star_dense(q, c) <= noise  # the bound with s^2 = rho(N) holds
+
+
 @given(N=st.integers(2, 30), S=st.integers(1, 30), nu=st.floats(0.05, 3.0), seed=st.integers(0, 10**6),
        scheme=st.sampled_from(["without_replacement", "with_replacement"]))
 def test_one_dimensional_formula_equals_general(N, S, nu, seed, scheme):
