@@ -1,0 +1,224 @@
+"""The (eta, S) phase diagram of SGD on a per-example quadratic.
+
+For every batch size S (one sweep task each):
+    eta_star          exact mean-square boundary (R1; first boundary of the
+                      epoch map for 'reshuffle', exact for N <= 8 only)
+    lyapunov_boundary first eta where the almost-sure exponent gamma reaches 0
+                      (exact for diagonal H_i with enumerable batches, else None:
+                      the figure then contours the simulated gamma instead)
+    sharpness_bound, noise_bound  the necessary conditions (one-step schemes)
+For every grid point (eta, S):
+    spectral_radius, mean_square_stable, lyapunov_exponent (+ se, method) and
+    diverged_fraction: the share of ``n_traj`` simulated trajectories whose
+    squared distance to the minimum manifold passed 1e12 r within ``n_steps``
+    (r = dim of the non-flat subspace; they start at E||u_0||^2 = r).
+
+Outputs in ``out_dir``: landscape.npz and config.json (what the sweep is of;
+a mismatch refuses to resume), sweep.jsonl (the runner's store, resumable),
+phase_diagram.csv (one tidy row per grid point) and phase_diagram.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import math
+from concurrent.futures import Executor
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy.optimize import brentq  # noqa: E402
+
+from valleysim import reshuffle  # noqa: E402
+from valleysim.batches import MAX_BATCHES, count_batches  # noqa: E402
+from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive  # noqa: E402
+from valleysim.integrator import simulate  # noqa: E402
+from valleysim.lyapunov import lyapunov_exact, lyapunov_exponent  # noqa: E402
+from valleysim.quadratic import PerExampleQuadratic  # noqa: E402
+from valleysim.runner import run_sweep  # noqa: E402
+from valleysim.second_moment import MomentMap  # noqa: E402
+from valleysim.theory import check_scheme, necessary_eta_bounds, variance_factor  # noqa: E402
+
+DIVERGENCE_FACTOR = 1e12
+
+
+def _finite(x) -> float | None:
+    """JSON-safe number: None for nan/inf (meaning 'none in range' / 'not available')."""
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+@functools.lru_cache(maxsize=4)
+def load_landscape(path: str) -> PerExampleQuadratic:
+    with np.load(path) as z:
+        return PerExampleQuadratic(str(z["kind"]), z["data"], z["w_star"])
+
+
+def _one_step(scheme: str) -> str:
+    return "with_replacement" if scheme == "with_replacement" else "without_replacement"
+
+
+def lyapunov_boundary(q: PerExampleQuadratic, S: int, scheme: str, eta_lo: float, eta_hi: float,
+                      n_grid: int = 400) -> float | None:
+    """First eta in [eta_lo, eta_hi] where the exact gamma(eta) reaches 0 (scan + brentq).
+
+    None when gamma is not exactly computable (non-diagonal H_i, too many
+    batches), already >= 0 at eta_lo, or negative on the whole range.
+    """
+    if q.kind != "diagonal" or count_batches(q.N, S, _one_step(scheme)) > MAX_BATCHES:
+        return None
+    grid = np.geomspace(eta_lo, eta_hi, n_grid)
+    gam = np.array([lyapunov_exact(q, e, S, scheme) for e in grid])
+    if gam[0] >= 0:
+        return None
+    cross = np.flatnonzero(gam >= 0)
+    if cross.size == 0:
+        return None
+    k = cross[0]
+    return float(brentq(lambda e: lyapunov_exact(q, e, S, scheme), grid[k - 1], grid[k], xtol=1e-12 * grid[k]))
+
+
+def evaluate_batch_size(point: dict, *, landscape: str, scheme: str, eta_lo: float, eta_hi: float) -> dict:
+    """Per-S quantities (module docstring). point = {'task': 'batch', 'S': S}."""
+    q, S = load_landscape(landscape), point["S"]
+    out = {"eta_star": None, "sharpness_bound": None, "noise_bound": None}
+    if scheme == "reshuffle":
+        if q.N <= reshuffle.MAX_N:
+            out["eta_star"] = _finite(reshuffle.eta_star(q, S))
+    else:
+        m = MomentMap(q)
+        c = variance_factor(S, q.N, scheme)
+        sharp, noise = necessary_eta_bounds(m.lambda_max, m.nonuniformity(), c)
+        out.update(eta_star=_finite(m.eta_star(c)), sharpness_bound=_finite(sharp), noise_bound=_finite(noise))
+    out["lyapunov_boundary"] = lyapunov_boundary(q, S, scheme, eta_lo, eta_hi)
+    return out
+
+
+def evaluate_point(point: dict, *, landscape: str, scheme: str, n_traj: int, n_steps: int, seed: int) -> dict:
+    """Per-(eta, S) quantities (module docstring). point = {'task': 'point', 'eta': eta, 'S': S}."""
+    q, eta, S = load_landscape(landscape), point["eta"], point["S"]
+    if scheme == "reshuffle":
+        rho = reshuffle.per_step_spectral_radius(q, eta, S) if q.N <= reshuffle.MAX_N else None
+    else:
+        rho = MomentMap(q).spectral_radius(eta, variance_factor(S, q.N, scheme))
+    lyap = lyapunov_exponent(q, eta, S, scheme, n_steps=n_steps, burn_in=max(1, n_steps // 4),
+                             n_traj=n_traj, seed=seed)
+    r = q.range_basis().shape[1]
+    run = simulate(q, eta, S, n_steps, n_traj=n_traj, seed=seed, scheme=scheme, record_every=n_steps,
+                   divergence_threshold=DIVERGENCE_FACTOR * max(r, 1))
+    return {"spectral_radius": rho, "mean_square_stable": None if rho is None else bool(rho <= 1.0 + 1e-12),
+            "lyapunov_exponent": lyap["value"], "lyapunov_se": lyap["se"], "lyapunov_method": lyap["method"],
+            "diverged_fraction": float(run.diverged.mean())}
+
+
+def _evaluate(point: dict, **kw) -> dict:
+    if point["task"] == "batch":
+        return evaluate_batch_size(point, landscape=kw["landscape"], scheme=kw["scheme"],
+                                   eta_lo=kw["eta_lo"], eta_hi=kw["eta_hi"])
+    return evaluate_point(point, landscape=kw["landscape"], scheme=kw["scheme"], n_traj=kw["n_traj"],
+                          n_steps=kw["n_steps"], seed=kw["seed"])
+
+
+def _prepare(q: PerExampleQuadratic, out: Path, config: dict) -> Path:
+    """Write landscape.npz and config.json, refusing to mix with a different sweep."""
+    digest = hashlib.sha256(q.kind.encode() + q.data.tobytes() + q.w_star.tobytes()).hexdigest()
+    config = {"landscape_sha256": digest, "N": q.N, "D": q.D, "kind": q.kind, **config}
+    cfg_path = out / "config.json"
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if old != config:
+            diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            raise UserInputError(f"{out} holds a different sweep (differs in: {', '.join(diff)}); "
+                                 "choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "landscape.npz"
+    if not path.exists():
+        np.savez(path, kind=q.kind, data=q.data, w_star=q.w_star)
+    cfg_path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def phase_diagram(q: PerExampleQuadratic, etas, batch_sizes, out_dir, *, scheme: str = "without_replacement",
+                  n_traj: int = 128, n_steps: int = 1000, seed: int = 0, executor: Executor | None = None,
+                  progress: bool = True) -> list[dict]:
+    """Sweep the grid etas x batch_sizes; returns one dict per (eta, S) (tidy rows, S-major)."""
+    check_scheme(scheme)
+    etas = sorted({float(check_positive(e, "etas")) for e in etas})
+    sizes = sorted({int(check_batch_size(s, q.N, allow_above_n=scheme == "with_replacement"))
+                    for s in batch_sizes})
+    if not etas or not sizes:
+        raise UserInputError("the grid needs at least one eta and one batch size")
+    check_int_range(n_traj, "n_traj", 2)
+    check_int_range(n_steps, "n_steps", 4)
+    out = Path(out_dir)
+    eta_lo, eta_hi = etas[0] / 2, etas[-1] * 2
+    config = {"scheme": scheme, "n_traj": n_traj, "n_steps": n_steps, "seed": seed}
+    landscape = _prepare(q, out, config)
+    fn = functools.partial(_evaluate, landscape=str(landscape.resolve()), eta_lo=eta_lo, eta_hi=eta_hi, **config)
+    per_s = [{"task": "batch", "S": s} for s in sizes]
+    grid = [{"task": "point", "eta": e, "S": s} for s in sizes for e in etas]
+    results = run_sweep(fn, per_s + grid, out / "sweep.jsonl", executor=executor, progress=progress,
+                        desc="phase diagram")
+    by_s = dict(zip(sizes, results[:len(sizes)]))
+    rows = [{"eta": p["eta"], "S": p["S"], **by_s[p["S"]], **res} for p, res in zip(grid, results[len(sizes):])]
+    _write_csv(rows, out / "phase_diagram.csv")
+    plot_phase_diagram(rows, q, scheme, out / "phase_diagram.png")
+    return rows
+
+
+def _write_csv(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _edges(values: np.ndarray) -> np.ndarray:
+    """Cell edges around log-spaced centres."""
+    lv = np.log(values)
+    if lv.size == 1:
+        return np.exp(lv + np.array([-0.5, 0.5]))
+    mid = (lv[1:] + lv[:-1]) / 2
+    return np.exp(np.r_[2 * lv[0] - mid[0], mid, 2 * lv[-1] - mid[-1]])
+
+
+def plot_phase_diagram(rows: list[dict], q: PerExampleQuadratic, scheme: str, path: Path) -> None:
+    """Divergence fraction as cells; exact boundaries and necessary bounds as lines."""
+    etas = np.array(sorted({r["eta"] for r in rows}))
+    sizes = np.array(sorted({r["S"] for r in rows}))
+    frac = np.full((etas.size, sizes.size), np.nan)
+    gam = np.full_like(frac, np.nan)
+    for r in rows:
+        i, j = np.searchsorted(etas, r["eta"]), np.searchsorted(sizes, r["S"])
+        frac[i, j], gam[i, j] = r["diverged_fraction"], r["lyapunov_exponent"]
+    per_s = {r["S"]: r for r in rows}
+    col = lambda key: np.array([np.nan if per_s[s][key] is None else per_s[s][key] for s in sizes])  # noqa: E731
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    mesh = ax.pcolormesh(_edges(sizes), _edges(etas), frac, cmap="Reds", vmin=0, vmax=1, shading="flat")
+    fig.colorbar(mesh, ax=ax, label="fraction of simulated runs diverged")
+    ax.plot(sizes, col("eta_star"), "k-o", ms=4, lw=2, label="mean-square boundary eta*(S) (exact)")
+    if np.any(np.isfinite(col("lyapunov_boundary"))):
+        ax.plot(sizes, col("lyapunov_boundary"), "b--s", ms=4, label="almost-sure boundary (exact gamma = 0)")
+    elif sizes.size > 1 and etas.size > 1 and np.nanmin(gam) < 0 < np.nanmax(gam):
+        ax.contour(sizes, etas, gam, levels=[0.0], colors="b", linestyles="--")
+        ax.plot([], [], "b--", label="almost-sure boundary (simulated gamma = 0)")
+    ax.plot(sizes, col("sharpness_bound"), ":", color="0.3", label="necessary: 2 / lambda_max(H)")
+    ax.plot(sizes, col("noise_bound"), "-.", color="tab:green", label="necessary: 1 / (sqrt(c) s)")
+    ax.set(xscale="log", yscale="log", xlim=_edges(sizes)[[0, -1]], ylim=_edges(etas)[[0, -1]],
+           xlabel="batch size S", ylabel="learning rate eta",
+           title=f"SGD phase diagram: {q.kind}, N = {q.N}, D = {q.D}, {scheme.replace('_', ' ')}")
+    ax.set_xticks(sizes, [str(s) for s in sizes])
+    ax.set_xticks([], minor=True)
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,110 @@
+"""Resumable sweeps over a grid of points through any ``concurrent.futures.Executor``.
+
+Each finished point is appended to a JSON-lines store as one line
+``{"point": {...}, "result": {...}}`` and flushed to disk at once, so an
+interrupted sweep loses at most the points in flight. Rerunning with the
+same store evaluates only the points whose key (the point as canonical
+JSON) is not there yet. A torn last line (a kill mid-write) is dropped.
+
+The default executor is a local process pool of single-threaded workers
+(numba, OpenBLAS and torch each get one thread, so workers do not fight over
+the cores). Any other ``Executor`` (a cluster backend) can be passed in;
+``fn`` and the points must then be picklable and JSON-serialisable.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+_THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def point_key(point: dict) -> str:
+    """Canonical JSON of a point: its identity in the store."""
+    return json.dumps(point, sort_keys=True, separators=(",", ":"))
+
+
+def load_store(store: str | Path) -> dict[str, dict]:
+    """{point key: result} of the complete lines in ``store`` (empty if it does not exist).
+
+    A final line without its newline was torn by an interruption: it is cut
+    off the file so that later appends start on a fresh line.
+    """
+    path = Path(store)
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    end = raw.rfind(b"\n") + 1
+    if end < len(raw):
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+    done = {}
+    for line in raw[:end].decode("utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            done[point_key(rec["point"])] = rec["result"]
+    return done
+
+
+def _single_threaded_worker() -> None:
+    for var in _THREAD_VARS:
+        os.environ[var] = "1"
+
+
+def default_executor(max_workers: int | None = None) -> ProcessPoolExecutor:
+    """A pool of ``max_workers`` (default: all cores) fresh single-threaded processes."""
+    return ProcessPoolExecutor(max_workers=max_workers or os.cpu_count() or 1,
+                               mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_single_threaded_worker)
+
+
+def run_sweep(fn: Callable[[dict], dict], points: list[dict], store: str | Path, *,
+              executor: Executor | None = None, progress: bool = True, desc: str = "sweep") -> list[dict]:
+    """Evaluate ``fn(point)`` for every point not yet in ``store``; return all results in order.
+
+    points: JSON-serialisable dicts (duplicates are evaluated once).
+    fn:     point -> JSON-serialisable dict; a module-level function (or a
+            ``functools.partial`` of one) so that worker processes can load it.
+    An executor passed in is left running; the default pool is shut down.
+    If a point raises, the points already finished are kept, the rest are
+    cancelled and the first error is re-raised.
+    """
+    path = Path(store)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = load_store(path)
+    todo = {point_key(p): p for p in points if point_key(p) not in done}
+    if todo:
+        own = executor is None
+        pool = default_executor(min(len(todo), os.cpu_count() or 1)) if own else executor
+        try:
+            futures = {pool.submit(fn, p): k for k, p in todo.items()}
+            error = None
+            with open(path, "a", encoding="utf-8") as fh, \
+                    tqdm(total=len(points), initial=len(points) - len(todo), desc=desc, disable=not progress) as bar:
+                for fut in as_completed(futures):
+                    key = futures[fut]
+                    try:
+                        result = fut.result()
+                    except BaseException as exc:  # keep what finishes, cancel the rest, re-raise the first
+                        error = error or exc
+                        for pending in futures:
+                            pending.cancel()
+                        continue
+                    fh.write(json.dumps({"point": todo[key], "result": result}) + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                    done[key] = result
+                    bar.update()
+            if error is not None:
+                raise error
+        finally:
+            if own:
+                pool.shutdown(wait=True, cancel_futures=True)
+    return [done[point_key(p)] for p in points]
