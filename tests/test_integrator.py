@@ -116,6 +116,7 @@ def test_records_loss_and_log_norm_consistently():
     ren = simulate(q, 0.5, 2, 40, n_traj=16, seed=0, record_every=10, renormalize=True)
     np.testing.assert_allclose(ren.dist2, rec.dist2, rtol=1e-9)
     np.testing.assert_allclose(ren.loss, rec.loss, rtol=1e-9)
+    np.testing.assert_allclose(ren.log_norm, rec.log_norm, atol=1e-9)  # both relative to ||u_0||
     # GD on the loss: 0 <= L <= lambda_max / 2 * dist2
     assert np.all(rec.loss <= 0.5 * np.linalg.eigvalsh(q.mean_hessian())[-1] * rec.dist2 * (1 + 1e-12))
 

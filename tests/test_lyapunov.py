@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from valleysim.integrator import initial_points
 from valleysim.lyapunov import lyapunov_exact, lyapunov_exponent, mean_square_growth_mc
 from valleysim.quadratic import PerExampleQuadratic, generate
 from valleysim.second_moment import MomentMap
@@ -49,3 +50,16 @@ def test_mean_square_growth_monte_carlo_light_tails():
     mc = mean_square_growth_mc(q, eta, S, n_steps=60, burn_in=20, n_traj=20000, seed=4)
     log_rho = np.log(MomentMap(q).spectral_radius(eta, variance_factor(S, 20)))
     assert abs(mc["value"] - log_rho) < 5 * mc["se"] + 1e-3, (mc, log_rho)
+
+
+def test_effective_sample_size_flags_heavy_tails():
+    # full batch (GD) in 1-D: psi_T = r^T psi_0, so the weights are psi_0^2 up to one factor
+    q = PerExampleQuadratic("diagonal", np.array([[1.0], [3.0]]))
+    gd = mean_square_growth_mc(q, 0.3, 2, n_steps=8, burn_in=2, n_traj=500, seed=1)
+    z2 = initial_points(q, 500, seed=1)[:, 0] ** 2
+    assert gd["effective_sample_size"] == pytest.approx(z2.sum() ** 2 / (z2 @ z2), rel=1e-9)
+    # S = 1, one large curvature: E psi_T^2 rests on the rare paths that hit h = 10 often
+    h = np.r_[np.full(31, 0.5), 10.0][:, None]
+    heavy = mean_square_growth_mc(PerExampleQuadratic("diagonal", h), 0.6, 1, n_steps=12, burn_in=3,
+                                  n_traj=20000, seed=1)
+    assert heavy["effective_sample_size"] < 100

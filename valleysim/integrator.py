@@ -128,8 +128,11 @@ def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed
         perm[:N] = np.arange(N)
         u = U0[r].copy()
         g = np.empty(D)
-        log_acc = 0.0
+        log_acc = 0.0  # renormalize: log(||u_t|| / ||u_0||), u kept at unit norm
         n0 = np.sqrt(np.sum(u * u))
+        if renormalize and n0 > 0.0:
+            for a in range(D):
+                u[a] /= n0
         pos = N  # forces a shuffle on the first reshuffle step
         rec = 0
         div_step[r] = -1
@@ -156,7 +159,7 @@ def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed
                     break
             if rec < n_rec and rec_steps[rec] == t:
                 if renormalize:
-                    scale = np.exp(2.0 * log_acc)
+                    scale = n0 * n0 * np.exp(2.0 * log_acc)
                     dist2[r, rec] = np.sum(u * u) * scale
                     loss[r, rec] = 0.5 * _quad(H, u) * scale
                     log_norm[r, rec] = log_acc

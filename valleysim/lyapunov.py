@@ -64,8 +64,11 @@ def mean_square_growth_mc(q: PerExampleQuadratic, eta: float, S: int, scheme: st
     Ratio estimator log(mean_r ||u_T||^2 / mean_r ||u_{T0}||^2) / (T - T0)
     from renormalised trajectories started at u_0 ~ N(0, P), with a
     delta-method standard error. Heavy tails (rho > 1 > exp(gamma)) make it
-    biased low: the mean is carried by rare trajectories.
-    Returns {'value', 'se', 'spectral_radius_estimate'}.
+    biased low: the mean is carried by rare trajectories, and the standard
+    error is then underestimated too. The diagnostic is the effective sample
+    size (sum a)^2 / sum a^2 of the final weights a_r = ||u_T||^2: well
+    below ~100 the estimate is not trustworthy whatever its SE says.
+    Returns {'value', 'se', 'spectral_radius_estimate', 'effective_sample_size'}.
     """
     rec = simulate(q, eta, S, n_steps, n_traj=n_traj, seed=seed, scheme=scheme,
                    record_every=burn_in, renormalize=True)
@@ -81,4 +84,4 @@ def mean_square_growth_mc(q: PerExampleQuadratic, eta: float, S: int, scheme: st
     dt = rec.steps[-1] - rec.steps[t0]
     rate = (np.log(am) + a_log.max() - np.log(bm) - b_log.max()) / dt
     return {"value": float(rate), "se": float(np.sqrt(max(var_log_ratio, 0.0)) / dt),
-            "spectral_radius_estimate": float(np.exp(rate))}
+            "spectral_radius_estimate": float(np.exp(rate)), "effective_sample_size": float(a.sum() ** 2 / (a @ a))}

@@ -24,7 +24,9 @@ def stability_report(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "
     [n_steps / 4, n_steps] (simulated_growth_rate, + _se) next to its exact
     value over the same window (predicted_growth_rate, from tr T^t(I); it
     tends to log spectral_radius as the window grows). Short windows keep the
-    Monte Carlo honest: E||u_t||^2 is carried by ever rarer trajectories.
+    Monte Carlo honest: E||u_t||^2 is carried by ever rarer trajectories;
+    simulated_effective_sample_size well below ~100 flags an estimate that
+    the heavy tail has made unreliable.
     For 'reshuffle' the mean-square entries are per-step values of the exact
     epoch map (N <= 8) and None otherwise.
     """
@@ -53,6 +55,7 @@ def stability_report(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "
             d2 = moments.mean_dist2(eta, out["variance_factor"], [t0, n_steps])
             predicted = float(np.log(d2[1] / d2[0]) / (n_steps - t0))
         out.update(simulated_growth_rate=mc["value"], simulated_growth_rate_se=mc["se"],
+                   simulated_effective_sample_size=mc["effective_sample_size"],
                    predicted_growth_rate=predicted, log_spectral_radius=None if out["spectral_radius"] is None
                    else float(np.log(out["spectral_radius"])))
     return out
