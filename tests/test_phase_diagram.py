@@ -78,7 +78,7 @@ def test_outputs_and_resume(sweep):
 def test_cli_phase_diagram_dense(tmp_path, capsys):
     out = tmp_path / "pd"
     argv = ["phase-diagram", "--kind", "dense", "--n-examples", "12", "--dim", "3", "--etas", "0.5:3:3",
-            "--batch-sizes", "1,12", "--n-traj", "8", "--n-steps", "50", "--out", str(out), "--quiet"]
+            "--batch-sizes", "1,12", "--n-traj", "32", "--n-steps", "300", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["N"], cfg["D"], cfg["kind"]) == (12, 3, "dense")
@@ -87,6 +87,9 @@ def test_cli_phase_diagram_dense(tmp_path, capsys):
     assert len(table) == 6
     full = [r for r in table if r["S"] == "12"]
     assert all(float(r["eta_star"]) == pytest.approx(float(r["sharpness_bound"]), rel=1e-8) for r in full)  # GD
+    # Jensen (gamma <= log(rho) / 2): the almost-sure boundary lies at or beyond the mean-square one
+    assert {r["lyapunov_boundary_method"] for r in table} == {"monte_carlo"}
+    assert all(float(r["lyapunov_boundary"]) >= 0.98 * float(r["eta_star"]) for r in table)
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -4,8 +4,8 @@ For every batch size S (one sweep task each):
     eta_star          exact mean-square boundary (R1; first boundary of the
                       epoch map for 'reshuffle', exact for N <= 8 only)
     lyapunov_boundary first eta where the almost-sure exponent gamma reaches 0
-                      (exact for diagonal H_i with enumerable batches, else None:
-                      the figure then contours the simulated gamma instead)
+                      (exact for diagonal H_i with enumerable batches, else from
+                      the simulated gamma; lyapunov_boundary_method says which)
     sharpness_bound, noise_bound  the necessary conditions (one-step schemes)
 For every grid point (eta, S):
     spectral_radius, mean_square_stable, lyapunov_exponent (+ se, method) and
@@ -32,7 +32,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.optimize import brentq  # noqa: E402
 
@@ -64,27 +64,40 @@ def _one_step(scheme: str) -> str:
     return "with_replacement" if scheme == "with_replacement" else "without_replacement"
 
 
-def lyapunov_boundary(q: PerExampleQuadratic, S: int, scheme: str, eta_lo: float, eta_hi: float,
-                      n_grid: int = 400) -> float | None:
-    """First eta in [eta_lo, eta_hi] where the exact gamma(eta) reaches 0 (scan + brentq).
+def lyapunov_boundary(q: PerExampleQuadratic, S: int, scheme: str, eta_lo: float, eta_hi: float, *,
+                      n_traj: int, n_steps: int, seed: int, n_grid: int = 400) -> tuple[float | None, str]:
+    """First eta in [eta_lo, eta_hi] where the almost-sure exponent gamma(eta) reaches 0.
 
-    None when gamma is not exactly computable (non-diagonal H_i, too many
-    batches), already >= 0 at eta_lo, or negative on the whole range.
+    Returns (eta or None, method). 'enumeration': exact gamma (diagonal H_i,
+    enumerable batches) scanned on ``n_grid`` points and refined by brentq.
+    'monte_carlo': the simulated gamma with common random numbers (the same
+    seed at every eta, so gamma(eta) is continuous) scanned on 16 points and
+    refined by brentq. None when gamma >= 0 already at eta_lo or < 0 on the
+    whole range.
     """
-    if q.kind != "diagonal" or count_batches(q.N, S, _one_step(scheme)) > MAX_BATCHES:
-        return None
+    if q.kind == "diagonal" and count_batches(q.N, S, _one_step(scheme)) <= MAX_BATCHES:
+        def gamma(e):
+            return lyapunov_exact(q, e, S, scheme)
+        method, xtol = "enumeration", 1e-12
+    else:
+        def gamma(e):
+            return lyapunov_exponent(q, e, S, scheme, n_steps=n_steps, burn_in=max(1, n_steps // 4),
+                                     n_traj=n_traj, seed=seed)["value"]
+        method, n_grid, xtol = "monte_carlo", 16, 1e-6
     grid = np.geomspace(eta_lo, eta_hi, n_grid)
-    gam = np.array([lyapunov_exact(q, e, S, scheme) for e in grid])
-    if gam[0] >= 0:
-        return None
-    cross = np.flatnonzero(gam >= 0)
-    if cross.size == 0:
-        return None
-    k = cross[0]
-    return float(brentq(lambda e: lyapunov_exact(q, e, S, scheme), grid[k - 1], grid[k], xtol=1e-12 * grid[k]))
+    first = gamma(grid[0])
+    if first >= 0:
+        return None, method
+    prev = grid[0]
+    for e in grid[1:]:
+        if gamma(e) >= 0:
+            return float(brentq(gamma, prev, e, xtol=xtol * e)), method
+        prev = e
+    return None, method
 
 
-def evaluate_batch_size(point: dict, *, landscape: str, scheme: str, eta_lo: float, eta_hi: float) -> dict:
+def evaluate_batch_size(point: dict, *, landscape: str, scheme: str, eta_lo: float, eta_hi: float,
+                        n_traj: int, n_steps: int, seed: int) -> dict:
     """Per-S quantities (module docstring). point = {'task': 'batch', 'S': S}."""
     q, S = load_landscape(landscape), point["S"]
     out = {"eta_star": None, "sharpness_bound": None, "noise_bound": None}
@@ -96,7 +109,8 @@ def evaluate_batch_size(point: dict, *, landscape: str, scheme: str, eta_lo: flo
         c = variance_factor(S, q.N, scheme)
         sharp, noise = necessary_eta_bounds(m.lambda_max, m.nonuniformity(), c)
         out.update(eta_star=_finite(m.eta_star(c)), sharpness_bound=_finite(sharp), noise_bound=_finite(noise))
-    out["lyapunov_boundary"] = lyapunov_boundary(q, S, scheme, eta_lo, eta_hi)
+    out["lyapunov_boundary"], out["lyapunov_boundary_method"] = lyapunov_boundary(
+        q, S, scheme, eta_lo, eta_hi, n_traj=n_traj, n_steps=n_steps, seed=seed)
     return out
 
 
@@ -117,12 +131,10 @@ def evaluate_point(point: dict, *, landscape: str, scheme: str, n_traj: int, n_s
             "diverged_fraction": float(run.diverged.mean())}
 
 
-def _evaluate(point: dict, **kw) -> dict:
+def _evaluate(point: dict, *, eta_lo: float, eta_hi: float, **kw) -> dict:
     if point["task"] == "batch":
-        return evaluate_batch_size(point, landscape=kw["landscape"], scheme=kw["scheme"],
-                                   eta_lo=kw["eta_lo"], eta_hi=kw["eta_hi"])
-    return evaluate_point(point, landscape=kw["landscape"], scheme=kw["scheme"], n_traj=kw["n_traj"],
-                          n_steps=kw["n_steps"], seed=kw["seed"])
+        return evaluate_batch_size(point, eta_lo=eta_lo, eta_hi=eta_hi, **kw)
+    return evaluate_point(point, **kw)
 
 
 def _prepare(q: PerExampleQuadratic, out: Path, config: dict) -> Path:
@@ -193,10 +205,8 @@ def plot_phase_diagram(rows: list[dict], q: PerExampleQuadratic, scheme: str, pa
     etas = np.array(sorted({r["eta"] for r in rows}))
     sizes = np.array(sorted({r["S"] for r in rows}))
     frac = np.full((etas.size, sizes.size), np.nan)
-    gam = np.full_like(frac, np.nan)
     for r in rows:
-        i, j = np.searchsorted(etas, r["eta"]), np.searchsorted(sizes, r["S"])
-        frac[i, j], gam[i, j] = r["diverged_fraction"], r["lyapunov_exponent"]
+        frac[np.searchsorted(etas, r["eta"]), np.searchsorted(sizes, r["S"])] = r["diverged_fraction"]
     per_s = {r["S"]: r for r in rows}
     col = lambda key: np.array([np.nan if per_s[s][key] is None else per_s[s][key] for s in sizes])  # noqa: E731
 
@@ -204,11 +214,8 @@ def plot_phase_diagram(rows: list[dict], q: PerExampleQuadratic, scheme: str, pa
     mesh = ax.pcolormesh(_edges(sizes), _edges(etas), frac, cmap="Reds", vmin=0, vmax=1, shading="flat")
     fig.colorbar(mesh, ax=ax, label="fraction of simulated runs diverged")
     ax.plot(sizes, col("eta_star"), "k-o", ms=4, lw=2, label="mean-square boundary eta*(S) (exact)")
-    if np.any(np.isfinite(col("lyapunov_boundary"))):
-        ax.plot(sizes, col("lyapunov_boundary"), "b--s", ms=4, label="almost-sure boundary (exact gamma = 0)")
-    elif sizes.size > 1 and etas.size > 1 and np.nanmin(gam) < 0 < np.nanmax(gam):
-        ax.contour(sizes, etas, gam, levels=[0.0], colors="b", linestyles="--")
-        ax.plot([], [], "b--", label="almost-sure boundary (simulated gamma = 0)")
+    how = {"enumeration": "exact", "monte_carlo": "simulated"}[rows[0]["lyapunov_boundary_method"]]
+    ax.plot(sizes, col("lyapunov_boundary"), "b--s", ms=4, label=f"almost-sure boundary gamma = 0 ({how})")
     ax.plot(sizes, col("sharpness_bound"), ":", color="0.3", label="necessary: 2 / lambda_max(H)")
     ax.plot(sizes, col("noise_bound"), "-.", color="tab:green", label="necessary: 1 / (sqrt(c) s)")
     ax.set(xscale="log", yscale="log", xlim=_edges(sizes)[[0, -1]], ylim=_edges(etas)[[0, -1]],
@@ -217,7 +224,7 @@ def plot_phase_diagram(rows: list[dict], q: PerExampleQuadratic, scheme: str, pa
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xticks([], minor=True)
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:.0e}"[0] in "25" else ""))
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
