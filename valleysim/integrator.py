@@ -29,6 +29,7 @@ from valleysim.rng import bounded, seed_state
 from valleysim.theory import SCHEMES, check_scheme
 
 _KIND_CODE = {"dense": 0, "diagonal": 1, "rank_one": 2}
+BLOCK = 256  # trajectories advanced in lockstep by one thread (a fixed size: results do not depend on threads)
 
 
 @dataclass(frozen=True)
@@ -80,29 +81,23 @@ def _draw_batch(state, scheme, perm, pos, S, N):
 
 
 @njit(inline="always")
-def _batch_hvp(kind, data, perm, start, S, u, g):
-    """g = (1/S) sum_{k<S} H_{perm[start+k]} u for the three data layouts."""
+def _add_hvp(kind, data, i, u, g):
+    """g += H_i u for the three data layouts (u, g: (D,) views)."""
     D = u.shape[0]
-    g[:] = 0.0
-    for k in range(S):
-        i = perm[start + k]
-        if kind == 0:
+    if kind == 0:  # H_i symmetric: g += sum_b u_b H_i[b, :], contiguous axpys that vectorise
+        for b in range(D):
+            ub = u[b]
             for a in range(D):
-                acc = 0.0
-                for b in range(D):
-                    acc += data[i, a, b] * u[b]
-                g[a] += acc
-        elif kind == 1:
-            for a in range(D):
-                g[a] += data[i, 0, a] * u[a]
-        else:
-            dot = 0.0
-            for a in range(D):
-                dot += data[i, 0, a] * u[a]
-            for a in range(D):
-                g[a] += dot * data[i, 0, a]
-    for a in range(D):
-        g[a] /= S
+                g[a] += data[i, b, a] * ub
+    elif kind == 1:
+        for a in range(D):
+            g[a] += data[i, 0, a] * u[a]
+    else:
+        dot = 0.0
+        for a in range(D):
+            dot += data[i, 0, a] * u[a]
+        for a in range(D):
+            g[a] += dot * data[i, 0, a]
 
 
 @njit(inline="always")
@@ -116,58 +111,98 @@ def _quad(H, u):
     return out
 
 
+@njit(inline="always")
+def _record(H, u, scale, log_rel, j, r, rec, dist2, loss, log_norm):
+    dist2[r, rec] = np.sum(u[j] * u[j]) * scale
+    loss[r, rec] = 0.5 * _quad(H, u[j]) * scale
+    log_norm[r, rec] = log_rel
+
+
 @njit(parallel=True, cache=True)
 def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed,
                      renormalize, threshold, dist2, loss, log_norm, div_step):
+    """Blocks of BLOCK trajectories advance in lockstep; within a step the
+    (trajectory, example) pairs of all batches are sorted by example, so each
+    H_i is read once per block and step (N H_i do not fit in cache). Every
+    trajectory adds its H_i u in increasing example order: the result does
+    not depend on the blocking or the thread count.
+    """
     R, D = U0.shape
     N = data.shape[0]
     n_rec = rec_steps.shape[0]
-    for r in prange(R):
-        state = seed_state(seed, r)
-        perm = np.empty(max(N, S), dtype=np.int64)
-        perm[:N] = np.arange(N)
-        u = U0[r].copy()
-        g = np.empty(D)
-        log_acc = 0.0  # renormalize: log(||u_t|| / ||u_0||), u kept at unit norm
-        n0 = np.sqrt(np.sum(u * u))
-        if renormalize and n0 > 0.0:
-            for a in range(D):
-                u[a] /= n0
-        pos = N  # forces a shuffle on the first reshuffle step
+    n_blocks = (R + BLOCK - 1) // BLOCK
+    for blk in prange(n_blocks):
+        r0 = blk * BLOCK
+        nb = min(R, r0 + BLOCK) - r0
+        states = np.empty((nb, 2), dtype=np.uint64)
+        perms = np.empty((nb, max(N, S)), dtype=np.int64)
+        pos = np.full(nb, N, dtype=np.int64)  # forces a shuffle on the first reshuffle step
+        start = np.zeros(nb, dtype=np.int64)
+        alive = np.ones(nb, dtype=np.bool_)
+        u = U0[r0:r0 + nb].copy()
+        g = np.empty((nb, D))
+        n0 = np.empty(nb)
+        log_acc = np.zeros(nb)  # renormalize: log(||u_t|| / ||u_0||), u kept at unit norm
+        offset = np.empty(N + 1, dtype=np.int64)
+        order = np.empty(nb * S, dtype=np.int64)
+        for j in range(nb):
+            states[j] = seed_state(seed, r0 + j)
+            perms[j, :N] = np.arange(N)
+            n0[j] = np.sqrt(np.sum(u[j] * u[j]))
+            if renormalize and n0[j] > 0.0:
+                u[j] /= n0[j]
+            div_step[r0 + j] = -1
         rec = 0
-        div_step[r] = -1
         for t in range(n_steps + 1):
             if t > 0:
-                start, pos = _draw_batch(state, scheme, perm, pos, S, N)
-                _batch_hvp(kind, data, perm, start, S, u, g)
-                for a in range(D):
-                    u[a] -= eta * g[a]
-                n2 = np.sum(u * u)
-                if renormalize:
-                    nrm = np.sqrt(n2)
-                    log_acc += np.log(nrm)
-                    if nrm > 0.0:
-                        for a in range(D):
-                            u[a] /= nrm
-                elif not n2 < threshold:
-                    div_step[r] = t
-                    while rec < n_rec:
-                        dist2[r, rec] = np.inf
-                        loss[r, rec] = np.inf
-                        log_norm[r, rec] = np.inf
-                        rec += 1
-                    break
+                offset[:] = 0
+                for j in range(nb):
+                    if alive[j]:
+                        start[j], pos[j] = _draw_batch(states[j], scheme, perms[j], pos[j], S, N)
+                        for k in range(S):
+                            offset[perms[j, start[j] + k] + 1] += 1
+                for i in range(N):
+                    offset[i + 1] += offset[i]
+                for j in range(nb):  # counting sort: order[offset[i]:offset[i+1]] = trajectories using i
+                    if alive[j]:
+                        for k in range(S):
+                            i = perms[j, start[j] + k]
+                            order[offset[i]] = j
+                            offset[i] += 1
+                g[:] = 0.0
+                lo = 0
+                for i in range(N):  # offset[i] is now the end of example i's slice
+                    for p in range(lo, offset[i]):
+                        _add_hvp(kind, data, i, u[order[p]], g[order[p]])
+                    lo = offset[i]
+                for j in range(nb):
+                    if not alive[j]:
+                        continue
+                    for a in range(D):
+                        u[j, a] -= eta * (g[j, a] / S)
+                    n2 = np.sum(u[j] * u[j])
+                    if renormalize:
+                        nrm = np.sqrt(n2)
+                        log_acc[j] += np.log(nrm)
+                        if nrm > 0.0:
+                            u[j] /= nrm
+                    elif not n2 < threshold:
+                        alive[j] = False
+                        div_step[r0 + j] = t
+                        for q in range(rec, n_rec):
+                            dist2[r0 + j, q] = np.inf
+                            loss[r0 + j, q] = np.inf
+                            log_norm[r0 + j, q] = np.inf
             if rec < n_rec and rec_steps[rec] == t:
-                if renormalize:
-                    scale = n0 * n0 * np.exp(2.0 * log_acc)
-                    dist2[r, rec] = np.sum(u * u) * scale
-                    loss[r, rec] = 0.5 * _quad(H, u) * scale
-                    log_norm[r, rec] = log_acc
-                else:
-                    n2 = np.sum(u * u)
-                    dist2[r, rec] = n2
-                    loss[r, rec] = 0.5 * _quad(H, u)
-                    log_norm[r, rec] = 0.5 * np.log(n2) - np.log(n0)
+                for j in range(nb):
+                    if not alive[j]:
+                        continue
+                    if renormalize:
+                        _record(H, u, n0[j] * n0[j] * np.exp(2.0 * log_acc[j]), log_acc[j], j, r0 + j, rec,
+                                dist2, loss, log_norm)
+                    else:
+                        _record(H, u, 1.0, 0.5 * np.log(np.sum(u[j] * u[j])) - np.log(n0[j]), j, r0 + j, rec,
+                                dist2, loss, log_norm)
                 rec += 1
 
 
