@@ -214,7 +214,9 @@ def plot_phase_diagram(rows: list[dict], q: PerExampleQuadratic, scheme: str, pa
     mesh = ax.pcolormesh(_edges(sizes), _edges(etas), frac, cmap="Reds", vmin=0, vmax=1, shading="flat")
     fig.colorbar(mesh, ax=ax, label="fraction of simulated runs diverged")
     ax.plot(sizes, col("eta_star"), "k-o", ms=4, lw=2, label="mean-square boundary eta*(S) (exact)")
-    how = {"enumeration": "exact", "monte_carlo": "simulated"}[rows[0]["lyapunov_boundary_method"]]
+    methods = {per_s[s]["lyapunov_boundary_method"] for s in sizes}
+    how = {"enumeration": "exact", "monte_carlo": "simulated"}[methods.pop()] if len(methods) == 1 else \
+        "exact where batches enumerable, else simulated"
     ax.plot(sizes, col("lyapunov_boundary"), "b--s", ms=4, label=f"almost-sure boundary gamma = 0 ({how})")
     ax.plot(sizes, col("sharpness_bound"), ":", color="0.3", label="necessary: 2 / lambda_max(H)")
     ax.plot(sizes, col("noise_bound"), "-.", color="tab:green", label="necessary: 1 / (sqrt(c) s)")
