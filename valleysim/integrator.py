@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
 from valleysim.quadratic import PerExampleQuadratic
@@ -29,7 +29,8 @@ from valleysim.rng import bounded, seed_state
 from valleysim.theory import SCHEMES, check_scheme
 
 _KIND_CODE = {"dense": 0, "diagonal": 1, "rank_one": 2}
-BLOCK = 256  # trajectories advanced in lockstep by one thread (a fixed size: results do not depend on threads)
+BLOCK = 256  # trajectories a thread advances in lockstep, O(D) data (results do not depend on the blocking)
+BLOCK_BYTES = 2**26  # at most this much per block for its trajectories' index permutations
 
 
 @dataclass(frozen=True)
@@ -81,23 +82,37 @@ def _draw_batch(state, scheme, perm, pos, S, N):
 
 
 @njit(inline="always")
-def _add_hvp(kind, data, i, u, g):
-    """g += H_i u for the three data layouts (u, g: (D,) views)."""
-    D = u.shape[0]
-    if kind == 0:  # H_i symmetric: g += sum_b u_b H_i[b, :], contiguous axpys that vectorise
-        for b in range(D):
-            ub = u[b]
-            for a in range(D):
-                g[a] += data[i, b, a] * ub
+def _add_hvps(kind, data, i, users, u, g):
+    """g[r] += H_i u[r] for every trajectory r in ``users``, for the three data layouts."""
+    D = u.shape[1]
+    if kind == 0:  # H_i symmetric: g_r += sum_b u_rb H_i[b, :], contiguous axpys that vectorise
+        Hi = data[i]
+        b = 0
+        while b + 4 <= D:  # four rows of H_i stay in L1 while every user applies them
+            h0, h1, h2, h3 = Hi[b], Hi[b + 1], Hi[b + 2], Hi[b + 3]
+            for r in users:
+                ur, gr = u[r], g[r]
+                u0, u1, u2, u3 = ur[b], ur[b + 1], ur[b + 2], ur[b + 3]
+                for a in range(D):  # left to right: rounds exactly like four one-row axpys
+                    gr[a] = gr[a] + h0[a] * u0 + h1[a] * u1 + h2[a] * u2 + h3[a] * u3
+            b += 4
+        for c in range(b, D):
+            hc = Hi[c]
+            for r in users:
+                urc, gr = u[r, c], g[r]
+                for a in range(D):
+                    gr[a] += hc[a] * urc
     elif kind == 1:
-        for a in range(D):
-            g[a] += data[i, 0, a] * u[a]
+        for r in users:
+            for a in range(D):
+                g[r, a] += data[i, 0, a] * u[r, a]
     else:
-        dot = 0.0
-        for a in range(D):
-            dot += data[i, 0, a] * u[a]
-        for a in range(D):
-            g[a] += dot * data[i, 0, a]
+        for r in users:
+            dot = 0.0
+            for a in range(D):
+                dot += data[i, 0, a] * u[r, a]
+            for a in range(D):
+                g[r, a] += dot * data[i, 0, a]
 
 
 @njit(inline="always")
@@ -120,8 +135,8 @@ def _record(H, u, scale, log_rel, j, r, rec, dist2, loss, log_norm):
 
 @njit(parallel=True, cache=True)
 def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed,
-                     renormalize, threshold, dist2, loss, log_norm, div_step):
-    """Blocks of BLOCK trajectories advance in lockstep; within a step the
+                     renormalize, threshold, block, dist2, loss, log_norm, div_step):
+    """Blocks of ``block`` trajectories advance in lockstep; within a step the
     (trajectory, example) pairs of all batches are sorted by example, so each
     H_i is read once per block and step (N H_i do not fit in cache). Every
     trajectory adds its H_i u in increasing example order: the result does
@@ -130,10 +145,10 @@ def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed
     R, D = U0.shape
     N = data.shape[0]
     n_rec = rec_steps.shape[0]
-    n_blocks = (R + BLOCK - 1) // BLOCK
+    n_blocks = (R + block - 1) // block
     for blk in prange(n_blocks):
-        r0 = blk * BLOCK
-        nb = min(R, r0 + BLOCK) - r0
+        r0 = blk * block
+        nb = min(R, r0 + block) - r0
         states = np.empty((nb, 2), dtype=np.uint64)
         perms = np.empty((nb, max(N, S)), dtype=np.int64)
         pos = np.full(nb, N, dtype=np.int64)  # forces a shuffle on the first reshuffle step
@@ -172,8 +187,7 @@ def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed
                 g[:] = 0.0
                 lo = 0
                 for i in range(N):  # offset[i] is now the end of example i's slice
-                    for p in range(lo, offset[i]):
-                        _add_hvp(kind, data, i, u[order[p]], g[order[p]])
+                    _add_hvps(kind, data, i, order[lo:offset[i]], u, g)
                     lo = offset[i]
                 for j in range(nb):
                     if not alive[j]:
@@ -204,6 +218,23 @@ def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed
                         _record(H, u, 1.0, 0.5 * np.log(np.sum(u[j] * u[j])) - np.log(n0[j]), j, r0 + j, rec,
                                 dist2, loss, log_norm)
                 rec += 1
+
+
+def block_size(kind: str, n_traj: int, N: int, S: int) -> int:
+    """Trajectories per block of the kernel (any size gives the same results).
+
+    Dense H_i (D^2 numbers each) dominate the memory traffic, and each block
+    streams all of them once per step: one block per thread (fewer
+    streams, more reuse of each H_i), as long as the block's permutations
+    fit in BLOCK_BYTES. Diagonal and rank-one data are O(D) per example:
+    blocks of BLOCK keep a block's state in cache.
+    """
+    if kind != "dense":
+        return BLOCK
+    threads = get_num_threads()
+    cap = max(BLOCK, BLOCK_BYTES // (8 * max(N, S)))
+    n_blocks = threads * -(-n_traj // (threads * cap))
+    return -(-n_traj // n_blocks)
 
 
 def kernel_layout(q: PerExampleQuadratic) -> tuple[int, np.ndarray]:
@@ -259,5 +290,6 @@ def simulate(q: PerExampleQuadratic, eta: float, batch_size: int, n_steps: int, 
     div_step = np.empty(n_traj, dtype=np.int64)
     _ensemble_kernel(kind, data, q.mean_hessian(), U0, float(eta), int(batch_size),
                      SCHEMES.index(scheme), int(n_steps), steps, int(seed), bool(renormalize),
-                     float(divergence_threshold), dist2, loss, log_norm, div_step)
+                     float(divergence_threshold), block_size(q.kind, n_traj, q.N, int(batch_size)),
+                     dist2, loss, log_norm, div_step)
     return Record(steps, dist2, loss, log_norm, div_step)
