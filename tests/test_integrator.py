@@ -100,6 +100,16 @@ def test_same_seed_same_trajectories_for_any_thread_count():
     assert not np.array_equal(other.dist2, runs[0].dist2)
 
 
+@pytest.mark.parametrize("scheme", ["without_replacement", "with_replacement"])
+def test_trajectory_depends_only_on_seed_and_index(scheme):
+    # the kernel's blocking follows R and the thread count; trajectory r must not
+    q = generate("dense", 30, 5, seed=1)
+    small = simulate(q, 0.9, 4, 50, n_traj=20, seed=9, scheme=scheme, record_every=7)
+    large = simulate(q, 0.9, 4, 50, n_traj=700, seed=9, scheme=scheme, record_every=7)
+    np.testing.assert_array_equal(small.dist2, large.dist2[:20])
+    np.testing.assert_array_equal(small.log_norm, large.log_norm[:20])
+
+
 def test_divergence_is_flagged_not_raised():
     q = PerExampleQuadratic("diagonal", np.array([[1.0], [3.0]]))
     rec = simulate(q, 1.5, 2, 500, n_traj=4, seed=0, w0=np.ones(1), divergence_threshold=1e50)
