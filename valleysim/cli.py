@@ -1,4 +1,4 @@
-"""The ``valleysim`` command: demo, stability, phase-diagram.
+"""The ``valleysim`` command: demo, stability, phase-diagram, valley.
 
 User errors print one line ``valleysim: error: ...`` and exit with code 2.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from valleysim import valley_cli
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
 from valleysim.quadratic import KINDS, generate, load_hessians
 from valleysim.theory import SCHEMES
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--out", default="results/phase_diagram", help="output directory (resumes if present)")
     ph.add_argument("--quiet", action="store_true", help="no progress bar")
     ph.set_defaults(func=cmd_phase_diagram)
+
+    valley_cli.add_parser(sub)
     return p
 
 

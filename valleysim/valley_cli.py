@@ -1,0 +1,115 @@
+"""``valleysim valley``: SGD in a degenerate valley, measured drift next to the derived one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from valleysim.errors import UserInputError
+from valleysim.valley_landscape import CATALOGUE, ValleyLandscape, catalogue
+from valleysim.valley_noise import NOISES, make_noise
+from valleysim.valley_sim import simulate_valley, summarise
+
+
+def add_parser(sub) -> None:
+    v = sub.add_parser("valley", help="trace / log-det drift in a degenerate valley: simulation vs theory (R3-R5)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v.add_argument("--loss", required=True,
+                   help=f"sympy expression of the loss, or a catalogue name: {', '.join(CATALOGUE)}")
+    v.add_argument("--nondegenerate", help="comma-separated non-degenerate coordinates theta (with an expression)")
+    v.add_argument("--degenerate", help="comma-separated degenerate coordinates theta_hat (with an expression)")
+    v.add_argument("--init", default="", help="starting point, e.g. 't3=2,t4=2' (unnamed coordinates: "
+                   "catalogue default, or 0)")
+    v.add_argument("--noise", default="sgd", help=f"one of {', '.join(NOISES)}")
+    v.add_argument("--noise-scale", type=float, help="noise scale (default c(S, M) = (M - S) / (S (M - 1)))")
+    v.add_argument("--eta", type=float, required=True, help="learning rate > 0")
+    v.add_argument("--batch", type=int, metavar="S", help="mini-batch size")
+    v.add_argument("--dataset-size", type=int, metavar="M", help="training-set size (finite sums: their own)")
+    v.add_argument("--steps", type=int, default=1000, help="steps in the measurement window")
+    v.add_argument("--burn-in", type=int, default=1000, help="steps before the window (equilibrates theta)")
+    v.add_argument("--trajectories", type=int, default=1024, help="ensemble size R")
+    v.add_argument("--record-every", type=int, help="record observables every k window steps (default steps/50)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--json", action="store_true", help="print one JSON object")
+    v.add_argument("--plot", type=Path, metavar="DIR", help="write valley.png (trace and log-det with bands) "
+                   "and valley.json to DIR")
+    v.set_defaults(func=cmd_valley)
+
+
+def landscape_from_args(args) -> ValleyLandscape:
+    if args.loss in CATALOGUE:
+        if args.nondegenerate or args.degenerate:
+            raise UserInputError(f"--loss {args.loss} is a catalogue landscape with its own coordinates; "
+                                 "drop --nondegenerate/--degenerate")
+        land = catalogue(args.loss)
+    else:
+        if not args.nondegenerate or not args.degenerate:
+            raise UserInputError("an expression --loss needs --nondegenerate and --degenerate coordinate lists")
+        land = ValleyLandscape.from_strings(args.loss, args.nondegenerate, args.degenerate)
+    return land.with_init(args.init) if args.init else land
+
+
+def _json_value(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, list):
+        return [_json_value(v) for v in x]
+    return x
+
+
+def cmd_valley(args) -> int:
+    land = landscape_from_args(args)
+    noise = make_noise(land, args.noise, scale=args.noise_scale, S=args.batch, M=args.dataset_size)
+    record_every = args.record_every or max(1, args.steps // 50)
+    run = simulate_valley(land, noise, args.eta, steps=args.steps, burn_in=args.burn_in,
+                          trajectories=args.trajectories, seed=args.seed, record_every=record_every)
+    summary = {k: _json_value(v) for k, v in summarise(run).items()}
+    if args.plot is not None:
+        from valleysim.valley_plots import plot_run
+
+        args.plot.mkdir(parents=True, exist_ok=True)
+        plot_run(run, args.plot / "valley.png")
+        (args.plot / "valley.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(format_summary(summary))
+        if args.plot is not None:
+            print(f"figure -> {(args.plot / 'valley.png').resolve()}")
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    """Measured vs predicted, one line per quantity."""
+    lines = [f"{s['landscape']}  noise={s['noise']} (scale {s['noise_scale']:.4g})  eta={s['eta']:g}  "
+             f"steps={s['steps']} after burn-in {s['burn_in']}  trajectories {s['completed']}/{s['trajectories']}"]
+    if s.get("stopped"):
+        lines.append(f"  {s['stopped']} trajectories stopped; first at step {s['first_stop_step']}: "
+                     f"{s['first_stop_reason']}")
+    if "error" in s:
+        return "\n".join(lines + [f"  {s['error']}"])
+    lines.append(f"  {'quantity':<26}{'measured':>13}{'+- SE':>11}{'predicted':>13}{'leading order':>15}")
+    for name in ("trace", "logdet", "f"):
+        if f"{name}_drift_per_step" in s:
+            lines.append(f"  {name + ' drift / step':<26}{s[f'{name}_drift_per_step']:>13.5g}"
+                         f"{s[f'{name}_drift_stderr']:>11.2g}{_fmt(s.get(f'{name}_drift_predicted'))}"
+                         f"{_fmt(s.get(f'{name}_drift_predicted_leading'), 15)}")
+    if "prediction_unavailable" in s:
+        return "\n".join(lines + [f"  {s['prediction_unavailable']}"])
+    for i, (m, se, p, pl) in enumerate(zip(s["second_moments_measured"], s["second_moments_stderr"],
+                                           s["second_moments_predicted"], s["second_moments_predicted_leading"])):
+        lines.append(f"  {f'<theta_{i + 1}^2>':<26}{m:>13.5g}{se:>11.2g}{_fmt(p)}{_fmt(pl, 15)}")
+    lines.append(f"  {'FDR <theta.g> - eta/2 <g^2>':<26}{s['fdr_difference']:>13.3g}"
+                 f"{s['fdr_difference_stderr']:>11.2g}{_fmt(0.0)}")
+    ratio = s["neg_eig_sum"] / s["loss_excess"] if s["loss_excess"] else float("nan")
+    lines.append(f"  {'neg. eig. sum / (L - L*)':<26}{ratio:>13.4g}{'':>11}{_fmt(s['neg_eig_slope_predicted'])}"
+                 + ("" if s["neg_eig_slope_exact_to_leading_order"] else "  (some A_i not NSD: approximate)"))
+    return "\n".join(lines)
+
+
+def _fmt(x, width: int = 13) -> str:
+    return f"{'-':>{width}}" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:>{width}.5g}"

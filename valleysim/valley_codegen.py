@@ -1,0 +1,201 @@
+"""Compile a (landscape, noise model) pair to a numba ensemble integrator.
+
+The sympy expressions (gradient, noise standard deviations, lambda_i, kink
+arguments, observables, per-example gradients) are common-subexpression
+eliminated and printed as straight-line numba code into a module file under
+the kernel cache (``$VALLEYSIM_CACHE``, default ``~/.cache/valleysim``), named by
+a hash of everything the code depends on. numba's on-disk cache
+(``cache=True``) then makes a second run of the same landscape load the
+compiled kernel instead of recompiling it.
+
+The generated ``run`` kernel advances R trajectories (``prange``; each has its
+own counter-seeded generator, so results do not depend on the thread count):
+
+    x_{t+1} = x_t - eta (g_B(x_t)),  g_B = grad L + xi  (Gaussian)  or  mean of S example gradients
+
+and for each trajectory records the observables (loss, trace, logdet, F) and the
+coordinates every
+``record_every`` steps of the measurement window, accumulates window sums
+(theta_i^2, theta . g_B, |g_B|^2 over the theta block) and stops it at the first
+step where a curvature lambda_i <= 0, a kink argument changes sign, or a
+coordinate is not finite (``status`` = step, ``reason`` = code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import os
+import sys
+from pathlib import Path
+
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+from valleysim import rng
+from valleysim.valley_landscape import ValleyLandscape, diff
+from valleysim.valley_noise import SCALE, NoiseModel
+
+CODEGEN_VERSION = "2"
+#: ``reason`` codes of a stopped trajectory.
+REASONS = {0: "completed", 1: "curvature lambda_i <= 0 (left the valley)", 2: "a kink argument changed sign",
+           3: "diverged (non-finite or |x| > 1e100)"}
+#: Columns of the recorded observables.
+OBSERVABLES = ("loss", "trace", "logdet", "f")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VALLEYSIM_CACHE", Path.home() / ".cache" / "valleysim")) / "kernels"
+
+
+class _Printer(PythonCodePrinter):
+    def _print_Symbol(self, expr):
+        return self._names.get(expr, super()._print_Symbol(expr))
+
+
+def _block(assignments: list[tuple[str, sp.Expr]], names: dict, indent: str) -> list[str]:
+    """cse'd straight-line code assigning each target its expression."""
+    printer = _Printer()
+    printer._names = names
+    reps, reduced = sp.cse([e for _, e in assignments], symbols=sp.numbered_symbols("c_"))
+    lines = [f"{indent}{printer.doprint(s)} = {printer.doprint(e)}" for s, e in reps]
+    lines += [f"{indent}{target} = {printer.doprint(e)}" for (target, _), e in zip(assignments, reduced)]
+    return lines
+
+
+def _unpack(symbols, array: str, indent: str) -> tuple[list[str], dict]:
+    names = {s: f"v_{s.name}" for s in symbols}
+    return [f"{indent}{names[s]} = {array}[{k}]" for k, s in enumerate(symbols)], names
+
+
+def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
+    """Python source of the kernel module (see the module docstring)."""
+    D, n = land.n + land.m, land.n
+    lam = land.lambdas or []
+    kinks = land.kinks
+    ind = " " * 4
+    unpack, names = _unpack(land.coords, "p", ind)
+    names[SCALE] = "scale"
+
+    # point(p, scale, g, sd, lam, kink): full gradient, noise sd, curvatures, kink arguments at p
+    assign = [(f"g[{d}]", e) for d, e in enumerate(land.gradient)]
+    if not noise.minibatch:
+        assign += [(f"sd[{d}]", sp.sqrt(v)) for d, v in enumerate(noise.variances)]
+    assign += [(f"lam[{i}]", e) for i, e in enumerate(lam)] + [(f"kink[{k}]", e) for k, e in enumerate(kinks)]
+    src = ["import math", "import numpy as np", "from numba import njit, prange",
+           "from valleysim.rng import seed_state, uniform, bounded", "", "",
+           "@njit(cache=True, inline='always')", "def point(p, scale, g, sd, lam, kink):"]
+    src += unpack + _block(assign, names, ind) + ["    return 0", "", ""]
+
+    # obs(p, out): loss, trace, logdet, F
+    trace = sp.Add(*lam) if lam else land.hessian.trace()
+    logdet = sp.Add(*[sp.log(x) for x in lam]) if lam else sp.nan
+    F = noise.f if noise.f is not None else sp.nan
+    src += ["@njit(cache=True)", "def obs(p, out):"] + unpack
+    src += _block([("out[0]", land.full_loss), ("out[1]", trace), ("out[2]", logdet), ("out[3]", F)], names, ind)
+    src += ["    return 0", "", ""]
+
+    # ex_grad(p, x, g): per-example gradient at p for data row x (finite sums)
+    if land.finite_sum:
+        xs_unpack, xnames = _unpack(land.data_symbols, "x", ind)
+        names_ex = {**names, **xnames}
+        src += ["@njit(cache=True, inline='always')", "def ex_grad(p, x, g):"] + unpack + xs_unpack
+        src += _block([(f"g[{d}]", diff(land.loss, c)) for d, c in enumerate(land.coords)], names_ex, ind)
+        src += ["    return 0", "", ""]
+
+    noisy = [] if noise.minibatch else [d for d, v in enumerate(noise.variances) if v != 0]
+    if noise.minibatch:
+        step = ["            for d in range(D):", "                gb[d] = 0.0",
+                "            for j in range(S):",
+                "                k = j + bounded(state, M - j)",
+                "                tmp = perm[j]", "                perm[j] = perm[k]", "                perm[k] = tmp",
+                "                ex_grad(p, data[perm[j]], ge)",
+                "                for d in range(D):", "                    gb[d] += ge[d]",
+                "            for d in range(D):", "                gb[d] /= S"]
+    else:
+        step = [f"            gb[{d}] = g[{d}]" for d in range(D) if d not in noisy]
+        for j in range(0, len(noisy), 2):
+            pair = noisy[j:j + 2]
+            step += ["            u1 = 1.0 - uniform(state)", "            u2 = uniform(state)",
+                     "            rad = math.sqrt(-2.0 * math.log(u1))",
+                     f"            gb[{pair[0]}] = g[{pair[0]}] + sd[{pair[0]}] * rad * math.cos(6.283185307179586 * u2)"]
+            if len(pair) == 2:
+                step.append(f"            gb[{pair[1]}] = g[{pair[1]}] + sd[{pair[1]}] * rad * "
+                            "math.sin(6.283185307179586 * u2)")
+    src += [
+        "@njit(cache=True, parallel=True)",
+        "def run(x0, eta, scale, n_burn, n_steps, record_every, seed, data, S, rec, acc, status, reason):",
+        f"    R = x0.shape[0]",
+        f"    D = {D}",
+        f"    M = data.shape[0]",
+        "    for r in prange(R):",
+        "        state = seed_state(seed, r)",
+        "        p = x0[r].copy()",
+        "        g = np.empty(D)", "        gb = np.empty(D)", "        ge = np.empty(D)", "        sd = np.zeros(D)",
+        f"        lam = np.empty({max(n if lam else 0, 1)})",
+        f"        kink = np.empty({max(len(kinks), 1)})", f"        kink0 = np.ones({max(len(kinks), 1)})",
+        "        perm = np.arange(M)",
+        "        point(p, scale, g, sd, lam, kink0)",
+        "        status[r] = -1",
+        "        reason[r] = 0",
+        "        n_total = n_burn + n_steps",
+        "        for t in range(n_total + 1):",
+        "            point(p, scale, g, sd, lam, kink)",
+        "            code = 0",
+        f"            for i in range({n if lam else 0}):",
+        "                if not lam[i] > 0.0:",
+        "                    code = 1",
+        f"            for k in range({len(kinks)}):",
+        "                if not kink[k] * kink0[k] > 0.0:",
+        "                    code = 2",
+        "            for d in range(D):",
+        "                if not abs(p[d]) < 1e100:",
+        "                    code = 3",
+        "            if code > 0:",
+        "                status[r] = t",
+        "                reason[r] = code",
+        "                break",
+        "            w = t - n_burn",
+        "            if w >= 0 and w % record_every == 0:",
+        "                obs(p, rec[r, w // record_every])",
+        "                for d in range(D):",
+        f"                    rec[r, w // record_every, {len(OBSERVABLES)} + d] = p[d]",
+        "            if t == n_total:",
+        "                break",
+    ] + step + [
+        "            if w >= 0:",
+        f"                for i in range({n}):",
+        "                    acc[r, i] += p[i] * p[i]",
+        f"                    acc[r, {n}] += p[i] * gb[i]",
+        f"                    acc[r, {n + 1}] += gb[i] * gb[i]",
+        "            for d in range(D):",
+        "                p[d] -= eta * gb[d]",
+        "    return 0",
+        "",
+    ]
+    return "\n".join(src)
+
+
+def _module_key(land: ValleyLandscape, noise: NoiseModel) -> str:
+    deps = CODEGEN_VERSION + inspect.getsource(rng) + land.key + noise.key
+    return hashlib.sha256(deps.encode()).hexdigest()[:20]
+
+
+def compile_kernels(land: ValleyLandscape, noise: NoiseModel):
+    """Import (writing it once) the kernel module for this landscape and noise model."""
+    key = _module_key(land, noise)
+    name = f"valleysim_kernel_{key}"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = cache_dir() / f"{name}.py"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(kernel_source(land, noise), encoding="utf-8")
+        os.replace(tmp, path)                 # atomic: concurrent runs never see half a file
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

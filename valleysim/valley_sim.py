@@ -1,0 +1,246 @@
+"""Simulate SGD in a valley and compare with the derived drift and moments (R3, R4, R5).
+
+``simulate_valley`` runs the compiled ensemble integrator (``valley_codegen``),
+``summarise`` turns its records into measured quantities with standard errors
+(over trajectories) next to the predictions of ``valley_theory``. Predictions
+are evaluated along the ensemble-mean path of theta_hat at the recorded steps
+of the measurement window and averaged over it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+
+from valleysim.errors import UserInputError, check_int_range, check_positive
+from valleysim.valley_codegen import OBSERVABLES, REASONS, compile_kernels
+from valleysim.valley_landscape import ValleyLandscape, diff
+from valleysim.valley_noise import SCALE, NoiseModel
+from valleysim import valley_theory as vt
+
+
+@dataclass
+class ValleyRun:
+    """Raw output of ``simulate_valley``.
+
+    rec (R, n_rec, 4 + D): observables ``OBSERVABLES`` then the coordinates, every
+    ``record_every`` steps of the window (record j at window step j * record_every;
+    NaN after a trajectory stopped); acc (R, n + 2): window sums of theta_i^2,
+    theta . g_B and |g_B|^2 (theta block); status (R,) the step a trajectory
+    stopped at (-1: ran to the end) and reason (R,) the code in ``REASONS``.
+    """
+
+    land: ValleyLandscape
+    noise: NoiseModel
+    eta: float
+    n_burn: int
+    n_steps: int
+    record_every: int
+    rec: np.ndarray
+    acc: np.ndarray
+    status: np.ndarray
+    reason: np.ndarray
+
+    @property
+    def completed(self) -> np.ndarray:
+        return self.status < 0
+
+    @property
+    def coords(self) -> np.ndarray:
+        """(R, n_rec, D) recorded coordinates."""
+        return self.rec[:, :, len(OBSERVABLES):]
+
+    def observable(self, name: str) -> np.ndarray:
+        """(R, n_rec) recorded observable ``name`` in ``OBSERVABLES``."""
+        return self.rec[:, :, OBSERVABLES.index(name)]
+
+
+def check_start(land: ValleyLandscape, noise: NoiseModel, eta: float) -> np.ndarray:
+    """The starting point must lie in the valley: lambda_i > 0, kinks away from 0, F' >= 0."""
+    x0 = np.asarray(land.init, dtype=float)
+    at = dict(zip(land.coords, x0))
+    if land.valley_form:
+        lam = land.eval_lambdas(x0)
+        bad = [f"lambda_{i + 1} = {v:.4g}" for i, v in enumerate(lam) if not v > 0]
+        if bad:
+            raise UserInputError(f"non-positive curvature at the initial point ({', '.join(bad)}); "
+                                 f"move --init into the valley")
+    for k in land.kinks:
+        if float(k.subs(at)) == 0:
+            raise UserInputError(f"the initial point sits on a kink ({k} = 0); move --init off it")
+    if not noise.minibatch:
+        v = np.array([float(e.subs({SCALE: noise.scale, **at})) for e in noise.variances])
+        if np.any(~np.isfinite(v)) or np.any(v < 0):
+            raise UserInputError(f"--noise {noise.name}: the noise variances at the initial point are {v}; "
+                                 "designed noise needs dF/dlambda_i >= 0 (Theorem 2)")
+    return x0
+
+
+def simulate_valley(land: ValleyLandscape, noise: NoiseModel, eta: float, *, steps: int, burn_in: int = 0,
+                    trajectories: int = 1024, seed: int = 0, record_every: int | None = None) -> ValleyRun:
+    """R trajectories from ``land.init``: ``burn_in`` steps, then a window of ``steps`` steps."""
+    eta = check_positive(eta, "--eta")
+    steps = check_int_range(steps, "--steps", 1)
+    burn_in = check_int_range(burn_in, "--burn-in", 0)
+    R = check_int_range(trajectories, "--trajectories", 2)
+    record_every = steps if record_every is None else check_int_range(record_every, "--record-every", 1, steps)
+    seed = check_int_range(seed, "--seed", 0, 2**63 - 1)
+    x0 = check_start(land, noise, eta)
+    kernels = compile_kernels(land, noise)
+    n_rec = steps // record_every + 1
+    rec = np.full((R, n_rec, len(OBSERVABLES) + land.n + land.m), np.nan)
+    acc = np.zeros((R, land.n + 2))
+    status = np.empty(R, dtype=np.int64)
+    reason = np.empty(R, dtype=np.int64)
+    X = np.tile(x0, (R, 1))
+    data = land.data if land.finite_sum else np.zeros((1, 1))
+    S = noise.S if noise.minibatch else 1
+    kernels.run(X, eta, noise.scale, burn_in, steps, record_every, seed, data, S, rec, acc, status, reason)
+    return ValleyRun(land, noise, eta, burn_in, steps, record_every, rec, acc, status, reason)
+
+
+def _mean_se(x: np.ndarray) -> tuple[float, float]:
+    x = np.asarray(x, dtype=float)
+    if x.size < 2:
+        return float(np.mean(x)) if x.size else float("nan"), float("nan")
+    return float(np.mean(x)), float(np.std(x, ddof=1) / np.sqrt(x.size))
+
+
+def noise_variances(run: ValleyRun, x: np.ndarray) -> np.ndarray:
+    """Per-coordinate variance of the gradient noise at points x (..., D) -> (..., D).
+
+    Gaussian models: their variances. True mini-batches: c(S, M) times the
+    population variance of the M per-example gradients.
+    """
+    land, noise = run.land, run.noise
+    if not noise.minibatch:
+        return land._lambdify([v.subs(SCALE, noise.scale) for v in noise.variances])(x)
+    g = _example_gradients(land)(x)                               # (..., M, D)
+    return noise.scale * np.var(g, axis=-2)
+
+
+def _example_gradients(land: ValleyLandscape):
+    """x (..., D) -> per-example gradients (..., M, D)."""
+    f = sp.lambdify([list(land.coords), list(land.data_symbols)], [diff(land.loss, c) for c in land.coords], "numpy")
+
+    def call(x):
+        x = np.asarray(x, dtype=float)
+        cols = f(list(np.moveaxis(x, -1, 0)[..., None]), list(land.data.T))
+        shape = x.shape[:-1] + (land.n_examples,)
+        return np.stack([np.broadcast_to(np.asarray(c, dtype=float), shape) for c in cols], axis=-1)
+    return call
+
+
+def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
+    """Theory at frozen theta_hat = xhat (..., m), theta = 0: arrays with the leading shape.
+
+    ``W``/``W_leading`` (..., n) stationary <theta_i^2> (exact in eta, leading
+    order; NaN where no stationary state exists), ``{trace,logdet,f}_drift`` and
+    ``_leading`` the expected one-step change, ``neg_eig_slope`` and
+    ``schur_nsd`` (R5).
+    """
+    land, eta = run.land, run.eta
+    land.require_valley_form("the drift prediction")
+    xhat = np.asarray(xhat, dtype=float)
+    x = np.concatenate([np.zeros(xhat.shape[:-1] + (land.n,)), xhat], axis=-1)
+    lam, grad_lam = land.eval_lambdas(x), land.eval_grad_lambdas(x)
+    v = noise_variances(run, x)
+    C, C_hat = v[..., :land.n], v[..., land.n:]
+    diag = lambda a: a[..., :, None] * np.eye(a.shape[-1])          # noqa: E731
+    stable = np.all((lam > 0) & (eta * lam < 2), axis=-1)
+    W = np.full(lam.shape, np.nan)
+    W[stable] = np.diagonal(vt.stationary_second_moments(lam[stable], diag(C[stable]), eta), axis1=-2, axis2=-1)
+    W_leading = np.diagonal(vt.stationary_second_moments_leading(lam, diag(C), eta), axis1=-2, axis2=-1)
+    out = {"W": W, "W_leading": W_leading}
+    for name, f in _spectral_functions(land, run.noise).items():
+        gf, hf = _spectral_derivatives(land, name, f)
+        for suffix, w in (("", W), ("_leading", W_leading)):
+            out[f"{name}_drift{suffix}"] = vt.spectral_drift(eta, w, grad_lam, gf(x), hf(x), diag(C_hat))
+    out["neg_eig_slope"], out["schur_nsd"] = vt.negative_eigenvalue_slope(lam, grad_lam, land.eval_hess_lambdas(x), W)
+    return out
+
+
+def _spectral_functions(land: ValleyLandscape, noise: NoiseModel) -> dict:
+    lam = land.lambdas
+    fs = {"trace": sp.Add(*lam), "logdet": sp.Add(*[sp.log(x) for x in lam])}
+    if noise.f is not None:
+        fs["f"] = noise.f
+    return fs
+
+
+_DERIV_CACHE: dict = {}
+
+
+def _spectral_derivatives(land: ValleyLandscape, name: str, f: sp.Expr):
+    """(grad_hat f, hess_hat f) as functions x (..., D) -> (..., m), (..., m, m); cached."""
+    key = (land.key, name, sp.srepr(f))
+    if key not in _DERIV_CACHE:
+        _DERIV_CACHE[key] = (land._lambdify([diff(f, y) for y in land.theta_hat]),
+                             land._lambdify([[diff(f, y, z) for z in land.theta_hat] for y in land.theta_hat]))
+    return _DERIV_CACHE[key]
+
+
+def _window_mean(a: np.ndarray) -> np.ndarray:
+    """Trapezoid mean over the window axis (1) of a quantity known at equally spaced records."""
+    return a[:, 0] if a.shape[1] == 1 else np.trapezoid(a, axis=1) / (a.shape[1] - 1)
+
+
+def summarise(run: ValleyRun) -> dict:
+    """Measured drifts, moments, FDR and negative eigenvalues, with SEs, next to the predictions.
+
+    Drifts are (f_end - f_start) / steps per trajectory; second moments and the
+    FDR terms are window averages per trajectory; SEs are over the completed
+    trajectories. Predictions are evaluated at every record of every
+    trajectory and averaged over the window.
+    """
+    land, ok = run.land, run.completed
+    R_ok = int(ok.sum())
+    out = {"landscape": land.name, "valley_form": land.valley_form, "noise": run.noise.name,
+           "noise_scale": run.noise.scale, "eta": run.eta, "batch": run.noise.S, "dataset_size": run.noise.M,
+           "burn_in": run.n_burn, "steps": run.n_steps, "trajectories": int(ok.size), "completed": R_ok,
+           "stopped": int((~ok).sum())}
+    if not ok.all():
+        first = int(np.argmin(np.where(ok, np.iinfo(np.int64).max, run.status)))
+        out["first_stop_step"] = int(run.status[first])
+        out["first_stop_reason"] = REASONS[int(run.reason[first])]
+    if R_ok < 2:
+        out["error"] = "fewer than 2 trajectories completed the run; nothing to average"
+        return out
+    rec = run.rec[ok]
+    for name in ("trace", "logdet", "f"):
+        col = OBSERVABLES.index(name)
+        if np.all(np.isnan(rec[:, 0, col])):
+            continue
+        out[f"{name}_start"] = float(np.mean(rec[:, 0, col]))
+        out[f"{name}_drift_per_step"], out[f"{name}_drift_stderr"] = _mean_se((rec[:, -1, col] - rec[:, 0, col])
+                                                                             / run.n_steps)
+    if not land.valley_form:
+        out["prediction_unavailable"] = (f"{land.name} is not of the valley form L* + 1/2 sum theta_i^2 "
+                                         "lambda_i(theta_hat): simulated with the general Hessian, no prediction")
+        return out
+
+    preds = predictions(run, rec[:, :, len(OBSERVABLES) + land.n:])     # each (R_ok, n_rec, ...)
+    for name in ("trace", "logdet", "f"):
+        if f"{name}_drift" in preds:
+            out[f"{name}_drift_predicted"] = float(np.mean(_window_mean(preds[f"{name}_drift"])))
+            out[f"{name}_drift_predicted_leading"] = float(np.mean(_window_mean(preds[f"{name}_drift_leading"])))
+    m2 = run.acc[ok, :land.n] / run.n_steps
+    out["second_moments_measured"] = np.mean(m2, axis=0).tolist()
+    out["second_moments_stderr"] = (np.std(m2, axis=0, ddof=1) / np.sqrt(R_ok)).tolist()
+    out["second_moments_predicted"] = np.mean(_window_mean(preds["W"]), axis=0).tolist()
+    out["second_moments_predicted_leading"] = np.mean(_window_mean(preds["W_leading"]), axis=0).tolist()
+    # FDR: <theta . g_B> = (eta / 2) <|g_B|^2> over the theta block
+    lhs = run.acc[ok, land.n] / run.n_steps
+    rhs = 0.5 * run.eta * run.acc[ok, land.n + 1] / run.n_steps
+    out["fdr_theta_dot_grad"] = float(np.mean(lhs))
+    out["fdr_half_eta_grad_sq"] = float(np.mean(rhs))
+    out["fdr_difference"], out["fdr_difference_stderr"] = _mean_se(lhs - rhs)
+    # R5: negative eigenvalues of the full Hessian at the end of the run against the excess loss
+    eig = np.linalg.eigvalsh(land.eval_hessian(rec[:, -1, len(OBSERVABLES):]))
+    out["neg_eig_sum"], out["neg_eig_sum_stderr"] = _mean_se(np.where(eig < 0, eig, 0.0).sum(axis=1))
+    out["loss_excess"], out["loss_excess_stderr"] = _mean_se(rec[:, -1, 0] - float(land.floor_loss))
+    out["neg_eig_slope_predicted"] = float(np.mean(preds["neg_eig_slope"][:, -1]))
+    out["neg_eig_slope_exact_to_leading_order"] = bool(np.all(preds["schur_nsd"][:, -1]))
+    return out

@@ -1,0 +1,106 @@
+"""Closed forms for degenerate valleys L = 1/2 sum_i theta_i^2 lambda_i(theta_hat) (R3, R4, R5).
+
+Derived in ``proofs.degenerate_valley``; ``tests/test_proofs_valley.py``
+lambdifies the sympy expressions and compares them with these functions.
+Every function broadcasts over leading batch axes (``...``) of its arguments.
+
+Notation (shared with ``proofs/`` and ``valleysim.valley``): n non-degenerate
+coordinates theta, m degenerate ones theta_hat; ``lam`` (n,) the curvatures
+lambda_i(theta_hat); ``grad_lam`` (n, m) their gradients in theta_hat;
+``hess_lam`` (n, m, m) their Hessians; ``C`` (n, n) the covariance of the
+gradient noise in the theta block, ``C_hat`` (m, m) in the theta_hat block;
+``W`` (n, n) the stationary second moments <theta_i theta_j> at frozen
+theta_hat. SGD noise aligned with the Hessian is C = c diag(lam) with
+c = ``valleysim.theory.variance_factor(S, M)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from valleysim.errors import UserInputError
+
+
+def stationary_second_moments(lam, C, eta):
+    """Exact W at frozen theta_hat: W = A W A + eta^2 C, A = I - eta diag(lam).
+
+    The discrete Lyapunov equation of theta_{t+1} = (I - eta diag lam) theta_t
+    - eta xi_t, Cov xi = C, solved entrywise:
+    W_ij = eta C_ij / (lam_i + lam_j - eta lam_i lam_j). Needs
+    0 < eta lam_i < 2 for every i (otherwise no stationary state exists).
+    Shapes: lam (..., n), C (..., n, n) -> W (..., n, n).
+    """
+    lam = np.asarray(lam, dtype=float)
+    C = np.asarray(C, dtype=float)
+    if np.any(lam <= 0) or np.any(eta * lam >= 2):
+        raise UserInputError(f"no stationary state: need 0 < eta * lambda_i < 2, got eta * lambda = {eta * lam}")
+    li, lj = lam[..., :, None], lam[..., None, :]
+    return eta * C / (li + lj - eta * li * lj)
+
+
+def stationary_second_moments_leading(lam, C, eta):
+    """Leading order in eta of ``stationary_second_moments``: W_ij = eta C_ij / (lam_i + lam_j)."""
+    lam = np.asarray(lam, dtype=float)
+    return eta * np.asarray(C, dtype=float) / (lam[..., :, None] + lam[..., None, :])
+
+
+def spectral_drift(eta, W_diag, grad_lam, grad_f, hess_f=None, C_hat=None):
+    """Expected one-step change of a spectral function f(lambda(theta_hat)) at stationarity.
+
+    E[f_{t+1} - f_t] = -(eta / 2) sum_j W_jj grad f . grad lambda_j
+                       + (eta^2 / 2) tr(C_hat hess f)          (noise in theta_hat)
+    to leading order: the theta_hat step is -eta (1/2 sum_j theta_j^2 grad lambda_j
+    + xi_hat). ``grad_f`` (m,) and ``hess_f`` (m, m) are derivatives of f in theta_hat.
+    Theorem 1 is f = trace with W_jj = eta c / 2; Theorem 2 is W_jj = eta f_j / 2.
+    """
+    drift = -0.5 * eta * np.einsum("...j,...jk,...k->...", W_diag, grad_lam, grad_f)
+    if C_hat is not None and hess_f is not None:
+        drift = drift + 0.5 * eta**2 * np.einsum("...kl,...kl->...", C_hat, hess_f)
+    return drift
+
+
+def trace_drift_leading(eta, c, grad_lam):
+    """Theorem 1, corrected: E[T_{t+1} - T_t] = -(eta^2 c / 4) |sum_i grad lambda_i|^2 + O(eta^3).
+
+    SGD noise C = c diag(lam); the paper prints eta^2 / (2 S) (1 - S/M), a factor 2
+    too large (``proofs/ERRATA.md``).
+    """
+    g = np.sum(np.asarray(grad_lam, dtype=float), axis=-2)
+    return -0.25 * eta**2 * c * np.sum(g * g, axis=-1)
+
+
+def designed_drift_leading(eta, scale, df_dlam, grad_lam):
+    """Theorem 2: noise C_ii = scale lam_i df/dlam_i gives E[df] = -(eta^2 scale / 4) |grad f|^2.
+
+    grad f = sum_i (df/dlam_i) grad lambda_i; ``df_dlam`` (n,), ``grad_lam`` (n, m).
+    """
+    g = np.einsum("...i,...ik->...k", df_dlam, grad_lam)
+    return -0.25 * eta**2 * scale * np.sum(g * g, axis=-1)
+
+
+def schur_blocks(lam, grad_lam, hess_lam):
+    """A_i = hess lambda_i / 2 - grad lambda_i grad lambda_i^T / lambda_i, shape (n, m, m).
+
+    The small (theta_hat) eigenvalues of the full Hessian at theta are those of
+    the Schur complement sum_i theta_i^2 A_i + O(theta^4) (R5).
+    """
+    lam = np.asarray(lam, dtype=float)
+    g = np.asarray(grad_lam, dtype=float)
+    return 0.5 * np.asarray(hess_lam, dtype=float) - g[..., :, None] * g[..., None, :] / lam[..., None, None]
+
+
+def negative_eigenvalue_slope(lam, grad_lam, hess_lam, W_diag):
+    """R5: <sum of negative Hessian eigenvalues> / <L - L*> at equilibrium, leading order.
+
+    Exact to leading order when every A_i (``schur_blocks``) is negative
+    semi-definite, so that the small block sum_i theta_i^2 A_i has no positive
+    eigenvalue: slope = 2 sum_i W_ii tr A_i / sum_i W_ii lam_i. For SGD noise
+    (W_ii equal) it is 2 sum_i tr A_i / T, independent of eta and S.
+    Returns (slope (...), all_nsd (...) bool).
+    """
+    A = schur_blocks(lam, grad_lam, hess_lam)
+    W = np.asarray(W_diag, dtype=float)
+    all_nsd = np.all(np.linalg.eigvalsh(A) <= 1e-12 * np.maximum(1.0, np.abs(A).max(axis=(-1, -2))[..., None]),
+                     axis=-1)
+    slope = 2.0 * np.sum(W * np.trace(A, axis1=-2, axis2=-1), axis=-1) / np.sum(W * lam, axis=-1)
+    return slope, all_nsd
