@@ -10,4 +10,6 @@ MODULES = (
     "proofs.sgd_second_moment",   # R1
     "proofs.break_even",          # R2
     "proofs.gd_damping",          # R7
+    "proofs.degenerate_valley",   # R3, R4, R5
+    "proofs.gauss_newton",        # R6
 )

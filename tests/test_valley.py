@@ -14,13 +14,15 @@ import sys
 import numpy as np
 import pytest
 
+from valleysim import valley_theory as vt
 from valleysim.cli import main
 from valleysim.errors import UserInputError
 from valleysim.theory import variance_factor
 from valleysim.valley_codegen import compile_kernels
 from valleysim.valley_landscape import ValleyLandscape, catalogue
 from valleysim.valley_noise import make_noise
-from valleysim.valley_sim import noise_variances, simulate_valley, summarise
+from valleysim.valley_sim import (manifold_trace_drift, noise_covariance, project_to_floor, simulate_valley,
+                                   summarise)
 
 K_SE = 4.5   # Monte Carlo tolerance in standard errors
 
@@ -52,7 +54,7 @@ def test_finite_sum_regression_valley_is_recognised_with_aligned_noise():
     noise = make_noise(land, "minibatch", S=4)
     run_stub = type("R", (), {"land": land, "noise": noise})
     x = np.array([0.0, 0.0, 0.7, -0.3])
-    v = noise_variances(run_stub, x)
+    v = np.diagonal(noise_covariance(run_stub, x))
     lam = land.eval_lambdas(x)
     # Hadamard design: per-example gradients at the floor have covariance sigma^2 diag(lambda)
     np.testing.assert_allclose(v[:2], variance_factor(4, 32) * 0.25 * lam, rtol=1e-12)
@@ -67,7 +69,52 @@ def test_diag_linear_net_is_not_valley_form_but_simulates():
     assert np.trace(H) == pytest.approx(np.sum(x**2))                    # tr H = sum u^2 + v^2 (closed form)
     out = summarise(simulate_valley(land, make_noise(land, "minibatch", S=8), 0.02, steps=200, burn_in=0,
                                     trajectories=64, seed=3))
-    assert out["completed"] == 64 and "prediction_unavailable" in out and "trace_drift_per_step" in out
+    assert out["completed"] == 64 and "prediction_note" in out and "trace_drift_per_step" in out
+
+
+@pytest.mark.parametrize("name,noise,floor", [("abs-toy", "sgd", (0.7, 0.4)), ("exp-toy", "isotropic", (1.0, -0.3)),
+                                               ("regression-valley", "minibatch", (0.4, 0.9))])
+def test_manifold_drift_reduces_to_the_valley_formula(name, noise, floor):
+    # valley form: the coordinate-free drift at a floor point is -(eta/2) sum_j W_jj grad lambda_j on theta_hat,
+    # zero on theta, and its trace rate is the spectral drift of f = trace
+    land = catalogue(name)
+    scale = None if noise == "minibatch" else 0.2
+    M = land.n_examples or 32
+    run = type("R", (), {"land": land, "noise": make_noise(land, noise, scale=scale, S=4, M=M), "eta": 0.03})
+    x = np.array([0.0, 0.0, *floor])
+    projected = project_to_floor(land, x + [0.05, -0.02, 0, 0])                  # lands on the floor, nearby
+    np.testing.assert_allclose(projected[:2], 0.0, atol=1e-12)
+    np.testing.assert_allclose(projected[2:], floor, atol=0.01)
+    lam, grad_lam = land.eval_lambdas(x), land.eval_grad_lambdas(x)
+    W = vt.stationary_second_moments(lam, noise_covariance(run, x)[:2, :2], run.eta)
+    dx, W_full = vt.manifold_drift(run.eta, land.eval_hessian(x), land.eval_hessian_gradient(x),
+                                   noise_covariance(run, x), land.n)
+    np.testing.assert_allclose(W_full[:2, :2], W, rtol=1e-10)
+    np.testing.assert_allclose(dx, [0, 0, *(-0.5 * run.eta * np.diagonal(W) @ grad_lam)], atol=1e-14)
+    assert manifold_trace_drift(run, x) == pytest.approx(
+        vt.spectral_drift(run.eta, np.diagonal(W), grad_lam, grad_lam.sum(axis=0)), rel=1e-10)
+
+
+def test_diag_linear_net_drift_matches_closed_form_and_simulation():
+    # minima u_j v_j = beta_j; tr H = sum u^2 + v^2 (the data are balanced, E x_j x_l = delta_jl, and the label
+    # noise is orthogonal to the design), so the trace moves along the hyperbolae at the hand-derived rate
+    # -(eta^2 c sigma^2 / 4) sum_j 4 (u_j^2 - v_j^2)^2 / (u_j^2 + v_j^2) / (1 - eta lambda_j / 2),
+    # lambda_j = u_j^2 + v_j^2 the curvature across the hyperbola (the last factor: W exact in eta)
+    land = catalogue("diag-linear-net")
+    eta, S = 0.02, 4
+    noise = make_noise(land, "minibatch", S=S)
+    x = np.array(land.init)
+    u, v = x[:2], x[2:]
+    c = variance_factor(S, land.n_examples)
+    lam = u**2 + v**2
+    by_hand = -(eta**2 * c * 0.5**2 / 4) * np.sum(4 * (u**2 - v**2) ** 2 / lam / (1 - eta * lam / 2))
+    run_stub = type("R", (), {"land": land, "noise": noise, "eta": eta})
+    assert manifold_trace_drift(run_stub, x) == pytest.approx(by_hand, rel=1e-9)
+    out = summarise(simulate_valley(land, noise, eta, steps=400, burn_in=200, trajectories=2048, seed=5,
+                                    record_every=50))
+    assert out["stopped"] == 0
+    assert within(out["trace_drift_per_step"], out["trace_drift_stderr"], out["trace_drift_predicted"])
+    assert out["trace_drift_per_step"] < -5 * out["trace_drift_stderr"]
 
 
 @pytest.mark.parametrize("name", ["abs-toy", "exp-toy", "regression-valley", "diag-linear-net"])

@@ -98,8 +98,8 @@ def format_summary(s: dict) -> str:
             lines.append(f"  {name + ' drift / step':<26}{s[f'{name}_drift_per_step']:>13.5g}"
                          f"{s[f'{name}_drift_stderr']:>11.2g}{_fmt(s.get(f'{name}_drift_predicted'))}"
                          f"{_fmt(s.get(f'{name}_drift_predicted_leading'), 15)}")
-    if "prediction_unavailable" in s:
-        return "\n".join(lines + [f"  {s['prediction_unavailable']}"])
+    if "prediction_note" in s:
+        return "\n".join(lines + [f"  {s['prediction_note']}"])
     for i, (m, se, p, pl) in enumerate(zip(s["second_moments_measured"], s["second_moments_stderr"],
                                            s["second_moments_predicted"], s["second_moments_predicted_leading"])):
         lines.append(f"  {f'<theta_{i + 1}^2>':<26}{m:>13.5g}{se:>11.2g}{_fmt(p)}{_fmt(pl, 15)}")

@@ -230,6 +230,11 @@ class ValleyLandscape:
         return self._lambdify(self.hessian.tolist())
 
     @cached_property
+    def eval_hessian_gradient(self):
+        """x (..., D) -> dH[a, b, c] = d H_ab / d x_c (..., D, D, D)."""
+        return self._lambdify([[[diff(h, x) for x in self.coords] for h in row] for row in self.hessian.tolist()])
+
+    @cached_property
     def eval_lambdas(self):
         """x (..., D) -> lambda (..., n)."""
         return self._lambdify(self.require_valley_form("lambda_i"))

@@ -108,17 +108,19 @@ def _mean_se(x: np.ndarray) -> tuple[float, float]:
     return float(np.mean(x)), float(np.std(x, ddof=1) / np.sqrt(x.size))
 
 
-def noise_variances(run: ValleyRun, x: np.ndarray) -> np.ndarray:
-    """Per-coordinate variance of the gradient noise at points x (..., D) -> (..., D).
+def noise_covariance(run: ValleyRun, x: np.ndarray) -> np.ndarray:
+    """Covariance of the gradient noise at points x (..., D) -> (..., D, D).
 
-    Gaussian models: their variances. True mini-batches: c(S, M) times the
-    population variance of the M per-example gradients.
+    Gaussian models: diag of their variances. True mini-batches: c(S, M) times
+    the population covariance of the M per-example gradients.
     """
     land, noise = run.land, run.noise
     if not noise.minibatch:
-        return land._lambdify([v.subs(SCALE, noise.scale) for v in noise.variances])(x)
+        v = land._lambdify([e.subs(SCALE, noise.scale) for e in noise.variances])(x)
+        return v[..., :, None] * np.eye(v.shape[-1])
     g = _example_gradients(land)(x)                               # (..., M, D)
-    return noise.scale * np.var(g, axis=-2)
+    g = g - g.mean(axis=-2, keepdims=True)
+    return noise.scale * np.einsum("...ka,...kb->...ab", g, g) / land.n_examples
 
 
 def _example_gradients(land: ValleyLandscape):
@@ -146,7 +148,7 @@ def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
     xhat = np.asarray(xhat, dtype=float)
     x = np.concatenate([np.zeros(xhat.shape[:-1] + (land.n,)), xhat], axis=-1)
     lam, grad_lam = land.eval_lambdas(x), land.eval_grad_lambdas(x)
-    v = noise_variances(run, x)
+    v = np.diagonal(noise_covariance(run, x), axis1=-2, axis2=-1)
     C, C_hat = v[..., :land.n], v[..., land.n:]
     diag = lambda a: a[..., :, None] * np.eye(a.shape[-1])          # noqa: E731
     stable = np.all((lam > 0) & (eta * lam < 2), axis=-1)
@@ -160,6 +162,32 @@ def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
             out[f"{name}_drift{suffix}"] = vt.spectral_drift(eta, w, grad_lam, gf(x), hf(x), diag(C_hat))
     out["neg_eig_slope"], out["schur_nsd"] = vt.negative_eigenvalue_slope(lam, grad_lam, land.eval_hess_lambdas(x), W)
     return out
+
+
+def project_to_floor(land: ValleyLandscape, x: np.ndarray, iterations: int = 20) -> np.ndarray:
+    """Nearest minimum, by Newton steps restricted to the normal space (the n top Hessian directions).
+
+    x (..., D) -> (..., D); NaN where the gradient does not vanish to 1e-10.
+    """
+    grad = land._lambdify(land.gradient)
+    x = np.array(x, dtype=float)
+    for _ in range(iterations):
+        lam, V = np.linalg.eigh(land.eval_hessian(x))
+        lam_N, V_N = lam[..., -land.n:], V[..., :, -land.n:]
+        x = x - np.einsum("...ai,...i,...bi,...b->...a", V_N, 1.0 / lam_N, V_N, grad(x))
+    return np.where(np.linalg.norm(grad(x), axis=-1, keepdims=True) < 1e-10, x, np.nan)
+
+
+def manifold_trace_drift(run: ValleyRun, x: np.ndarray) -> np.ndarray:
+    """Expected one-step change of tr H at the projection of x (..., D) onto the minimum manifold.
+
+    ``valley_theory.manifold_drift`` at the projection, dotted with grad tr H there.
+    """
+    land = run.land
+    xs = project_to_floor(land, x)
+    dH = land.eval_hessian_gradient(xs)
+    dx, _ = vt.manifold_drift(run.eta, land.eval_hessian(xs), dH, noise_covariance(run, xs), land.n)
+    return np.einsum("...aac,...c->...", dH, dx)
 
 
 def _spectral_functions(land: ValleyLandscape, noise: NoiseModel) -> dict:
@@ -217,8 +245,10 @@ def summarise(run: ValleyRun) -> dict:
         out[f"{name}_drift_per_step"], out[f"{name}_drift_stderr"] = _mean_se((rec[:, -1, col] - rec[:, 0, col])
                                                                              / run.n_steps)
     if not land.valley_form:
-        out["prediction_unavailable"] = (f"{land.name} is not of the valley form L* + 1/2 sum theta_i^2 "
-                                         "lambda_i(theta_hat): simulated with the general Hessian, no prediction")
+        drift = manifold_trace_drift(run, rec[:, :, len(OBSERVABLES):])
+        out["trace_drift_predicted"] = float(np.mean(_window_mean(drift)))
+        out["prediction_note"] = (f"{land.name} is not of the valley form; trace = tr H(x), predicted by the "
+                                  "coordinate-free drift along the minimum manifold (valley_theory.manifold_drift)")
         return out
 
     preds = predictions(run, rec[:, :, len(OBSERVABLES) + land.n:])     # each (R_ok, n_rec, ...)

@@ -100,7 +100,34 @@ def negative_eigenvalue_slope(lam, grad_lam, hess_lam, W_diag):
     """
     A = schur_blocks(lam, grad_lam, hess_lam)
     W = np.asarray(W_diag, dtype=float)
-    all_nsd = np.all(np.linalg.eigvalsh(A) <= 1e-12 * np.maximum(1.0, np.abs(A).max(axis=(-1, -2))[..., None]),
-                     axis=-1)
+    tol = 1e-12 * np.maximum(1.0, np.abs(A).max(axis=(-1, -2)))[..., None]         # (..., n, 1)
+    all_nsd = np.all(np.linalg.eigvalsh(A) <= tol, axis=(-2, -1))
     slope = 2.0 * np.sum(W * np.trace(A, axis1=-2, axis2=-1), axis=-1) / np.sum(W * lam, axis=-1)
     return slope, all_nsd
+
+
+def manifold_drift(eta, H, dH, C, n):
+    """Coordinate-free drift along a curved minimum manifold (valley form is a special case).
+
+    At a point of the manifold with Hessian H (..., D, D), its derivatives
+    dH[a, b, c] = d H_ab / d x_c (..., D, D, D) and gradient-noise covariance C
+    (..., D, D): the normal space is spanned by the eigenvectors V_N of the n
+    largest eigenvalues lam_N; the fluctuations there have the stationary
+    covariance W = V_N W_N V_N^T, W_N the solution of the discrete Lyapunov
+    equation with C_N = V_N^T C V_N (``stationary_second_moments``), and the
+    expected step along the manifold is
+
+        dx = -(eta / 2) P_T grad_x tr(H(x) W)|_W fixed,   P_T = I - V_N V_N^T.
+
+    In valley coordinates (H = diag(lam) on theta, flat manifold) this is the
+    theta_hat step -(eta / 2) sum_j W_jj grad lambda_j of ``spectral_drift``.
+    Returns (dx (..., D), W (..., D, D)).
+    """
+    lam, V = np.linalg.eigh(H)
+    lam_N, V_N = lam[..., -n:], V[..., :, -n:]
+    C_N = np.einsum("...ai,...ab,...bj->...ij", V_N, C, V_N)
+    W_N = stationary_second_moments(lam_N, C_N, eta)
+    W = np.einsum("...ai,...ij,...bj->...ab", V_N, W_N, V_N)
+    force = np.einsum("...ab,...abc->...c", W, dH)
+    P_T = np.eye(H.shape[-1]) - np.einsum("...ai,...bi->...ab", V_N, V_N)
+    return -0.5 * eta * np.einsum("...cd,...d->...c", P_T, force), W
