@@ -37,7 +37,7 @@ from valleysim import rng
 from valleysim.valley_landscape import ValleyLandscape, diff
 from valleysim.valley_noise import SCALE, NoiseModel
 
-CODEGEN_VERSION = "2"
+CODEGEN_VERSION = "3"
 #: ``reason`` codes of a stopped trajectory.
 REASONS = {0: "completed", 1: "curvature lambda_i <= 0 (left the valley)", 2: "a kink argument changed sign",
            3: "diverged (non-finite or |x| > 1e100)"}
@@ -84,7 +84,7 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
         assign += [(f"sd[{d}]", sp.sqrt(v)) for d, v in enumerate(noise.variances)]
     assign += [(f"lam[{i}]", e) for i, e in enumerate(lam)] + [(f"kink[{k}]", e) for k, e in enumerate(kinks)]
     src = ["import math", "import numpy as np", "from numba import njit, prange",
-           "from valleysim.rng import seed_state, uniform, bounded", "", "",
+           "from valleysim.rng import seed_state, normal, bounded", "", "",
            "@njit(cache=True, inline='always')", "def point(p, scale, g, sd, lam, kink):"]
     src += unpack + _block(assign, names, ind) + ["    return 0", "", ""]
 
@@ -115,14 +115,7 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
                 "            for d in range(D):", "                gb[d] /= S"]
     else:
         step = [f"            gb[{d}] = g[{d}]" for d in range(D) if d not in noisy]
-        for j in range(0, len(noisy), 2):
-            pair = noisy[j:j + 2]
-            step += ["            u1 = 1.0 - uniform(state)", "            u2 = uniform(state)",
-                     "            rad = math.sqrt(-2.0 * math.log(u1))",
-                     f"            gb[{pair[0]}] = g[{pair[0]}] + sd[{pair[0]}] * rad * math.cos(6.283185307179586 * u2)"]
-            if len(pair) == 2:
-                step.append(f"            gb[{pair[1]}] = g[{pair[1]}] + sd[{pair[1]}] * rad * "
-                            "math.sin(6.283185307179586 * u2)")
+        step += [f"            gb[{d}] = g[{d}] + sd[{d}] * normal(state)" for d in noisy]
     src += [
         "@njit(cache=True, parallel=True)",
         "def run(x0, eta, scale, n_burn, n_steps, record_every, seed, data, S, rec, acc, status, reason):",
