@@ -1,0 +1,120 @@
+"""Small helpers shared by the valley figure scripts (argparse, fits, tables, output files)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the scripts)
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:          # run as `python figures/x.py` from a checkout without installing
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_OUT = ROOT / "docs" / "figures" / "valley"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (PNG + data file)")
+    p.add_argument("--quick", action="store_true", help="small ensemble / short runs (< 30 s): a smoke test")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the simulations")
+    return p
+
+
+def wls(X: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Weighted least squares y ~ X beta with weights 1/se^2.
+
+    Returns (beta, SE of beta from the stated errors, chi^2 per degree of freedom).
+    """
+    X = np.atleast_2d(np.asarray(X, dtype=float).T).T
+    w = 1.0 / np.asarray(se, dtype=float) ** 2
+    A = X.T @ (w[:, None] * X)
+    beta = np.linalg.solve(A, X.T @ (w * y))
+    cov = np.linalg.inv(A)
+    dof = max(len(y) - X.shape[1], 1)
+    chi2 = float(np.sum(w * (y - X @ beta) ** 2) / dof)
+    return beta, np.sqrt(np.diag(cov)), chi2
+
+
+def ols_line(x: np.ndarray, y: np.ndarray) -> dict:
+    """Ordinary least squares y = w x + b with the usual standard errors of w and b."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    X = np.column_stack([x, np.ones_like(x)])
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ beta
+    s2 = float(resid @ resid) / max(len(y) - 2, 1)
+    se = np.sqrt(np.diag(s2 * np.linalg.inv(X.T @ X)))
+    return {"w": float(beta[0]), "w_se": float(se[0]), "b": float(beta[1]), "b_se": float(se[1])}
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """Fixed-width table; columns are (key, header, format spec)."""
+    widths = [max(len(h), 11) for _, h, _ in columns]
+    head = "  ".join(f"{h:>{w}}" for (_, h, _), w in zip(columns, widths))
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        cells = []
+        for (k, _, fmt), w in zip(columns, widths):
+            v = r.get(k)
+            cells.append(f"{'-':>{w}}" if v is None else f"{v:>{w}{fmt}}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def _clean(x):
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _clean(x.tolist())
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_clean(obj), indent=2) + "\n", encoding="utf-8")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        wr = csv.DictWriter(fh, fieldnames=keys)
+        wr.writeheader()
+        for r in rows:
+            wr.writerow({k: _clean(v) for k, v in r.items()})
+
+
+def stopped_note(summaries: list[dict]) -> str:
+    """One line on trajectories that left the valley / crossed a kink (or none did)."""
+    bad = [s for s in summaries if s.get("stopped")]
+    if not bad:
+        return "stopped trajectories: none"
+    return "stopped trajectories: " + "; ".join(
+        f"eta={s['eta']:g} S={s.get('batch')}: {s['stopped']}/{s['trajectories']} "
+        f"(first at step {s['first_stop_step']}: {s['first_stop_reason']})" for s in bad)
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def __str__(self):
+        return f"{time.perf_counter() - self.t0:.1f} s"
