@@ -26,6 +26,7 @@ proofs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py
+	$(BIN)/python benchmarks/bench_valley.py
 
 clean:
 	rm -rf $(VENV) $(RESULTS)

@@ -37,7 +37,7 @@ from valleysim import rng
 from valleysim.valley_landscape import ValleyLandscape, diff
 from valleysim.valley_noise import SCALE, NoiseModel
 
-CODEGEN_VERSION = "3"
+CODEGEN_VERSION = "4"
 #: ``reason`` codes of a stopped trajectory.
 REASONS = {0: "completed", 1: "curvature lambda_i <= 0 (left the valley)", 2: "a kink argument changed sign",
            3: "diverged (non-finite or |x| > 1e100)"}
@@ -54,13 +54,19 @@ class _Printer(PythonCodePrinter):
         return self._names.get(expr, super()._print_Symbol(expr))
 
 
-def _block(assignments: list[tuple[str, sp.Expr]], names: dict, indent: str) -> list[str]:
-    """cse'd straight-line code assigning each target its expression."""
+def _block(assignments: list[tuple[str, sp.Expr]], names: dict, indent: str, sqrt_of: tuple = ()) -> list[str]:
+    """cse'd straight-line code assigning each target its expression.
+
+    Targets in ``sqrt_of`` get math.sqrt of their expression, applied after cse:
+    sympy would rewrite sqrt(2 exp(-x)) as sqrt(2) exp(-x/2), an exponential
+    more per step where a square root of a shared subexpression suffices.
+    """
     printer = _Printer()
     printer._names = names
     reps, reduced = sp.cse([e for _, e in assignments], symbols=sp.numbered_symbols("c_"))
     lines = [f"{indent}{printer.doprint(s)} = {printer.doprint(e)}" for s, e in reps]
-    lines += [f"{indent}{target} = {printer.doprint(e)}" for (target, _), e in zip(assignments, reduced)]
+    lines += [f"{indent}{target} = " + (f"math.sqrt({printer.doprint(e)})" if target in sqrt_of else printer.doprint(e))
+              for (target, _), e in zip(assignments, reduced)]
     return lines
 
 
@@ -80,13 +86,12 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
 
     # point(p, scale, g, sd, lam, kink): full gradient, noise sd, curvatures, kink arguments at p
     assign = [(f"g[{d}]", e) for d, e in enumerate(land.gradient)]
-    if not noise.minibatch:
-        assign += [(f"sd[{d}]", sp.sqrt(v)) for d, v in enumerate(noise.variances)]
-    assign += [(f"lam[{i}]", e) for i, e in enumerate(lam)] + [(f"kink[{k}]", e) for k, e in enumerate(kinks)]
+    sd = [] if noise.minibatch else [(f"sd[{d}]", v) for d, v in enumerate(noise.variances)]
+    assign += sd + [(f"lam[{i}]", e) for i, e in enumerate(lam)] + [(f"kink[{k}]", e) for k, e in enumerate(kinks)]
     src = ["import math", "import numpy as np", "from numba import njit, prange",
            "from valleysim.rng import seed_state, normal, bounded", "", "",
            "@njit(cache=True, inline='always')", "def point(p, scale, g, sd, lam, kink):"]
-    src += unpack + _block(assign, names, ind) + ["    return 0", "", ""]
+    src += unpack + _block(assign, names, ind, sqrt_of={t for t, v in sd if v != 0}) + ["    return 0", "", ""]
 
     # obs(p, out): loss, trace, logdet, F
     trace = sp.Add(*lam) if lam else land.hessian.trace()
