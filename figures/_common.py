@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
@@ -87,19 +86,13 @@ def _clean(x):
     return x
 
 
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_clean(obj), indent=2) + "\n", encoding="utf-8")
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        wr = csv.DictWriter(fh, fieldnames=keys)
-        wr.writeheader()
-        for r in rows:
-            wr.writerow({k: _clean(v) for k, v in r.items()})
+def save(fig, out: Path, name: str, data: dict, timer) -> None:
+    """Write out/name.png and out/name.json (NaN/inf -> null, numpy -> Python) and say so."""
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / f"{name}.png", dpi=120)
+    plt.close(fig)
+    (out / f"{name}.json").write_text(json.dumps(_clean(data), indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {out}/{name}.png and .json  ({timer})")
 
 
 def stopped_note(summaries: list[dict]) -> str:

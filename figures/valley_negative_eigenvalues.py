@@ -165,11 +165,7 @@ def main(argv=None) -> int:
         ax.set_title("ratio per (η, S); error bars 2 SE (delta method)")
         ax.legend(fontsize=7)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out / "valley_negative_eigenvalues.png", dpi=120)
-    C.plt.close(fig)
-    C.write_json(args.out / "valley_negative_eigenvalues.json", data)
-    print(f"wrote {args.out}/valley_negative_eigenvalues.png and .json  ({timer})")
+    C.save(fig, args.out, "valley_negative_eigenvalues", data, timer)
     return 0
 
 

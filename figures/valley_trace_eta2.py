@@ -132,15 +132,11 @@ def main(argv=None) -> int:
     axr.set_ylabel("ΔT / leading-order prediction")
     axr.set_title("deviation from η² at larger η")
     axr.legend(fontsize=8)
-    args.out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out / "valley_trace_eta2.png", dpi=120)
-    C.plt.close(fig)
-    C.write_json(args.out / "valley_trace_eta2.json",
-                 {"settings": {"landscape": "abs-toy", "init": args.init, "noise": "sgd", "S": args.batch,
-                               "M": args.dataset_size, "c": c, "burn_in": burn_in, "steps": steps,
-                               "trajectories": R, "seed": args.seed},
-                  "fits": fits, "points": rows, "stopped": C.stopped_note(sums)})
-    print(f"wrote {args.out}/valley_trace_eta2.png and .json  ({timer})")
+    C.save(fig, args.out, "valley_trace_eta2",
+           {"settings": {"landscape": "abs-toy", "init": args.init, "noise": "sgd", "S": args.batch,
+                         "M": args.dataset_size, "c": c, "burn_in": burn_in, "steps": steps,
+                         "trajectories": R, "seed": args.seed},
+            "fits": fits, "points": rows, "stopped": C.stopped_note(sums)}, timer)
     return 0
 
 

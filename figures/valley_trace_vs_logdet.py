@@ -188,12 +188,8 @@ def main(argv=None) -> int:
     print(C.stopped_note(sums))
     fig.suptitle(f"exp-toy, η = {eta:g}, SGD noise c(S={args.batch}, M={args.dataset_size}) vs isotropic noise of "
                  f"equal total power at the start; R = {R}, burn-in {burn_in}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out / "valley_trace_vs_logdet.png", dpi=120)
-    C.plt.close(fig)
     data["table"], data["stopped"] = rows, C.stopped_note(sums)
-    C.write_json(args.out / "valley_trace_vs_logdet.json", data)
-    print(f"wrote {args.out}/valley_trace_vs_logdet.png and .json  ({timer})")
+    C.save(fig, args.out, "valley_trace_vs_logdet", data, timer)
     return 0
 
 
