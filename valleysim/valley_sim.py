@@ -148,8 +148,9 @@ def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
     xhat = np.asarray(xhat, dtype=float)
     x = np.concatenate([np.zeros(xhat.shape[:-1] + (land.n,)), xhat], axis=-1)
     lam, grad_lam = land.eval_lambdas(x), land.eval_grad_lambdas(x)
-    v = np.diagonal(noise_covariance(run, x), axis1=-2, axis2=-1)
-    C, C_hat = v[..., :land.n], v[..., land.n:]
+    cov = noise_covariance(run, x)
+    # W_ii depends on C_ii only (the Lyapunov solution is entrywise), and the theta_hat step on W_ii only
+    C, C_hat = np.diagonal(cov[..., :land.n, :land.n], axis1=-2, axis2=-1), cov[..., land.n:, land.n:]
     diag = lambda a: a[..., :, None] * np.eye(a.shape[-1])          # noqa: E731
     stable = np.all((lam > 0) & (eta * lam < 2), axis=-1)
     W = np.full(lam.shape, np.nan)
@@ -159,7 +160,7 @@ def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
     for name, f in _spectral_functions(land, run.noise).items():
         gf, hf = _spectral_derivatives(land, name, f)
         for suffix, w in (("", W), ("_leading", W_leading)):
-            out[f"{name}_drift{suffix}"] = vt.spectral_drift(eta, w, grad_lam, gf(x), hf(x), diag(C_hat))
+            out[f"{name}_drift{suffix}"] = vt.spectral_drift(eta, w, grad_lam, gf(x), hf(x), C_hat)
     out["neg_eig_slope"], out["schur_nsd"] = vt.negative_eigenvalue_slope(lam, grad_lam, land.eval_hess_lambdas(x), W)
     return out
 
