@@ -1,7 +1,13 @@
-"""Shared test configuration: hypothesis without deadlines (numba compiles on first call)."""
+"""Shared test configuration: hypothesis without deadlines (numba compiles on first call), derandomized.
+
+Derandomized: the examples are a function of the test, so CI is reproducible;
+`pytest --hypothesis-profile=explore` draws new ones (and more of them).
+"""
 
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("valleysim", deadline=None, max_examples=40,
+settings.register_profile("valleysim", deadline=None, max_examples=40, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", deadline=None, max_examples=400,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("valleysim")
