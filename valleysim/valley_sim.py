@@ -123,16 +123,44 @@ def noise_covariance(run: ValleyRun, x: np.ndarray) -> np.ndarray:
     return noise.scale * np.einsum("...ka,...kb->...ab", g, g) / land.n_examples
 
 
+_EXAMPLE_CACHE: dict = {}
+
+
+def _per_example(land: ValleyLandscape, name: str, exprs: list, shapes: list):
+    """x (..., D) -> tuple of arrays (..., M, *shape), one per shape, of the per-example ``exprs`` (flat)."""
+    if (land.key, name) not in _EXAMPLE_CACHE:
+        f = sp.lambdify([list(land.coords), list(land.data_symbols)], exprs, "numpy")
+        sizes = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+
+        def call(x):
+            x = np.asarray(x, dtype=float)
+            lead = x.shape[:-1] + (land.n_examples,)
+            out = np.stack([np.broadcast_to(np.asarray(v, dtype=float), lead)
+                            for v in f(list(np.moveaxis(x, -1, 0)[..., None]), list(land.data.T))], axis=-1)
+            return tuple(out[..., a:b].reshape(lead + s) for a, b, s in zip(sizes[:-1], sizes[1:], shapes))
+        _EXAMPLE_CACHE[(land.key, name)] = call
+    return _EXAMPLE_CACHE[(land.key, name)]
+
+
 def _example_gradients(land: ValleyLandscape):
     """x (..., D) -> per-example gradients (..., M, D)."""
-    f = sp.lambdify([list(land.coords), list(land.data_symbols)], [diff(land.loss, c) for c in land.coords], "numpy")
+    g = [diff(land.loss, c) for c in land.coords]
+    call = _per_example(land, "grad", g, [(len(g),)])
+    return lambda x: call(x)[0]
 
-    def call(x):
-        x = np.asarray(x, dtype=float)
-        cols = f(list(np.moveaxis(x, -1, 0)[..., None]), list(land.data.T))
-        shape = x.shape[:-1] + (land.n_examples,)
-        return np.stack([np.broadcast_to(np.asarray(c, dtype=float), shape) for c in cols], axis=-1)
-    return call
+
+def _example_jets(land: ValleyLandscape):
+    """x (..., D) -> per-example gradients g (..., M, D), their theta-Jacobians J (..., M, D, n)
+    and theta-Hessians T (..., M, D, n, n)."""
+    g = [diff(land.loss, c) for c in land.coords]
+    J = [[diff(ga, t) for t in land.theta] for ga in g]
+    T = [[[diff(ga, t, u) for u in land.theta] for t in land.theta] for ga in g]
+    D, n = len(g), land.n
+    return _per_example(land, "jets", g + _flat(J) + _flat(T), [(D,), (D, n), (D, n, n)])
+
+
+def _flat(nested) -> list:
+    return [e for row in nested for e in (_flat(row) if isinstance(row, list) else [row])]
 
 
 def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
@@ -148,19 +176,30 @@ def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
     xhat = np.asarray(xhat, dtype=float)
     x = np.concatenate([np.zeros(xhat.shape[:-1] + (land.n,)), xhat], axis=-1)
     lam, grad_lam = land.eval_lambdas(x), land.eval_grad_lambdas(x)
-    cov = noise_covariance(run, x)
+    cov = noise_covariance(run, x)                                  # at the floor point
     # W_ii depends on C_ii only (the Lyapunov solution is entrywise), and the theta_hat step on W_ii only
     C, C_hat = np.diagonal(cov[..., :land.n, :land.n], axis1=-2, axis2=-1), cov[..., land.n:, land.n:]
     diag = lambda a: a[..., :, None] * np.eye(a.shape[-1])          # noqa: E731
     stable = np.all((lam > 0) & (eta * lam < 2), axis=-1)
     W = np.full(lam.shape, np.nan)
-    W[stable] = np.diagonal(vt.stationary_second_moments(lam[stable], diag(C[stable]), eta), axis1=-2, axis2=-1)
+    C_hat_W = np.full(C_hat.shape, np.nan)
+    if run.noise.minibatch:                                         # multiplicative noise: W and C_hat to O(eta) more
+        c, n = run.noise.scale, land.n
+        for idx in np.array_split(np.flatnonzero(stable.ravel()), max(1, int(stable.sum()) // 8192)):
+            C0, K = vt.minibatch_noise_response(*_example_jets(land)(x.reshape(-1, x.shape[-1])[idx]))
+            W_full = vt.stationary_second_moments_minibatch(eta, c, C0, K, lam.reshape(-1, n)[idx])
+            W.reshape(-1, n)[idx] = np.diagonal(W_full, axis1=-2, axis2=-1)
+            C_hat_W.reshape((-1,) + C_hat.shape[len(stable.shape):])[idx] = c * (
+                C0 + np.einsum("...ij,...ijab->...ab", W_full, K))[..., n:, n:]
+    else:
+        W[stable] = np.diagonal(vt.stationary_second_moments(lam[stable], diag(C[stable]), eta), axis1=-2, axis2=-1)
+        C_hat_W = C_hat
     W_leading = np.diagonal(vt.stationary_second_moments_leading(lam, diag(C), eta), axis1=-2, axis2=-1)
     out = {"W": W, "W_leading": W_leading}
     for name, f in _spectral_functions(land, run.noise).items():
         gf, hf = _spectral_derivatives(land, name, f)
-        for suffix, w in (("", W), ("_leading", W_leading)):
-            out[f"{name}_drift{suffix}"] = vt.spectral_drift(eta, w, grad_lam, gf(x), hf(x), C_hat)
+        for suffix, w, ch in (("", W, C_hat_W), ("_leading", W_leading, C_hat)):
+            out[f"{name}_drift{suffix}"] = vt.spectral_drift(eta, w, grad_lam, gf(x), hf(x), ch)
     out["neg_eig_slope"], out["schur_nsd"] = vt.negative_eigenvalue_slope(lam, grad_lam, land.eval_hess_lambdas(x), W)
     return out
 

@@ -131,3 +131,46 @@ def manifold_drift(eta, H, dH, C, n):
     force = np.einsum("...ab,...abc->...c", W, dH)
     P_T = np.eye(H.shape[-1]) - np.einsum("...ai,...bi->...ab", V_N, V_N)
     return -0.5 * eta * np.einsum("...cd,...d->...c", P_T, force), W
+
+
+def minibatch_noise_response(g0, J, T):
+    """E over theta of the per-example gradient covariance, to first order in W = E[theta theta^T].
+
+    Per-example gradients expanded in theta at the floor point,
+    g_k(theta) = g0_k + J_k theta + 1/2 T_k[theta, theta]; with E theta = 0 and
+    symmetric theta,
+
+        E_theta Cov_k g_k(theta) = Cov_k(g0) + mean_k J_k W J_k^T - Jbar W Jbar^T
+                                   + 1/2 (Cov_k(g0, T_k:W) + transpose) + O(W^2)
+                                 = C0 + sum_ij W_ij K_ij.
+
+    True mini-batch noise (c times this) is multiplicative: the K terms are a
+    relative O(eta) correction. Derived in ``proofs.degenerate_valley`` (last step).
+    Shapes: g0 (..., M, D), J (..., M, D, n), T (..., M, D, n, n) ->
+    C0 (..., D, D), K (..., n, n, D, D).
+    """
+    M = g0.shape[-2]
+    dg = g0 - g0.mean(axis=-2, keepdims=True)
+    C0 = np.einsum("...ka,...kb->...ab", dg, dg) / M
+    Jbar = J.mean(axis=-3)
+    P = np.einsum("...kai,...kbj->...ijab", J, J) / M - np.einsum("...ai,...bj->...ijab", Jbar, Jbar)
+    Q = np.einsum("...ka,...kbij->...ijab", dg, T) / M                   # Cov_k(g0, T_k[:, i, j])
+    return C0, P + 0.5 * (Q + np.swapaxes(Q, -1, -2))
+
+
+def stationary_second_moments_minibatch(eta, c, C0, K, lam):
+    """W = A W A + eta^2 c (C0 + sum_ij W_ij K_ij)_theta, A = I - eta diag(lam): the Lyapunov
+    equation with multiplicative mini-batch noise (``minibatch_noise_response``), solved as a
+    linear system in vec W. Exact in eta up to the O(W^2) terms of the noise.
+
+    Shapes: C0 (..., D, D), K (..., n, n, D, D), lam (..., n) -> W (..., n, n).
+    """
+    n = lam.shape[-1]
+    batch = lam.shape[:-1]
+    a = 1.0 - eta * lam
+    # vec index (i, j) -> (a, b): (W - A W A)_ab = (1 - a_a a_b) W_ab on the diagonal of the operator
+    diag = (1.0 - a[..., :, None] * a[..., None, :]).reshape(batch + (n * n,))
+    Kt = K[..., :n, :n].reshape(batch + (n * n, n * n))                   # [(i, j), (a, b)]
+    Lmat = np.eye(n * n) * diag[..., None, :] - eta**2 * c * np.swapaxes(Kt, -1, -2)
+    rhs = eta**2 * c * C0[..., :n, :n].reshape(batch + (n * n, 1))
+    return np.linalg.solve(Lmat, rhs)[..., 0].reshape(batch + (n, n))
