@@ -12,4 +12,5 @@ MODULES = (
     "proofs.gd_damping",          # R7
     "proofs.degenerate_valley",   # R3, R4, R5
     "proofs.gauss_newton",        # R6
+    "proofs.nsgd",                # R8
 )
