@@ -87,12 +87,30 @@ def check_paper() -> None:
     check_true(K.rank() == 2, "rank K = N - 1 here")
 
 
+sigma = sp.Symbol("sigma", positive=True)
+_prop_roots = [r for r in sp.solve(sp.Eq(stability_factor.subs(s2, sigma**2 * lam**2), 1), lam) if r != 0]
+break_even_curvature_proportional = _prop_roots[0]   # per-example curvatures lam (1 + sigma xi_i): s2 = sigma^2 lam^2
+
+
+def check_proportional_spread() -> None:
+    """The dynamical toy of valleysim.break_even_sim: the curvature spread grows with the mean, s = sigma lam."""
+    check_true(len(_prop_roots) == 1, "one nonzero root of q = 1")
+    check(break_even_curvature_proportional, 2 / (eta * (1 + c * sigma**2)), "lambda* = 2 / (eta (1 + c sigma^2))")
+    check(sp.diff(break_even_curvature_proportional, eta) * eta**2 * (1 + c * sigma**2), -2, "decreases with eta")
+    check(break_even_curvature_proportional.subs(c, c_of_S.subs(S, N)), 2 / eta, "full batch: 2/eta")
+    # the same point in the paper's parametrisation: lam_K = psi^2 sigma^2 lam^2 = alpha lam with alpha = sigma^2 lam*
+    check(break_even_curvature_psi.subs({psi: 1, alpha: sigma**2 * break_even_curvature_proportional}),
+          break_even_curvature_proportional, "= 2/eta - alpha c with alpha = sigma^2 lambda*")
+
+
 def derive() -> dict:
     check_derivation()
     check_monotonicity()
     check_paper()
+    check_proportional_spread()
     return {"break_even_curvature": break_even_curvature, "break_even_curvature_psi": break_even_curvature_psi,
-            "d_lambda_d_eta": d_lambda_d_eta, "d_lambda_d_S": d_lambda_d_S}
+            "d_lambda_d_eta": d_lambda_d_eta, "d_lambda_d_S": d_lambda_d_S,
+            "break_even_curvature_proportional_spread": break_even_curvature_proportional}
 
 
 ASSUMPTIONS = [
@@ -114,6 +132,9 @@ STEPS = [
     "Full batch S = N: c = 0 and lambda* = 2/eta (the edge-of-stability value).",
     "The paper's Eq. 4 equals lambda* (psi = 1); its concluding sentence reverses both "
     "monotonicities (see proofs/ERRATA.md).",
+    "Spread proportional to the mean (per-example curvatures lam (1 + sigma xi_i), the dynamical toy of "
+    "valleysim.break_even_sim): s2 = sigma^2 lam^2, so q = 1 at lambda* = 2/(eta (1 + c sigma^2)), "
+    "decreasing in eta, 2/eta at S = N; the paper's form with alpha = sigma^2 lambda*.",
 ]
 
 

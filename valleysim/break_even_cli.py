@@ -1,0 +1,107 @@
+"""``valleysim break-even``: progressive sharpening stopped by SGD at the break-even point (R2).
+
+One (eta, S): simulated max curvature, the curvature where growth stops, the
+steps to reach it, next to lambda*(eta, S) = 2 / (eta (1 + c sigma^2)).
+``sweep`` does a grid of (eta, S) from Python. The landscape and the
+definitions are in ``valleysim.break_even_sim``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+from valleysim import break_even_sim as bes
+from valleysim.errors import UserInputError
+
+KEYS = ("max_curvature", "curvature_at_break_even", "mean_late_curvature", "steps_to_break_even",
+        "max_lambda_H_full", "max_lambda_K", "median_late_lambda_K",
+        "max_trace_H", "max_trace_K", "min_trace_ratio", "final_trace_ratio", "final_loss")
+
+
+def _floats(spec: str, name: str) -> list[float]:
+    try:
+        vals = [float(v) for v in str(spec).split(",") if v.strip()]
+    except ValueError:
+        raise UserInputError(f"{name} must be a comma-separated list of numbers; got {spec!r}") from None
+    if not vals:
+        raise UserInputError(f"{name} must list at least one number; got {spec!r}")
+    return vals
+
+
+def add_parser(sub) -> None:
+    b = sub.add_parser("break-even", help="progressive sharpening vs the break-even curvature lambda*(eta, S) (R2)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    b.add_argument("--eta", type=float, required=True, help="learning rate > 0")
+    b.add_argument("--batch", type=int, required=True, metavar="S", help="mini-batch size, 1..N (N: full-batch GD)")
+    b.add_argument("--n-examples", type=int, default=64, metavar="N", help="training-set size")
+    b.add_argument("--sigma", type=float, default=1.0,
+                   help="per-example curvature spread: s = sigma x mean curvature")
+    b.add_argument("--offset", type=float, default=0.001, help="scale of the per-example minima b_i (gradient "
+                   "noise at the full-batch minimum)")
+    b.add_argument("--beta", type=float, default=0.001, help="drive: the loss falls by beta per unit of z "
+                   "(speed of sharpening)")
+    b.add_argument("--a0", default="1", help="starting curvatures of the sharp directions, comma list")
+    b.add_argument("--rates", default="1", help="d log a_j / dz of the sharp directions, comma list "
+                   "(several: Conjecture 2)")
+    b.add_argument("--landscape-seed", type=int, default=0)
+    b.add_argument("--steps", type=int, help="SGD steps (default: 2.5 x the drift time to lambda*, + 500)")
+    b.add_argument("--trajectories", type=int, default=128, help="ensemble size R")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_break_even)
+
+
+def landscape_from_args(args) -> bes.SharpeningLandscape:
+    a0, rates = _floats(args.a0, "--a0"), _floats(args.rates, "--rates")
+    if len(a0) != len(rates):
+        raise UserInputError(f"--a0 and --rates must have the same length; got {len(a0)} and {len(rates)}")
+    return bes.SharpeningLandscape.make(n_examples=args.n_examples, sigma=args.sigma, offset=args.offset,
+                                        beta=args.beta, a0=a0, rates=rates, landscape_seed=args.landscape_seed)
+
+
+def _json_value(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, list):
+        return [_json_value(v) for v in x]
+    return x
+
+
+def cmd_break_even(args) -> int:
+    land = landscape_from_args(args)
+    run = bes.simulate(land, args.eta, args.batch, steps=args.steps, trajectories=args.trajectories,
+                       seed=args.seed)
+    s = {k: _json_value(v) for k, v in bes.summarise(run).items()}
+    print(json.dumps(s, indent=2) if args.json else format_summary(s))
+    return 0
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"break-even  eta={s['eta']:g}  S={s['batch']}/N={s['n_examples']} (c={s['variance_factor']:.4g})  "
+             f"sigma={s['sigma']:g}  beta={s['beta']:g}  steps={s['steps']}  trajectories={s['trajectories']}",
+             f"  predicted_break_even = {s['predicted_break_even']:.5g}   (full-batch edge 2/eta = "
+             f"{s['full_batch_edge']:.5g}; almost-sure edge {s['almost_sure_break_even']:.5g})"]
+    if s["diverged"]:
+        lines.append(f"  diverged: {s['diverged']} trajectories, first at step {s['first_divergence_step']}")
+    if "error" in s:
+        return "\n".join(lines + [f"  {s['error']}"])
+    for k in KEYS:
+        v, se = s.get(k), s.get(k + "_se")
+        if v is None or (len(s["a0"]) == 1 and k in ("max_trace_H", "min_trace_ratio", "final_trace_ratio")):
+            continue                                   # one sharp direction: Tr(H_xx) = lambda_max
+        lines.append(f"  {k:<24} = {v:.5g}" + ("" if se is None else f" +- {se:.2g}"))
+    lines.append(f"  max / predicted = {s['max_over_predicted']:.4f}   curvature_at_break_even / predicted = "
+                 f"{s['plateau_over_predicted']:.4f}")
+    return "\n".join(lines)
+
+
+def sweep(etas, batch_sizes, *, n_examples: int = 64, sigma: float = 1.0, offset: float = 0.001,
+          beta: float = 0.001, a0=(1.0,), rates=(1.0,), landscape_seed: int = 0, steps: int | None = None,
+          trajectories: int = 128, seed: int = 0, keep_runs: bool = False) -> list[dict]:
+    """One ``summarise`` row per (eta, S) of the grid (eta outer, S inner) on one landscape."""
+    land = bes.SharpeningLandscape.make(n_examples=n_examples, sigma=sigma, offset=offset, beta=beta, a0=a0,
+                                        rates=rates, landscape_seed=landscape_seed)
+    return bes.sweep(etas, batch_sizes, land, steps=steps, trajectories=trajectories, seed=seed,
+                     keep_runs=keep_runs)
