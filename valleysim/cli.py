@@ -1,4 +1,4 @@
-"""The ``valleysim`` command: demo, stability, phase-diagram, valley.
+"""The ``valleysim`` command: demo, stability, phase-diagram, valley, break-even, walk, nsgd.
 
 User errors print one line ``valleysim: error: ...`` and exit with code 2.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from valleysim import valley_cli
+from valleysim import break_even_cli, nsgd_cli, valley_cli, walk_cli
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
 from valleysim.quadratic import KINDS, generate, load_hessians
 from valleysim.theory import SCHEMES
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     ph.set_defaults(func=cmd_phase_diagram)
 
     valley_cli.add_parser(sub)
+    break_even_cli.add_parser(sub)
+    walk_cli.add_parser(sub)
+    nsgd_cli.add_parser(sub)
     return p
 
 

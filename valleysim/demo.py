@@ -25,6 +25,7 @@ from valleysim.quadratic import PerExampleQuadratic, generate  # noqa: E402
 from valleysim.second_moment import MomentMap, eta_star_dense  # noqa: E402
 from valleysim.theory import (  # noqa: E402
     break_even_curvature, eta_star_1d, gd_contraction, gd_damping_regime, variance_factor)
+from valleysim import break_even_sim, walk  # noqa: E402
 from valleysim.valley_landscape import catalogue  # noqa: E402
 from valleysim.valley_noise import make_noise  # noqa: E402
 from valleysim.valley_plots import plot_run  # noqa: E402
@@ -77,7 +78,7 @@ def stability_table(quick: bool) -> list[dict]:
 
 
 def _fmt(x, spec=".4g"):
-    return "-" if x is None else format(x, spec)
+    return "-" if x is None or x != x else format(x, spec)       # None or NaN (e.g. GD stopped: no cosine)
 
 
 def stability_markdown(rows: list[dict]) -> str:
@@ -199,6 +200,30 @@ def valley_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def break_even_table(quick: bool) -> tuple[list[dict], str]:
+    """R2: where progressive sharpening stops under SGD, against lambda*(eta, S) = 2/(eta (1 + c sigma^2))."""
+    rows = break_even_sim.sweep((0.1, 0.2), (2, 8, 64), trajectories=16 if quick else 64, seed=0)
+    md = ["| eta | S | predicted lambda* | curvature where growth stops | max curvature | steps to break-even |",
+          "|---|---|---|---|---|---|"]
+    md += [f"| {r['eta']} | {r['batch']} | {r['predicted_break_even']:.3f} | {r['curvature_at_break_even']:.3f} "
+           f"± {r['curvature_at_break_even_se']:.2g} | {r['max_curvature']:.3f} ± {r['max_curvature_se']:.2g} | "
+           f"{r['steps_to_break_even']:.0f} |" for r in rows]
+    return rows, "\n".join(md)
+
+
+def walk_table(quick: bool) -> tuple[list[dict], str]:
+    """R9: SGD, GD and GD + isotropic noise of SGD's power on the rough valley floor (eta = 2, S = 4)."""
+    land = walk.WalkLandscape.make()
+    rows = [walk.summarise(walk.simulate_walk(land, opt, 2.0, 1000 if quick else 2000, trajectories=1 if opt == "gd"
+                                              else (16 if quick else 64), batch=4, seed=0))
+            for opt in ("sgd", "gd-noise", "gd")]
+    md = ["| optimizer | height above floor | cos(g_t-1, g_t) | barriers crossed | progress along the valley |",
+          "|---|---|---|---|---|"]
+    md += [f"| {r['optimizer']} | {r['height']:.4f} | {_fmt(r['cos'], '.3f')} | {r['barriers_total']:.2f} | "
+           f"{r['progress']:.2f} ± {r['progress_se']:.2g} |" for r in rows]
+    return rows, "\n".join(md)
+
+
 def run_demo(out: Path, quick: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -217,6 +242,12 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     valley_rows = valley_table(out, quick)
     valley_md = valley_markdown(valley_rows)
     print(valley_md, "\n")
+    print("break-even: progressive sharpening stops at lambda*(eta, S) (R2)\n")
+    be_rows, be_md = break_even_table(quick)
+    print(be_md, "\n")
+    print("a walk with SGD on a rough valley floor, eta = 2, S = 4 (R9)\n")
+    walk_rows, walk_md = walk_table(quick)
+    print(walk_md, "\n")
     phases = {}
     for name, grid in (("1-D, N=32", (np.geomspace(0.2, 4.0, 16), [1, 2, 4, 8, 16, 32])),
                        ("least squares N=64, D=128", (np.geomspace(0.05, 3.0, 12), [1, 4, 16, 64]))):
@@ -228,12 +259,13 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     from proofs.__main__ import main as proofs_main
 
     proofs_main(["--out", str(out / "proofs.md")])
-    summary = {"stability": rows, "gd_damping": damping, "valley_drift": valley_rows, "phase_diagrams": phases,
+    summary = {"stability": rows, "gd_damping": damping, "valley_drift": valley_rows, "break_even": be_rows, "walk": walk_rows, "phase_diagrams": phases,
                "seconds": round(time.time() - t0, 1)}
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
     (out / "demo_summary.md").write_text(
         "# valleysim demo\n\n## Stability: theory vs simulation\n\n" + table +
         "\n\n## GD damping (R7)\n\n" + damping_md +
-        "\n\n## Degenerate valleys: trace and log det drift (R3, R4)\n\n" + valley_md + "\n")
+        "\n\n## Degenerate valleys: trace and log det drift (R3, R4)\n\n" + valley_md +
+        "\n\n## Break-even point (R2)\n\n" + be_md + "\n\n## A walk with SGD (R9)\n\n" + walk_md + "\n")
     print(f"\nwrote {out}/ in {summary['seconds']} s")
     return summary
