@@ -4,6 +4,7 @@ Derandomized: the examples are a function of the test, so CI is reproducible;
 `pytest --hypothesis-profile=explore` draws new ones (and more of them).
 """
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 settings.register_profile("valleysim", deadline=None, max_examples=40, derandomize=True,
@@ -11,3 +12,13 @@ settings.register_profile("valleysim", deadline=None, max_examples=40, derandomi
 settings.register_profile("explore", deadline=None, max_examples=400,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("valleysim")
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """One torch thread for the module (tiny tensors: faster, and steady when xdist runs 2 workers)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

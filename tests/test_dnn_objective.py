@@ -7,28 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnn.objective import Objective, flat_params, model_state
+from tiny_nets import data, tiny_net
 from valleysim.errors import UserInputError
-
-
-def tiny_net(bn: bool, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    layers = [nn.Conv2d(3, 3, 3, padding=1)]
-    if bn:
-        layers.append(nn.BatchNorm2d(3))
-    layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)]
-    net = nn.Sequential(*layers)
-    if bn:  # non-trivial running statistics and affine parameters
-        with torch.no_grad():
-            net[1].running_mean.uniform_(-0.5, 0.5)
-            net[1].running_var.uniform_(0.5, 2.0)
-            net[1].weight.uniform_(0.5, 1.5)
-            net[1].bias.uniform_(-0.2, 0.2)
-    return net
-
-
-def data(n=12, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, 6, 6, generator=g), torch.randint(0, 4, (n,), generator=g)
 
 
 def reference_loss(net, x, y, bn, group):
