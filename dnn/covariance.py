@@ -1,0 +1,179 @@
+"""The gradient covariance K of a network over a fixed data set, and its summaries, matrix-free.
+
+For the N examples of an :class:`~dnn.objective.Objective` with per-example gradients g_i (P,) and
+mean gradient g = (1/N) sum_i g_i,
+
+    K = (1/N) sum_i (g_i - g)(g_i - g)^T                                        (P, P),
+
+summarised (App. B of the break-even-point paper) by lambda_K = lambda_max(K), Tr K and
+Tr K / lambda_K. No P x P matrix is ever formed: every spectrum comes from the smaller of the two
+Gram matrices of a centred (L, P) matrix D,
+
+    C = s D^T D (P x P)   and   s D D^T (L x L)  have the same nonzero eigenvalues mu_j,
+    eigenvector of C:  v_j = D^T u_j / ||D^T u_j||  (= D^T u_j / sqrt(mu_j / s)),
+
+where u_j are the unit eigenvectors of the small matrix (eigendecomposed in float64); Tr C = s ||D||_F^2.
+
+Mini-batch estimator (the paper's, after Papyan 2019): L mini-batch gradients g_B of size M, centred by
+the full gradient g. For a batch B drawn uniformly,
+
+    with replacement (M i.i.d. uniform indices):   E[(g_B - g)(g_B - g)^T] = K / M,
+    without replacement (a uniform M-subset):      E[(g_B - g)(g_B - g)^T] = c(M, N) K,
+                                                   c(M, N) = (N - M) / (M (N - 1)),
+
+(the second is the finite-population correction of a sample mean: Var = (1 - M/N) S^2 / M with
+S^2 = N K / (N - 1)). Hence with C_M = D^T D / L, D = G_batches - g, the estimate K_hat = C_M / c (c = 1/M
+with replacement) is unbiased for K, entry by entry; see :func:`gradient_covariance`.
+
+Functions:
+  :func:`mini_batch_indices`   (L, M) seeded uniform mini-batch indices.
+  :func:`mini_batch_gradients` (L, P) their mean gradients.
+  :func:`covariance_from_gram` K_hat's summaries from (L, P) batch gradients and the full gradient.
+  :func:`gradient_covariance`  the two above on an objective (the paper's estimator, L = 25, M = 128).
+  :func:`exact_covariance`     K from all (n, P) per-example gradients (validation truth, small models).
+
+Each summary is a dict with the keys ``"lambda_K"`` (float), ``"trace_K"`` (float), ``"trace_ratio"``
+(float, Tr K / lambda_K; nan when lambda_K = 0), ``"eigenvalues_K"`` (numpy (k',), descending,
+k' = min(k, rank side)) and ``"eigenvectors_K"`` (tensor (k', P), orthonormal rows; a row for a
+numerically zero eigenvalue is undefined and returned as zeros).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from valleysim.errors import UserInputError, check_int_range
+
+__all__ = [
+    "finite_population_factor", "mini_batch_indices", "mini_batch_gradients", "covariance_from_gram",
+    "gradient_covariance", "exact_covariance",
+]
+
+
+def finite_population_factor(batch_size: int, n_total: int | None) -> float:
+    """c(M, N) with E[(g_B - g)(g_B - g)^T] = c K for one uniform batch of size M = ``batch_size``:
+    (N - M) / (M (N - 1)) without replacement from N = ``n_total`` examples, 1 / M with replacement
+    (``n_total`` None; also the N -> inf limit)."""
+    M = check_int_range(batch_size, "batch_size", 1)
+    if n_total is None:
+        return 1.0 / M
+    N = check_int_range(n_total, "n_total", 1)
+    check_int_range(M, "batch_size", 1, N)
+    if M == N:
+        raise UserInputError(
+            f"batch_size must be < n_total = {N} for batches drawn without replacement (a batch of all "
+            f"examples has g_B = g, so it carries no information on K); got {M}")
+    return (N - M) / (M * (N - 1))
+
+
+def mini_batch_indices(n: int, n_batches: int = 25, batch_size: int = 128, *, seed: int = 0,
+                       replace: bool = False) -> torch.Tensor:
+    """(L, M) int64 indices into ``range(n)``, from ``numpy.random.default_rng(seed)``.
+
+    ``replace=False``: each batch is a uniform M-subset; the L batches are disjoint (the first L M
+    entries of one uniform permutation) when L M <= n, else independent subsets.
+    ``replace=True``: L M i.i.d. uniform indices (then any ``batch_size`` >= 1 is allowed).
+    """
+    n = check_int_range(n, "n", 1)
+    L = check_int_range(n_batches, "n_batches", 2)
+    M = check_int_range(batch_size, "batch_size", 1, None if replace else n)
+    rng = np.random.default_rng(seed)
+    if replace:
+        idx = rng.integers(0, n, size=(L, M))
+    elif L * M <= n:
+        idx = rng.permutation(n)[:L * M].reshape(L, M)
+    else:
+        idx = np.stack([rng.choice(n, size=M, replace=False) for _ in range(L)])
+    return torch.as_tensor(idx, dtype=torch.long)
+
+
+def mini_batch_gradients(objective, n_batches: int = 25, batch_size: int = 128, *, seed: int = 0,
+                         theta: torch.Tensor | None = None, replace: bool = False) -> torch.Tensor:
+    """(L, P) mean gradients g_B = (1/M) sum_{i in B} g_i of the batches of :func:`mini_batch_indices`
+    (``objective.n`` examples), at ``theta`` (default ``objective.theta0``)."""
+    idx = mini_batch_indices(objective.n, n_batches, batch_size, seed=seed, replace=replace)
+    return torch.stack([objective.grad(theta, idx=b) for b in idx])
+
+
+def _spectrum(D: torch.Tensor, scale: float, k: int) -> dict:
+    """Summaries of C = scale * D^T D for D (L, P), via the smaller Gram side (float64)."""
+    L, P = D.shape
+    D = D.to(torch.float64)
+    small_is_gram = L <= P
+    S = (D @ D.T) if small_is_gram else (D.T @ D)          # (L, L) or (P, P), the smaller one
+    S = 0.5 * (S + S.T) * scale
+    mu, U = np.linalg.eigh(S.cpu().numpy())                  # ascending
+    order = np.argsort(mu)[::-1]
+    mu, U = np.clip(mu[order], 0.0, None), U[:, order]
+    trace = float(scale * (D * D).sum())
+    kk = min(k, mu.size)
+    mu, U = mu[:kk], torch.as_tensor(np.ascontiguousarray(U[:, :kk]), dtype=torch.float64, device=D.device)
+    if small_is_gram:
+        V = (D.T @ U).T                                      # (k', P), row j = D^T u_j
+        norms = V.norm(dim=1, keepdim=True)
+        tol = max(L, P) * np.finfo(np.float64).eps * (float(mu[0]) if mu.size else 0.0)
+        null = torch.as_tensor(mu <= tol, device=D.device)
+        V = torch.where(null[:, None], torch.zeros_like(V), V / norms.clamp_min(torch.finfo(torch.float64).tiny))
+    else:
+        V = U.T.contiguous()
+    lam = float(mu[0]) if mu.size else 0.0
+    return {"lambda_K": lam, "trace_K": trace, "trace_ratio": trace / lam if lam > 0 else math.nan,
+            "eigenvalues_K": mu.copy(), "eigenvectors_K": V}
+
+
+def covariance_from_gram(G_batches: torch.Tensor, g_full: torch.Tensor, batch_size: int,
+                         n_total: int | None = None, k: int = 5) -> dict:
+    """Summaries of K_hat = C_M / c(M, N) from L mini-batch gradients.
+
+    G_batches (L, P): mean gradients of L batches of size M = ``batch_size``; g_full (P,): the full
+    gradient g of the N examples the batches were drawn from. D = G_batches - g, C_M = D^T D / L,
+    and c = (N - M) / (M (N - 1)) when ``n_total`` = N is given (each batch a uniform M-subset, drawn
+    without replacement), c = 1 / M when it is None (indices i.i.d. with replacement). The spectrum
+    comes from the L x L Gram matrix D D^T / (L c) (same nonzero eigenvalues as K_hat); eigenvectors
+    D^T u / ||D^T u||. Tr K_hat = ||D||_F^2 / (L c) exactly. Returns the keys of the module docstring
+    (top min(k, L) eigenpairs).
+    """
+    if G_batches.ndim != 2:
+        raise UserInputError(f"G_batches must have shape (L, P), got {tuple(G_batches.shape)}")
+    L, P = G_batches.shape
+    check_int_range(L, "n_batches", 2)
+    check_int_range(k, "k", 1)
+    if tuple(g_full.shape) != (P,):
+        raise UserInputError(f"g_full must have shape ({P},), got {tuple(g_full.shape)}")
+    c = finite_population_factor(batch_size, n_total)
+    D = G_batches.to(torch.float64) - g_full.to(device=G_batches.device, dtype=torch.float64)
+    return _spectrum(D, 1.0 / (L * c), k)
+
+
+def gradient_covariance(objective, n_batches: int = 25, batch_size: int = 128, *, seed: int = 0,
+                        theta: torch.Tensor | None = None, k: int = 5, replace: bool = False) -> dict:
+    """The paper's estimate of K (App. B): L = ``n_batches`` seeded mini-batch gradients of size M =
+    ``batch_size`` (:func:`mini_batch_gradients`), centred by the full gradient g of the objective's
+    N examples, through :func:`covariance_from_gram` with the factor of the sampling used
+    (c = (N - M)/(M (N - 1)) without replacement, 1/M with).
+
+    Unbiasedness: because the centre is the exact g (not the mean of the L batch gradients, hence
+    the 1/L), each term (g_B - g)(g_B - g)^T / c has expectation K over the batch draw, and so
+    E[K_hat] = K entry by entry; in particular E[trace_K] = Tr K exactly. This holds for disjoint
+    batches too (each is marginally a uniform M-subset; the dependence between batches changes only
+    the variance). It assumes g_B is the mean of independent per-example gradients (not true under
+    ``bn="batch"`` with BatchNorm). The spectral summaries are nonlinear and not unbiased: K_hat has
+    rank <= L, and E[lambda_K] >= lambda_max(K) (lambda_max is convex), trace_ratio <= L.
+    """
+    G = mini_batch_gradients(objective, n_batches, batch_size, seed=seed, theta=theta, replace=replace)
+    g = objective.grad(theta)
+    return covariance_from_gram(G, g, batch_size, None if replace else objective.n, k=k)
+
+
+def exact_covariance(objective, theta: torch.Tensor | None = None, k: int = 5) -> dict:
+    """K = D^T D / n exactly, D = G - mean_i g_i from the per-example gradients G (n, P) of all the
+    objective's examples (``bn="eval"``), via the n x n Gram matrix when n <= P (else the P x P
+    matrix, which is then the smaller). For small models: the truth that validates the estimators.
+    Returns the keys of the module docstring (top min(k, n, P) eigenpairs)."""
+    check_int_range(k, "k", 1)
+    G = objective.per_example_grads(theta).to(torch.float64)
+    D = G - G.mean(0)
+    return _spectrum(D, 1.0 / G.shape[0], k)
