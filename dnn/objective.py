@@ -78,7 +78,7 @@ class Objective:
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
                  dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
-                 bn: str = "eval", bn_batch: int = 128, chunk: int = 512):
+                 bn: str = "eval", bn_batch: int = 128, chunk: int = 64):
         if bn not in BN_POLICIES:
             raise UserInputError(f"bn policy must be one of {', '.join(BN_POLICIES)}, got {bn!r}")
         if inputs.shape[0] != targets.shape[0] or inputs.shape[0] < 1:

@@ -1,4 +1,4 @@
-"""The ``valleysim`` command: demo, stability, phase-diagram, valley, break-even, walk, nsgd.
+"""The ``valleysim`` command: demo, stability, phase-diagram, valley, break-even, walk, nsgd, dnn.
 
 User errors print one line ``valleysim: error: ...`` and exit with code 2.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dnn import cli as dnn_cli
 from valleysim import break_even_cli, nsgd_cli, valley_cli, walk_cli
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
 from valleysim.quadratic import KINDS, generate, load_hessians
@@ -136,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     break_even_cli.add_parser(sub)
     walk_cli.add_parser(sub)
     nsgd_cli.add_parser(sub)
+    dnn_cli.add_parser(sub)
     return p
 
 

@@ -1,0 +1,136 @@
+"""The probe registry: named measurements of a network at one point of training.
+
+A probe is ``fn(ctx: ProbeContext) -> dict[str, float]``; it reads the network only through
+``ctx.objective`` (the measurement set, see :mod:`dnn.objective`), so it never changes the model.
+``ctx.state`` is a dict the probes share and keep across probe times (the top eigenvectors, used to
+warm-start the next Lanczos run and by the ``step`` and ``curvature`` probes). Run order follows
+:data:`PROBES`, so ``lanczos`` runs before the probes that use its eigenvectors.
+
+  lanczos      top-k Hessian eigenpairs: lambda_max, lambda_H_i, residuals, n_hvp, frobenius_top
+  trace        Hutchinson Tr(H) (deflated by the Lanczos pairs when present) with its SE
+  covariance   lambda_K, trace_K, trace_ratio = Tr K / lambda_K, lambda_K_i (Gram of L mini-batch grads),
+               grad_norm_ratio_top5 (||g|| / ||g_5||, g_5 on the top-5 eigenvectors of K)
+  step         alpha_star, loss_change_a{alpha} (+ _se), mean |cos(g_b, e_i)|, bn_scale_norm
+  curvature    per-example curvature along e_H^1 (curvature_mean, curvature_var) and R1's
+               stability_factor (1 - eta lambda)^2 + eta^2 c(S, N) s^2 with lambda, s^2 from them
+  walk         the last step's walk metrics (floor, height, barrier, ...), cos_consecutive,
+               distance_from_init
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from dnn import covariance, eigen, step_probes, walk_metrics
+from dnn.objective import Objective
+from valleysim import theory
+
+__all__ = ["PROBES", "ProbeContext", "run_probes", "top_eigenpairs"]
+
+
+@dataclass
+class ProbeContext:
+    cfg: Any                      # dnn.train.TrainConfig (lr, batch, top_k, seeds, sample counts)
+    model: torch.nn.Module        # read only (bn_scale_norm)
+    objective: Objective          # loaded with the model's current parameters
+    state: dict = field(default_factory=dict)
+    walk: Any = None              # dnn.walk_metrics.WalkTracker
+    step: int = 0
+    n_train: int | None = None    # size of the training set (for c(S, N)); default: measurement set
+
+
+def top_eigenpairs(objective: Objective, cfg, init=None, k: int | None = None) -> eigen.Eigenpairs:
+    """Top-k Hessian eigenpairs of the measurement loss (Lanczos, warm-started from ``init``)."""
+    init = None if init is None else init.to(objective.device, objective.dtype)
+    return eigen.lanczos_top(objective.hvp, objective.theta0, k or cfg.top_k, tol=cfg.lanczos_tol,
+                             max_iter=cfg.lanczos_max_iter, init=init, seed=cfg.seed)
+
+
+def _lanczos(ctx: ProbeContext) -> dict:
+    pairs = top_eigenpairs(ctx.objective, ctx.cfg, ctx.state.get("eigvecs"))
+    ctx.state["eigvecs"] = pairs.vectors.detach().cpu()
+    ctx.state["eigvals"] = pairs.values
+    out = {"lambda_max": float(pairs.values[0]), "lanczos_n_hvp": pairs.n_matvec,
+           "lanczos_converged": bool(pairs.converged),
+           "lanczos_max_rel_residual": float(np.max(pairs.residuals / np.abs(pairs.values)))}
+    out.update({f"lambda_H_{i + 1}": float(v) for i, v in enumerate(pairs.values)})
+    out.update(step_probes.frobenius_top(pairs.values))
+    return out
+
+
+def _trace(ctx: ProbeContext) -> dict:
+    est, se, n = eigen.hutchinson_trace(ctx.objective.hvp, ctx.objective.theta0,
+                                        n_samples=ctx.cfg.hutchinson_samples, seed=ctx.cfg.seed + ctx.step)
+    return {"trace_hessian": est, "trace_hessian_se": se, "trace_n_hvp": n}
+
+
+def _covariance(ctx: ProbeContext) -> dict:
+    """K from the L x L Gram matrix of L mini-batch gradients centred by the full gradient
+    (:func:`dnn.covariance.gradient_covariance`, spelled out to reuse the batch gradients), and
+    ||g|| / ||g_5|| (g_5: projection of a mini-batch gradient on the top 5 eigenvectors of K,
+    break-even-point.txt Sec. 4.3) averaged over the L batches."""
+    obj, m = ctx.objective, min(ctx.cfg.cov_batch, ctx.objective.n - 1)
+    G = covariance.mini_batch_gradients(obj, ctx.cfg.cov_batches, m, seed=ctx.cfg.seed + ctx.step)
+    res = covariance.covariance_from_gram(G, obj.grad(), m, obj.n, k=5)
+    out = {k: float(res[k]) for k in ("lambda_K", "trace_K", "trace_ratio")}
+    out.update({f"lambda_K_{i + 1}": float(v) for i, v in enumerate(res["eigenvalues_K"])})
+    if res["eigenvectors_K"].shape[0] >= 5:
+        ratios = [step_probes.gradient_alignment(g, res["eigenvectors_K"])["grad_norm_ratio_top5"] for g in G]
+        out["grad_norm_ratio_top5"] = float(np.mean(ratios))
+    return out
+
+
+def _mini_batch_grads(ctx: ProbeContext, n_batches: int) -> torch.Tensor:
+    """(B, P) gradients of seeded mini-batches (size cfg.batch) of the measurement set."""
+    rng = np.random.default_rng([ctx.cfg.seed, 3, ctx.step])
+    m = min(ctx.cfg.batch, ctx.objective.n)
+    return torch.stack([ctx.objective.grad(idx=torch.as_tensor(rng.choice(ctx.objective.n, m, replace=False)))
+                        for _ in range(n_batches)])
+
+
+def _step(ctx: ProbeContext) -> dict:
+    """The SGD step against the sharpest directions, from B = cfg.loss_change_batches seeded mini-batch
+    gradients g_b (batch size cfg.batch) of the measurement set: the loss change along e_1
+    (sharpest-directions Sec. 3.2), the mean |cos(g_b, e_i)| (Sec. 3.3), and alpha* for the step
+    -eta g_1 (break-even-point.txt Sec. 4: the smallest alpha with L(theta - alpha eta g_1) >= 1.2 L)."""
+    E = ctx.state["eigvecs"].to(ctx.objective.device, ctx.objective.dtype)
+    G = _mini_batch_grads(ctx, ctx.cfg.loss_change_batches)
+    out = dict(step_probes.alpha_star(ctx.objective, G[0], ctx.cfg.lr))
+    out.update(step_probes.loss_change_along_top(ctx.objective, E[0], G, ctx.cfg.lr))
+    cos = [step_probes.gradient_alignment(g, E) for g in G]
+    out.update({k: float(np.mean([c[k] for c in cos])) for k in cos[0] if k.startswith("cos_g_e")})
+    out.update(step_probes.bn_scale_norm(ctx.model))
+    return out
+
+
+def _curvature(ctx: ProbeContext) -> dict:
+    e1 = ctx.state["eigvecs"][0].to(ctx.objective.device, ctx.objective.dtype)
+    out = step_probes.per_example_curvature_stats(ctx.objective, e1)
+    n = ctx.n_train or ctx.objective.n
+    c = theory.variance_factor(min(ctx.cfg.batch, n), n)
+    out["stability_factor"] = float(theory.stability_factor(ctx.cfg.lr, out["curvature_mean"],
+                                                            out["curvature_var"], c))
+    return out
+
+
+def _walk(ctx: ProbeContext) -> dict:
+    return ctx.walk.metrics(ctx.objective)
+
+
+PROBES: dict[str, Callable[[ProbeContext], dict]] = {
+    "lanczos": _lanczos, "trace": _trace, "covariance": _covariance,
+    "step": _step, "curvature": _curvature, "walk": _walk,
+}
+
+
+def run_probes(names, ctx: ProbeContext) -> dict:
+    """Runs the named probes in registry order; one flat dict of metrics."""
+    out = {}
+    for name in PROBES:
+        if name in names:
+            out.update(PROBES[name](ctx))
+    return out

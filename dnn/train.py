@@ -1,0 +1,315 @@
+"""Training with probes on a schedule, resumable: SGD (momentum optional), NSGD, GD, GD + isotropic noise.
+
+Update rules (theta (P,), g_B the mini-batch gradient of the mean cross-entropy, lr eta):
+  sgd       torch.optim.SGD on g_B (momentum mu, weight decay wd as torch defines them)
+  nsgd      the same on g_B + (gamma - 1) E^T E g_B, E (K, P) the top-K Hessian eigenvectors of the
+            measurement set, recomputed every ``nsgd_every`` steps (warm-started Lanczos): step
+            gamma * eta along the sharpest K directions, eta elsewhere (R8)
+  gd        the full gradient of the training set (chunks of ``batch`` examples, no augmentation)
+  gd-noise  the full gradient + sigma xi, xi ~ N(0, I_P) drawn from a generator seeded by (seed, step)
+
+Data order: epoch e shuffles and augments with a generator seeded by (seed, e), so a resumed run
+regenerates the same batches (it skips the ones already taken). Probes run at step 0, every
+``probe_every`` steps, at each epoch end (``probe_epochs``), when the running training accuracy
+(last ``acc_window`` batches) first reaches each of ``probe_acc``, and at the end; each probe writes
+one row (run config, step, epoch, accuracy, every probe's metrics) and a checkpoint. A non-finite
+loss stops the run with a final row ``diverged = step`` (a result, not a crash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dnn import probes as probes_mod
+from dnn import step_probes
+from dnn.data import batches, channel_stats, measurement_subset, to_float_nchw, normalize
+from dnn.models import MODELS, build_model
+from dnn.objective import Objective, flat_params
+from dnn.store import RunStore
+from dnn.walk_metrics import WalkTracker
+from valleysim.errors import UserInputError, check_positive
+
+__all__ = ["OPTIMIZERS", "TrainConfig", "train", "seed_for"]
+
+OPTIMIZERS = ("sgd", "nsgd", "gd", "gd-noise")
+
+
+def seed_for(*keys: int) -> int:
+    """A 63-bit seed from integer keys (numpy SeedSequence): independent streams per (seed, epoch) etc."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run (stored in config.json; a resumed run must match)."""
+    model: str = "simplecnn"
+    width: float = 1.0
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    batch: int = 128
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    epochs: int = 1
+    max_steps: int | None = None
+    n_train: int | None = None          # first n training examples (canonical order); None: all
+    augment: bool = True
+    nsgd_gamma: float = 0.01
+    nsgd_k: int = 5
+    nsgd_every: int = 100
+    noise_std: float = 0.0              # gd-noise: sigma per coordinate
+    probes: tuple[str, ...] = ("lanczos",)
+    probe_every: int = 0                # steps; 0: off
+    probe_epochs: bool = True
+    probe_acc: tuple[float, ...] = ()
+    acc_window: int = 50
+    measure_fraction: float = 0.05
+    measure_size: int | None = None
+    measure_dtype: str = "float32"      # float64 for validation (3-5x slower on CPU)
+    bn: str = "eval"
+    top_k: int = 5
+    lanczos_tol: float = 1e-3
+    lanczos_max_iter: int = 100
+    hutchinson_samples: int = 50
+    cov_batches: int = 25
+    cov_batch: int = 128
+    loss_change_batches: int = 10
+    seed: int = 0
+    device: str = "cpu"
+    channels_last: bool | None = None   # None: on for SimpleCNN / VGG (3x3 convs ~2x faster), off for
+                                        # ResNet-32 (slower step, MACHINE-NOTES) and the MLP
+
+    def __post_init__(self):
+        self.probes = tuple(self.probes)
+        self.probe_acc = tuple(float(a) for a in self.probe_acc)
+        if self.model not in MODELS:
+            raise UserInputError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserInputError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        unknown = [p for p in self.probes if p not in probes_mod.PROBES]
+        if unknown:
+            raise UserInputError(f"unknown probe(s) {', '.join(unknown)}; choose from {', '.join(probes_mod.PROBES)}")
+        check_positive(self.lr, "learning rate --lr")
+        for name in ("batch", "epochs", "acc_window", "top_k", "nsgd_every", "lanczos_max_iter",
+                     "hutchinson_samples", "cov_batch", "loss_change_batches"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise UserInputError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.cov_batches < 2:
+            raise UserInputError(f"cov_batches must be >= 2 (a covariance needs two gradients), got {self.cov_batches}")
+        for name in ("momentum", "weight_decay", "noise_std"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise UserInputError(f"{name} must be finite and >= 0, got {getattr(self, name)!r}")
+        if self.momentum >= 1:
+            raise UserInputError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.probe_every < 0:
+            raise UserInputError(f"probe_every must be >= 0 steps, got {self.probe_every}")
+        if any(not (0 < a <= 1) for a in self.probe_acc):
+            raise UserInputError(f"probe_acc thresholds must be in (0, 1], got {self.probe_acc}")
+        if self.measure_dtype not in ("float32", "float64"):
+            raise UserInputError(f"measure_dtype must be float32 or float64, got {self.measure_dtype!r}")
+        if self.optimizer == "nsgd":
+            check_positive(self.nsgd_gamma, "nsgd_gamma")
+            if self.nsgd_k > self.top_k:
+                raise UserInputError(f"NSGD K = {self.nsgd_k} is larger than the eigenpairs computed "
+                                     f"(top_k = {self.top_k}); raise --top-k or lower --nsgd-k")
+        if self.optimizer == "gd-noise" and self.noise_std <= 0:
+            raise UserInputError("gd-noise needs --noise-std > 0")
+        needs_eigvecs = {"step", "curvature"} & set(self.probes)
+        if needs_eigvecs and "lanczos" not in self.probes:
+            raise UserInputError(f"probe(s) {', '.join(sorted(needs_eigvecs))} need the top eigenvectors: "
+                                 "add 'lanczos' to --probes")
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _model_data(images, mean, std, channels_last: bool, idx=None) -> torch.Tensor:
+    """uint8 NHWC -> normalised float32 NCHW (no augmentation), in the model's memory format."""
+    x = normalize(to_float_nchw(images if idx is None else images[idx]), mean, std)
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndarray, *,
+          progress: bool = True, input_shape=None, num_classes: int = 10) -> RunStore:
+    """Trains (or resumes) the run ``cfg`` in ``out`` on ``images`` uint8 (N, H, W, C), ``labels`` (N,).
+
+    Returns the store; rows via ``store.rows()``. Resumes from ``out/checkpoint.pt`` if present.
+    """
+    if cfg.n_train is not None:
+        if not (1 <= cfg.n_train <= len(images)):
+            raise UserInputError(f"n_train must be in 1..{len(images)}, got {cfg.n_train}")
+        images, labels = images[: cfg.n_train], labels[: cfg.n_train]
+    if cfg.batch > len(images):
+        raise UserInputError(f"batch {cfg.batch} is larger than the training set ({len(images)})")
+    device = torch.device(cfg.device)
+    store = RunStore(out, cfg.as_dict())
+    mean, std = channel_stats(images)
+    input_shape = input_shape or (images.shape[3], images.shape[1], images.shape[2])
+    channels_last = cfg.channels_last if cfg.channels_last is not None else \
+        cfg.model.startswith(("simplecnn", "vgg"))
+    model = build_model(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width,
+                        seed=cfg.seed, channels_last=channels_last).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    n = len(images)
+    steps_per_epoch = 1 if cfg.optimizer in ("gd", "gd-noise") else math.ceil(n / cfg.batch)
+    total_steps = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+
+    midx = measurement_subset(n, cfg.measure_fraction, seed=cfg.seed, size=cfg.measure_size)
+    mdtype = torch.float64 if cfg.measure_dtype == "float64" else torch.float32
+    objective = Objective(model, _model_data(images, mean, std, channels_last, midx), torch.as_tensor(labels[midx]),
+                          dtype=mdtype, device=device, bn=cfg.bn, bn_batch=cfg.batch)
+    state = dict(step=0, epoch=0, batch_in_epoch=0, acc_hist=[], fired=[], probe_state={},
+                 nsgd_vectors=None, nsgd_step=None, walk=None, wall=0.0, probe_time=0.0, done=False,
+                 last_loss=float("nan"))
+    ck = store.load_checkpoint()
+    if ck is not None:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        state = ck["state"]
+    if state["done"]:
+        return store
+    walk = WalkTracker.from_state(state["walk"]) if state["walk"] is not None else \
+        WalkTracker(objective.load(model).theta0.clone())
+    acc_hist = deque(state["acc_hist"], maxlen=cfg.acc_window)
+    full_x = full_y = None
+    if cfg.optimizer in ("gd", "gd-noise"):
+        full_x, full_y = _model_data(images, mean, std, channels_last).to(device), torch.as_tensor(labels).to(device)
+
+    def checkpoint():
+        state.update(acc_hist=list(acc_hist), walk=walk.state())
+        store.save_checkpoint(dict(model=model.state_dict(), optimizer=opt.state_dict(), state=state))
+
+    def probe(reason: str):
+        t0 = time.perf_counter()
+        train_time = (t0 - t_start) - state["probe_time"]        # wall time so far minus earlier probes
+        objective.load(model)
+        ctx = probes_mod.ProbeContext(cfg=cfg, model=model, objective=objective, state=state["probe_state"],
+                                      walk=walk, step=state["step"], n_train=n)
+        metrics = probes_mod.run_probes(cfg.probes, ctx)
+        row = dict(cfg.as_dict(), step=state["step"], epoch=state["step"] / steps_per_epoch, reason=reason,
+                   train_loss_batch=state["last_loss"],
+                   train_acc_running=float(np.mean(acc_hist)) if acc_hist else float("nan"),
+                   measure_loss=objective.loss(), measure_acc=objective.accuracy(), **metrics)
+        state["probe_time"] += time.perf_counter() - t0
+        state["wall"] = time.perf_counter() - t_start
+        row.update(train_time_s=train_time, probe_time_s=state["probe_time"], probes=",".join(cfg.probes),
+                   probe_acc=list(cfg.probe_acc))
+        store.append(row)
+        checkpoint()
+
+    t_start = time.perf_counter() - state["wall"]
+    bar = tqdm(total=total_steps, initial=state["step"], disable=not progress, unit="step", desc=cfg.model)
+    if state["step"] == 0 and store.n_rows == 0:
+        probe("start")
+    while state["step"] < total_steps:
+        epoch = state["epoch"]
+        if cfg.optimizer in ("gd", "gd-noise"):
+            stream = iter([(full_x, full_y)])
+        else:
+            gen = torch.Generator().manual_seed(seed_for(cfg.seed, 1, epoch))
+            stream = batches(images, labels, cfg.batch, gen, augment=cfg.augment, mean=mean, std=std,
+                             device=device, memory_format=torch.channels_last if channels_last
+                             else torch.contiguous_format)
+            for _ in range(state["batch_in_epoch"]):
+                next(stream)
+        for xb, yb in stream:
+            theta_before = flat_params(model).double() if "walk" in cfg.probes else None
+            model.train()
+            opt.zero_grad(set_to_none=False)
+            if cfg.optimizer in ("gd", "gd-noise"):
+                loss, correct = _full_gradient(model, xb, yb, cfg.batch)
+            else:
+                logits = model(xb)
+                loss_t = F.cross_entropy(logits, yb)
+                loss_t.backward()
+                loss, correct = float(loss_t.detach()), float((logits.argmax(1) == yb).float().mean())
+            if not math.isfinite(loss):
+                state["wall"] = time.perf_counter() - t_start
+                store.append(dict(cfg.as_dict(), step=state["step"], epoch=state["step"] / steps_per_epoch,
+                                  reason="diverged", diverged=state["step"], train_loss_batch=loss,
+                                  probes=",".join(cfg.probes), probe_acc=list(cfg.probe_acc)))
+                state["done"] = True
+                checkpoint()
+                bar.close()
+                return store
+            _modify_gradient(cfg, model, objective, state)
+            if "walk" in cfg.probes:
+                g_step = objective.vector([p.grad for p in model.parameters()])
+            opt.step()
+            state["last_loss"] = loss
+            acc_hist.append(correct)
+            state["step"] += 1
+            state["batch_in_epoch"] += 1
+            if "walk" in cfg.probes:
+                walk.update(theta_before, flat_params(model).double(), g_step)
+            state["wall"] = time.perf_counter() - t_start
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{np.mean(acc_hist):.2f}")
+            due = []
+            if cfg.probe_every and state["step"] % cfg.probe_every == 0:
+                due.append("every")
+            running = float(np.mean(acc_hist))
+            for a in cfg.probe_acc:
+                if a not in state["fired"] and running >= a and len(acc_hist) >= min(cfg.acc_window, steps_per_epoch):
+                    state["fired"].append(a)
+                    due.append(f"acc>={a:g}")
+            if state["step"] == total_steps:
+                due.append("end")
+            if due:
+                probe("+".join(due))
+            if state["step"] >= total_steps:
+                break
+        else:   # the epoch ran to its end
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+            if cfg.probe_epochs and state["step"] < total_steps:
+                probe("epoch")
+    state["done"] = True
+    checkpoint()
+    bar.close()
+    return store
+
+
+def _full_gradient(model, x, y, chunk: int) -> tuple[float, float]:
+    """Accumulates d(mean loss)/dtheta over all of (x, y) into .grad; returns (loss, accuracy)."""
+    n = x.shape[0]
+    total, correct = 0.0, 0
+    for s in range(0, n, chunk):
+        logits = model(x[s:s + chunk])
+        loss = F.cross_entropy(logits, y[s:s + chunk], reduction="sum") / n
+        loss.backward()
+        total += float(loss.detach())
+        correct += int((logits.argmax(1) == y[s:s + chunk]).sum())
+    return total, correct / n
+
+
+def _modify_gradient(cfg: TrainConfig, model, objective: Objective, state: dict):
+    """NSGD's rescaling along the top-K eigenvectors, or GD's isotropic noise, in place on .grad."""
+    if cfg.optimizer not in ("nsgd", "gd-noise"):
+        return None
+    params = [p for p in model.parameters() if p.requires_grad]
+    g = torch.cat([p.grad.reshape(-1) for p in params])
+    if cfg.optimizer == "nsgd":
+        if state["nsgd_step"] is None or state["step"] - state["nsgd_step"] >= cfg.nsgd_every:
+            objective.load(model)
+            pairs = probes_mod.top_eigenpairs(objective, cfg, state["nsgd_vectors"], k=cfg.nsgd_k)
+            state["nsgd_vectors"], state["nsgd_step"] = pairs.vectors.cpu(), state["step"]
+        g = step_probes.nsgd_direction(g, state["nsgd_vectors"].to(g.device, g.dtype), cfg.nsgd_gamma).to(g.dtype)
+    else:
+        gen = torch.Generator(device=g.device).manual_seed(seed_for(cfg.seed, 2, state["step"]))
+        g = g + cfg.noise_std * torch.randn(g.shape, generator=gen, device=g.device, dtype=g.dtype)
+    for p, gp in zip(params, torch.split(g, [p.numel() for p in params])):
+        p.grad.copy_(gp.view_as(p.grad))
+    return g

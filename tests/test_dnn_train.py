@@ -1,0 +1,181 @@
+"""dnn.train / dnn.store / dnn.probes: update rules against explicit formulas, exactly-once resumable rows,
+probes that leave the model bit-identical, and clear errors. Synthetic 8x8 images, tiny networks."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dnn import probes as probes_mod
+from dnn.models import build_model
+from dnn.objective import Objective, flat_params, model_state
+from dnn.store import RunStore, read_rows
+from dnn.train import TrainConfig, seed_for, train
+from valleysim.errors import UserInputError
+
+TIMING = ("train_time_s", "probe_time_s")
+
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def synthetic(n=48, seed=0):
+    """uint8 (n, 8, 8, 3) images whose mean colour depends on the label (learnable), labels in 0..3."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [128, 128, 128]])[y]
+    x = np.clip(base[:, None, None, :] + rng.normal(0, 40, (n, 8, 8, 3)), 0, 255).astype(np.uint8)
+    return x, y.astype(np.int64)
+
+
+def cfg(**kw):
+    base = dict(model="simplecnn", width=0.125, lr=0.05, batch=8, epochs=2, probes=("lanczos",),
+                probe_every=0, measure_size=16, top_k=2, lanczos_tol=1e-6, hutchinson_samples=4,
+                cov_batches=3, cov_batch=4, loss_change_batches=2, channels_last=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_store_truncates_to_the_checkpoint_and_refuses_another_config(tmp_path):
+    st = RunStore(tmp_path, {"a": 1})
+    st.append({"step": 0, "x": float("nan")})
+    st.save_checkpoint({"step": 0})
+    st.append({"step": 1})                            # written after the checkpoint
+    with open(st.metrics_path, "a") as f:
+        f.write('{"step": 2')                         # torn line
+    st2 = RunStore(tmp_path, {"a": 1})
+    assert st2.load_checkpoint() == {"step": 0}
+    assert read_rows(st2.metrics_path) == [{"step": 0, "x": None}]
+    st2.append({"step": 1})
+    assert [r["step"] for r in st2.rows()] == [0, 1]
+    with pytest.raises(UserInputError, match="different configuration"):
+        RunStore(tmp_path, {"a": 2})
+
+
+def test_gd_step_is_the_full_gradient_step(tmp_path):
+    x, y = synthetic(24)
+    c = cfg(optimizer="gd", epochs=1, measure_size=24, probes=())
+    train(c, tmp_path, x, y, progress=False)
+    model0 = build_model("simplecnn", num_classes=10, input_shape=(3, 8, 8), width=0.125, seed=0)
+    from dnn.data import channel_stats, normalize, to_float_nchw
+    mean, std = channel_stats(x)
+    obj = Objective(model0, normalize(to_float_nchw(x), mean, std), torch.as_tensor(y), dtype=torch.float64)
+    expected = obj.theta0 - c.lr * obj.grad()
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    model0.load_state_dict(ck["state"]["model"])
+    torch.testing.assert_close(flat_params(model0).double(), expected, rtol=0, atol=2e-6)
+
+
+def test_gd_noise_adds_isotropic_gaussian_noise(tmp_path):
+    x, y = synthetic(24)
+    c = cfg(optimizer="gd-noise", noise_std=0.5, lr=0.1, epochs=1, probes=())
+    c_gd = cfg(optimizer="gd", lr=0.1, epochs=1, probes=())
+    thetas = []
+    for i, cc in enumerate((c, c_gd)):
+        train(cc, tmp_path / str(i), x, y, progress=False)
+        m = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125)
+        m.load_state_dict(torch.load(tmp_path / str(i) / "checkpoint.pt", weights_only=False)["state"]["model"])
+        thetas.append(flat_params(m).double())
+    xi = (thetas[1] - thetas[0]) / (c.lr * c.noise_std)      # theta_gd - theta_noise = eta sigma xi
+    n = xi.numel()
+    assert abs(float(xi.mean())) < 5 / math.sqrt(n)
+    assert abs(float(xi.var()) - 1.0) < 5 * math.sqrt(2 / n)
+    gen = torch.Generator().manual_seed(seed_for(c.seed, 2, 0))
+    torch.testing.assert_close(xi, torch.randn(n, generator=gen, dtype=torch.float32).double(), atol=1e-3, rtol=0)
+
+
+def test_nsgd_step_is_the_explicit_projection(tmp_path):
+    x, y = synthetic(16)
+    c = cfg(optimizer="nsgd", nsgd_gamma=0.1, nsgd_k=2, top_k=2, batch=16, epochs=1, measure_size=16,
+            augment=False, probes=())
+    train(c, tmp_path, x, y, progress=False)
+    model0 = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125, seed=0)
+    from dnn.data import channel_stats, normalize, to_float_nchw
+    mean, std = channel_stats(x)
+    obj = Objective(model0, normalize(to_float_nchw(x), mean, std), torch.as_tensor(y), dtype=torch.float64)
+    H = torch.autograd.functional.hessian(lambda t: obj._losses(obj.unflatten(t), obj.inputs, obj.targets).mean(),
+                                          obj.theta0)
+    w, V = torch.linalg.eigh(H)
+    E = V[:, -2:].T
+    g = obj.grad()
+    P = torch.eye(obj.dim, dtype=torch.float64) - (1 - c.nsgd_gamma) * E.T @ E
+    expected = obj.theta0 - c.lr * (P @ g)
+    m = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125)
+    m.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]["model"])
+    torch.testing.assert_close(flat_params(m).double(), expected, rtol=0, atol=5e-6)
+
+
+def test_probes_leave_the_model_bit_identical():
+    x, y = synthetic(16)
+    m = build_model("simplecnn-bn", input_shape=(3, 8, 8), width=0.125, seed=1)
+    m.train()
+    before = model_state(m)
+    c = cfg(model="simplecnn-bn", probes=tuple(probes_mod.PROBES))
+    from dnn.walk_metrics import WalkTracker
+    obj = Objective(m, torch.randn(16, 3, 8, 8), torch.as_tensor(y))
+    walk = WalkTracker(obj.theta0.clone())
+    walk.update(obj.theta0.clone(), obj.theta0 + 1e-3, torch.ones(obj.dim, dtype=torch.float64))
+    ctx = probes_mod.ProbeContext(cfg=c, model=m, objective=obj, walk=walk, step=1)
+    out = probes_mod.run_probes(c.probes, ctx)
+    for k in ("lambda_max", "trace_hessian", "lambda_K", "alpha_star", "curvature_mean", "stability_factor",
+              "height", "cos_consecutive", "bn_scale_norm"):
+        assert k in out, k
+    after = model_state(m)
+    assert all(torch.equal(before[k], after[k]) for k in before) and m.training
+
+
+def test_killed_run_resumes_with_identical_rows(tmp_path, monkeypatch):
+    x, y = synthetic(48)
+    c = cfg(probes=("lanczos", "covariance", "walk"), probe_every=2, probe_acc=(0.3,))
+    full = strip(train(c, tmp_path / "full", x, y, progress=False).rows())
+    assert [r["step"] for r in full][:3] == [0, 2, 4] and full[-1]["step"] == 12
+    calls = {"n": 0}
+    real = probes_mod.run_probes
+
+    def dying(names, ctx):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(names, ctx)
+    monkeypatch.setattr(probes_mod, "run_probes", dying)
+    with pytest.raises(KeyboardInterrupt):
+        train(c, tmp_path / "cut", x, y, progress=False)
+    assert len(read_rows(tmp_path / "cut" / "metrics.jsonl")) == 4
+    monkeypatch.setattr(probes_mod, "run_probes", real)
+    resumed = strip(train(c, tmp_path / "cut", x, y, progress=False).rows())
+    assert resumed == full
+    assert len(resumed) == len({(r["step"], r["reason"]) for r in resumed})
+
+
+def test_divergence_is_a_row_not_a_crash(tmp_path):
+    x, y = synthetic(24)
+    rows = train(cfg(lr=1e6, probes=()), tmp_path, x, y, progress=False).rows()
+    assert rows[-1]["reason"] == "diverged" and rows[-1]["diverged"] >= 0
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(model="resnet18"), "unknown model"),
+    (dict(probes=("hessian",)), "unknown probe"),
+    (dict(optimizer="nsgd", nsgd_k=4, top_k=2), "larger than the eigenpairs"),
+    (dict(probes=("step",)), "add 'lanczos'"),
+    (dict(optimizer="adam"), "unknown optimizer"),
+    (dict(lr=0.0), "lr"),
+    (dict(optimizer="gd-noise"), "noise-std"),
+])
+def test_bad_configurations_are_named(kw, match):
+    with pytest.raises(UserInputError, match=match):
+        cfg(**kw)
+
+
+def test_cli_missing_data_path_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from valleysim.cli import main
+    monkeypatch.delenv("VALLEYSIM_DATA", raising=False)
+    assert main(["dnn", "train", "--out", str(tmp_path / "r")]) == 2
+    assert "data" in capsys.readouterr().err.lower()
+    assert main(["dnn", "train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert "nowhere" in capsys.readouterr().err
