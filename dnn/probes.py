@@ -7,7 +7,8 @@ warm-start the next Lanczos run and by the ``step`` and ``curvature`` probes). R
 :data:`PROBES`, so ``lanczos`` runs before the probes that use its eigenvectors.
 
   lanczos      top-k Hessian eigenpairs: lambda_max, lambda_H_i, residuals, n_hvp, frobenius_top
-  trace        Hutchinson Tr(H) (deflated by the Lanczos pairs when present) with its SE
+  trace        Hutchinson Tr(H) with its SE, deflated by this probe time's Lanczos pairs when the
+               lanczos probe ran (their eigenvalues + Hutchinson on the rest: smaller SE)
   covariance   lambda_K, trace_K, trace_ratio = Tr K / lambda_K, lambda_K_i (Gram of L mini-batch grads),
                grad_norm_ratio_top5 (||g|| / ||g_5||, g_5 on the top-5 eigenvectors of K)
   step         alpha_star, loss_change_a{alpha} (+ _se), mean |cos(g_b, e_i)|, bn_scale_norm
@@ -41,6 +42,7 @@ class ProbeContext:
     walk: Any = None              # dnn.walk_metrics.WalkTracker
     step: int = 0
     n_train: int | None = None    # size of the training set (for c(S, N)); default: measurement set
+    pairs: Any = None             # this probe time's Lanczos Eigenpairs (set by the lanczos probe)
 
 
 def top_eigenpairs(objective: Objective, cfg, init=None, k: int | None = None) -> eigen.Eigenpairs:
@@ -52,6 +54,7 @@ def top_eigenpairs(objective: Objective, cfg, init=None, k: int | None = None) -
 
 def _lanczos(ctx: ProbeContext) -> dict:
     pairs = top_eigenpairs(ctx.objective, ctx.cfg, ctx.state.get("eigvecs"))
+    ctx.pairs = pairs
     ctx.state["eigvecs"] = pairs.vectors.detach().cpu()
     ctx.state["eigvals"] = pairs.values
     out = {"lambda_max": float(pairs.values[0]), "lanczos_n_hvp": pairs.n_matvec,
@@ -63,7 +66,7 @@ def _lanczos(ctx: ProbeContext) -> dict:
 
 
 def _trace(ctx: ProbeContext) -> dict:
-    est, se, n = eigen.hutchinson_trace(ctx.objective.hvp, ctx.objective.theta0,
+    est, se, n = eigen.hutchinson_trace(ctx.objective.hvp, ctx.objective.theta0, deflate=ctx.pairs,
                                         n_samples=ctx.cfg.hutchinson_samples, seed=ctx.cfg.seed + ctx.step)
     return {"trace_hessian": est, "trace_hessian_se": se, "trace_n_hvp": n}
 
@@ -76,6 +79,7 @@ def _covariance(ctx: ProbeContext) -> dict:
     obj, m = ctx.objective, min(ctx.cfg.cov_batch, ctx.objective.n - 1)
     G = covariance.mini_batch_gradients(obj, ctx.cfg.cov_batches, m, seed=ctx.cfg.seed + ctx.step)
     res = covariance.covariance_from_gram(G, obj.grad(), m, obj.n, k=5)
+    ctx.state["eigvecs_K"] = res["eigenvectors_K"].detach().cpu()     # kept with the checkpoint
     out = {k: float(res[k]) for k in ("lambda_K", "trace_K", "trace_ratio")}
     out.update({f"lambda_K_{i + 1}": float(v) for i, v in enumerate(res["eigenvalues_K"])})
     if res["eigenvectors_K"].shape[0] >= 5:

@@ -89,14 +89,15 @@ class RunStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.checkpoint_path)
 
-    def load_checkpoint(self) -> dict | None:
-        """The last checkpoint's state (None if there is none); truncates the metrics to its rows."""
+    def load_checkpoint(self, map_location="cpu") -> dict | None:
+        """The last checkpoint's state (None if there is none), tensors on ``map_location``; truncates
+        the metrics to its rows."""
         if not self.checkpoint_path.exists():
             if self.metrics_path.exists():
                 self.metrics_path.unlink()     # rows without any checkpoint: start over
             self.n_rows = 0
             return None
-        ck = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        ck = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
         rows = read_rows(self.metrics_path)[: ck["n_rows"]]
         if len(rows) < ck["n_rows"]:
             raise UserInputError(f"{self.metrics_path} has fewer rows ({len(rows)}) than its checkpoint "

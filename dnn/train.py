@@ -173,7 +173,7 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
     state = dict(step=0, epoch=0, batch_in_epoch=0, acc_hist=[], fired=[], probe_state={},
                  nsgd_vectors=None, nsgd_step=None, walk=None, wall=0.0, probe_time=0.0, done=False,
                  last_loss=float("nan"))
-    ck = store.load_checkpoint()
+    ck = store.load_checkpoint(map_location=device)
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

@@ -179,3 +179,23 @@ def test_cli_missing_data_path_is_a_clear_error(tmp_path, monkeypatch, capsys):
     assert "data" in capsys.readouterr().err.lower()
     assert main(["dnn", "train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_curvature_probes_against_the_dense_hessian():
+    """lanczos + trace + curvature through the registry vs eigh / trace of the autograd Hessian (float64)."""
+    x, y = synthetic(16)
+    m = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125, seed=2)
+    obj = Objective(m, torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.as_tensor(y))
+    c = cfg(probes=("lanczos", "trace", "curvature"), top_k=3, lanczos_tol=1e-8, hutchinson_samples=30)
+    ctx = probes_mod.ProbeContext(cfg=c, model=m, objective=obj, n_train=16)
+    out = probes_mod.run_probes(c.probes, ctx)
+    H = torch.autograd.functional.hessian(lambda t: obj._losses(obj.unflatten(t), obj.inputs, obj.targets).mean(),
+                                          obj.theta0)
+    w = torch.linalg.eigvalsh(H).flip(0)
+    for i in range(3):
+        assert out[f"lambda_H_{i + 1}"] == pytest.approx(float(w[i]), rel=1e-6)
+    assert abs(out["trace_hessian"] - float(H.trace())) < 4 * out["trace_hessian_se"]
+    assert out["curvature_mean"] == pytest.approx(float(w[0]), rel=1e-6)
+    from valleysim.theory import stability_factor, variance_factor
+    q = stability_factor(c.lr, out["curvature_mean"], out["curvature_var"], variance_factor(c.batch, 16))
+    assert out["stability_factor"] == pytest.approx(float(q), rel=1e-12)
