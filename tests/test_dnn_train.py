@@ -199,3 +199,26 @@ def test_curvature_probes_against_the_dense_hessian():
     from valleysim.theory import stability_factor, variance_factor
     q = stability_factor(c.lr, out["curvature_mean"], out["curvature_var"], variance_factor(c.batch, 16))
     assert out["stability_factor"] == pytest.approx(float(q), rel=1e-12)
+
+
+def test_cli_end_to_end_on_pickled_batches(tmp_path, monkeypatch, capsys):
+    """valleysim dnn train on a tiny canonical cifar-10-batches-py directory; rerunning is a no-op."""
+    from test_dnn_data import fake_batches_dir
+    from valleysim.cli import main
+    d, _ = fake_batches_dir(tmp_path / "data")
+    monkeypatch.setenv("VALLEYSIM_DATA_CACHE", str(tmp_path / "cache"))
+    args = ["dnn", "train", "--data", str(d), "--model", "simplecnn", "--width", "0.125", "--batch", "4",
+            "--max-steps", "3", "--measure-size", "6", "--probes", "lanczos,covariance", "--cov-batches", "2",
+            "--cov-batch", "2", "--top-k", "1", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert '"lambda_max"' in out and '"lambda_K"' in out
+    rows = read_rows(tmp_path / "run" / "metrics.jsonl")
+    assert [r["reason"] for r in rows] == ["start", "end"] and rows[-1]["step"] == 3
+    assert main(args) == 0
+    assert read_rows(tmp_path / "run" / "metrics.jsonl") == rows
+    assert main(args[:-3] + ["--lr", "0.5", "--out", str(tmp_path / "run")]) == 2
+    assert "different configuration" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(args + ["--device", "cuda"]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
