@@ -51,7 +51,8 @@ def add_parser(sub) -> None:
     t.add_argument("--nsgd-k", type=int, default=5)
     t.add_argument("--nsgd-every", type=int, default=100, help="steps between eigenvector recomputations")
     t.add_argument("--noise-std", type=float, default=0.0, help="gd-noise: sigma per coordinate")
-    t.add_argument("--probes", default="lanczos", help="comma list of lanczos, trace, covariance, step, curvature, walk")
+    t.add_argument("--probes", default="lanczos",
+                   help="comma list of lanczos, trace, covariance, step, curvature, walk, negative")
     t.add_argument("--probe-every", type=int, default=0, help="probe every n steps (0: off)")
     t.add_argument("--no-probe-epochs", action="store_true", help="no probe at epoch ends")
     t.add_argument("--probe-acc", default="", help="probe when the running training accuracy first "

@@ -14,6 +14,7 @@ warm-start the next Lanczos run and by the ``step`` and ``curvature`` probes). R
   step         alpha_star, loss_change_a{alpha} (+ _se), mean |cos(g_b, e_i)|, bn_scale_norm
   curvature    per-example curvature along e_H^1 (curvature_mean, curvature_var) and R1's
                stability_factor (1 - eta lambda)^2 + eta^2 c(S, N) s^2 with lambda, s^2 from them
+  negative     the most negative eigenvalues (Lanczos on -H): lambda_min, neg_eig_sum (R5)
   walk         the last step's walk metrics (floor, height, barrier, ...), cos_consecutive,
                distance_from_init
 """
@@ -63,6 +64,19 @@ def _lanczos(ctx: ProbeContext) -> dict:
     out.update({f"lambda_H_{i + 1}": float(v) for i, v in enumerate(pairs.values)})
     out.update(step_probes.frobenius_top(pairs.values))
     return out
+
+
+def _negative(ctx: ProbeContext) -> dict:
+    """The most negative Hessian eigenvalues: Lanczos top-k of -H (R5: their sum against the loss).
+    neg_eig_sum = sum of the negative ones among the k found (k = cfg.top_k), lambda_min."""
+    obj = ctx.objective
+    pairs = eigen.lanczos_top(lambda v: -obj.hvp(v), obj.theta0, ctx.cfg.top_k, tol=ctx.cfg.lanczos_tol,
+                              max_iter=ctx.cfg.lanczos_max_iter, init=ctx.state.get("eigvecs_neg"),
+                              seed=ctx.cfg.seed + 1)
+    ctx.state["eigvecs_neg"] = pairs.vectors.detach().cpu()
+    values = -pairs.values
+    return {"lambda_min": float(values[0]), "neg_eig_sum": float(np.sum(np.minimum(values, 0.0))),
+            "negative_n_hvp": pairs.n_matvec}
 
 
 def _trace(ctx: ProbeContext) -> dict:
@@ -127,7 +141,7 @@ def _walk(ctx: ProbeContext) -> dict:
 
 PROBES: dict[str, Callable[[ProbeContext], dict]] = {
     "lanczos": _lanczos, "trace": _trace, "covariance": _covariance,
-    "step": _step, "curvature": _curvature, "walk": _walk,
+    "step": _step, "curvature": _curvature, "walk": _walk, "negative": _negative,
 }
 
 

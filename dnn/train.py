@@ -84,6 +84,7 @@ class TrainConfig:
     cov_batch: int = 128
     loss_change_batches: int = 10
     seed: int = 0
+    init_from: str | None = None        # a model state_dict (.pt) to start from instead of the seeded init
     device: str = "cpu"
     channels_last: bool | None = None   # None: on for SimpleCNN / VGG (3x3 convs ~2x faster), off for
                                         # ResNet-32 (slower step, MACHINE-NOTES) and the MLP
@@ -159,6 +160,10 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
         cfg.model.startswith(("simplecnn", "vgg"))
     model = build_model(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width,
                         seed=cfg.seed, channels_last=channels_last).to(device)
+    if cfg.init_from is not None:
+        if not Path(cfg.init_from).is_file():
+            raise UserInputError(f"init_from: no such file {cfg.init_from}")
+        model.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     n = len(images)
     steps_per_epoch = 1 if cfg.optimizer in ("gd", "gd-noise") else math.ceil(n / cfg.batch)

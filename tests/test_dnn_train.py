@@ -186,7 +186,7 @@ def test_curvature_probes_against_the_dense_hessian():
     x, y = synthetic(16)
     m = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125, seed=2)
     obj = Objective(m, torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.as_tensor(y))
-    c = cfg(probes=("lanczos", "trace", "curvature"), top_k=3, lanczos_tol=1e-8, hutchinson_samples=30)
+    c = cfg(probes=("lanczos", "trace", "curvature", "negative"), top_k=3, lanczos_tol=1e-8, hutchinson_samples=30)
     ctx = probes_mod.ProbeContext(cfg=c, model=m, objective=obj, n_train=16)
     out = probes_mod.run_probes(c.probes, ctx)
     H = torch.autograd.functional.hessian(lambda t: obj._losses(obj.unflatten(t), obj.inputs, obj.targets).mean(),
@@ -195,6 +195,8 @@ def test_curvature_probes_against_the_dense_hessian():
     for i in range(3):
         assert out[f"lambda_H_{i + 1}"] == pytest.approx(float(w[i]), rel=1e-6)
     assert abs(out["trace_hessian"] - float(H.trace())) < 4 * out["trace_hessian_se"]
+    assert out["lambda_min"] == pytest.approx(float(w[-1]), rel=1e-6)
+    assert out["neg_eig_sum"] == pytest.approx(float(w[-3:].clamp(max=0).sum()), rel=1e-6)
     assert out["curvature_mean"] == pytest.approx(float(w[0]), rel=1e-6)
     from valleysim.theory import stability_factor, variance_factor
     q = stability_factor(c.lr, out["curvature_mean"], out["curvature_var"], variance_factor(c.batch, 16))
