@@ -70,6 +70,19 @@ def add_parser(sub) -> None:
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
+    c = dsub.add_parser("crosscheck", help="toy predictions (R1, R2, R5) next to real CIFAR-10 runs: a "
+                        "Markdown report with tables and figures (resumable)",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("--data", default=None, help="CIFAR-10 path (default $VALLEYSIM_DATA)")
+    c.add_argument("--label-order", default="auto", help="as for dnn train")
+    c.add_argument("--preset", default="quick", help="quick (2-core CPU, ~45 min) or paper (the papers' "
+                   "settings; meant for a GPU)")
+    c.add_argument("--out", required=True, help="study directory (runs/, report.md, summary.json, figures)")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--no-toy", action="store_true", help="skip the calibrated R2 toy simulations")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_crosscheck)
+
 
 def config_from_args(a):
     from dnn.train import TrainConfig
@@ -103,4 +116,24 @@ def cmd_train(a) -> int:
             "trace_K", "trace_ratio", "alpha_star", "stability_factor", "diverged")
     print(json.dumps({k: last[k] for k in keys if k in last}), file=sys.stdout)
     print(f"{len(rows)} rows in {store.metrics_path}")
+    return 0
+
+
+def cmd_crosscheck(a) -> int:
+    import dataclasses
+
+    from dnn.crosscheck import PRESETS, run_crosscheck
+    from dnn.data import load_cifar10
+    from dnn.predictions import to_markdown
+
+    if a.preset not in PRESETS:
+        raise UserInputError(f"unknown preset {a.preset!r}; choose from {', '.join(PRESETS)}")
+    preset = dataclasses.replace(PRESETS[a.preset])
+    images, labels = load_cifar10(a.data, "train", label_order=None if a.label_order == "none" else a.label_order)
+    summary = run_crosscheck(preset, a.out, images, labels, progress=not a.no_progress, toy=not a.no_toy,
+                             device=a.device)
+    print(to_markdown(summary["comparison"], ["label", "max_lambda_max", "lambda_star", "toy_max", "q_at_max",
+                                              "max_lambda_K", "max_trace_ratio", "break_even_epoch"]))
+    print(to_markdown(summary["orderings"], ["grid", "quantity", "tau", "agrees"]))
+    print(f"report: {a.out}/report.md")
     return 0

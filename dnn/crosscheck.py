@@ -1,0 +1,305 @@
+"""The cross-check: toy predictions (R1, R2, R5) next to real CIFAR-10 runs, as a Markdown report.
+
+Study (one :class:`Preset`):
+  * SGD runs of one model on a learning-rate grid at fixed S and a batch-size grid at fixed eta,
+    probing lambda_H^1, lambda_K^1, Tr K, Tr K / lambda_K^1 and the per-example curvature along
+    e_H^1 on a schedule (and when the running training accuracy first reaches ``max_acc``);
+  * full-batch GD on a fixed subset (edge of stability: lambda_max against 2/eta);
+  * R5 on a network: an MLP trained to near-zero loss on a few hundred examples, then SGD at several
+    (eta, S) from there; the sum of negative Hessian eigenvalues against the training loss.
+Predictions from the same runs (:mod:`dnn.predictions`): R1's stability factor at every probe,
+lambda*(eta, S) from the measured alpha = lambda_K / lambda_H, 2/eta, the R2 toy calibrated to each
+run's early phase, and the Conjecture 1-2 orderings (Kendall tau). Every run is a resumable
+:func:`dnn.train.train` directory under ``out/runs``, so an interrupted cross-check continues where
+it stopped (finished runs are read back, not recomputed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dnn import predictions as P
+from dnn.store import read_rows
+from dnn.train import TrainConfig, train
+from valleysim.errors import UserInputError
+
+__all__ = ["Preset", "PRESETS", "plan", "run_crosscheck"]
+
+PAPER_REFERENCE = ("Jastrzebski et al. (break-even point), SimpleCNN on CIFAR-10: max lambda_K^1 = 0.87 at "
+                   "eta = 0.1 vs 3.01 at eta = 0.01; max Tr(K)/lambda_K^1 = 14.29 vs 10.69 (Sec. 4.2).")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What the cross-check runs. Grids share the (lr_fixed, batch_fixed) point."""
+    name: str
+    model: str = "simplecnn"
+    width: float = 1.0
+    n_train: int | None = None          # first n examples of the training set (None: all 50,000)
+    lr_grid: tuple[float, ...] = (0.01, 0.05, 0.1)
+    batch_fixed: int = 128
+    batch_grid: tuple[int, ...] = (32, 128, 512)
+    lr_fixed: float = 0.05
+    epochs: int = 10
+    max_steps: int | None = None
+    probe_every: int = 100
+    max_acc: float = 0.6
+    measure_size: int | None = None     # None: 5% of the training set
+    top_k: int = 5
+    lanczos_tol: float = 1e-3
+    cov_batches: int = 25
+    cov_batch: int = 128
+    gd_n_train: int = 4096
+    gd_lrs: tuple[float, ...] = (0.05,)
+    gd_steps: int = 2000
+    gd_probe_every: int = 50
+    r5_n: int = 500
+    r5_pretrain_steps: int = 4000
+    r5_pretrain_lr: float = 0.05
+    r5_points: tuple[tuple[float, int], ...] = ((0.02, 10), (0.05, 10), (0.1, 10), (0.05, 50), (0.1, 50))
+    r5_steps: int = 2000
+    r5_probe_every: int = 250
+    r5_top_k: int = 20
+    augment: bool = True
+    seed: int = 0
+    note: str = ""
+
+
+PRESETS = {
+    # 2-core CPU, about 45 minutes: 5,000 training examples, 256 measurement examples, top-1 Lanczos
+    # at a loose residual tolerance (value still ~1e-4 accurate), <= 320 steps per SGD run.
+    "quick": Preset(name="quick", n_train=5000, lr_grid=(0.01, 0.03, 0.1), lr_fixed=0.03,
+                    batch_grid=(32, 128, 512), epochs=8, max_steps=320, probe_every=20, measure_size=256,
+                    top_k=1, lanczos_tol=1e-2, gd_n_train=1000, gd_lrs=(0.1,), gd_steps=250,
+                    gd_probe_every=25, r5_pretrain_steps=3000, r5_steps=600, r5_probe_every=150, r5_top_k=10,
+                    note="5,000 training examples, 256 measurement examples, top-1 Lanczos (tol 1e-2), "
+                         "<= 320 steps per SGD run, GD on 1,000 examples for 250 steps"),
+    # the papers' settings (meant for a GPU): all 50,000 examples, 5% measurement set, top-5 Lanczos
+    "paper": Preset(name="paper", note="the papers' settings: 50,000 examples, 5% measurement set, "
+                    "L = 25, M = 128, top-5 Lanczos, 10 epochs"),
+}
+
+
+def _train_config(p: Preset, **kw) -> TrainConfig:
+    base = dict(model=p.model, width=p.width, n_train=p.n_train, epochs=p.epochs, max_steps=p.max_steps,
+                probes=("lanczos", "covariance", "curvature"), probe_every=p.probe_every, probe_epochs=True,
+                probe_acc=(p.max_acc,), measure_size=p.measure_size, top_k=p.top_k, lanczos_tol=p.lanczos_tol,
+                cov_batches=p.cov_batches, cov_batch=p.cov_batch, augment=p.augment, seed=p.seed)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def plan(p: Preset, out: Path) -> dict[str, list[tuple[str, TrainConfig]]]:
+    """{"sgd": [...], "gd": [...], "r5_pretrain": [...], "r5": [...]} of (run name, config)."""
+    points = sorted({(lr, p.batch_fixed) for lr in p.lr_grid} | {(p.lr_fixed, b) for b in p.batch_grid})
+    sgd = [(f"sgd_lr{lr:g}_S{b}", _train_config(p, lr=lr, batch=b)) for lr, b in points]
+    gd = [(f"gd_lr{lr:g}", _train_config(p, optimizer="gd", lr=lr, n_train=p.gd_n_train, batch=min(256, p.gd_n_train),
+                                         epochs=p.gd_steps, max_steps=p.gd_steps, probe_every=p.gd_probe_every,
+                                         probe_epochs=False, probe_acc=(), probes=("lanczos",),
+                                         measure_size=min(p.gd_n_train, p.measure_size or p.gd_n_train),
+                                         augment=False))
+          for lr in p.gd_lrs]
+    r5_common = dict(model="mlp", width=1.0, n_train=p.r5_n, measure_size=p.r5_n, augment=False,
+                     probe_epochs=False, probe_acc=(), top_k=p.r5_top_k, lanczos_tol=1e-3)
+    pre = TrainConfig(**{**r5_common, "lr": p.r5_pretrain_lr, "batch": min(50, p.r5_n), "epochs": p.r5_pretrain_steps,
+                         "max_steps": p.r5_pretrain_steps, "probes": (), "probe_every": 0, "seed": p.seed})
+    init = str(out / "runs" / "r5_pretrain" / "model.pt")
+    r5 = [(f"r5_lr{lr:g}_S{b}", TrainConfig(**{**r5_common, "lr": lr, "batch": b, "epochs": p.r5_steps,
+                                               "max_steps": p.r5_steps, "probes": ("negative",),
+                                               "probe_every": p.r5_probe_every, "init_from": init,
+                                               "seed": p.seed}))
+          for lr, b in p.r5_points]
+    return {"sgd": sgd, "gd": gd, "r5_pretrain": [("r5_pretrain", pre)], "r5": r5}
+
+
+def _run(name, cfg, out, images, labels, progress) -> list[dict]:
+    store = train(cfg, out / "runs" / name, images, labels, progress=progress)
+    return store.rows()
+
+
+def _save_final_model(run_dir: Path, dest: Path) -> None:
+    import torch
+    if not dest.exists():
+        ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+        tmp = dest.with_suffix(".tmp")
+        torch.save(ck["state"]["model"], tmp)
+        tmp.replace(dest)
+
+
+def run_crosscheck(preset: str | Preset, out: str | Path, images: np.ndarray, labels: np.ndarray, *,
+                   progress: bool = True, toy: bool = True, device: str = "cpu") -> dict:
+    """Runs (or resumes) the study and writes ``out/report.md``, ``out/summary.json``, figures.
+
+    ``images`` uint8 (N, H, W, C) training images, ``labels`` (N,). Returns the summary dict.
+    """
+    if isinstance(preset, str) and preset not in PRESETS:
+        raise UserInputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    p = PRESETS[preset] if isinstance(preset, str) else preset
+    out = Path(out)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    runs = {k: [(n, dataclasses.replace(c, device=device)) for n, c in v] for k, v in plan(p, out).items()}
+    n_sgd = p.n_train or len(images)
+
+    sgd = []
+    for name, cfg in runs["sgd"]:
+        rows = [r for r in _run(name, cfg, out, images, labels, progress) if r.get("reason") != "diverged"]
+        sgd.append(dict(label=name, rows=rows, eta=cfg.lr, S=cfg.batch, N=n_sgd, max_acc=p.max_acc))
+    gd = []
+    for name, cfg in runs["gd"]:
+        rows = _run(name, cfg, out, images, labels, progress)
+        gd.append(dict(label=name, rows=rows, eta=cfg.lr))
+    name, cfg = runs["r5_pretrain"][0]
+    pre_rows = _run(name, cfg, out, images, labels, progress)
+    _save_final_model(out / "runs" / name, out / "runs" / name / "model.pt")
+    r5 = []
+    for name, cfg in runs["r5"]:
+        rows = _run(name, cfg, out, images, labels, progress)
+        r5.append(dict(label=name, rows=rows, eta=cfg.lr, S=cfg.batch))
+
+    table = P.comparison_table([r for r in sgd if r["rows"]], toy=toy)
+    orderings = P.conjecture_orderings(table)
+    gd_table = [_gd_summary(r) for r in gd]
+    r5_table, r5_fit = _r5_summary(r5, burn_in=p.r5_steps // 3)
+    summary = dict(preset=dataclasses.asdict(p), comparison=table, orderings=orderings, gd=gd_table,
+                   r5=r5_table, r5_fit=r5_fit, r5_pretrain_loss=pre_rows[-1].get("measure_loss") if pre_rows else None,
+                   paper_reference=PAPER_REFERENCE)
+    _figures(out, sgd, table, gd, r5_table, r5_fit)
+    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=1))
+    (out / "report.md").write_text(_report(p, summary))
+    return summary
+
+
+def _gd_summary(run: dict) -> dict:
+    rows = [r for r in run["rows"] if r.get("lambda_max") is not None]
+    lam = np.array([r["lambda_max"] for r in rows], float)
+    two = 2.0 / run["eta"]
+    late = lam[len(lam) // 2:] if lam.size else lam
+    return dict(label=run["label"], eta=run["eta"], two_over_eta=two,
+                max_lambda_max=float(lam.max()) if lam.size else math.nan,
+                late_median_lambda_max=float(np.median(late)) if late.size else math.nan,
+                late_over_two_over_eta=float(np.median(late) / two) if late.size else math.nan,
+                first_step_above_90pct=next((r["step"] for r in rows if r["lambda_max"] >= 0.9 * two), None),
+                diverged=any(r.get("reason") == "diverged" for r in run["rows"]))
+
+
+def _r5_summary(runs: list[dict], burn_in: int) -> tuple[list[dict], dict]:
+    """Per probe after ``burn_in`` steps: (loss, neg_eig_sum); fit neg_eig_sum = slope * loss."""
+    pts = []
+    for run in runs:
+        for r in run["rows"]:
+            if r.get("step", 0) >= burn_in and r.get("neg_eig_sum") is not None:
+                pts.append(dict(label=run["label"], eta=run["eta"], S=run["S"], step=r["step"],
+                                loss=r["measure_loss"], neg_eig_sum=r["neg_eig_sum"], lambda_min=r["lambda_min"]))
+    if len(pts) < 3:
+        return pts, dict(n=len(pts))
+    x = np.array([q["loss"] for q in pts])
+    y = np.array([q["neg_eig_sum"] for q in pts])
+    slope = float(x @ y / (x @ x))
+    resid = y - slope * x
+    se = float(math.sqrt(resid @ resid / (len(x) - 1) / (x @ x)))
+    r = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else math.nan
+    return pts, dict(n=len(pts), slope_through_origin=slope, slope_se=se, pearson_r=r)
+
+
+def _clean(v):
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items() if k != "rows"}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    if isinstance(v, (np.floating, float)):
+        return None if not math.isfinite(float(v)) else float(v)
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    return v
+
+
+def _figures(out: Path, sgd, table, gd, r5_pts, r5_fit) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_label = {t["label"]: t for t in table}
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for run in sgd:
+        rows = [r for r in run["rows"] if r.get("lambda_max") is not None]
+        if not rows:
+            continue
+        ep = [r["epoch"] for r in rows]
+        line, = axes[0].plot(ep, [r["lambda_max"] for r in rows], label=run["label"])
+        lam_star = by_label.get(run["label"], {}).get("lambda_star", math.nan)
+        if lam_star is not None and math.isfinite(lam_star) and lam_star > 0:
+            axes[0].axhline(lam_star, color=line.get_color(), ls="--", lw=0.8)
+        axes[1].plot(ep, [r["lambda_K"] for r in rows], color=line.get_color())
+        axes[2].plot(ep, [r["stability_factor"] for r in rows], color=line.get_color())
+    axes[0].set(title="lambda_H^1 (dashed: predicted lambda*)", xlabel="epoch", yscale="log")
+    axes[1].set(title="lambda_K^1", xlabel="epoch", yscale="log")
+    axes[2].axhline(1.0, color="k", lw=0.8)
+    axes[2].set(title="R1 stability factor along e_H^1", xlabel="epoch")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "trajectories.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    ok = [t for t in table if t.get("lambda_star") is not None and math.isfinite(t["lambda_star"])]
+    if ok:
+        ls = [t["lambda_star"] for t in ok]
+        axes[0].scatter(ls, [t["max_lambda_max"] for t in ok], label="measured max lambda_H^1")
+        toy_max = [t.get("toy_max", math.nan) for t in ok]
+        axes[0].scatter(ls, toy_max, marker="x", label="calibrated toy max")
+        lim = [min(ls + [t["max_lambda_max"] for t in ok]) * 0.8, max(ls + [t["max_lambda_max"] for t in ok]) * 1.2]
+        axes[0].plot(lim, lim, "k:", lw=0.8)
+        for t in ok:
+            axes[0].annotate(t["label"].replace("sgd_", ""), (t["lambda_star"], t["max_lambda_max"]), fontsize=6)
+        axes[0].set(xscale="log", yscale="log", xlabel="predicted lambda*(eta, S)", ylabel="curvature",
+                    title="maxima vs break-even prediction")
+        axes[0].legend(fontsize=7)
+    for g in gd:
+        rows = [r for r in g["rows"] if r.get("lambda_max") is not None]
+        line, = axes[1].plot([r["step"] for r in rows], [r["lambda_max"] for r in rows], label=g["label"])
+        axes[1].axhline(2 / g["eta"], color=line.get_color(), ls="--", lw=0.8)
+    axes[1].set(title="full-batch GD: lambda_max and 2/eta", xlabel="step")
+    if gd:
+        axes[1].legend(fontsize=7)
+    if r5_pts:
+        axes[2].scatter([q["loss"] for q in r5_pts], [q["neg_eig_sum"] for q in r5_pts], s=12)
+        if r5_fit.get("slope_through_origin") is not None:
+            xs = np.linspace(0, max(q["loss"] for q in r5_pts), 10)
+            axes[2].plot(xs, r5_fit["slope_through_origin"] * xs, "k--", lw=0.8)
+    axes[2].set(title="R5: sum of negative eigenvalues vs loss (MLP)", xlabel="training loss",
+                ylabel="sum of negative eigenvalues")
+    fig.tight_layout()
+    fig.savefig(out / "predictions.png", dpi=110)
+    plt.close(fig)
+
+
+def _report(p: Preset, s: dict) -> str:
+    cols = ["label", "eta", "S", "max_lambda_max", "lambda_star", "max_over_lambda_star", "two_over_eta",
+            "toy_max", "q_at_max", "q_median_after", "max_lambda_K", "max_trace_ratio", "alpha",
+            "break_even_step", "break_even_epoch", "break_even_train_acc"]
+    cols = [c for c in cols if any(c in t for t in s["comparison"])]
+    lines = [f"# Cross-check: toy theory vs SimpleCNN on CIFAR-10 (preset `{p.name}`)", "",
+             f"Settings: {p.note or dataclasses.asdict(p)}. Model {p.model}; early phase and maxima up to the "
+             f"first probe with running training accuracy >= {p.max_acc:g} (or the break-even probe).", "",
+             "## Measured vs predicted, per run", "", P.to_markdown(s["comparison"], cols), "",
+             "lambda_star: R2's break-even curvature 2/eta - alpha c(S, N) from the run's own alpha = "
+             "lambda_K / lambda_H; q: R1's stability factor along e_H^1 (1 = the mean-square edge); toy_max: "
+             "the R2 toy calibrated to the run's early phase, simulated at the same (eta, S, N).", "",
+             "## Conjecture orderings (Kendall tau-b between the noise knob and the measured maximum)", "",
+             P.to_markdown(s["orderings"], ["grid", "fixed", "quantity", "conjecture", "predicted_sign", "tau",
+                                            "p_value", "n", "agrees"]), "",
+             f"Paper: {PAPER_REFERENCE}", "",
+             "## Full-batch GD (edge of stability)", "", P.to_markdown(s["gd"]) if s["gd"] else "(none)", "",
+             "## R5: negative eigenvalues against the loss (MLP on a small subset)", "",
+             f"Pre-training loss: {s['r5_pretrain_loss']}. Fit: {json.dumps(_clean(s['r5_fit']))}", "",
+             P.to_markdown(s["r5"], ["label", "step", "loss", "neg_eig_sum", "lambda_min"]) if s["r5"] else "(none)",
+             "", "![](trajectories.png)", "", "![](predictions.png)", ""]
+    return "\n".join(lines)
