@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from tiny_nets import synthetic_images
 
 from dnn.crosscheck import Preset, plan, run_crosscheck
 
@@ -16,11 +17,7 @@ TINY = Preset(name="tiny", width=0.125, n_train=64, lr_grid=(0.05, 0.2), batch_f
 
 
 def synthetic(n=64, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 4, n)
-    base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [128, 128, 128]])[y]
-    x = np.clip(base[:, None, None, :] + rng.normal(0, 40, (n, 8, 8, 3)), 0, 255).astype(np.uint8)
-    return x, y.astype(np.int64)
+    return synthetic_images(n, seed)
 
 
 def test_plan_shares_the_grid_point(tmp_path):

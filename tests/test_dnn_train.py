@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from tiny_nets import synthetic_images
 import torch
 
 from dnn import probes as probes_mod
@@ -21,12 +22,7 @@ pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def synthetic(n=48, seed=0):
-    """uint8 (n, 8, 8, 3) images whose mean colour depends on the label (learnable), labels in 0..3."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 4, n)
-    base = np.array([[200, 40, 40], [40, 200, 40], [40, 40, 200], [128, 128, 128]])[y]
-    x = np.clip(base[:, None, None, :] + rng.normal(0, 40, (n, 8, 8, 3)), 0, 255).astype(np.uint8)
-    return x, y.astype(np.int64)
+    return synthetic_images(n, seed)
 
 
 def cfg(**kw):
