@@ -211,6 +211,7 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
         state["wall"] = time.perf_counter() - t_start
         row.update(train_time_s=train_time, probe_time_s=state["probe_time"], probes=",".join(cfg.probes),
                    probe_acc=list(cfg.probe_acc))
+        state["last_probe"] = state["step"]
         store.append(row)
         checkpoint()
 
@@ -279,7 +280,7 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
         else:   # the epoch ran to its end
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
-            if cfg.probe_epochs and state["step"] < total_steps:
+            if cfg.probe_epochs and state["step"] < total_steps and state.get("last_probe") != state["step"]:
                 probe("epoch")
     state["done"] = True
     checkpoint()
