@@ -25,8 +25,10 @@ proofs: $(STAMP)
 	$(BIN)/python -m proofs --out $(RESULTS)/proofs.md
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/bench_step.py
 	$(BIN)/python benchmarks/bench_valley.py
+	$(BIN)/python benchmarks/bench_dnn.py
 
 clean:
 	rm -rf $(VENV) $(RESULTS)
