@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 
 from dnn import predictions as P
-from dnn.store import read_rows
 from dnn.train import TrainConfig, train
 from valleysim.errors import UserInputError
 

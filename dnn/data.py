@@ -38,7 +38,6 @@ import io
 import json
 import os
 import pickle
-import re
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping

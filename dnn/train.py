@@ -22,7 +22,7 @@ import dataclasses
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -301,10 +301,10 @@ def _full_gradient(model, x, y, chunk: int) -> tuple[float, float]:
     return total, correct / n
 
 
-def _modify_gradient(cfg: TrainConfig, model, objective: Objective, state: dict):
+def _modify_gradient(cfg: TrainConfig, model, objective: Objective, state: dict) -> None:
     """NSGD's rescaling along the top-K eigenvectors, or GD's isotropic noise, in place on .grad."""
     if cfg.optimizer not in ("nsgd", "gd-noise"):
-        return None
+        return
     params = [p for p in model.parameters() if p.requires_grad]
     g = torch.cat([p.grad.reshape(-1) for p in params])
     if cfg.optimizer == "nsgd":
@@ -318,4 +318,3 @@ def _modify_gradient(cfg: TrainConfig, model, objective: Objective, state: dict)
         g = g + cfg.noise_std * torch.randn(g.shape, generator=gen, device=g.device, dtype=g.dtype)
     for p, gp in zip(params, torch.split(g, [p.numel() for p in params])):
         p.grad.copy_(gp.view_as(p.grad))
-    return g

@@ -3,7 +3,6 @@ probes that leave the model bit-identical, and clear errors. Synthetic 8x8 image
 
 import math
 
-import numpy as np
 import pytest
 from tiny_nets import synthetic_images
 import torch
