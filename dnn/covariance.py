@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from valleysim.errors import UserInputError, check_int_range
+from valleysim.theory import variance_factor
 
 __all__ = [
     "finite_population_factor", "mini_batch_indices", "mini_batch_gradients", "covariance_from_gram",
@@ -59,14 +60,14 @@ def finite_population_factor(batch_size: int, n_total: int | None) -> float:
     (``n_total`` None; also the N -> inf limit)."""
     M = check_int_range(batch_size, "batch_size", 1)
     if n_total is None:
-        return 1.0 / M
+        return variance_factor(M, M, "with_replacement")
     N = check_int_range(n_total, "n_total", 1)
     check_int_range(M, "batch_size", 1, N)
     if M == N:
         raise UserInputError(
             f"batch_size must be < n_total = {N} for batches drawn without replacement (a batch of all "
             f"examples has g_B = g, so it carries no information on K); got {M}")
-    return (N - M) / (M * (N - 1))
+    return variance_factor(M, N)
 
 
 def mini_batch_indices(n: int, n_batches: int = 25, batch_size: int = 128, *, seed: int = 0,
@@ -118,7 +119,9 @@ def _spectrum(D: torch.Tensor, scale: float, k: int) -> dict:
         null = torch.as_tensor(mu <= tol, device=D.device)
         V = torch.where(null[:, None], torch.zeros_like(V), V / norms.clamp_min(torch.finfo(torch.float64).tiny))
     else:
-        V = U.T.contiguous()
+        tol = max(L, P) * np.finfo(np.float64).eps * (float(mu[0]) if mu.size else 0.0)
+        null = torch.as_tensor(mu <= tol, device=D.device)
+        V = torch.where(null[:, None], torch.zeros_like(U.T), U.T).contiguous()
     lam = float(mu[0]) if mu.size else 0.0
     return {"lambda_K": lam, "trace_K": trace, "trace_ratio": trace / lam if lam > 0 else math.nan,
             "eigenvalues_K": mu.copy(), "eigenvectors_K": V}

@@ -101,7 +101,7 @@ def plan(p: Preset, out: Path) -> dict[str, list[tuple[str, TrainConfig]]]:
     gd = [(f"gd_lr{lr:g}", _train_config(p, optimizer="gd", lr=lr, n_train=p.gd_n_train, batch=min(256, p.gd_n_train),
                                          epochs=p.gd_steps, max_steps=p.gd_steps, probe_every=p.gd_probe_every,
                                          probe_epochs=False, probe_acc=(), probes=("lanczos",),
-                                         measure_size=min(p.gd_n_train, p.measure_size or p.gd_n_train),
+                                         measure_size=p.gd_n_train,   # the loss GD minimises
                                          augment=False))
           for lr in p.gd_lrs]
     r5_common = dict(model="mlp", width=1.0, n_train=p.r5_n, measure_size=p.r5_n, augment=False,
@@ -140,7 +140,7 @@ def run_crosscheck(preset: str | Preset, out: str | Path, images: np.ndarray, la
     if isinstance(preset, str) and preset not in PRESETS:
         raise UserInputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     p = PRESETS[preset] if isinstance(preset, str) else preset
-    out = Path(out)
+    out = Path(out).resolve()
     (out / "runs").mkdir(parents=True, exist_ok=True)
     runs = {k: [(n, dataclasses.replace(c, device=device)) for n, c in v] for k, v in plan(p, out).items()}
     n_sgd = p.n_train or len(images)

@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from dnn import covariance, eigen, step_probes, walk_metrics
+from dnn import covariance, eigen, step_probes
 from dnn.objective import Objective
 from valleysim import theory
 
@@ -57,7 +57,6 @@ def _lanczos(ctx: ProbeContext) -> dict:
     pairs = top_eigenpairs(ctx.objective, ctx.cfg, ctx.state.get("eigvecs"))
     ctx.pairs = pairs
     ctx.state["eigvecs"] = pairs.vectors.detach().cpu()
-    ctx.state["eigvals"] = pairs.values
     out = {"lambda_max": float(pairs.values[0]), "lanczos_n_hvp": pairs.n_matvec,
            "lanczos_converged": bool(pairs.converged),
            "lanczos_max_rel_residual": float(np.max(pairs.residuals / np.abs(pairs.values)))}
@@ -93,21 +92,14 @@ def _covariance(ctx: ProbeContext) -> dict:
     obj, m = ctx.objective, min(ctx.cfg.cov_batch, ctx.objective.n - 1)
     G = covariance.mini_batch_gradients(obj, ctx.cfg.cov_batches, m, seed=ctx.cfg.seed + ctx.step)
     res = covariance.covariance_from_gram(G, obj.grad(), m, obj.n, k=5)
-    ctx.state["eigvecs_K"] = res["eigenvectors_K"].detach().cpu()     # kept with the checkpoint
+    ctx.state["eigvecs_K"] = res["eigenvectors_K"].detach().cpu()     # top-5 of K, kept with the checkpoint
     out = {k: float(res[k]) for k in ("lambda_K", "trace_K", "trace_ratio")}
     out.update({f"lambda_K_{i + 1}": float(v) for i, v in enumerate(res["eigenvalues_K"])})
-    if res["eigenvectors_K"].shape[0] >= 5:
-        ratios = [step_probes.gradient_alignment(g, res["eigenvectors_K"])["grad_norm_ratio_top5"] for g in G]
+    V5 = res["eigenvectors_K"][:5]
+    if V5.shape[0] == 5 and bool((V5.norm(dim=1) > 0).all()):       # zero rows: K's rank < 5
+        ratios = [step_probes.gradient_alignment(g, V5)["grad_norm_ratio_top5"] for g in G]
         out["grad_norm_ratio_top5"] = float(np.mean(ratios))
     return out
-
-
-def _mini_batch_grads(ctx: ProbeContext, n_batches: int) -> torch.Tensor:
-    """(B, P) gradients of seeded mini-batches (size cfg.batch) of the measurement set."""
-    rng = np.random.default_rng([ctx.cfg.seed, 3, ctx.step])
-    m = min(ctx.cfg.batch, ctx.objective.n)
-    return torch.stack([ctx.objective.grad(idx=torch.as_tensor(rng.choice(ctx.objective.n, m, replace=False)))
-                        for _ in range(n_batches)])
 
 
 def _step(ctx: ProbeContext) -> dict:
@@ -116,7 +108,8 @@ def _step(ctx: ProbeContext) -> dict:
     (sharpest-directions Sec. 3.2), the mean |cos(g_b, e_i)| (Sec. 3.3), and alpha* for the step
     -eta g_1 (break-even-point.txt Sec. 4: the smallest alpha with L(theta - alpha eta g_1) >= 1.2 L)."""
     E = ctx.state["eigvecs"].to(ctx.objective.device, ctx.objective.dtype)
-    G = _mini_batch_grads(ctx, ctx.cfg.loss_change_batches)
+    G = covariance.mini_batch_gradients(ctx.objective, ctx.cfg.loss_change_batches,
+                                        min(ctx.cfg.batch, ctx.objective.n - 1), seed=ctx.cfg.seed + ctx.step)
     out = dict(step_probes.alpha_star(ctx.objective, G[0], ctx.cfg.lr))
     out.update(step_probes.loss_change_along_top(ctx.objective, E[0], G, ctx.cfg.lr))
     cos = [step_probes.gradient_alignment(g, E) for g in G]

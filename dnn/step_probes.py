@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from dnn.eigen import frobenius_from_top as _frobenius_from_top
+from dnn.models import last_bn_scale
 from valleysim.errors import UserInputError, check_positive
 from valleysim.nsgd import ALPHAS
 from valleysim.walk import GRAD_ATOL
@@ -233,13 +234,8 @@ def frobenius_top(eigenvalues) -> dict:
 def bn_scale_norm(model: nn.Module) -> dict:
     """{"bn_scale_norm": ||gamma||_2} of the last BatchNorm layer (in ``model.modules()`` order) that has
     a scale (affine=True); {} when there is none."""
-    last = None
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None:
-            last = m
-    if last is None:
-        return {}
-    return {"bn_scale_norm": float(torch.linalg.vector_norm(last.weight.detach().double()))}
+    gamma = last_bn_scale(model)
+    return {} if gamma is None else {"bn_scale_norm": float(torch.linalg.vector_norm(gamma.detach().double()))}
 
 
 def nsgd_direction(g, eigvecs, gamma: float) -> torch.Tensor:

@@ -49,6 +49,9 @@ def read_rows(path: str | Path) -> list[dict]:
 class RunStore:
     """The files of one run in ``out``; ``config`` is a JSON-serialisable dict."""
 
+    #: config keys that may change between a run and its resumption (where it runs, not what it computes)
+    RESUMABLE_KEYS = ("device",)
+
     def __init__(self, out: str | Path, config: dict):
         self.dir = Path(out)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -58,8 +61,9 @@ class RunStore:
         config = json.loads(json.dumps(config, sort_keys=True))
         if self.config_path.exists():
             old = json.loads(self.config_path.read_text())
-            if old != config:
-                diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+            diff = sorted(k for k in set(old) | set(config)
+                          if old.get(k) != config.get(k) and k not in self.RESUMABLE_KEYS)
+            if diff:
                 raise UserInputError(
                     f"{self.dir} holds a run with a different configuration (differs in: {', '.join(diff)}); "
                     "use a new --out directory or the same options to resume")

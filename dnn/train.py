@@ -125,6 +125,9 @@ class TrainConfig:
                                      f"(top_k = {self.top_k}); raise --top-k or lower --nsgd-k")
         if self.optimizer == "gd-noise" and self.noise_std <= 0:
             raise UserInputError("gd-noise needs --noise-std > 0")
+        if self.bn == "batch" and self.model.endswith("-bn") and {"curvature", "covariance"} & set(self.probes):
+            raise UserInputError("the curvature and covariance probes need independent examples: use --bn eval "
+                                 "with a BatchNorm model")
         needs_eigvecs = {"step", "curvature"} & set(self.probes)
         if needs_eigvecs and "lanczos" not in self.probes:
             raise UserInputError(f"probe(s) {', '.join(sorted(needs_eigvecs))} need the top eigenvectors: "
@@ -280,7 +283,8 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
         else:   # the epoch ran to its end
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
-            if cfg.probe_epochs and state["step"] < total_steps and state.get("last_probe") != state["step"]:
+            if (cfg.probe_epochs and steps_per_epoch > 1 and state["step"] < total_steps
+                    and state.get("last_probe") != state["step"]):           # GD: every step is an epoch
                 probe("epoch")
     state["done"] = True
     checkpoint()
@@ -309,10 +313,14 @@ def _modify_gradient(cfg: TrainConfig, model, objective: Objective, state: dict)
     g = torch.cat([p.grad.reshape(-1) for p in params])
     if cfg.optimizer == "nsgd":
         if state["nsgd_step"] is None or state["step"] - state["nsgd_step"] >= cfg.nsgd_every:
-            objective.load(model)
-            pairs = probes_mod.top_eigenpairs(objective, cfg, state["nsgd_vectors"], k=cfg.nsgd_k)
-            state["nsgd_vectors"], state["nsgd_step"] = pairs.vectors.cpu(), state["step"]
-        g = step_probes.nsgd_direction(g, state["nsgd_vectors"].to(g.device, g.dtype), cfg.nsgd_gamma).to(g.dtype)
+            probed = state["probe_state"].get("eigvecs")
+            if state.get("last_probe") == state["step"] and probed is not None:   # the lanczos probe just ran here
+                E = probed[:cfg.nsgd_k]
+            else:
+                objective.load(model)
+                E = probes_mod.top_eigenpairs(objective, cfg, state["nsgd_vectors"], k=cfg.nsgd_k).vectors
+            state["nsgd_vectors"], state["nsgd_step"] = E.to(g.device, g.dtype), state["step"]
+        g = step_probes.nsgd_direction(g, state["nsgd_vectors"], cfg.nsgd_gamma).to(g.dtype)
     else:
         gen = torch.Generator(device=g.device).manual_seed(seed_for(cfg.seed, 2, state["step"]))
         g = g + cfg.noise_std * torch.randn(g.shape, generator=gen, device=g.device, dtype=g.dtype)

@@ -101,7 +101,7 @@ class WalkTracker:
 
     def update(self, theta_before, theta_after, step_gradient) -> None:
         """Record one update theta_before -> theta_after made with ``step_gradient`` (all (P,); the
-        vector the update used: the mini-batch gradient for SGD)."""
+        gradient of the step -- the mini-batch gradient for SGD, before momentum / weight decay)."""
         tb = check_vector(theta_before, "theta_before", self.dim)
         ta = check_vector(theta_after, "theta_after", self.dim)
         g = check_vector(step_gradient, "step_gradient", self.dim).detach()

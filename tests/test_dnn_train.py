@@ -50,6 +50,8 @@ def test_store_truncates_to_the_checkpoint_and_refuses_another_config(tmp_path):
     assert [r["step"] for r in st2.rows()] == [0, 1]
     with pytest.raises(UserInputError, match="different configuration"):
         RunStore(tmp_path, {"a": 2})
+    RunStore(tmp_path / "d", {"a": 1, "device": "cpu"})
+    RunStore(tmp_path / "d", {"a": 1, "device": "cuda"})        # where it runs may change on resume
 
 
 def test_gd_step_is_the_full_gradient_step(tmp_path):
@@ -161,6 +163,7 @@ def test_divergence_is_a_row_not_a_crash(tmp_path):
     (dict(optimizer="adam"), "unknown optimizer"),
     (dict(lr=0.0), "lr"),
     (dict(optimizer="gd-noise"), "noise-std"),
+    (dict(model="simplecnn-bn", bn="batch", probes=("lanczos", "curvature")), "independent examples"),
 ])
 def test_bad_configurations_are_named(kw, match):
     with pytest.raises(UserInputError, match=match):
