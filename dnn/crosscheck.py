@@ -75,10 +75,10 @@ PRESETS = {
     # at a loose residual tolerance (value still ~1e-4 accurate), <= 300 steps per SGD run.
     "quick": Preset(name="quick", n_train=5000, lr_grid=(0.01, 0.03, 0.1), lr_fixed=0.03,
                     batch_grid=(32, 128, 512), epochs=8, max_steps=300, probe_every=25, measure_size=256,
-                    top_k=1, lanczos_tol=1e-2, gd_n_train=1000, gd_lrs=(0.1,), gd_steps=250,
-                    gd_probe_every=25, r5_pretrain_steps=3000, r5_steps=600, r5_probe_every=150, r5_top_k=10,
+                    top_k=1, lanczos_tol=1e-2, gd_n_train=500, gd_lrs=(0.1,), gd_steps=150,
+                    gd_probe_every=30, r5_pretrain_steps=3000, r5_steps=600, r5_probe_every=150, r5_top_k=10,
                     note="5,000 training examples, 256 measurement examples, top-1 Lanczos (tol 1e-2), "
-                         "<= 300 steps per SGD run (probes every 25), GD on 1,000 examples for 250 steps"),
+                         "<= 300 steps per SGD run (probes every 25), GD on 500 examples for 150 steps"),
     # the papers' settings (meant for a GPU): all 50,000 examples, 5% measurement set, top-5 Lanczos
     "paper": Preset(name="paper", note="the papers' settings: 50,000 examples, 5% measurement set, "
                     "L = 25, M = 128, top-5 Lanczos, 10 epochs"),
