@@ -234,7 +234,8 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
             for _ in range(state["batch_in_epoch"]):
                 next(stream)
         for xb, yb in stream:
-            theta_before = flat_params(model).double() if "walk" in cfg.probes else None
+            theta_before = (walk.theta_after if walk.theta_after is not None else walk.theta_init) \
+                if "walk" in cfg.probes else None        # the parameters now: what the last update left
             model.train()
             opt.zero_grad(set_to_none=False)
             if cfg.optimizer in ("gd", "gd-noise"):

@@ -1,6 +1,8 @@
 """dnn.objective against dense float64 truth: autograd losses/gradients, torch.autograd.functional.hessian,
 per-example loops; and the model is left bit-identical."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,23 +13,16 @@ from tiny_nets import data, tiny_net
 from valleysim.errors import UserInputError
 
 
-def reference_loss(net, x, y, bn, group):
-    """Mean cross-entropy with an ordinary forward (float64 copy), batch statistics per group."""
-    net = _f64(net)
+def reference_logits(net, x, bn, group):
+    """Logits from an ordinary forward of a float64 copy (batch statistics per ``group`` for bn='batch')."""
+    net = copy.deepcopy(net).double()
     net.train(bn == "batch")
-    if bn == "batch":
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.track_running_stats, m.running_mean, m.running_var = False, None, None
-        logits = torch.cat([net(x[s:s + group].double()) for s in range(0, len(x), group)])
-    else:
-        logits = net(x.double())
-    return F.cross_entropy(logits, y)
-
-
-def _f64(net):
-    import copy
-    return copy.deepcopy(net).double()
+    if bn == "eval":
+        return net, net(x.double())
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.track_running_stats, m.running_mean, m.running_var = False, None, None
+    return net, torch.cat([net(x[s:s + group].double()) for s in range(0, len(x), group)])
 
 
 def reference_hessian(obj):
@@ -39,21 +34,11 @@ def reference_hessian(obj):
 def test_loss_grad_hvp_against_dense_truth(bn):
     net, (x, y) = tiny_net(bn=True), data()
     obj = Objective(net, x, y, bn=bn, bn_batch=4, chunk=4)
-    net64 = _f64(net)
-    params = list(net64.parameters())
     with torch.no_grad():
-        loss = reference_loss(net, x, y, bn, 4)
+        loss = F.cross_entropy(reference_logits(net, x, bn, 4)[1], y)
     assert obj.loss() == pytest.approx(loss.item(), rel=1e-13)
     # gradient by an ordinary backward pass on a float64 copy
-    net64 = _f64(net)
-    net64.train(bn == "batch")
-    if bn == "batch":
-        for m in net64.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.track_running_stats, m.running_mean, m.running_var = False, None, None
-        logits = torch.cat([net64(x[s:s + 4].double()) for s in range(0, 12, 4)])
-    else:
-        logits = net64(x.double())
+    net64, logits = reference_logits(net, x, bn, 4)
     F.cross_entropy(logits, y).backward()
     g_ref = torch.cat([p.grad.reshape(-1) for p in net64.parameters()])
     value, g = obj.loss_and_grad()
@@ -64,7 +49,6 @@ def test_loss_grad_hvp_against_dense_truth(bn):
     torch.testing.assert_close(H, H.T, rtol=1e-12, atol=1e-12)
     v = torch.randn(obj.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(obj.hvp(v), H @ v, rtol=1e-10, atol=1e-12)
-    del params
 
 
 def test_eval_policy_does_not_depend_on_chunking_and_subsets_are_exact():

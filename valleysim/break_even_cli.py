@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 from valleysim import break_even_sim as bes
 from valleysim.errors import UserInputError
+from valleysim.jsonout import json_safe
 
 KEYS = ("max_curvature", "curvature_at_break_even", "mean_late_curvature", "steps_to_break_even",
         "max_lambda_H_full", "max_lambda_K", "median_late_lambda_K",
@@ -61,19 +61,11 @@ def landscape_from_args(args) -> bes.SharpeningLandscape:
                                         beta=args.beta, a0=a0, rates=rates, landscape_seed=args.landscape_seed)
 
 
-def _json_value(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, list):
-        return [_json_value(v) for v in x]
-    return x
-
-
 def cmd_break_even(args) -> int:
     land = landscape_from_args(args)
     run = bes.simulate(land, args.eta, args.batch, steps=args.steps, trajectories=args.trajectories,
                        seed=args.seed)
-    s = {k: _json_value(v) for k, v in bes.summarise(run).items()}
+    s = {k: json_safe(v) for k, v in bes.summarise(run).items()}
     print(json.dumps(s, indent=2) if args.json else format_summary(s))
     return 0
 

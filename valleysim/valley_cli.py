@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 
 from valleysim.errors import UserInputError
+from valleysim.jsonout import json_safe
 from valleysim.valley_landscape import CATALOGUE, ValleyLandscape, catalogue
 from valleysim.valley_noise import NOISES, make_noise
 from valleysim.valley_sim import simulate_valley, summarise
@@ -53,21 +53,13 @@ def landscape_from_args(args) -> ValleyLandscape:
     return land.with_init(args.init) if args.init else land
 
 
-def _json_value(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, list):
-        return [_json_value(v) for v in x]
-    return x
-
-
 def cmd_valley(args) -> int:
     land = landscape_from_args(args)
     noise = make_noise(land, args.noise, scale=args.noise_scale, S=args.batch, M=args.dataset_size)
     record_every = args.record_every or max(1, args.steps // 50)
     run = simulate_valley(land, noise, args.eta, steps=args.steps, burn_in=args.burn_in,
                           trajectories=args.trajectories, seed=args.seed, record_every=record_every)
-    summary = {k: _json_value(v) for k, v in summarise(run).items()}
+    summary = {k: json_safe(v) for k, v in summarise(run).items()}
     if args.plot is not None:
         from valleysim.valley_plots import plot_run
 

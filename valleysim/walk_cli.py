@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
+from valleysim.jsonout import json_safe
 from valleysim.walk import OPTIMIZERS, WalkLandscape, per_bin, simulate_walk, summarise
 
 
@@ -36,16 +36,6 @@ def add_parser(sub) -> None:
     w.set_defaults(func=cmd_walk)
 
 
-def _clean(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 def cmd_walk(args) -> int:
     land = WalkLandscape.make(n_examples=args.n_examples, width=args.wall_width, barrier=args.barrier,
                               slope=args.slope, seed=args.landscape_seed)
@@ -55,7 +45,7 @@ def cmd_walk(args) -> int:
     summary = summarise(run)
     summary["per_window"] = {k: [{"mean": m, "se": se} for m, se in v] for k, v in per_bin(run).items()}
     if args.json:
-        print(json.dumps(_clean(summary), indent=2))
+        print(json.dumps(json_safe(summary), indent=2))
     else:
         print(format_summary(summary))
     return 0
