@@ -293,10 +293,10 @@ def test_kink_crossing_and_divergence_are_reported():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--loss", "t1**2 *", "--nondegenerate", "t1", "--degenerate", "t2"], "does not parse"),
+    (["--loss", "t1**2 *", "--nondegenerate", "t1", "--degenerate", "t2"], "not a valid expression"),
     (["--loss", "t1**2", "--nondegenerate", "t1", "--degenerate", "t2"], "do not appear"),
     (["--loss", "t1**2*t2", "--nondegenerate", "t1,t2", "--degenerate", "t2"], "both"),
-    (["--loss", "t1**2*t2*q", "--nondegenerate", "t1", "--degenerate", "t2"], "undeclared"),
+    (["--loss", "t1**2*t2*q", "--nondegenerate", "t1", "--degenerate", "t2"], "unknown name 'q'"),
     (["--loss", "t1**2*t2", "--nondegenerate", "t1", "--degenerate", "t2", "--init", "t2=-1",
       "--noise-scale", "1"], "non-positive curvature"),
     (["--loss", "t1**2*(1 + t2**2) + Abs(t2 - 1)", "--nondegenerate", "t1", "--degenerate", "t2", "--init", "t2=1",

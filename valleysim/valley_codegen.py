@@ -37,7 +37,7 @@ from valleysim import rng
 from valleysim.valley_landscape import ValleyLandscape, diff
 from valleysim.valley_noise import SCALE, NoiseModel
 
-CODEGEN_VERSION = "4"
+CODEGEN_VERSION = "5"
 #: ``reason`` codes of a stopped trajectory.
 REASONS = {0: "completed", 1: "curvature lambda_i <= 0 (left the valley)", 2: "a kink argument changed sign",
            3: "diverged (non-finite or |x| > 1e100)"}

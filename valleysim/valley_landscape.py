@@ -12,17 +12,20 @@ from ``valleysim.valley_codegen``; the paper's toys are in ``CATALOGUE``.
 from __future__ import annotations
 
 import hashlib
+from itertools import combinations
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 import sympy as sp
-from sympy.parsing.sympy_parser import parse_expr, standard_transformations, implicit_multiplication_application
 
 from valleysim.errors import UserInputError
+from valleysim.expr import check_name, parse_expression, parse_number
 
 #: Functions that make a loss non-smooth; the sign of their argument must not change along a run.
 _KINK_FUNCS = (sp.Abs, sp.sign, sp.Heaviside)
+#: Non-smooth where their two arguments are equal: the kink argument is their difference.
+_KINK_PAIRS = (sp.Max, sp.Min)
 
 
 def diff(expr: sp.Expr, *xs) -> sp.Expr:
@@ -31,26 +34,10 @@ def diff(expr: sp.Expr, *xs) -> sp.Expr:
 
 
 def _symbols(names, what):
-    names = [s.strip() for s in names]
-    if not names or any(not s.isidentifier() for s in names):
-        raise UserInputError(f"{what} must be a comma-separated list of identifiers; got {','.join(names)!r}")
+    names = [check_name(s.strip(), what) for s in names]
     if len(set(names)) != len(names):
         raise UserInputError(f"{what} lists a coordinate twice: {','.join(names)}")
     return [sp.Symbol(s, real=True) for s in names]
-
-
-def parse_loss(text: str, symbols: list[sp.Symbol], what: str = "--loss") -> sp.Expr:
-    """Parse ``text`` with ``symbols`` as real symbols; UserInputError if it does not parse."""
-    local = {s.name: s for s in symbols}
-    try:
-        expr = parse_expr(text, local_dict=local, transformations=standard_transformations
-                          + (implicit_multiplication_application,))
-    except Exception as exc:  # noqa: BLE001 - sympy raises many kinds; all mean "does not parse"
-        raise UserInputError(f"{what} does not parse as a sympy expression: {text!r} ({type(exc).__name__}: {exc})") \
-            from None
-    if not isinstance(expr, sp.Expr):
-        raise UserInputError(f"{what} must be a scalar expression; got {text!r}")
-    return expr
 
 
 @dataclass(frozen=True)
@@ -81,7 +68,7 @@ class ValleyLandscape:
         overlap = {s.name for s in theta} & {s.name for s in theta_hat}
         if overlap:
             raise UserInputError(f"coordinates {sorted(overlap)} are listed in both --nondegenerate and --degenerate")
-        expr = parse_loss(loss, theta + theta_hat)
+        expr = parse_expression(loss, theta + theta_hat, "--loss")
         land = cls(name, tuple(theta), tuple(theta_hat), expr, tuple([0.0] * (len(theta) + len(theta_hat))))
         land.validate()
         return land if init is None else land.with_init(init)
@@ -94,10 +81,7 @@ class ValleyLandscape:
                 key, sep, value = item.partition("=")
                 if not sep:
                     raise UserInputError(f"--init items must look like name=value; got {item!r}")
-                try:
-                    pairs[key.strip()] = float(value)
-                except ValueError:
-                    raise UserInputError(f"--init value for {key.strip()} is not a number: {value!r}") from None
+                pairs[key.strip()] = parse_number(value, f"--init value for {key.strip()}")
             init = pairs
         names = [s.name for s in self.coords]
         unknown = sorted(set(init) - set(names))
@@ -191,8 +175,10 @@ class ValleyLandscape:
 
     @cached_property
     def kinks(self) -> list[sp.Expr]:
-        """Arguments of |.|, sign, Heaviside in L: the valley form holds while none changes sign."""
+        """Arguments of |.|, sign, Heaviside and the pairwise differences of the arguments of Max, Min in L:
+        the valley form holds while none changes sign."""
         args = {f.args[0] for f in self.full_loss.atoms(*_KINK_FUNCS)}
+        args |= {a - b for f in self.full_loss.atoms(*_KINK_PAIRS) for a, b in combinations(f.args, 2)}
         return sorted(args, key=sp.default_sort_key)
 
     @cached_property

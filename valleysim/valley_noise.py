@@ -22,8 +22,9 @@ from dataclasses import dataclass
 import sympy as sp
 
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
+from valleysim.expr import parse_expression
 from valleysim.theory import variance_factor
-from valleysim.valley_landscape import ValleyLandscape, parse_loss
+from valleysim.valley_landscape import ValleyLandscape
 
 NOISES = ("sgd", "minibatch", "isotropic", "isotropic-full", "designed:trace", "designed:logdet", "designed:EXPR")
 
@@ -68,7 +69,7 @@ def spectral_function(n: int, spec: str) -> sp.Expr:
         return sp.Add(*lam)
     if spec == "logdet":
         return sp.Add(*[sp.log(x) for x in lam])
-    F = parse_loss(spec, lam, what="--noise designed:EXPR")
+    F = parse_expression(spec, lam, "--noise designed:EXPR")
     extra = sorted(s.name for s in F.free_symbols - set(lam))
     if extra:
         raise UserInputError(f"--noise designed:EXPR may use only {[s.name for s in lam]}; got {extra}")
