@@ -345,7 +345,7 @@ def main(argv=None) -> dict:
 
     # 1. cost (at initialisation)
     cost = part_cost(model, data, n64, repeat)
-    print(f"\n1. one HVP vs one full gradient (model at initialisation, chunks of 64, best of repeats after a warm-up)")
+    print("\n1. one HVP vs one full gradient (model at initialisation, chunks of 64, best of repeats after a warm-up)")
     print(f"{'dtype':<9}{'n':>6}{'repeat':>7}{'grad s':>9}{'HVP s':>9}{'HVP/grad':>10}{'dbl-bwd s':>11}{'dbl/grad':>10}")
     for r in cost.values():
         db = (f"{r['double_backward_s']:>11.2f}{r['double_backward_over_grad']:>10.2f}" if "double_backward_s" in r

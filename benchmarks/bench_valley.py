@@ -560,7 +560,7 @@ def main(argv=None) -> dict:
     print("(ns per trajectory-step is wall time / (R T); cycles are core-cycles: ns x MHz x threads; the estimate "
           "is sum over operations of count x cost, scalar costs since the kernel is scalar per trajectory)")
 
-    print(f"\ncompile cache (fresh interpreter, $VALLEYSIM_CACHE empty, then the same cache again):")
+    print("\ncompile cache (fresh interpreter, $VALLEYSIM_CACHE empty, then the same cache again):")
     for label, c in cache.items():
         print(f"  {label:<5} import {c['import']:.2f} s, first simulate_valley (R=8, T=10) {c['first_call']:.2f} s, "
               f"whole process {c['process']:.2f} s")

@@ -7,10 +7,11 @@ nothing is downloaded. Rerunning the same command on the same ``--out`` resumes.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from valleysim import argtypes as T
 from valleysim.errors import UserInputError
+from valleysim.jsonout import dumps
 
 # torch and the dnn modules load only when a dnn command runs (3 s); the choices below are checked,
 # with the full lists in the message, by dnn.train.TrainConfig.
@@ -22,9 +23,9 @@ def _csv(s: str) -> tuple[str, ...]:
 
 def _floats(s: str, name: str) -> tuple[float, ...]:
     try:
-        return tuple(float(x) for x in _csv(s))
-    except ValueError:
-        raise UserInputError(f"{name} must be a comma list of numbers, got {s!r}") from None
+        return tuple(T.fraction(x) for x in _csv(s))
+    except argparse.ArgumentTypeError:
+        raise UserInputError(f"{name} must be a comma list of accuracies in (0, 1], got {s!r}") from None
 
 
 def add_parser(sub) -> None:
@@ -35,37 +36,37 @@ def add_parser(sub) -> None:
     t.add_argument("--data", default=None, help="CIFAR-10 path (default $VALLEYSIM_DATA)")
     t.add_argument("--label-order", default="auto", help="label-order .npz restoring the original order "
                    "('auto': the one beside the data, 'none': class-major order)")
-    t.add_argument("--out", required=True, help="run directory (config.json, metrics.jsonl, checkpoint.pt)")
+    t.add_argument("--out", type=T.out_dir, required=True, help="run directory (config.json, metrics.jsonl, checkpoint.pt)")
     t.add_argument("--model", default="simplecnn", help="simplecnn, simplecnn-bn, resnet32, resnet32-bn, vgg11, vgg11-bn, mlp")
-    t.add_argument("--width", type=float, default=1.0, help="channel/unit multiplier")
+    t.add_argument("--width", type=T.positive, default=1.0, help="channel/unit multiplier")
     t.add_argument("--optimizer", default="sgd", help="sgd, nsgd, gd, gd-noise")
-    t.add_argument("--lr", type=float, default=0.01)
-    t.add_argument("--batch", type=int, default=128)
-    t.add_argument("--momentum", type=float, default=0.0)
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--max-steps", type=int, default=None)
-    t.add_argument("--n-train", type=int, default=None, help="use the first n training examples")
+    t.add_argument("--lr", type=T.positive, default=0.01)
+    t.add_argument("--batch", type=T.count, default=128)
+    t.add_argument("--momentum", type=T.nonnegative, default=0.0, help="in [0, 1)")
+    t.add_argument("--weight-decay", type=T.nonnegative, default=0.0)
+    t.add_argument("--epochs", type=T.count, default=1)
+    t.add_argument("--max-steps", type=T.count, default=None)
+    t.add_argument("--n-train", type=T.count, default=None, help="use the first n training examples")
     t.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    t.add_argument("--nsgd-gamma", type=float, default=0.01)
-    t.add_argument("--nsgd-k", type=int, default=5)
-    t.add_argument("--nsgd-every", type=int, default=100, help="steps between eigenvector recomputations")
-    t.add_argument("--noise-std", type=float, default=0.0, help="gd-noise: sigma per coordinate")
+    t.add_argument("--nsgd-gamma", type=T.positive, default=0.01)
+    t.add_argument("--nsgd-k", type=T.count, default=5)
+    t.add_argument("--nsgd-every", type=T.count, default=100, help="steps between eigenvector recomputations")
+    t.add_argument("--noise-std", type=T.nonnegative, default=0.0, help="gd-noise: sigma per coordinate")
     t.add_argument("--probes", default="lanczos",
                    help="comma list of lanczos, trace, covariance, step, curvature, walk, negative")
-    t.add_argument("--probe-every", type=int, default=0, help="probe every n steps (0: off)")
+    t.add_argument("--probe-every", type=T.natural, default=0, help="probe every n steps (0: off)")
     t.add_argument("--no-probe-epochs", action="store_true", help="no probe at epoch ends")
     t.add_argument("--probe-acc", default="", help="probe when the running training accuracy first "
                    "reaches each of these, e.g. 0.6")
-    t.add_argument("--measure-fraction", type=float, default=0.05)
-    t.add_argument("--measure-size", type=int, default=None)
+    t.add_argument("--measure-fraction", type=T.fraction, default=0.05)
+    t.add_argument("--measure-size", type=T.count, default=None)
     t.add_argument("--measure-dtype", default="float32", choices=("float32", "float64"))
     t.add_argument("--bn", default="eval", help="BatchNorm policy for measurements: eval | batch")
-    t.add_argument("--top-k", type=int, default=5)
-    t.add_argument("--hutchinson-samples", type=int, default=50)
-    t.add_argument("--cov-batches", type=int, default=25, help="L mini-batch gradients for K")
-    t.add_argument("--cov-batch", type=int, default=128, help="M, their batch size")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--top-k", type=T.count, default=5)
+    t.add_argument("--hutchinson-samples", type=T.count, default=50)
+    t.add_argument("--cov-batches", type=T.integer(2), default=25, help="L mini-batch gradients for K")
+    t.add_argument("--cov-batch", type=T.count, default=128, help="M, their batch size")
+    t.add_argument("--seed", type=T.seed, default=0)
     t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
@@ -77,7 +78,7 @@ def add_parser(sub) -> None:
     c.add_argument("--label-order", default="auto", help="as for dnn train")
     c.add_argument("--preset", default="quick", help="quick (2-core CPU, ~45 min) or paper (the papers' "
                    "settings; meant for a GPU)")
-    c.add_argument("--out", required=True, help="study directory (runs/, report.md, summary.json, figures)")
+    c.add_argument("--out", type=T.out_dir, required=True, help="study directory (runs/, report.md, summary.json, figures)")
     c.add_argument("--device", default="cpu")
     c.add_argument("--no-toy", action="store_true", help="skip the calibrated R2 toy simulations")
     c.add_argument("--no-progress", action="store_true")
@@ -99,14 +100,10 @@ def config_from_args(a):
 
 
 def cmd_train(a) -> int:
-    import torch
-
     from dnn.data import load_cifar10
     from dnn.train import train
 
-    cfg = config_from_args(a)
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserInputError(f"--device {cfg.device}: CUDA is not available on this machine")
+    cfg = config_from_args(a)                           # checks every value and the device
     order = None if a.label_order == "none" else a.label_order
     images, labels = load_cifar10(a.data, "train", label_order=order)
     store = train(cfg, a.out, images, labels, progress=not a.no_progress)
@@ -114,7 +111,7 @@ def cmd_train(a) -> int:
     last = rows[-1] if rows else {}
     keys = ("step", "epoch", "measure_loss", "measure_acc", "lambda_max", "trace_hessian", "lambda_K",
             "trace_K", "trace_ratio", "alpha_star", "stability_factor", "diverged")
-    print(json.dumps({k: last[k] for k in keys if k in last}), file=sys.stdout)
+    print(dumps({k: last[k] for k in keys if k in last}), file=sys.stdout)
     print(f"{len(rows)} rows in {store.metrics_path}")
     return 0
 
@@ -126,8 +123,11 @@ def cmd_crosscheck(a) -> int:
     from dnn.data import load_cifar10
     from dnn.predictions import to_markdown
 
+    from dnn.train import check_device
+
     if a.preset not in PRESETS:
         raise UserInputError(f"unknown preset {a.preset!r}; choose from {', '.join(PRESETS)}")
+    check_device(a.device)
     preset = dataclasses.replace(PRESETS[a.preset])
     images, labels = load_cifar10(a.data, "train", label_order=None if a.label_order == "none" else a.label_order)
     summary = run_crosscheck(preset, a.out, images, labels, progress=not a.no_progress, toy=not a.no_toy,

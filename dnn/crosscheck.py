@@ -17,7 +17,6 @@ it stopped (finished runs are read back, not recomputed).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,8 @@ import numpy as np
 from dnn import predictions as P
 from dnn.train import TrainConfig, train
 from valleysim.errors import UserInputError
+from valleysim.jsonout import dumps
+from valleysim.stats import slope_through_origin
 
 __all__ = ["Preset", "PRESETS", "plan", "run_crosscheck"]
 
@@ -169,7 +170,7 @@ def run_crosscheck(preset: str | Preset, out: str | Path, images: np.ndarray, la
                    r5=r5_table, r5_fit=r5_fit, r5_pretrain_loss=pre_rows[-1].get("measure_loss") if pre_rows else None,
                    paper_reference=PAPER_REFERENCE)
     _figures(out, sgd, table, gd, r5_table, r5_fit)
-    (out / "summary.json").write_text(json.dumps(_clean(summary), indent=1))
+    (out / "summary.json").write_text(dumps(_without_rows(summary), indent=1))
     (out / "report.md").write_text(_report(p, summary))
     return summary
 
@@ -188,7 +189,11 @@ def _gd_summary(run: dict) -> dict:
 
 
 def _r5_summary(runs: list[dict], burn_in: int) -> tuple[list[dict], dict]:
-    """Per probe after ``burn_in`` steps: (loss, neg_eig_sum); fit neg_eig_sum = slope * loss."""
+    """Per probe after ``burn_in`` steps: (loss, neg_eig_sum); fit neg_eig_sum = slope * loss.
+
+    Probes of one run are correlated, so ``slope_se`` is clustered by run (``valleysim.stats.
+    slope_through_origin``: n_runs clusters, not n points); ``slope_se_naive`` treats points as independent.
+    """
     pts = []
     for run in runs:
         for r in run["rows"]:
@@ -199,24 +204,18 @@ def _r5_summary(runs: list[dict], burn_in: int) -> tuple[list[dict], dict]:
         return pts, dict(n=len(pts))
     x = np.array([q["loss"] for q in pts])
     y = np.array([q["neg_eig_sum"] for q in pts])
-    slope = float(x @ y / (x @ x))
-    resid = y - slope * x
-    se = float(math.sqrt(resid @ resid / (len(x) - 1) / (x @ x)))
+    fit = slope_through_origin(x, y, [q["label"] for q in pts])
     r = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else math.nan
-    return pts, dict(n=len(pts), slope_through_origin=slope, slope_se=se, pearson_r=r)
+    return pts, dict(n=fit["n"], n_runs=fit["n_clusters"], slope_through_origin=fit["slope"],
+                     slope_se=fit["slope_se"], slope_se_naive=fit["slope_se_naive"], pearson_r=r)
 
 
-def _clean(v):
+def _without_rows(v):
+    """``v`` without the per-probe "rows" lists (they live in each run's metrics.jsonl)."""
     if isinstance(v, dict):
-        return {k: _clean(x) for k, x in v.items() if k != "rows"}
+        return {k: _without_rows(x) for k, x in v.items() if k != "rows"}
     if isinstance(v, (list, tuple)):
-        return [_clean(x) for x in v]
-    if isinstance(v, (np.floating, float)):
-        return None if not math.isfinite(float(v)) else float(v)
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, np.bool_):
-        return bool(v)
+        return [_without_rows(x) for x in v]
     return v
 
 
@@ -298,7 +297,7 @@ def _report(p: Preset, s: dict) -> str:
              f"Paper: {PAPER_REFERENCE}", "",
              "## Full-batch GD (edge of stability)", "", P.to_markdown(s["gd"]) if s["gd"] else "(none)", "",
              "## R5: negative eigenvalues against the loss (MLP on a small subset)", "",
-             f"Pre-training loss: {s['r5_pretrain_loss']}. Fit: {json.dumps(_clean(s['r5_fit']))}", "",
+             f"Pre-training loss: {s['r5_pretrain_loss']}. Fit: {dumps(s['r5_fit'])}", "",
              P.to_markdown(s["r5"], ["label", "step", "loss", "neg_eig_sum", "lambda_min"]) if s["r5"] else "(none)",
              "", "![](trajectories.png)", "", "![](predictions.png)", ""]
     return "\n".join(lines)

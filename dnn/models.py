@@ -373,6 +373,26 @@ def build_model(
     return model
 
 
+def footprint(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | None = None,
+              width: float = 1.0) -> tuple[int, int]:
+    """(parameters, activation numbers per example) of ``build_model(name, ...)``, counted on the meta
+    device: nothing is allocated, so it is safe for sizes that would not fit."""
+    acts = [0]
+
+    def count(_module, _inputs, output):
+        acts[0] += output.numel() if isinstance(output, torch.Tensor) else 0
+
+    with torch.device("meta"):
+        model = build_model(name, num_classes=num_classes, input_shape=input_shape, width=width)
+        leaves = [m for m in model.modules() if not list(m.children())]
+        hooks = [m.register_forward_hook(count) for m in leaves]
+        shape = _check_input_shape(name.lower(), input_shape)
+        model(torch.empty(1, *shape))
+    for h in hooks:
+        h.remove()
+    return sum(p.numel() for p in model.parameters()), acts[0]
+
+
 def last_bn_scale(model: nn.Module) -> torch.Tensor | None:
     """Weight (gamma) of the last BatchNorm layer in module order; None if the model has none."""
     last = None

@@ -40,6 +40,7 @@ from scipy import stats
 
 from valleysim import break_even_sim as bes
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
+from valleysim.stats import mean_se
 from valleysim.theory import break_even_curvature, eta_star_1d, stability_factor, variance_factor
 
 __all__ = ["stability_factors", "break_even_point", "early_phase_end", "alpha_ratio",
@@ -314,9 +315,12 @@ def calibrate_toy(rows, eta, S, N, *, max_acc: float | None = None, q_threshold:
     Returns the fit (rate, rate_se, lambda_0, sigma2, sigma2_q25/q75, n_fit), the landscape
     parameters (beta, a0, sigma, offset), the toy's lambda* (``predicted_break_even``, = 2/(eta (1 +
     c sigma^2))), the toy's alpha-based equivalent, and the toy's outcome over the trajectories that
-    did not diverge: toy_max_curvature (mean of per-trajectory maxima; _se), toy_settled_curvature
-    (median of the last half), toy_step_of_max (network steps, offset by the first early step),
-    toy_break_even_step (first record reaching the settled level), toy_diverged.
+    did not diverge: toy_max_curvature (mean of per-trajectory maxima; _se), toy_step_of_max (network
+    steps, offset by the first early step), toy_reached (trajectories that reached break-even in the
+    first half of the run, ``break_even_sim.break_even_per_trajectory``) and over those
+    toy_settled_curvature (median of the last half) and toy_break_even_step (first record reaching the
+    settled level; both NaN when none reached, with ``toy_note``), toy_diverged. The toy runs
+    ``break_even_sim.default_steps``, at most ``max_steps`` (``toy_steps``).
     """
     eta, S, N = _check_run(eta, S, N)
     if N < 2:
@@ -367,17 +371,17 @@ def calibrate_toy(rows, eta, S, N, *, max_acc: float | None = None, q_threshold:
     if not good.any():
         return dict(out, error="every toy trajectory diverged", toy_max_curvature=math.nan,
                     toy_settled_curvature=math.nan)
-    curv = run.curvature()[good]
-    half = curv.shape[1] // 2
-    settled = np.median(curv[:, half:], axis=1)
-    reached = curv >= settled[:, None]
-    t_be = np.argmax(reached, axis=1) * run.record_every
-    mx = run.max_curvature[good]
-    se = float(mx.std(ddof=1) / math.sqrt(mx.size)) if mx.size > 1 else math.nan
-    out.update(toy_max_curvature=float(mx.mean()), toy_max_curvature_se=se,
-               toy_settled_curvature=float(np.mean(settled)),
+    be = bes.break_even_per_trajectory(run.curvature()[good], run.record_every)
+    hit = be["reached"]
+    mx, se = mean_se(run.max_curvature[good])
+    out.update(toy_max_curvature=mx, toy_max_curvature_se=se,
                toy_step_of_max=t0 + float(np.median(run.step_of_max[good])),
-               toy_break_even_step=t0 + float(np.median(t_be)))
+               toy_reached=int(hit.sum()),
+               toy_settled_curvature=float(np.mean(be["plateau"][hit])) if hit.any() else math.nan,
+               toy_break_even_step=t0 + float(np.median(be["steps"][hit])) if hit.any() else math.nan)
+    if not hit.all():
+        out["toy_note"] = (f"{int((~hit).sum())} of {hit.size} toy trajectories did not reach break-even in the "
+                           f"first half of {n_steps} steps (settled values average the rest; none: NaN)")
     return out
 
 

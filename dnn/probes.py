@@ -11,7 +11,7 @@ warm-start the next Lanczos run and by the ``step`` and ``curvature`` probes). R
                lanczos probe ran (their eigenvalues + Hutchinson on the rest: smaller SE)
   covariance   lambda_K, trace_K, trace_ratio = Tr K / lambda_K, lambda_K_i (Gram of L mini-batch grads),
                grad_norm_ratio_top5 (||g|| / ||g_5||, g_5 on the top-5 eigenvectors of K)
-  step         alpha_star, loss_change_a{alpha} (+ _se), mean |cos(g_b, e_i)|, bn_scale_norm
+  step         alpha_star (+ alpha_star_reached), loss_change_a{alpha} (+ _se), mean |cos(g_b, e_i)|, bn_scale_norm
   curvature    per-example curvature along e_H^1 (curvature_mean, curvature_var) and R1's
                stability_factor (1 - eta lambda)^2 + eta^2 c(S, N) s^2 with lambda, s^2 from them
   negative     the most negative eigenvalues (Lanczos on -H): lambda_min, neg_eig_sum (R5)

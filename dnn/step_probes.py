@@ -36,6 +36,7 @@ from dnn.eigen import frobenius_from_top as _frobenius_from_top
 from dnn.models import last_bn_scale
 from valleysim.errors import UserInputError, check_positive
 from valleysim.nsgd import ALPHAS
+from valleysim.stats import mean_se
 from valleysim.walk import GRAD_ATOL
 
 __all__ = ["ALPHAS", "alpha_key", "loss_change_along_top", "alpha_star", "gradient_alignment",
@@ -76,12 +77,6 @@ def _theta(objective, theta) -> torch.Tensor:
     return th.to(objective.theta0.device, objective.theta0.dtype)
 
 
-def _mean_se(x: np.ndarray) -> tuple[float, float]:
-    """Mean and its standard error std(ddof=1) / sqrt(m) (nan for m = 1)."""
-    m = x.size
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(m)) if m > 1 else float("nan")
-
-
 def alpha_key(alpha: float) -> str:
     """'a0.25', 'a0.5', 'a1', 'a2', 'a4' (``%g`` of alpha)."""
     return f"a{float(alpha):g}"
@@ -113,7 +108,7 @@ def loss_change_along_top(objective, eigvec, batch_grads, eta: float, alphas: Se
     out = {}
     for a in alphas:
         d = np.array([objective.loss(th - (a * eta * p) * e) - L0 for p in proj])
-        mean, se = _mean_se(d)
+        mean, se = mean_se(d)
         out[f"loss_change_{alpha_key(a)}"] = mean
         out[f"loss_change_{alpha_key(a)}_se"] = se
     return out
@@ -136,8 +131,9 @@ def alpha_star(objective, direction, eta: float, theta=None, threshold: float = 
     loss ratio crosses the threshold once in the bracket. Ambiguity: the paper does not say how the
     minimum is searched; a crossing narrower than a grid cell, before the first bracketing point, can
     be missed (the loss along the ray is not monotone in general). A non-finite loss counts as reaching
-    the threshold (the step diverged). Returns alpha* = inf when the threshold is not reached up to
-    alpha_max, nan when L(theta) <= 0 (the ratio is undefined). Cost: <= log_factor(alpha_max /
+    the threshold (the step diverged). Returns {alpha_star, alpha_star_reached}: alpha* = inf and
+    reached False when the threshold is not reached up to alpha_max (JSON writes inf as null: the flag
+    carries it), nan and False when L(theta) <= 0 (the ratio is undefined). Cost: <= log_factor(alpha_max /
     alpha_min) + 1 + log2(1 / rtol) + 1 loss evaluations.
     """
     eta = check_positive(eta, "eta")
@@ -155,7 +151,7 @@ def alpha_star(objective, direction, eta: float, theta=None, threshold: float = 
     d = check_vector(direction, "direction", objective.dim).to(th)
     L0 = objective.loss(th)
     if not (math.isfinite(L0) and L0 > 0.0):
-        return {"alpha_star": float("nan")}
+        return {"alpha_star": float("nan"), "alpha_star_reached": False}
     target = threshold * L0
 
     def reached(a: float) -> bool:
@@ -169,14 +165,14 @@ def alpha_star(objective, direction, eta: float, theta=None, threshold: float = 
             break
         lo, a = a, a * factor
     if hi is None:
-        return {"alpha_star": float("inf")}
+        return {"alpha_star": float("inf"), "alpha_star_reached": False}
     while hi - lo > rtol * hi:
         mid = 0.5 * (lo + hi)
         if reached(mid):
             hi = mid
         else:
             lo = mid
-    return {"alpha_star": float(hi)}
+    return {"alpha_star": float(hi), "alpha_star_reached": True}
 
 
 def gradient_alignment(grad, eigvecs) -> dict:
@@ -221,7 +217,7 @@ def per_example_curvature_stats(objective, eigvec, theta=None) -> dict:
     th = _theta(objective, theta)
     e = _unit(check_vector(eigvec, "eigvec", objective.dim).to(th), "eigvec")
     c = objective.per_example_curvature(e, th).detach().cpu().double().numpy()
-    mean, se = _mean_se(c)
+    mean, se = mean_se(c)
     return {"curvature_mean": mean, "curvature_var": float(c.var()), "curvature_se": se}
 
 

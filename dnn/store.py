@@ -14,36 +14,27 @@ written to a temporary file, fsynced and renamed (atomic on POSIX).
 from __future__ import annotations
 
 import json
-import math
 import os
+import pickle
 from pathlib import Path
 
 import torch
 
 from valleysim.errors import UserInputError
+from valleysim.jsonout import dumps, read_json, read_jsonl
 
 __all__ = ["RunStore", "read_rows"]
 
 
-def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
 def read_rows(path: str | Path) -> list[dict]:
-    """Complete rows of a metrics file (a torn last line is skipped)."""
-    p = Path(path)
-    if not p.exists():
-        return []
-    rows = []
-    with open(p, encoding="utf-8") as f:
-        for line in f:
-            if line.endswith("\n"):
-                rows.append(json.loads(line))
-    return rows
+    """Complete rows of a metrics file (a torn last line is skipped); a damaged row is a UserInputError
+    naming the file and the line (measurements cannot be recomputed without rerunning)."""
+    records, damaged, _ = read_jsonl(path)
+    damaged += [i for i, r in records if not isinstance(r, dict)]
+    if damaged:
+        raise UserInputError(f"{path}: line {', '.join(map(str, sorted(damaged)))} damaged (not a JSON row); the "
+                             "run cannot be resumed safely: move the directory away and rerun")
+    return [r for _, r in records]
 
 
 class RunStore:
@@ -58,9 +49,11 @@ class RunStore:
         self.config_path = self.dir / "config.json"
         self.metrics_path = self.dir / "metrics.jsonl"
         self.checkpoint_path = self.dir / "checkpoint.pt"
-        config = json.loads(json.dumps(config, sort_keys=True))
+        config = json.loads(dumps(config, sort_keys=True))
         if self.config_path.exists():
-            old = json.loads(self.config_path.read_text())
+            old = read_json(self.config_path)
+            if not isinstance(old, dict):
+                raise UserInputError(f"{self.config_path} is damaged (not a JSON object); move the directory away")
             diff = sorted(k for k in set(old) | set(config)
                           if old.get(k) != config.get(k) and k not in self.RESUMABLE_KEYS)
             if diff:
@@ -68,13 +61,13 @@ class RunStore:
                     f"{self.dir} holds a run with a different configuration (differs in: {', '.join(diff)}); "
                     "use a new --out directory or the same options to resume")
         else:
-            _atomic_write_bytes(self.config_path, json.dumps(config, indent=1, sort_keys=True).encode())
+            _atomic_write_bytes(self.config_path, dumps(config, indent=1, sort_keys=True).encode())
         self.config = config
         self.n_rows = len(read_rows(self.metrics_path))
 
     def append(self, row: dict) -> None:
         """Appends one row, flushed and fsynced."""
-        line = json.dumps({k: _jsonable(v) for k, v in row.items()}, allow_nan=False) + "\n"
+        line = dumps(row) + "\n"
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
@@ -101,12 +94,16 @@ class RunStore:
                 self.metrics_path.unlink()     # rows without any checkpoint: start over
             self.n_rows = 0
             return None
-        ck = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        try:
+            ck = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+            raise UserInputError(f"{self.checkpoint_path} cannot be read ({type(err).__name__}: {err}); move the "
+                                 "run directory away and rerun") from None
         rows = read_rows(self.metrics_path)[: ck["n_rows"]]
         if len(rows) < ck["n_rows"]:
             raise UserInputError(f"{self.metrics_path} has fewer rows ({len(rows)}) than its checkpoint "
                                  f"accounts for ({ck['n_rows']}): the run directory was modified")
-        _atomic_write_bytes(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows).encode())
+        _atomic_write_bytes(self.metrics_path, "".join(dumps(r) + "\n" for r in rows).encode())
         self.n_rows = len(rows)
         return ck["state"]
 

@@ -33,11 +33,12 @@ from tqdm import tqdm
 from dnn import probes as probes_mod
 from dnn import step_probes
 from dnn.data import batches, channel_stats, measurement_subset, to_float_nchw, normalize
-from dnn.models import MODELS, build_model
+from dnn.models import MODELS, build_model, footprint
 from dnn.objective import Objective, flat_params
 from dnn.store import RunStore
 from dnn.walk_metrics import WalkTracker
 from valleysim.errors import UserInputError, check_positive
+from valleysim.memory import check_fits
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "train", "seed_for"]
 
@@ -100,6 +101,7 @@ class TrainConfig:
         if unknown:
             raise UserInputError(f"unknown probe(s) {', '.join(unknown)}; choose from {', '.join(probes_mod.PROBES)}")
         check_positive(self.lr, "learning rate --lr")
+        check_device(self.device)
         for name in ("batch", "epochs", "acc_window", "top_k", "nsgd_every", "lanczos_max_iter",
                      "hutchinson_samples", "cov_batch", "loss_change_batches"):
             v = getattr(self, name)
@@ -137,6 +139,35 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+def check_device(name: str, what: str = "--device") -> torch.device:
+    """``name`` as a torch device this machine has (cpu, cuda, cuda:N, ...); UserInputError otherwise."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserInputError(f"{what} {name!r} is not a device name (cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserInputError(f"{what} {name}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserInputError(f"{what} {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserInputError(f"{what} {name}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UserInputError(f"{what} {name!r}: only cpu, cuda and mps devices are supported")
+    return dev
+
+
+def train_bytes(cfg: TrainConfig, input_shape, num_classes: int = 10) -> float:
+    """Peak memory of a run, in bytes (estimate, on the meta device): the parameters about 4 times in
+    float32 (model, gradient, momentum, the objective's copy) plus, in the measurement dtype, the Lanczos
+    basis (lanczos_max_iter + top_k vectors) and the covariance probe's cov_batches gradients; the
+    activations of max(batch, 64) examples, 4 times (forward, backward, double backward)."""
+    params, acts = footprint(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width)
+    m = 8 if cfg.measure_dtype == "float64" else 4
+    vectors = cfg.lanczos_max_iter + cfg.top_k + 4 + (cfg.cov_batches if "covariance" in cfg.probes else 0)
+    return float(params) * (4 * 4 + m * vectors) + 4.0 * 4 * acts * max(cfg.batch, 64)
+
+
 def _model_data(images, mean, std, channels_last: bool, idx=None) -> torch.Tensor:
     """uint8 NHWC -> normalised float32 NCHW (no augmentation), in the model's memory format."""
     x = normalize(to_float_nchw(images if idx is None else images[idx]), mean, std)
@@ -155,10 +186,13 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
         images, labels = images[: cfg.n_train], labels[: cfg.n_train]
     if cfg.batch > len(images):
         raise UserInputError(f"batch {cfg.batch} is larger than the training set ({len(images)})")
-    device = torch.device(cfg.device)
+    device = check_device(cfg.device)
+    input_shape = input_shape or (images.shape[3], images.shape[1], images.shape[2])
+    check_fits(train_bytes(cfg, input_shape, num_classes), f"training {cfg.model} at width {cfg.width:g} "
+               f"({footprint(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width)[0]:,} "
+               f"parameters, batch {cfg.batch})")
     store = RunStore(out, cfg.as_dict())
     mean, std = channel_stats(images)
-    input_shape = input_shape or (images.shape[3], images.shape[1], images.shape[2])
     channels_last = cfg.channels_last if cfg.channels_last is not None else \
         cfg.model.startswith(("simplecnn", "vgg"))
     model = build_model(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width,

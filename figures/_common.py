@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -19,14 +17,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:          # run as `python figures/x.py` from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from valleysim import argtypes as T  # noqa: E402
+from valleysim.errors import report_errors  # noqa: E402,F401  (re-exported for the scripts)
+from valleysim.jsonout import dumps  # noqa: E402
+
 DEFAULT_OUT = ROOT / "docs" / "figures" / "valley"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (PNG + data file)")
+    p = T.OneLineParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=T.out_dir, default=str(DEFAULT_OUT), help="output directory (PNG + data file)")
     p.add_argument("--quick", action="store_true", help="small ensemble / short runs (< 30 s): a smoke test")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the simulations")
+    p.add_argument("--seed", type=T.seed, default=0, help="base seed of the simulations")
     return p
 
 
@@ -70,28 +72,12 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _clean(x):
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
 def save(fig, out: Path, name: str, data: dict, timer) -> None:
     """Write out/name.png and out/name.json (NaN/inf -> null, numpy -> Python) and say so."""
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(out / f"{name}.png", dpi=120)
     plt.close(fig)
-    (out / f"{name}.json").write_text(json.dumps(_clean(data), indent=2) + "\n", encoding="utf-8")
+    (out / f"{name}.json").write_text(dumps(data, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}/{name}.png and .json  ({timer})")
 
 

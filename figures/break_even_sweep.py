@@ -12,6 +12,7 @@ Tr(H_xx) and min Tr(H_xx) / lambda_max over the grid.
 from __future__ import annotations
 
 import _common as C
+from valleysim import argtypes as T
 import numpy as np
 
 from valleysim import break_even_sim as bes
@@ -23,7 +24,7 @@ BATCHES = (1, 2, 4, 8, 16, 64)
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.set_defaults(out=C.ROOT / "docs" / "figures" / "break_even")
-    p.add_argument("--trajectories", type=int, default=64, help="ensemble size per grid point")
+    p.add_argument("--trajectories", type=T.count, default=64, help="ensemble size per grid point")
     args = p.parse_args(argv)
     timer = C.Timer()
     etas, batches, R = (ETAS, BATCHES, args.trajectories) if not args.quick else ((0.1, 0.2, 0.4), (2, 8, 64), 8)
@@ -43,6 +44,9 @@ def main(argv=None) -> int:
             ("median_late_lambda_K", "lam_K (late)", ".3g"),
             ("diverged", "diverged", "d")]
     print(C.table(rows, cols))
+    for r in rows:
+        if r.get("note"):
+            print(f"eta={r['eta']:g} S={r['batch']}: {r['note']}")
     print()
     print("Conjecture 2 (two sharp directions, rates 1 and 1/2):")
     print(C.table(rows2, [("eta", "eta", "g"), ("batch", "S", "d"), ("predicted_break_even", "lambda*", ".3f"),
@@ -60,10 +64,11 @@ def main(argv=None) -> int:
         ax[0].errorbar([r["predicted_break_even"] for r in sub], [r["max_curvature"] for r in sub],
                        yerr=[2 * (r["max_curvature_se"] or 0) for r in sub], fmt=markers[S], ms=6,
                        label=f"max, S={S}")
-        ax[0].plot([r["predicted_break_even"] for r in sub], [r["curvature_at_break_even"] for r in sub],
+        reached = [r for r in sub if r["reached"]]           # an unreached break-even has no plateau to plot
+        ax[0].plot([r["predicted_break_even"] for r in reached], [r["curvature_at_break_even"] for r in reached],
                    markers[S], mfc="none", color="gray", ms=8)
     ax[0].set(xscale="log", yscale="log", xlabel="predicted lambda* = 2 / (eta (1 + c sigma^2))",
-              ylabel="simulated curvature (filled: max; open: plateau)", title="break-even curvature")
+              ylabel="simulated curvature (filled: max; open: plateau, where reached)", title="break-even curvature")
     ax[0].legend(fontsize=7)
     for r in rows:
         if r["batch"] != (8 if 8 in batches else batches[0]):
@@ -103,4 +108,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(C.report_errors(main, prog=C.Path(__file__).name))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import _common as C
+from valleysim import argtypes
 import numpy as np
 import sympy as sp
 
@@ -23,10 +24,10 @@ from valleysim import nsgd as ns
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.set_defaults(out=C.ROOT / "docs" / "figures" / "nsgd")
-    p.add_argument("--eta", type=float, default=0.05, help="base learning rate")
-    p.add_argument("--batch", type=int, default=8, help="mini-batch size S")
-    p.add_argument("--K", type=int, default=2, help="number of top eigenvectors NSGD nudges")
-    p.add_argument("--recompute", type=int, default=0, help="NSGD eigenvector refresh in steps (0: once per epoch, N/S)")
+    p.add_argument("--eta", type=argtypes.positive, default=0.05, help="base learning rate")
+    p.add_argument("--batch", type=argtypes.count, default=8, help="mini-batch size S")
+    p.add_argument("--K", type=argtypes.count, default=2, help="number of top eigenvectors NSGD nudges")
+    p.add_argument("--recompute", type=argtypes.natural, default=0, help="NSGD eigenvector refresh in steps (0: once per epoch, N/S)")
     args = p.parse_args(argv)
     timer = C.Timer()
     T, R, burn = (4000, 16, 500) if not args.quick else (800, 4, 200)
@@ -86,13 +87,13 @@ def main(argv=None) -> int:
         variants[m] = {"steps": run["steps"], "loss_curve": np.nanmean(run["loss"], 1),
                        "lambda_curve": np.nanmean(run["lambda_max"], 1), "final_loss": float(np.nanmean(run["loss"][-1])),
                        "lambda_max_reached": float(np.nanmean(run["lambda_max"][-n:])),
-                       "diverged": int(run["diverged"].sum())}
+                       "lambda_max_settled": ns.settled(run["lambda_max"]), "diverged": int(run["diverged"].sum())}
     rows = [{"who": f"NSGD g={s['gamma']:g}", **s} for s in sweep] + [{"who": m, **v} for m, v in variants.items()]
     print(f"\nNSGD sweep (K={K}, recompute every {recompute} steps) and SGD variants: T={T}, R={R}, eta={eta}, "
           f"2/eta = {2 / eta:g}; lambda_max reached = mean over the last 20% of steps")
     for r in rows:
         print(f"  {r['who']:>18}: final loss {r['final_loss']:.4g}  lambda_max reached {r['lambda_max_reached']:.2f}"
-              f"  diverged {r['diverged']}/{R}")
+              + (" (still changing)" if r["lambda_max_settled"] is False else "") + f"  diverged {r['diverged']}/{R}")
 
     # --- figure ----------------------------------------------------------------------------------------------
     fig, ax = C.plt.subplots(1, 3, figsize=(16, 4.6))
@@ -133,4 +134,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(C.report_errors(main, prog=C.Path(__file__).name))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 
 import _common as C
+from valleysim import argtypes as T
 import numpy as np
 
 from valleysim.valley_landscape import catalogue
@@ -81,7 +82,7 @@ def measure(land, eta: float, S: int, M: int, R: int, n_rec: int, seed: int) -> 
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--landscapes", default=",".join(LANDSCAPES), help=f"comma-separated, from {list(LANDSCAPES)}")
-    p.add_argument("--dataset-size", type=int, default=32, help="data-set size M")
+    p.add_argument("--dataset-size", type=T.integer(2), default=32, help="data-set size M")
     args = p.parse_args(argv)
     timer = C.Timer()
     R, n_rec = (1000, 20) if not args.quick else (200, 5)
@@ -170,4 +171,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(C.report_errors(main, prog=C.Path(__file__).name))

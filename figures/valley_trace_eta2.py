@@ -10,6 +10,7 @@ Delta T over a window, R trajectories. Theory (Theorem 1, corrected): dT/step = 
 from __future__ import annotations
 
 import _common as C
+from valleysim import argtypes as T
 import numpy as np
 
 from valleysim.valley_landscape import catalogue
@@ -21,8 +22,8 @@ ETAS = (0.002, 0.004, 0.006, 0.008, 0.010, 0.012, 0.016, 0.020, 0.025, 0.030)
 
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=10, help="mini-batch size S")
-    p.add_argument("--dataset-size", type=int, default=1000, help="data-set size M")
+    p.add_argument("--batch", type=T.count, default=10, help="mini-batch size S")
+    p.add_argument("--dataset-size", type=T.integer(2), default=1000, help="data-set size M")
     p.add_argument("--init", default="t3=1,t4=1", help="start (theta = 0)")
     args = p.parse_args(argv)
     timer = C.Timer()
@@ -141,4 +142,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(C.report_errors(main, prog=C.Path(__file__).name))

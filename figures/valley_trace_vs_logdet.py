@@ -12,6 +12,7 @@ started at the window's mean theta_hat (dotted; no simulation input beyond the s
 from __future__ import annotations
 
 import _common as C
+from valleysim import argtypes as T
 import numpy as np
 
 from valleysim import valley_theory as vt
@@ -79,9 +80,9 @@ def drift_rates(land, x0, c, sigma, eta):
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--inits", default=";".join(INITS), help="';'-separated starting points (one figure row each)")
-    p.add_argument("--eta", type=float, default=0.01)
-    p.add_argument("--batch", type=int, default=10, help="mini-batch size S (sgd scale c(S, M))")
-    p.add_argument("--dataset-size", type=int, default=1000, help="data-set size M")
+    p.add_argument("--eta", type=T.positive, default=0.01)
+    p.add_argument("--batch", type=T.count, default=10, help="mini-batch size S (sgd scale c(S, M))")
+    p.add_argument("--dataset-size", type=T.integer(2), default=1000, help="data-set size M")
     args = p.parse_args(argv)
     timer = C.Timer()
     steps, burn_in, R = (20000, 3000, 1000) if not args.quick else (4000, 2000, 200)
@@ -194,4 +195,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(C.report_errors(main, prog=C.Path(__file__).name))

@@ -213,4 +213,4 @@ def _text_table(rows, cols, extra=None) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(C.report_errors(main, prog=C.Path(__file__).name))

@@ -22,3 +22,19 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def cli(capsys):
+    """The valleysim command in-process: cli(*argv) -> (exit code, stdout, stderr); usage errors that
+    argparse reports by exiting come back as their exit code."""
+    from valleysim.cli import main
+
+    def run(*argv):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+    return run

@@ -38,7 +38,7 @@ def test_stability_json_one_dimensional(tmp_path, capsys, eta):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--eta", "-1", "--batch", "2"], "eta must be a finite number > 0"),
+    (["--eta=-1", "--batch", "2"], "argument --eta: must be a finite number > 0"),
     (["--eta", "0.1", "--batch", "99"], "batch size S must be in 1..32"),
     (["--eta", "0.1", "--batch", "2", "--hessians", "/nonexistent.npy"], "not found"),
 ])

@@ -123,7 +123,8 @@ def test_alpha_star_closed_form_and_precision(rtol):
 def test_alpha_star_edge_cases(bn_objective):
     quad = Quadratic(torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 0.1,
                      torch.tensor([1.0, 0.0], dtype=torch.float64))
-    assert alpha_star(quad, torch.zeros(2, dtype=torch.float64), 0.1)["alpha_star"] == math.inf
+    assert alpha_star(quad, torch.zeros(2, dtype=torch.float64), 0.1) == {"alpha_star": math.inf,
+                                                                          "alpha_star_reached": False}
     zero = Quadratic(torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 0.0,
                      torch.zeros(2, dtype=torch.float64))
     assert math.isnan(alpha_star(zero, torch.ones(2, dtype=torch.float64), 0.1)["alpha_star"])

@@ -66,7 +66,7 @@ def test_the_readme_expressions_parse_as_before():
     lam = sp.symbols("lam1 lam2", positive=True)
     for spec in specs:
         assert parse_expression(spec, lam) == parse_expr(spec, local_dict={s.name: s for s in lam})
-    for value in re.findall(r'--init "?t3=([^",]+)', readme):
+    for value in re.findall(r'--init "?t3=([^",`\s]+)', readme):
         assert parse_number(value, "--init") == pytest.approx(float(parse_expr(value)), rel=1e-15)
 
 
@@ -142,7 +142,7 @@ def _payloads(marker: Path) -> list[str]:
         f"t1 if __import__('os').system('touch {m}') else t3", f"(__import__('os').system('touch {m}'), t1)[1]",
         f"sympify(\"__import__('os').system('touch {m}')\")", f"S(\"__import__('os').system('touch {m}')\")",
         f"f\"{{__import__('os').system('touch {m}')}}\"", f"(x := __import__('os')).system('touch {m}')",
-        f"ｅｘｅｃ(\"open('{m}', 'w')\")", f"getattr(t1, '__class__')",
+        f"ｅｘｅｃ(\"open('{m}', 'w')\")", "getattr(t1, '__class__')",
         f"Function('system')('touch {m}')", f"t1**2 + exp(open('{m}', 'w'))",
     ]
 

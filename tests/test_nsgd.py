@@ -238,10 +238,15 @@ def test_cli_json(capsys):
     assert "sgd_no_top" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["--K", "21"], ["--gamma", "0"], ["--eta", "-1"], ["--batch", "101"], ["--dim", "2"]])
-def test_cli_bad_input(argv):
-    with pytest.raises(UserInputError):
-        _cli(["--steps", "5", *argv])
+@pytest.mark.parametrize("argv, message", [(["--K", "21"], "K (top directions) must be in 1..20"),
+                                           (["--gamma", "0"], "argument --gamma"), (["--eta=-1"], "argument --eta"),
+                                           (["--batch", "101"], "batch size S must be in 1..100"),
+                                           (["--batch", "0"], "argument --batch"), (["--dim", "2"], "D must be in"),
+                                           (["--seed", "-1"], "argument --seed"),
+                                           (["--trajectories", "1e12"], "needs about")])
+def test_cli_bad_input(cli, argv, message):
+    code, _, err = cli("nsgd", "--steps", "5", *argv)
+    assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_proofs_derive_and_report():
@@ -270,3 +275,13 @@ def test_figure_quick(tmp_path):
     sweep = {s["gamma"]: s for s in data["gamma_sweep"]}
     assert sweep[0.01]["final_loss"] < sweep[1.0]["final_loss"] < sweep[5.0]["final_loss"]
     assert sweep[0.01]["lambda_max_reached"] > sweep[1.0]["lambda_max_reached"] > sweep[5.0]["lambda_max_reached"]
+
+
+def test_lambda_max_reached_is_flagged_while_it_still_changes():
+    steps = np.arange(50, dtype=float)[:, None]
+    flat = np.full((50, 3), 7.0)
+    rising = np.broadcast_to(1.0 + steps, (50, 3)).copy()
+    assert ns.settled(flat) is True and ns.settled(rising) is False
+    assert ns.settled(flat[:10]) is None                            # 2 records in the window: cannot tell
+    rising[-5:, :] = np.nan                                          # trajectories that diverged at the end
+    assert ns.settled(rising) is None

@@ -46,7 +46,12 @@ def test_boundaries_match_closed_forms(sweep):
         assert r["eta_star"] == pytest.approx(eta_star_1d(H.mean(), H.var(), c), rel=1e-9)
         assert r["spectral_radius"] == pytest.approx(stability_factor(r["eta"], H.mean(), H.var(), c), rel=1e-9)
         assert r["mean_square_stable"] is bool(r["eta"] <= r["eta_star"])
-        assert r["lyapunov_exponent"] == pytest.approx(gamma_by_hand(r["eta"], r["S"]), rel=1e-12)
+        gamma = gamma_by_hand(r["eta"], r["S"])
+        if np.isfinite(gamma):
+            assert r["lyapunov_exponent"] == pytest.approx(gamma, rel=1e-12)
+        else:                       # -inf: some batch lands exactly on the minimum; JSON null + the flag
+            assert gamma == -np.inf and r["lyapunov_exponent"] is None
+        assert r["almost_sure_stable"] is bool(gamma < 0)
         assert r["sharpness_bound"] == pytest.approx(2 / H.mean())
         b = r["lyapunov_boundary"]
         assert abs(gamma_by_hand(b, r["S"])) < 1e-9
@@ -58,7 +63,7 @@ def test_divergence_fraction_follows_almost_sure_exponent(sweep):
     for r in rows:
         if r["mean_square_stable"]:
             assert r["diverged_fraction"] == 0.0
-        if r["lyapunov_exponent"] * 400 > 3 * np.log(1e12):  # typical path passes the threshold
+        if r["lyapunov_exponent"] is not None and r["lyapunov_exponent"] * 400 > 3 * np.log(1e12):
             assert r["diverged_fraction"] == 1.0
 
 

@@ -16,7 +16,6 @@ import pytest
 
 from valleysim import valley_theory as vt
 from valleysim.cli import main
-from valleysim.errors import UserInputError
 from valleysim.theory import variance_factor
 from valleysim.valley_codegen import compile_kernels
 from valleysim.valley_landscape import ValleyLandscape, catalogue
@@ -302,7 +301,10 @@ def test_kink_crossing_and_divergence_are_reported():
     (["--loss", "t1**2*(1 + t2**2) + Abs(t2 - 1)", "--nondegenerate", "t1", "--degenerate", "t2", "--init", "t2=1",
       "--noise-scale", "1", "--noise", "isotropic"], "kink"),
     (["--loss", "abs-toy", "--init", "t9=1"], "unknown coordinates"),
-    (["--loss", "abs-toy", "--noise-scale", "-1"], "--noise-scale"),
+    (["--loss", "abs-toy", "--noise-scale=-1"], "argument --noise-scale"),
+    (["--loss", "abs-toy", "--noise-scale", "1", "--trajectories", "1e10"], "needs about"),
+    (["--loss", "abs-toy", "--noise-scale", "1", "--steps", "1e8", "--record-every", "1"], "needs about"),
+    (["--loss", "abs-toy", "--noise-scale", "1", "--steps", "10", "--record-every", "20"], "--record-every"),
     (["--loss", "abs-toy", "--batch", "40", "--dataset-size", "32"], "batch size S"),
     (["--loss", "abs-toy"], "noise scale"),
     (["--loss", "abs-toy", "--noise", "minibatch", "--batch", "2"], "finite-sum"),
@@ -311,10 +313,10 @@ def test_kink_crossing_and_divergence_are_reported():
     (["--loss", "exp-toy", "--noise", "bogus", "--noise-scale", "1"], "--noise must be one of"),
     (["--loss", "exp-toy", "--noise-scale", "1", "--eta", "0"], "--eta"),
 ])
-def test_bad_input_names_the_problem(capsys, args, message):
+def test_bad_input_names_the_problem(cli, args, message):
     full = ["valley", "--eta", "0.01", *args] if "--eta" not in args else ["valley", *args]
-    assert main(full) == 2
-    assert message in capsys.readouterr().err
+    code, _, err = cli(*full)
+    assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_json_has_the_documented_keys(capsys):
@@ -339,3 +341,19 @@ def test_second_run_loads_the_cached_kernel(tmp_path):
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
     after = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert after == files and all(p.stat().st_mtime_ns == stamps[p] for p in files)   # nothing recompiled
+
+
+def test_a_burn_in_shorter_than_the_relaxation_is_said(cli):
+    """theta relaxes like (1 - eta lambda)^2 per step: 1 / (2 |log|1 - eta lambda||) steps (closed form)."""
+    from valleysim.valley_sim import relaxation_steps
+
+    land = ValleyLandscape.from_strings("(3 + t3**2/1000)*t1**2/2", "t1", "t3", "t3=0.1")
+    lam = 3 + 0.1**2 / 1000
+    assert relaxation_steps(land, 0.001) == pytest.approx(1 / (2 * abs(np.log(1 - 0.001 * lam))), rel=1e-12)
+    base = ["valley", "--loss", "exp-toy", "--noise-scale", "0.05", "--steps", "50", "--trajectories", "16",
+            "--json"]
+    code, out, _ = cli(*base, "--eta", "0.0005", "--burn-in", "100")
+    s = json.loads(out)
+    assert code == 0 and "shorter than 5 relaxation times" in s["equilibration_note"]
+    code, out, _ = cli(*base, "--eta", "0.01", "--burn-in", "1000")
+    assert code == 0 and "equilibration_note" not in json.loads(out)

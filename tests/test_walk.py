@@ -273,11 +273,16 @@ def test_cli_prints_metrics_and_json(capsys):
     assert "cos(g_{t-1}, g_t)" in out and "height above floor" in out
 
 
-def test_cli_bad_input_raises_user_input_error():
-    with pytest.raises(UserInputError, match="batch size"):
-        _cli(["--batch", "99", "--steps", "5"])
-    with pytest.raises(UserInputError, match="eta"):
-        _cli(["--eta", "-1", "--steps", "5"])
+@pytest.mark.parametrize("argv, message", [(["--batch", "99"], "batch size S must be in 1..32"),
+                                           (["--eta=-1"], "argument --eta"),
+                                           (["--wall-width", "1e308"], "wall width w must be in [0.001, 1e+06] or inf"),
+                                           (["--wall-width", "1e-320"], "wall width w"),
+                                           (["--n-examples", "1e12"], "n_examples must be in 1..2147483648"),
+                                           (["--landscape-seed", "-1"], "argument --landscape-seed"),
+                                           (["--trajectories", "1e6", "--steps", "1e5", "--bins", "1e5"], "needs about")])
+def test_cli_bad_input_is_one_named_line(cli, argv, message):
+    code, _, err = cli("walk", "--steps", "5", *argv)
+    assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 # --- the figure script ----------------------------------------------------------------------------------

@@ -60,13 +60,24 @@ trajectory whose |x_j| passes ``DIVERGE_AT`` (or that turns non-finite) stops:
 divergence is a result, with its step. ``frozen=True`` keeps z fixed (the R1
 check at fixed curvature).
 
+Break-even is reached, in a trajectory, when the curvature stops growing and
+turns back: the first record at which max_j a_j falls ``TURN`` (1%) below its
+running maximum (``growth_stops``; while SGD is stable z only grows, so this is
+the push-back of the instability, read off the dynamics, not off lambda*). A
+trajectory that turns in the first half of the run has a plateau in the last
+half; only those count as having reached break-even, and the break-even
+quantities average only them. When none has, the summary says so
+(``reached`` false, the break-even fields None, ``note`` with the steps the
+drift alone would need).
+
 Measured per trajectory: ``max_curvature`` (max over every step of max_j a_j),
-``curvature_at_break_even`` (the median of max_j a_j over the records of the
-last half of the run: the curvature where growth stops; a median because rare
-catapults -- bursts of x that knock z far back -- pull the mean down, reported
-as ``mean_late_curvature``, every step of the last half), ``steps_to_break_even``
-(first recorded step at which max_j a_j reaches that level), and at the
-recorded steps the full-Hessian top eigenvalue, lambda_K^1, Tr(H), Tr(K), loss.
+and, where break-even was reached, ``curvature_at_break_even`` (the median of
+max_j a_j over the records of the last half of the run: the curvature where
+growth stops; a median because rare catapults -- bursts of x that knock z far
+back -- pull the mean down, reported as ``mean_late_curvature``, every step of
+the last half), ``steps_to_break_even`` (first recorded step at which max_j a_j
+reaches that level); at the recorded steps the full-Hessian top eigenvalue,
+lambda_K^1, Tr(H), Tr(K), loss.
 Next to lambda* the summary gives ``almost_sure_break_even``, where the
 Lyapunov exponent of the frozen x-recursion crosses 0 (above lambda* for S < N):
 the self-stabilised curvature follows the mean-square edge, because what pushes
@@ -95,11 +106,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
-from valleysim.errors import UserInputError, check_int_range, check_positive
+from valleysim.errors import UserInputError, check_int_range, check_range
+from valleysim.memory import F64, check_fits
 from valleysim.rng import bounded, seed_state
+from valleysim.stats import mean_se
 from valleysim.theory import break_even_curvature, eta_star_1d, stability_factor, variance_factor
 
 DIVERGE_AT = 1e8
+MAX_SCALE = 1e100             # eta, a0 within [1e-100, 1e100] (their squares and lambda* stay finite)
+MAX_SPREAD = 1e3              # sigma, offset, rates at most 1e3 (sigma^2 c and exp(r z) stay finite)
+TURN = 0.01                   # growth has stopped once the curvature falls 1% below its running maximum
+MAX_DEFAULT_STEPS = 5_000_000  # default run length cap (a stated cap: the summary says when it binds)
 
 
 # --------------------------------------------------------------------------------------------- landscape
@@ -132,18 +149,18 @@ class SharpeningLandscape:
     @classmethod
     def make(cls, n_examples: int = 64, sigma: float = 1.0, offset: float = 0.001, beta: float = 0.001,
              a0=(1.0,), rates=(1.0,), landscape_seed: int = 0) -> "SharpeningLandscape":
-        N = check_int_range(n_examples, "n_examples N", 2)
-        sigma = _check_nonneg(sigma, "sigma")
-        offset = _check_nonneg(offset, "offset")
-        beta = _check_nonneg(beta, "beta")
+        N = check_int_range(n_examples, "n_examples N", 2, 2**31)
+        sigma = check_range(sigma, "sigma", 0, MAX_SPREAD)
+        offset = check_range(offset, "offset", 0, MAX_SPREAD)
+        beta = check_range(beta, "beta", 0, MAX_SPREAD)
         a0 = np.atleast_1d(np.asarray(a0, dtype=float))
         rates = np.atleast_1d(np.asarray(rates, dtype=float))
         if a0.ndim != 1 or a0.size < 1 or a0.shape != rates.shape:
             raise UserInputError(f"a0 and rates must be lists of equal length >= 1; got {a0.size} and {rates.size}")
         for j in range(a0.size):
-            check_positive(a0[j], f"a0[{j}]")
-            if not math.isfinite(rates[j]) or rates[j] < 0:
-                raise UserInputError(f"rates[{j}] must be a finite number >= 0; got {rates[j]!r}")
+            check_range(a0[j], f"a0[{j}]", 1 / MAX_SCALE, MAX_SCALE)
+            check_range(rates[j], f"rates[{j}]", 0, MAX_SPREAD)
+        check_fits(4.0 * N * a0.size * F64, f"a landscape of {N} examples x {a0.size} directions")
         rng = np.random.default_rng(check_int_range(landscape_seed, "landscape_seed", 0))
         xi = rng.standard_normal((N, a0.size))
         xi -= xi.mean(axis=0)
@@ -199,16 +216,6 @@ class SharpeningLandscape:
         return float(np.mean((a * self.f[:, j] * self.b[:, j]) ** 2))
 
 
-def _check_nonneg(v, name: str) -> float:
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise UserInputError(f"{name} must be a finite number >= 0; got {v!r}") from None
-    if not math.isfinite(x) or x < 0:
-        raise UserInputError(f"{name} must be a finite number >= 0; got {v!r}")
-    return x
-
-
 # --------------------------------------------------------------------------------------------- theory
 
 def predicted_break_even(eta: float, S: int, N: int, sigma: float) -> float:
@@ -217,7 +224,7 @@ def predicted_break_even(eta: float, S: int, N: int, sigma: float) -> float:
     The same point as ``theory.eta_star_1d(lambda*, sigma^2 lambda*^2, c) = eta`` and as
     ``theory.break_even_curvature(eta, c, alpha)`` with alpha = sigma^2 lambda*; 2 / eta at S = N.
     """
-    eta = check_positive(eta, "eta")
+    eta = check_range(eta, "eta", 1 / MAX_SCALE, MAX_SCALE)
     c = variance_factor(S, N)
     lam = 2.0 / (eta * (1.0 + c * sigma**2))
     # the same root through the project's closed forms (guards against drift between the two)
@@ -237,12 +244,13 @@ def almost_sure_break_even(land: SharpeningLandscape, eta: float, S: int, j: int
     """
     from scipy.optimize import brentq
 
-    eta = check_positive(eta, "eta")
+    eta = check_range(eta, "eta", 1 / MAX_SCALE, MAX_SCALE)
     S = check_int_range(S, "batch size S", 1, land.N)
     if S == land.N:
         return 2.0 / eta
     f = land.f[:, j]
-    if math.comb(land.N, S) <= samples:                                       # every batch once: exact
+    log_batches = math.lgamma(land.N + 1) - math.lgamma(S + 1) - math.lgamma(land.N - S + 1)
+    if log_batches < math.log(samples) + 1 and math.comb(land.N, S) <= samples:  # every batch once: exact
         from itertools import combinations
 
         idx = np.fromiter((i for c in combinations(range(land.N), S) for i in c), dtype=np.int64)
@@ -250,8 +258,9 @@ def almost_sure_break_even(land: SharpeningLandscape, eta: float, S: int, j: int
     else:
         rng = np.random.default_rng(seed)
         fB = np.empty(samples)
-        for s0 in range(0, samples, 20_000):
-            m = min(20_000, samples - s0)
+        rows = max(1, min(20_000, 2**22 // land.N))                         # chunks of <= 32 MB
+        for s0 in range(0, samples, rows):
+            m = min(rows, samples - s0)
             idx = np.argpartition(rng.random((m, land.N)), S, axis=1)[:, :S]
             fB[s0:s0 + m] = f[idx].mean(axis=1)
     gamma = lambda u: float(np.mean(np.log(np.abs(1.0 - u * fB))))          # noqa: E731
@@ -372,6 +381,7 @@ class BreakEvenRun:
     step_of_max: np.ndarray
     plateau: np.ndarray
     diverged_step: np.ndarray
+    default_steps: bool = False      # the run length came from ``default_steps``
 
     @property
     def steps(self) -> np.ndarray:
@@ -386,39 +396,49 @@ class BreakEvenRun:
         return self.land.curvatures(self.Z).max(axis=-1)
 
 
-def default_steps(land: SharpeningLandscape, eta: float, S: int) -> int:
-    """2.5 x the drift-only time to reach lambda* (z grows by eta beta per step) + 500, at most 200,000."""
+def drift_steps(land: SharpeningLandscape, eta: float, S: int) -> float:
+    """Steps the drift alone (z grows by eta beta per step from z = 0) takes to reach lambda*; inf without
+    sharpening (beta = 0 or every rate 0)."""
     lam = predicted_break_even(eta, S, land.N, land.sigma)
     z_star = min(land.z_of_curvature(lam, j) if land.rates[j] > 0 else np.inf for j in range(land.k))
     if not np.isfinite(z_star) or land.beta <= 0:
-        return 2000
-    return int(min(200_000, 2.5 * max(z_star, 0.0) / (eta * land.beta) + 500))
+        return math.inf
+    return max(z_star, 0.0) / (eta * land.beta)
+
+
+def steps_for_break_even(land: SharpeningLandscape, eta: float, S: int) -> int | None:
+    """2.5 x ``drift_steps`` + 500: break-even by ~40% of the run, a plateau in the last half; None
+    without sharpening."""
+    t = drift_steps(land, eta, S)
+    return None if not math.isfinite(t) else int(math.ceil(2.5 * t + 500))
+
+
+def default_steps(land: SharpeningLandscape, eta: float, S: int) -> int:
+    """``steps_for_break_even``, at most MAX_DEFAULT_STEPS (2000 without sharpening: nothing to reach)."""
+    need = steps_for_break_even(land, eta, S)
+    return 2000 if need is None else min(need, MAX_DEFAULT_STEPS)
 
 
 def simulate(land: SharpeningLandscape, eta: float, S: int, *, steps: int | None = None, trajectories: int = 256,
              seed: int = 0, record_every: int | None = None, x0=None, z0: float = 0.0,
              frozen: bool = False) -> BreakEvenRun:
     """R trajectories of mini-batch SGD (S of N without replacement) on ``land`` from (x0, z0)."""
-    eta = check_positive(eta, "eta")
+    eta = check_range(eta, "eta", 1 / MAX_SCALE, MAX_SCALE)
     S = check_int_range(S, "batch size S", 1, land.N)
-    steps = default_steps(land, eta, S) if steps is None else check_int_range(steps, "steps", 1)
+    default = steps is None
+    steps = default_steps(land, eta, S) if default else check_int_range(steps, "steps", 1)
     R = check_int_range(trajectories, "trajectories", 1)
     seed = check_int_range(seed, "seed", 0, 2**63 - 1)
     rec = max(1, steps // 500) if record_every is None else check_int_range(record_every, "record_every", 1, steps)
+    n_rec = steps // rec + 1
+    check_fits(float(R) * n_rec * (land.k + 1) * 12 * F64 + 2.0 * R * land.N * F64,
+               f"{R} trajectories with {n_rec} records (k = {land.k}, N = {land.N})")
     x0 = np.zeros(land.k) if x0 is None else np.asarray(x0, dtype=float).reshape(land.k)
     if not np.all(np.isfinite(x0)) or not math.isfinite(z0):
         raise UserInputError("x0 and z0 must be finite")
     X, Z, amax, tmax, late, div = _kernel(land.a0, land.rates, land.f, land.b, land.beta, eta, S, steps, rec,
                                           seed, x0, float(z0), bool(frozen), R, steps // 2)
-    return BreakEvenRun(land, eta, S, steps, rec, seed, X, Z, amax, tmax, late, div)
-
-
-def _mean_se(v: np.ndarray) -> tuple[float, float]:
-    v = np.asarray(v, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return math.nan, math.nan
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan
+    return BreakEvenRun(land, eta, S, steps, rec, seed, X, Z, amax, tmax, late, div, default_steps=default)
 
 
 def spectra(run: BreakEvenRun, chunk: int = 4096) -> dict[str, np.ndarray]:
@@ -445,42 +465,101 @@ def spectra(run: BreakEvenRun, chunk: int = 4096) -> dict[str, np.ndarray]:
     return out
 
 
+def growth_stops(curv: np.ndarray) -> np.ndarray:
+    """(R,) first record at which the curvature curv (R, n_rec) is TURN below its running maximum; -1 if never."""
+    fell = curv < (1.0 - TURN) * np.maximum.accumulate(curv, axis=1)
+    return np.where(fell.any(axis=1), fell.argmax(axis=1), -1)
+
+
+def break_even_per_trajectory(curv: np.ndarray, record_every: int) -> dict[str, np.ndarray]:
+    """Per trajectory of curv (R, n_rec): ``reached`` (growth stopped in the first half of the records),
+    ``plateau`` (median of the last half) and ``steps`` (first recorded step at the plateau level); the
+    last two NaN where not reached."""
+    half = curv.shape[1] // 2
+    turn = growth_stops(curv)
+    reached = (turn >= 0) & (turn <= half)
+    plateau = np.median(curv[:, half:], axis=1)
+    at_level = curv >= plateau[:, None]
+    steps = np.argmax(at_level, axis=1) * float(record_every)
+    return {"reached": reached, "turned": turn >= 0, "plateau": np.where(reached, plateau, np.nan),
+            "steps": np.where(reached, steps, np.nan)}
+
+
+#: Quantities of the self-stabilised state: defined only where break-even was reached.
+BREAK_EVEN_KEYS = ("curvature_at_break_even", "mean_late_curvature", "steps_to_break_even", "median_late_lambda_K")
+
+
 def summarise(run: BreakEvenRun) -> dict:
-    """Per-trajectory break-even quantities averaged over the trajectories that did not diverge (± SE)."""
+    """Break-even quantities (mean ± SE over trajectories) next to lambda*; says when break-even was not reached.
+
+    Maxima average every trajectory that did not diverge; the BREAK_EVEN_KEYS average the
+    ``reached_trajectories`` that reached break-even in the first half of the run (None if none did,
+    with the reason in ``note``).
+    """
     land, ok = run.land, run.ok
     c = variance_factor(run.S, land.N)
+    lam = predicted_break_even(run.eta, run.S, land.N, land.sigma)
+    need = steps_for_break_even(land, run.eta, run.S)
     out = {"eta": run.eta, "batch": run.S, "n_examples": land.N, "sigma": land.sigma, "offset": land.offset,
            "beta": land.beta, "a0": land.a0.tolist(), "rates": land.rates.tolist(), "variance_factor": c,
-           "steps": run.n_steps, "trajectories": int(ok.size), "diverged": int((~ok).sum()),
-           "predicted_break_even": predicted_break_even(run.eta, run.S, land.N, land.sigma),
-           "full_batch_edge": 2.0 / run.eta,
+           "steps": run.n_steps, "steps_for_break_even": need,
+           "steps_capped": bool(run.default_steps and need is not None and run.n_steps < need),
+           "trajectories": int(ok.size), "diverged": int((~ok).sum()),
+           "predicted_break_even": lam, "full_batch_edge": 2.0 / run.eta,
            "almost_sure_break_even": almost_sure_break_even(land, run.eta, run.S, samples=50_000)}
     out["first_divergence_step"] = int(run.diverged_step[~ok].min()) if (~ok).any() else None
     if ok.sum() < 1:
-        out["error"] = "every trajectory diverged; nothing to average"
+        out.update(reached=False, reached_trajectories=0, error="every trajectory diverged; nothing to average")
         return out
     curv = run.curvature()[ok]
+    be = break_even_per_trajectory(curv, run.record_every)
+    hit = be["reached"]
+    out["reached_trajectories"] = int(hit.sum())
+    out["reached"] = bool(hit.all())
     half = curv.shape[1] // 2
-    plateau = np.median(curv[:, half:], axis=1)
-    reached = curv >= plateau[:, None]
-    t_be = np.where(reached.any(axis=1), np.argmax(reached, axis=1) * run.record_every, np.nan).astype(float)
     sp = {k: v[ok] for k, v in spectra(run).items()}
-    for name, vals in (("max_curvature", run.max_curvature[ok]), ("curvature_at_break_even", plateau),
-                       ("mean_late_curvature", run.plateau[ok]),
-                       ("steps_to_break_even", t_be),
+    for name, vals in (("max_curvature", run.max_curvature[ok]),
+                       ("curvature_at_break_even", be["plateau"][hit]),
+                       ("mean_late_curvature", run.plateau[ok][hit]),
+                       ("steps_to_break_even", be["steps"][hit]),
                        ("max_lambda_H_full", np.nanmax(sp["lambda_H"], axis=1)),
                        ("max_lambda_K", np.nanmax(sp["lambda_K"], axis=1)),
-                       ("median_late_lambda_K", np.nanmedian(sp["lambda_K"][:, half:], axis=1)),
+                       ("median_late_lambda_K", np.nanmedian(sp["lambda_K"][hit, half:], axis=1)),
                        ("max_trace_H", np.nanmax(sp["trace_xx"], axis=1)),
                        ("max_trace_K", np.nanmax(sp["trace_K"], axis=1)),
                        ("min_trace_ratio", np.nanmin(sp["trace_ratio"], axis=1)),
                        ("final_trace_ratio", sp["trace_ratio"][:, -1]),
                        ("final_loss", sp["loss"][:, -1])):
-        out[name], out[name + "_se"] = _mean_se(vals)
-    lam = out["predicted_break_even"]
+        out[name], out[name + "_se"] = mean_se(vals)
     out["max_over_predicted"] = out["max_curvature"] / lam
-    out["plateau_over_predicted"] = out["curvature_at_break_even"] / lam
+    out["plateau_over_predicted"] = out["curvature_at_break_even"] / lam if hit.any() else None
+    if not hit.any():
+        out.update({k: None for k in BREAK_EVEN_KEYS}, **{k + "_se": None for k in BREAK_EVEN_KEYS})
+    note = _reach_note(out, be, run)
+    if note:
+        out["note"] = note
     return out
+
+
+def _reach_note(out: dict, be: dict, run: BreakEvenRun) -> str | None:
+    """Why break-even quantities are missing or partial (None when every trajectory reached it)."""
+    n_ok, n_hit = be["reached"].size, int(be["reached"].sum())
+    need = out["steps_for_break_even"]
+    if n_hit == n_ok:
+        return None
+    if need is None:
+        return "break-even not reached: no sharpening (beta = 0 or every rate 0), the curvature cannot grow"
+    late = int((be["turned"] & ~be["reached"]).sum())
+    what = (f"{n_ok - n_hit} of {n_ok} trajectories did not reach break-even in the first half of the run"
+            if n_hit else f"break-even not reached in {out['steps']} steps")
+    why = (f"the curvature rose to {out['max_curvature']:.4g} (lambda* = {out['predicted_break_even']:.4g})"
+           + (f"; {late} turned back only in the last half, leaving no plateau to measure" if late else
+              " without turning back"))
+    need_txt = (f"the drift alone reaches lambda* in about {drift_steps(run.land, run.eta, run.S):.3g} steps: "
+                f"rerun with --steps {need}")
+    partial = f"; the break-even quantities average the {n_hit} that did" if n_hit else ""
+    capped = (f" (the default run length is capped at {MAX_DEFAULT_STEPS:,} steps)" if out["steps_capped"] else "")
+    return f"{what}{partial}: {why}; {need_txt}{capped}"
 
 
 def sweep(etas, batch_sizes, land: SharpeningLandscape | None = None, *, steps: int | None = None,

@@ -8,7 +8,6 @@ under SGD-like vs isotropic noise) and proofs.md.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from valleysim.integrator import simulate  # noqa: E402
+from valleysim.jsonout import dumps  # noqa: E402
 from valleysim.lyapunov import lyapunov_exponent, mean_square_growth_mc  # noqa: E402
 from valleysim.phase_diagram import phase_diagram  # noqa: E402
 from valleysim.quadratic import PerExampleQuadratic, generate  # noqa: E402
@@ -205,10 +205,14 @@ def break_even_table(quick: bool) -> tuple[list[dict], str]:
     rows = break_even_sim.sweep((0.1, 0.2), (2, 8, 64), trajectories=16 if quick else 64, seed=0)
     md = ["| eta | S | predicted lambda* | curvature where growth stops | max curvature | steps to break-even |",
           "|---|---|---|---|---|---|"]
-    md += [f"| {r['eta']} | {r['batch']} | {r['predicted_break_even']:.3f} | {r['curvature_at_break_even']:.3f} "
-           f"± {r['curvature_at_break_even_se']:.2g} | {r['max_curvature']:.3f} ± {r['max_curvature_se']:.2g} | "
-           f"{r['steps_to_break_even']:.0f} |" for r in rows]
-    return rows, "\n".join(md)
+    for r in rows:
+        plateau, steps = ((f"{r['curvature_at_break_even']:.3f} ± {r['curvature_at_break_even_se']:.2g}",
+                           f"{r['steps_to_break_even']:.0f}") if r["reached"] else
+                          (f"not reached ({r['reached_trajectories']}/{r['trajectories'] - r['diverged']})", "-"))
+        md.append(f"| {r['eta']} | {r['batch']} | {r['predicted_break_even']:.3f} | {plateau} | "
+                  f"{r['max_curvature']:.3f} ± {r['max_curvature_se']:.2g} | {steps} |")
+    notes = [f"eta={r['eta']} S={r['batch']}: {r['note']}" for r in rows if r.get("note")]
+    return rows, "\n".join(md + ([""] + notes if notes else []))
 
 
 def walk_table(quick: bool) -> tuple[list[dict], str]:
@@ -261,7 +265,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
     proofs_main(["--out", str(out / "proofs.md")])
     summary = {"stability": rows, "gd_damping": damping, "valley_drift": valley_rows, "break_even": be_rows, "walk": walk_rows, "phase_diagrams": phases,
                "seconds": round(time.time() - t0, 1)}
-    (out / "demo_summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "demo_summary.json").write_text(dumps(summary, indent=2))
     (out / "demo_summary.md").write_text(
         "# valleysim demo\n\n## Stability: theory vs simulation\n\n" + table +
         "\n\n## GD damping (R7)\n\n" + damping_md +

@@ -6,6 +6,9 @@ The CLI turns a ``UserInputError`` into a one-line message and exit code 2.
 from __future__ import annotations
 
 import math
+import sys
+import tempfile
+from pathlib import Path
 
 
 class UserInputError(ValueError):
@@ -23,6 +26,17 @@ def check_positive(value: float, name: str) -> float:
     return v
 
 
+def check_range(value: float, name: str, lo: float, hi: float) -> float:
+    """``value`` must be a finite number in [lo, hi]."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UserInputError(f"{name} must be a finite number in [{lo:g}, {hi:g}]; got {value!r}") from None
+    if not (math.isfinite(v) and lo <= v <= hi):
+        raise UserInputError(f"{name} must be a finite number in [{lo:g}, {hi:g}]; got {value!r}")
+    return v
+
+
 def check_int_range(value: int, name: str, lo: int, hi: int | None = None) -> int:
     """``value`` must be an integer in [lo, hi] (hi None: unbounded)."""
     if isinstance(value, bool) or int(value) != value:
@@ -37,3 +51,47 @@ def check_int_range(value: int, name: str, lo: int, hi: int | None = None) -> in
 def check_batch_size(S: int, N: int, allow_above_n: bool = False) -> int:
     """Batch size S in 1..N (any S >= 1 when sampling with replacement)."""
     return check_int_range(S, "batch size S", 1, None if allow_above_n else N)
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr; the work goes on."""
+    print(f"valleysim: warning: {message}", file=sys.stderr)
+
+
+def check_out_dir(path, what: str = "--out") -> Path:
+    """``path`` as a directory this process can create or write in; UserInputError naming ``what`` if not.
+
+    Refuses an empty path, an existing file, a path under a file and a place this process cannot write
+    (tried with a probe file in the directory or its nearest existing ancestor, so read-only file
+    systems are caught even for root). Creates nothing: the writer makes the directory when it writes.
+    """
+    if not str(path).strip():
+        raise UserInputError(f"{what} must name a directory; got an empty string")
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserInputError(f"{what} {str(p)!r} is an existing file; give a directory")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserInputError(f"{what} {str(p)!r} cannot be created: {str(parent)!r} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise UserInputError(f"{what} {str(p)!r} is not writable ({exc.strerror or exc} in {str(parent)!r})") \
+            from None
+    return p
+
+
+def report_errors(fn, *args, prog: str = "valleysim") -> int:
+    """``fn(*args)`` as a command: a UserInputError is one line ``prog: error: ...`` and exit code 2, an
+    interruption exit code 130 (finished work is kept: stores resume)."""
+    try:
+        return fn(*args)
+    except UserInputError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (finished points and checkpoints are kept; rerun to resume)", file=sys.stderr)
+        return 130

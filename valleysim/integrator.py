@@ -24,6 +24,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
+from valleysim.memory import F64, check_fits
 from valleysim.quadratic import PerExampleQuadratic
 from valleysim.rng import bounded, seed_state
 from valleysim.theory import SCHEMES, check_scheme
@@ -262,6 +263,12 @@ def initial_points(q: PerExampleQuadratic, n_traj: int, seed: int, w0=None) -> n
     return np.ascontiguousarray(np.broadcast_to(u0, (n_traj, q.D)))
 
 
+def simulate_bytes(q: PerExampleQuadratic, n_traj: int, batch_size: int, n_records: int) -> float:
+    """Peak memory of ``simulate`` beyond the landscape, in bytes: per trajectory its records (3 of
+    ``n_records``), start, state and gradient (D each) and a permutation of max(N, S)."""
+    return float(n_traj) * (3.0 * n_records + 4.0 * q.D + max(q.N, batch_size) + 8) * F64
+
+
 def simulate(q: PerExampleQuadratic, eta: float, batch_size: int, n_steps: int, *,
              n_traj: int = 256, seed: int = 0, scheme: str = "without_replacement",
              record_every: int | None = None, w0=None, renormalize: bool = False,
@@ -273,7 +280,7 @@ def simulate(q: PerExampleQuadratic, eta: float, batch_size: int, n_steps: int, 
     overflow; no divergence is flagged then). Records at t = 0, every
     ``record_every`` steps (default about 100 records) and at t = n_steps.
     """
-    check_positive(eta, "eta")
+    q.check_eta(eta)
     check_scheme(scheme)
     check_batch_size(batch_size, q.N, allow_above_n=scheme == "with_replacement")
     check_int_range(n_steps, "n_steps", 0)
@@ -282,6 +289,8 @@ def simulate(q: PerExampleQuadratic, eta: float, batch_size: int, n_steps: int, 
     every = record_every or max(1, n_steps // 100)
     check_int_range(every, "record_every", 1)
     check_positive(divergence_threshold, "divergence_threshold")
+    check_fits(simulate_bytes(q, n_traj, batch_size, n_steps // every + 2),
+               f"{n_traj} trajectories of {n_steps} steps (S = {batch_size}, D = {q.D}, records every {every})")
     steps = np.unique(np.r_[np.arange(0, n_steps + 1, every), n_steps]).astype(np.int64)
     kind, data = kernel_layout(q)
     U0 = initial_points(q, n_traj, seed, w0)

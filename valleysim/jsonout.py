@@ -1,16 +1,75 @@
-"""JSON output of results: non-finite floats become null (JSON has no NaN / inf)."""
+"""The project's one JSON encoding: non-finite numbers are null, numpy values are plain Python.
+
+JSON has no NaN or infinity. Every file and every ``--json`` output of the
+project writes them as ``null``; where "infinite" or "not reached" carries
+meaning, the result says so in a field of its own (``diverged``, ``reached``,
+``mean_square_stable``, ``alpha_star_reached``), never through the number.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+
+import numpy as np
+
+from valleysim.errors import UserInputError
 
 
 def json_safe(x):
-    """``x`` with every non-finite float (also inside dicts, lists and tuples) replaced by None."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
+    """``x`` with non-finite floats -> None and numpy scalars / arrays -> Python (inside dicts, lists, tuples)."""
     if isinstance(x, dict):
         return {k: json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
         return [json_safe(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return json_safe(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
     return x
+
+
+def dumps(x, **kwargs) -> str:
+    """``json.dumps`` of ``json_safe(x)``; a bare NaN can never be written (allow_nan=False)."""
+    return json.dumps(json_safe(x), allow_nan=False, **kwargs)
+
+
+def read_json(path, what: str | None = None):
+    """The JSON value in ``path``; a damaged file is a UserInputError naming it, the line and the column."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UserInputError(f"{what or p} is damaged (not valid JSON at line {err.lineno}, column {err.colno}: "
+                             f"{err.msg}); delete it or choose another directory") from None
+    except UnicodeDecodeError:
+        raise UserInputError(f"{what or p} is damaged (not UTF-8 text); delete it or choose another directory") \
+            from None
+
+
+def read_jsonl(path) -> tuple[list[tuple[int, object]], list[int], bool]:
+    """([(line number, value)], damaged line numbers, torn) of a JSON-lines file; missing: ([], [], False).
+
+    Line numbers are 1-based. A line that is not valid JSON is damaged; a last line without its newline
+    is torn (a write was interrupted) and left out of both lists.
+    """
+    p = Path(path)
+    if not p.exists():
+        return [], [], False
+    raw = p.read_bytes()
+    torn = not raw.endswith(b"\n") and len(raw) > 0
+    lines = raw.split(b"\n")[:-1]                       # complete lines only
+    records, damaged = [], []
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((i, json.loads(line.decode("utf-8"))))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            damaged.append(i)
+    return records, damaged, torn

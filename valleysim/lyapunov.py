@@ -13,22 +13,23 @@ from __future__ import annotations
 import numpy as np
 
 from valleysim.batches import MAX_BATCHES, count_batches, enumerate_batches
-from valleysim.errors import check_positive
 from valleysim.integrator import Record, simulate
 from valleysim.quadratic import PerExampleQuadratic
 
 
 def lyapunov_exact(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement") -> float:
     """gamma = max_j E_B[log|1 - eta h_{B,j}|] by enumerating all batches (diagonal H_i only)."""
-    check_positive(eta, "eta")
+    q.check_eta(eta)
     if q.kind != "diagonal":
         raise ValueError("exact Lyapunov exponents need commuting (diagonal) H_i")
     one_step = "with_replacement" if scheme == "with_replacement" else "without_replacement"
     idx, prob = enumerate_batches(q.N, S, one_step)
     h_batch = q.data[idx].mean(axis=1)  # (B, D)
     moving = np.any(q.data != 0.0, axis=0)
-    with np.errstate(divide="ignore"):
-        gam = prob @ np.log(np.abs(1.0 - eta * h_batch[:, moving]))
+    x = eta * h_batch[:, moving]
+    with np.errstate(divide="ignore", invalid="ignore"):          # log|1 - x|, exact for tiny x (log1p)
+        log_factor = np.where(x < 1.0, np.log1p(-np.minimum(x, 1.0)), np.log(np.abs(x - 1.0)))
+    gam = prob @ log_factor
     return float(gam.max()) if gam.size else -np.inf
 
 

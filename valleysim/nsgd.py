@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from valleysim.errors import UserInputError, check_int_range, check_positive
+from valleysim.memory import F64, check_fits
+from valleysim.stats import mean_se
 
 METHODS = ("sgd", "sgd_top", "sgd_no_top", "sgd_constant_top", "nsgd")
 ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -186,7 +188,8 @@ def make_valley(D: int = 20, Ks: int = 2, N: int = 100, *, a_lo: float = 1.0, a_
     """
     check_int_range(Ks, "Ks (sharp directions)", 1)
     check_int_range(D, "D", Ks + 1)
-    check_int_range(N, "N", 2)
+    check_int_range(N, "N", 2, 2**31)
+    check_fits(3.0 * N * D * F64 + 4.0 * D * D * F64, f"a sharpening valley of N = {N} examples in D = {D}")
     for name, v in (("sharp_noise", sharp_noise), ("flat_noise", flat_noise)):
         if not (np.isfinite(v) and v >= 0):
             raise UserInputError(f"{name} must be a finite number >= 0; got {v!r}")
@@ -277,6 +280,7 @@ def _check_common(land: SharpValley, method: str, eta, S, K, gamma, recompute):
     check_int_range(recompute, "recompute (steps between eigen-decompositions)", 1)
 
 
+@np.errstate(over="ignore", invalid="ignore")   # a diverging trajectory overflows: it is flagged, not warned
 def simulate(land: SharpValley, method: str, *, eta: float, S: int, T: int, theta0=None, K: int = 1,
              gamma: float = 1.0, recompute: int = 1, R: int = 1, seed: int = 0, record_every: int = 10,
              first: int = 0, blowup: float = 1e8, keep_theta: bool = False) -> dict:
@@ -294,6 +298,9 @@ def simulate(land: SharpValley, method: str, *, eta: float, S: int, T: int, thet
     check_int_range(T, "T (steps)", 0)
     check_int_range(R, "R (trajectories)", 1)
     check_int_range(record_every, "record_every", 1)
+    n_rec = T // record_every + 2
+    check_fits(float(R) * (n_rec * (land.D * keep_theta + 2) + 4.0 * land.D**2 + 60.0 * land.D) * F64
+               + 2.0 * land.N * land.D * F64, f"{R} trajectories of {T} steps in D = {land.D} ({n_rec} records)")
     theta = np.array(land.start() if theta0 is None else theta0, dtype=np.float64)
     if theta.shape not in ((land.D,), (R, land.D)):
         raise UserInputError(f"theta0 must have shape ({land.D},) or ({R}, {land.D}); got {theta.shape}")
@@ -363,6 +370,18 @@ def loss_change_along_top(land: SharpValley, theta, *, eta: float, S: int, alpha
             "G": np.einsum("md,md->m", land.grad(theta), e1), "lam": lam[:, 0]}
 
 
+def settled(lambda_max: np.ndarray, tail: float = 0.2, rtol: float = 0.05) -> bool | None:
+    """Whether the trajectory-mean of lambda_max (n_rec, R) is flat over the last ``tail`` of the records:
+    the means of the two halves of that window agree to ``rtol``. None with < 4 records in the window or
+    every trajectory diverged. A "lambda_max reached" of a curve still rising is reported as unsettled."""
+    n = max(1, int(round(tail * lambda_max.shape[0])))
+    curve = np.array([mean_se(row)[0] for row in lambda_max[-n:]])
+    if n < 4 or not np.all(np.isfinite(curve)):
+        return None
+    a, b = curve[: n // 2].mean(), curve[n // 2:].mean()
+    return bool(abs(b - a) <= rtol * max(abs(a), abs(b)))
+
+
 def gamma_sweep(land: SharpValley, *, eta: float, S: int, T: int, K: int, gammas=GAMMAS, recompute: int = 1,
                 R: int = 8, seed: int = 0, record_every: int = 20, tail: float = 0.2) -> list[dict]:
     """NSGD for each gamma: final loss and the lambda_max of the region reached (mean over the last
@@ -375,6 +394,7 @@ def gamma_sweep(land: SharpValley, *, eta: float, S: int, T: int, K: int, gammas
         out.append({"gamma": float(gm), "final_loss": float(np.nanmean(res["loss"][-1])),
                     "final_loss_sd": float(np.nanstd(res["loss"][-1])),
                     "lambda_max_reached": float(np.nanmean(res["lambda_max"][-n:])),
+                    "lambda_max_settled": settled(res["lambda_max"], tail),
                     "peak_lambda_max": float(np.nanmax(np.nanmean(res["lambda_max"], axis=1))),
                     "diverged": int(res["diverged"].sum()), "steps": res["steps"],
                     "loss_curve": np.nanmean(res["loss"], axis=1), "lambda_curve": np.nanmean(res["lambda_max"], axis=1)})

@@ -23,8 +23,8 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
-import json
 import math
+import os
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -38,12 +38,14 @@ from scipy.optimize import brentq  # noqa: E402
 
 from valleysim import reshuffle  # noqa: E402
 from valleysim.batches import MAX_BATCHES, count_batches  # noqa: E402
-from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive  # noqa: E402
-from valleysim.integrator import simulate  # noqa: E402
+from valleysim.errors import UserInputError, check_batch_size, check_int_range  # noqa: E402
+from valleysim.integrator import simulate, simulate_bytes  # noqa: E402
+from valleysim.jsonout import dumps, read_json  # noqa: E402
 from valleysim.lyapunov import lyapunov_exact, lyapunov_exponent  # noqa: E402
 from valleysim.quadratic import PerExampleQuadratic  # noqa: E402
 from valleysim.runner import run_sweep  # noqa: E402
-from valleysim.second_moment import MomentMap  # noqa: E402
+from valleysim.memory import check_fits  # noqa: E402
+from valleysim.second_moment import MomentMap, moment_map_bytes  # noqa: E402
 from valleysim.theory import check_scheme, necessary_eta_bounds, variance_factor  # noqa: E402
 
 DIVERGENCE_FACTOR = 1e12
@@ -128,6 +130,7 @@ def evaluate_point(point: dict, *, landscape: str, scheme: str, n_traj: int, n_s
                    divergence_threshold=DIVERGENCE_FACTOR * max(r, 1))
     return {"spectral_radius": rho, "mean_square_stable": None if rho is None else bool(rho <= 1.0 + 1e-12),
             "lyapunov_exponent": lyap["value"], "lyapunov_se": lyap["se"], "lyapunov_method": lyap["method"],
+            "almost_sure_stable": bool(lyap["value"] < 0),
             "diverged_fraction": float(run.diverged.mean())}
 
 
@@ -143,7 +146,7 @@ def _prepare(q: PerExampleQuadratic, out: Path, config: dict) -> Path:
     config = {"landscape_sha256": digest, "N": q.N, "D": q.D, "kind": q.kind, **config}
     cfg_path = out / "config.json"
     if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
+        old = read_json(cfg_path)
         if old != config:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
             raise UserInputError(f"{out} holds a different sweep (differs in: {', '.join(diff)}); "
@@ -152,7 +155,7 @@ def _prepare(q: PerExampleQuadratic, out: Path, config: dict) -> Path:
     path = out / "landscape.npz"
     if not path.exists():
         np.savez(path, kind=q.kind, data=q.data, w_star=q.w_star)
-    cfg_path.write_text(json.dumps(config, indent=2))
+    cfg_path.write_text(dumps(config, indent=2))
     return path
 
 
@@ -161,13 +164,18 @@ def phase_diagram(q: PerExampleQuadratic, etas, batch_sizes, out_dir, *, scheme:
                   progress: bool = True) -> list[dict]:
     """Sweep the grid etas x batch_sizes; returns one dict per (eta, S) (tidy rows, S-major)."""
     check_scheme(scheme)
-    etas = sorted({float(check_positive(e, "etas")) for e in etas})
+    etas = sorted({float(q.check_eta(e, "etas")) for e in etas})
     sizes = sorted({int(check_batch_size(s, q.N, allow_above_n=scheme == "with_replacement"))
                     for s in batch_sizes})
     if not etas or not sizes:
         raise UserInputError("the grid needs at least one eta and one batch size")
     check_int_range(n_traj, "n_traj", 2)
     check_int_range(n_steps, "n_steps", 4)
+    workers = 1 if executor is not None else min(len(sizes) * (len(etas) + 1), os.cpu_count() or 1)
+    check_fits(workers * (q.data.nbytes + moment_map_bytes(q.kind, q.N, q.D)
+                          + simulate_bytes(q, n_traj, max(sizes), 8)),
+               f"a phase diagram of a {q.kind} landscape (N = {q.N}, D = {q.D}, {n_traj} trajectories) on "
+               f"{workers} worker(s)")
     out = Path(out_dir)
     eta_lo, eta_hi = etas[0] / 2, etas[-1] * 2
     config = {"scheme": scheme, "n_traj": n_traj, "n_steps": n_steps, "seed": seed}

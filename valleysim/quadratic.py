@@ -20,8 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from valleysim.errors import UserInputError, check_int_range, check_positive
+from valleysim.memory import F64, check_fits
 
 KINDS = ("diagonal", "dense", "rank_one")
+#: Largest |entry| of a Hessian, and of eta x that: the second-moment map holds squares of eta H_i, and
+#: float64 (and LAPACK's scaling, which clamps eigenvalues at ~1.5e138) must hold them. The problem is
+#: invariant under (H, eta) -> (s H, eta / s): rescale instead.
+MAX_SCALE = 1e100
+NONUNIFORMITY_RANGE = (1e-6, 10.0)   # beyond 10 the spread saturates (one example holds the curvature)
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,12 @@ class PerExampleQuadratic:
                                  f"{'(N, D, D)' if want == 3 else '(N, D)'}; got {data.shape}")
         if not np.all(np.isfinite(data)):
             raise UserInputError("hessians must be finite (found NaN or inf)")
+        scale = float(np.abs(data).max()) if data.size else 0.0
+        if self.kind == "rank_one":
+            scale *= scale                                      # H_i = x_i x_i^T
+        if scale > MAX_SCALE or 0 < scale < 1 / MAX_SCALE:
+            raise UserInputError(f"hessians: the largest |entry| is {scale:.3g}; it must lie in [1e-100, 1e100] "
+                                 "(squares of it must be finite; rescale H and eta by the same factor)")
         if self.kind == "dense":
             if data.shape[1] != data.shape[2]:
                 raise UserInputError(f"dense hessians must be square (N, D, D); got {data.shape}")
@@ -56,7 +68,8 @@ class PerExampleQuadratic:
             raise UserInputError(f"w_star must be a finite vector of shape ({D},); got {w_star.shape}")
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "w_star", w_star)
-        evals = np.linalg.eigvalsh(self.mean_hessian())
+        check_fits(landscape_bytes(self.kind, self.N, D), f"a {self.kind} landscape of N = {self.N}, D = {D}")
+        evals = np.sort(data.mean(axis=0)) if self.kind == "diagonal" else np.linalg.eigvalsh(self.mean_hessian())
         tol = 1e-10 * max(np.abs(evals).max(), 1.0)
         if evals[0] < -tol:
             raise UserInputError("the mean Hessian (1/N) sum H_i must be positive semi-definite; "
@@ -65,6 +78,23 @@ class PerExampleQuadratic:
     @property
     def N(self) -> int:
         return self.data.shape[0]
+
+    @property
+    def scale(self) -> float:
+        """Largest |entry| of any H_i."""
+        s = float(np.abs(self.data).max()) if self.data.size else 0.0
+        return s * s if self.kind == "rank_one" else s
+
+    def check_eta(self, eta: float, name: str = "eta") -> float:
+        """``eta`` finite > 0 with eta x ``scale`` in [1 / MAX_SCALE, MAX_SCALE]: beyond, squares of the
+        steps overflow; below, no step moves w in float64."""
+        eta = check_positive(eta, name)
+        if self.scale > 0 and not 1 / MAX_SCALE <= eta * self.scale <= MAX_SCALE:
+            raise UserInputError(f"{name} must be in [{1 / (MAX_SCALE * self.scale):.3g}, "
+                                 f"{MAX_SCALE / self.scale:.3g}] on this landscape (eta x max|H_i| within "
+                                 f"[1e-100, 1e100]; the sharpness bound 2 / lambda_max is "
+                                 f"{2 / self.scale:.3g}); got {eta:g}")
+        return eta
 
     @property
     def D(self) -> int:
@@ -117,11 +147,18 @@ class PerExampleQuadratic:
         return 0.5 * np.einsum("...d,de,...e->...", u, self.mean_hessian(), u)
 
 
+def landscape_bytes(kind: str, N: int, D: int) -> float:
+    """Memory a landscape and its mean / range computations hold, in bytes: the data and ~6 (D, D)
+    matrices (the second-moment map needs ~30 more: ``second_moment.moment_map_bytes``)."""
+    return (float(N) * D * (D if kind == "dense" else 1) + 6.0 * D * D) * F64
+
+
 def load_hessians(path: str | Path) -> PerExampleQuadratic:
     """Per-example Hessians from ``.npy``: (N,) 1-D, (N, D) diagonal, (N, D, D) dense."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"hessians file not found: {path}")
+    check_fits(3.0 * path.stat().st_size, f"the hessians file {path} ({path.stat().st_size} bytes)")
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as err:
@@ -161,6 +198,16 @@ def _spectrum(D: int, lambda_max: float, condition: float) -> np.ndarray:
     return lambda_max * condition ** (-np.arange(D) / (D - 1))
 
 
+def generate_bytes(kind: str, N: int, D: int, nonuniformity: float = 0.5) -> float:
+    """Peak memory of ``generate`` (its largest arrays), in bytes."""
+    if kind == "diagonal":
+        return 3.0 * N * D * F64
+    if kind == "dense":
+        m = max(1, round(2.0 / nonuniformity**2))
+        return (3.0 * N * D * D + N * m * D + 2.0 * D * D) * F64
+    return (3.0 * N * D + 3.0 * D * D) * F64
+
+
 def generate(kind: str, N: int, D: int, *, lambda_max: float = 1.0, nonuniformity: float = 0.5,
              condition: float = 10.0, seed: int = 0) -> PerExampleQuadratic:
     """Random per-example quadratics with a controlled mean spectrum and spread.
@@ -183,9 +230,15 @@ def generate(kind: str, N: int, D: int, *, lambda_max: float = 1.0, nonuniformit
     check_int_range(N, "N", 1)
     check_int_range(D, "D", 1)
     check_positive(lambda_max, "lambda_max")
-    check_positive(nonuniformity, "nonuniformity")
-    if not condition >= 1:
-        raise UserInputError(f"condition must be >= 1; got {condition}")
+    if lambda_max > MAX_SCALE:
+        raise UserInputError(f"lambda_max must be <= {MAX_SCALE:g}; got {lambda_max:g}")
+    lo, hi = NONUNIFORMITY_RANGE
+    if not lo <= check_positive(nonuniformity, "nonuniformity") <= hi:
+        raise UserInputError(f"nonuniformity must be in [{lo:g}, {hi:g}]; got {nonuniformity:g}")
+    if not 1 <= check_positive(condition, "condition") <= MAX_SCALE:
+        raise UserInputError(f"condition must be in [1, {MAX_SCALE:g}]; got {condition:g}")
+    check_int_range(seed, "landscape seed", 0)
+    check_fits(generate_bytes(kind, N, D, nonuniformity), f"a {kind} landscape of N = {N}, D = {D}")
     rng = np.random.default_rng(seed)
     lam = _spectrum(D, lambda_max, condition)
     if kind == "diagonal":

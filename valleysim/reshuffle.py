@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 from scipy.optimize import brentq
 
-from valleysim.errors import UserInputError, check_batch_size, check_positive
+from valleysim.errors import UserInputError, check_batch_size
 from valleysim.quadratic import PerExampleQuadratic
 
 MAX_N = 8
@@ -23,7 +23,7 @@ MAX_N = 8
 
 def epoch_matrices(q: PerExampleQuadratic, eta: float, S: int) -> np.ndarray:
     """(N!, r, r): the epoch product M for every permutation (equally likely)."""
-    check_positive(eta, "eta")
+    q.check_eta(eta)
     check_batch_size(S, q.N)
     if q.N > MAX_N:
         raise UserInputError(f"exact reshuffling needs N <= {MAX_N} (N! permutations); got N = {q.N}")

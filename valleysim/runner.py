@@ -23,6 +23,9 @@ from typing import Callable
 
 from tqdm import tqdm
 
+from valleysim.errors import warn
+from valleysim.jsonout import dumps, read_jsonl
+
 _THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -32,24 +35,29 @@ def point_key(point: dict) -> str:
 
 
 def load_store(store: str | Path) -> dict[str, dict]:
-    """{point key: result} of the complete lines in ``store`` (empty if it does not exist).
+    """{point key: result} of the intact lines in ``store`` (empty if it does not exist).
 
-    A final line without its newline was torn by an interruption: it is cut
-    off the file so that later appends start on a fresh line.
+    A final line without its newline was torn by an interruption; a line that
+    is not a ``{"point": ..., "result": ...}`` record was damaged. Either is
+    dropped from the file (rewritten atomically, with a warning naming the
+    lines) so that its point is computed again.
     """
     path = Path(store)
-    if not path.exists():
-        return {}
-    raw = path.read_bytes()
-    end = raw.rfind(b"\n") + 1
-    if end < len(raw):
-        with open(path, "r+b") as fh:
-            fh.truncate(end)
-    done = {}
-    for line in raw[:end].decode("utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
+    records, damaged, torn = read_jsonl(path)
+    done, kept = {}, []
+    for line, rec in records:
+        if isinstance(rec, dict) and isinstance(rec.get("point"), dict) and "result" in rec:
             done[point_key(rec["point"])] = rec["result"]
+            kept.append(rec)
+        else:
+            damaged.append(line)
+    if damaged or torn:
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text("".join(dumps(r) + "\n" for r in kept), encoding="utf-8")
+        os.replace(tmp, path)
+        if damaged:
+            warn(f"{path}: dropped {len(damaged)} damaged line(s) (line {', '.join(map(str, sorted(damaged)))}); "
+                 "their points are computed again")
     return done
 
 
@@ -72,6 +80,8 @@ def run_sweep(fn: Callable[[dict], dict], points: list[dict], store: str | Path,
     points: JSON-serialisable dicts (duplicates are evaluated once).
     fn:     point -> JSON-serialisable dict; a module-level function (or a
             ``functools.partial`` of one) so that worker processes can load it.
+            Results come back as stored (``valleysim.jsonout``: NaN / inf -> None),
+            the same in a fresh and in a resumed sweep.
     An executor passed in is left running; the default pool is shut down.
     If a point raises, the points already finished are kept, the rest are
     cancelled and the first error is re-raised.
@@ -97,10 +107,11 @@ def run_sweep(fn: Callable[[dict], dict], points: list[dict], store: str | Path,
                         for pending in futures:
                             pending.cancel()
                         continue
-                    fh.write(json.dumps({"point": todo[key], "result": result}) + "\n")
+                    line = dumps({"point": todo[key], "result": result})
+                    fh.write(line + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())
-                    done[key] = result
+                    done[key] = json.loads(line)["result"]      # as a resumed sweep will read it back
                     bar.update()
             if error is not None:
                 raise error

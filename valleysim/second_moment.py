@@ -23,12 +23,20 @@ import numpy as np
 import scipy.linalg
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 
-from valleysim.errors import UserInputError, check_positive
+from valleysim.errors import UserInputError
+from valleysim.memory import F64, check_fits
 from valleysim.quadratic import PerExampleQuadratic
 from valleysim.theory import necessary_eta_bounds, variance_factor
 
 _DENSE_TENSOR_MAX_R = 80  # keep the (r^2, r^2) moment matrix under ~330 MB
 _ARNOLDI_MIN_SIZE = 64  # below this, rho comes from a dense eigenvalue solve
+
+
+def moment_map_bytes(kind: str, N: int, D: int) -> float:
+    """Peak memory of a MomentMap and its Perron solves, in bytes: ~30 (D, D) matrices (means, eigenvectors,
+    ARPACK's Krylov basis of D^2-vectors) and, for dense D <= 80, the (D^2, D^2) moment matrix."""
+    dense4 = float(D) ** 4 if kind == "dense" and D <= _DENSE_TENSOR_MAX_R else 0.0
+    return (30.0 * D * D + dense4) * F64
 
 
 class MomentMap:
@@ -38,6 +46,7 @@ class MomentMap:
     """
 
     def __init__(self, q: PerExampleQuadratic):
+        check_fits(moment_map_bytes(q.kind, q.N, q.D), f"the second-moment map of a {q.kind} landscape with D = {q.D}")
         self.q = q.reduced()
         self.r = self.q.D
         self.H = self.q.mean_hessian()
@@ -119,7 +128,12 @@ def _perron(apply, r: int) -> float:
     if n < _ARNOLDI_MIN_SIZE:
         basis = np.eye(n).reshape(n, r, r)
         mat = np.stack([apply(b).reshape(-1) for b in basis], axis=1)
-        return float(np.max(np.abs(np.linalg.eigvals(mat))))
+        # rho is homogeneous: solve at unit scale (LAPACK's geev here returns eigenvalues clamped at
+        # ~1.49e138 for larger matrices instead of scaling them back)
+        scale = float(np.abs(mat).max())
+        if scale == 0 or not np.isfinite(scale):
+            return scale
+        return float(np.max(np.abs(np.linalg.eigvals(mat / scale)))) * scale
     op = LinearOperator((n, n), matvec=lambda v: apply(v.reshape(r, r)).reshape(-1), dtype=np.float64)
     v0 = np.eye(r).reshape(-1)  # inside the PSD cone, not orthogonal to the Perron vector
     try:
@@ -164,7 +178,7 @@ def mean_square(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "witho
     nonuniformity and the necessary bounds. For 'reshuffle' see
     ``valleysim.reshuffle``.
     """
-    check_positive(eta, "eta")
+    q.check_eta(eta)
     if scheme == "reshuffle":
         raise UserInputError("mean_square handles one-step schemes; use valleysim.reshuffle for scheme='reshuffle'")
     c = variance_factor(S, q.N, scheme)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from valleysim import reshuffle
-from valleysim.errors import check_batch_size, check_positive
+from valleysim.errors import check_batch_size
 from valleysim.lyapunov import lyapunov_exponent, mean_square_growth_mc
 from valleysim.quadratic import PerExampleQuadratic
 from valleysim.second_moment import MomentMap, mean_square
@@ -30,7 +30,7 @@ def stability_report(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "
     For 'reshuffle' the mean-square entries are per-step values of the exact
     epoch map (N <= 8) and None otherwise.
     """
-    check_positive(eta, "eta")
+    q.check_eta(eta)
     check_scheme(scheme)
     check_batch_size(S, q.N, allow_above_n=scheme == "with_replacement")
     out = {"kind": q.kind, "N": q.N, "D": q.D, "eta": float(eta), "batch_size": int(S), "scheme": scheme}

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 import numpy as np
 
+from valleysim import argtypes as T
 from valleysim.errors import UserInputError
-from valleysim.jsonout import json_safe
+from valleysim.jsonout import dumps, json_safe
 from valleysim.valley_landscape import CATALOGUE, ValleyLandscape, catalogue
 from valleysim.valley_noise import NOISES, make_noise
 from valleysim.valley_sim import simulate_valley, summarise
@@ -25,24 +24,24 @@ def add_parser(sub) -> None:
     v.add_argument("--init", default="", help="starting point, e.g. 't3=2,t4=2' (unnamed coordinates: "
                    "catalogue default, or 0)")
     v.add_argument("--noise", default="sgd", help=f"one of {', '.join(NOISES)}")
-    v.add_argument("--noise-scale", type=float, help="noise scale (default c(S, M) = (M - S) / (S (M - 1)))")
-    v.add_argument("--eta", type=float, required=True, help="learning rate > 0")
-    v.add_argument("--batch", type=int, metavar="S", help="mini-batch size")
-    v.add_argument("--dataset-size", type=int, metavar="M", help="training-set size (finite sums: their own)")
-    v.add_argument("--steps", type=int, default=1000, help="steps in the measurement window")
-    v.add_argument("--burn-in", type=int, default=1000, help="steps before the window (equilibrates theta)")
-    v.add_argument("--trajectories", type=int, default=1024, help="ensemble size R")
-    v.add_argument("--record-every", type=int, help="record observables every k window steps (default steps/50)")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--noise-scale", type=T.positive, help="noise scale > 0 (default c(S, M) = (M - S) / (S (M - 1)))")
+    v.add_argument("--eta", type=T.positive, required=True, help="learning rate > 0")
+    v.add_argument("--batch", type=T.count, metavar="S", help="mini-batch size")
+    v.add_argument("--dataset-size", type=T.integer(2), metavar="M", help="training-set size (finite sums: their own)")
+    v.add_argument("--steps", type=T.count, default=1000, help="steps in the measurement window")
+    v.add_argument("--burn-in", type=T.natural, default=1000, help="steps before the window (equilibrates theta)")
+    v.add_argument("--trajectories", type=T.integer(2), default=1024, help="ensemble size R (>= 2)")
+    v.add_argument("--record-every", type=T.count, help="record observables every k window steps (default steps/50)")
+    v.add_argument("--seed", type=T.seed, default=0)
     v.add_argument("--json", action="store_true", help="print one JSON object")
-    v.add_argument("--plot", type=Path, metavar="DIR", help="write valley.png (trace and log-det with bands) "
+    v.add_argument("--plot", type=T.out_dir, metavar="DIR", help="write valley.png (trace and log-det with bands) "
                    "and valley.json to DIR")
     v.set_defaults(func=cmd_valley)
 
 
 def landscape_from_args(args) -> ValleyLandscape:
     if args.loss in CATALOGUE:
-        if args.nondegenerate or args.degenerate:
+        if args.nondegenerate is not None or args.degenerate is not None:
             raise UserInputError(f"--loss {args.loss} is a catalogue landscape with its own coordinates; "
                                  "drop --nondegenerate/--degenerate")
         land = catalogue(args.loss)
@@ -57,21 +56,24 @@ def cmd_valley(args) -> int:
     land = landscape_from_args(args)
     noise = make_noise(land, args.noise, scale=args.noise_scale, S=args.batch, M=args.dataset_size)
     record_every = args.record_every or max(1, args.steps // 50)
+    if record_every > args.steps:
+        raise UserInputError(f"--record-every must be in 1..--steps ({args.steps}); got {record_every}")
+    plot_dir = args.plot
     run = simulate_valley(land, noise, args.eta, steps=args.steps, burn_in=args.burn_in,
                           trajectories=args.trajectories, seed=args.seed, record_every=record_every)
     summary = {k: json_safe(v) for k, v in summarise(run).items()}
-    if args.plot is not None:
+    if plot_dir is not None:
         from valleysim.valley_plots import plot_run
 
-        args.plot.mkdir(parents=True, exist_ok=True)
-        plot_run(run, args.plot / "valley.png")
-        (args.plot / "valley.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        plot_dir.mkdir(parents=True, exist_ok=True)
+        plot_run(run, plot_dir / "valley.png")
+        (plot_dir / "valley.json").write_text(dumps(summary, indent=2) + "\n", encoding="utf-8")
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(dumps(summary, indent=2))
     else:
         print(format_summary(summary))
-        if args.plot is not None:
-            print(f"figure -> {(args.plot / 'valley.png').resolve()}")
+        if plot_dir is not None:
+            print(f"figure -> {(plot_dir / 'valley.png').resolve()}")
     return 0
 
 
@@ -97,9 +99,11 @@ def format_summary(s: dict) -> str:
         lines.append(f"  {f'<theta_{i + 1}^2>':<26}{m:>13.5g}{se:>11.2g}{_fmt(p)}{_fmt(pl, 15)}")
     lines.append(f"  {'FDR <theta.g> - eta/2 <g^2>':<26}{s['fdr_difference']:>13.3g}"
                  f"{s['fdr_difference_stderr']:>11.2g}{_fmt(0.0)}")
-    ratio = s["neg_eig_sum"] / s["loss_excess"] if s["loss_excess"] else float("nan")
-    lines.append(f"  {'neg. eig. sum / (L - L*)':<26}{ratio:>13.4g}{'':>11}{_fmt(s['neg_eig_slope_predicted'])}"
+    ratio = s["neg_eig_sum"] / s["loss_excess"] if s["loss_excess"] else None      # L = L*: no ratio
+    lines.append(f"  {'neg. eig. sum / (L - L*)':<26}{_fmt(ratio, 13)}{'':>11}{_fmt(s['neg_eig_slope_predicted'])}"
                  + ("" if s["neg_eig_slope_exact_to_leading_order"] else "  (some A_i not NSD: approximate)"))
+    if "equilibration_note" in s:
+        lines.append(f"  note: {s['equilibration_note']}")
     return "\n".join(lines)
 
 

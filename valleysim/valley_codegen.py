@@ -23,17 +23,21 @@ coordinate is not finite (``status`` = step, ``reason`` = code).
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
 import inspect
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
 
 from valleysim import rng
+from valleysim.errors import warn
 from valleysim.valley_landscape import ValleyLandscape, diff
 from valleysim.valley_noise import SCALE, NoiseModel
 
@@ -45,8 +49,26 @@ REASONS = {0: "completed", 1: "curvature lambda_i <= 0 (left the valley)", 2: "a
 OBSERVABLES = ("loss", "trace", "logdet", "f")
 
 
+_FALLBACK: list[Path] = []     # the temporary cache of this process, once the configured one failed
+
+
 def cache_dir() -> Path:
-    return Path(os.environ.get("VALLEYSIM_CACHE", Path.home() / ".cache" / "valleysim")) / "kernels"
+    """The kernel cache: ``$VALLEYSIM_CACHE``/kernels (default ~/.cache/valleysim/kernels) if it can be
+    written, else a temporary directory for this process, with a warning."""
+    path = Path(os.environ.get("VALLEYSIM_CACHE", Path.home() / ".cache" / "valleysim")) / "kernels"
+    if _FALLBACK:
+        return _FALLBACK[0]
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+        return path
+    except OSError as exc:
+        _FALLBACK.append(Path(tempfile.mkdtemp(prefix="valleysim-kernels-")))
+        atexit.register(shutil.rmtree, _FALLBACK[0], ignore_errors=True)
+        warn(f"kernel cache {path} is not writable ({exc.strerror or exc}); compiling into {_FALLBACK[0]} "
+             "for this run (set $VALLEYSIM_CACHE to a writable directory to keep compiled kernels)")
+        return _FALLBACK[0]
 
 
 class _Printer(PythonCodePrinter):
@@ -124,9 +146,9 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
     src += [
         "@njit(cache=True, parallel=True)",
         "def run(x0, eta, scale, n_burn, n_steps, record_every, seed, data, S, rec, acc, status, reason):",
-        f"    R = x0.shape[0]",
+        "    R = x0.shape[0]",
         f"    D = {D}",
-        f"    M = data.shape[0]",
+        "    M = data.shape[0]",
         "    for r in prange(R):",
         "        state = seed_state(seed, r)",
         "        p = x0[r].copy()",
@@ -188,7 +210,6 @@ def compile_kernels(land: ValleyLandscape, noise: NoiseModel):
         return sys.modules[name]
     path = cache_dir() / f"{name}.py"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(kernel_source(land, noise), encoding="utf-8")
         os.replace(tmp, path)                 # atomic: concurrent runs never see half a file

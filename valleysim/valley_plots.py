@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.integrate import cumulative_trapezoid  # noqa: E402
 
-from valleysim.valley_codegen import OBSERVABLES  # noqa: E402
 from valleysim.valley_sim import ValleyRun, predictions  # noqa: E402
 
 

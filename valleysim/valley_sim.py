@@ -9,12 +9,15 @@ of the measurement window and averaged over it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
 
-from valleysim.errors import UserInputError, check_int_range, check_positive
+from valleysim.errors import UserInputError, check_int_range, check_range
+from valleysim.memory import F64, check_fits
+from valleysim.stats import mean_se
 from valleysim.valley_codegen import OBSERVABLES, REASONS, compile_kernels
 from valleysim.valley_landscape import ValleyLandscape, diff
 from valleysim.valley_noise import SCALE, NoiseModel
@@ -78,18 +81,28 @@ def check_start(land: ValleyLandscape, noise: NoiseModel, eta: float) -> np.ndar
     return x0
 
 
+def valley_bytes(land: ValleyLandscape, trajectories: int, n_records: int) -> float:
+    """Memory of ``simulate_valley`` and ``summarise``, in bytes: per trajectory and record the observables and
+    coordinates, and the predictions (Hessians and their gradients, D^2 + D^3 numbers, a few copies)."""
+    D = land.n + land.m
+    per_record = len(OBSERVABLES) + D + 4.0 * (D**2 + D**3)
+    return float(trajectories) * (n_records * per_record + 3.0 * D + max(land.n_examples, 1)) * F64
+
+
 def simulate_valley(land: ValleyLandscape, noise: NoiseModel, eta: float, *, steps: int, burn_in: int = 0,
                     trajectories: int = 1024, seed: int = 0, record_every: int | None = None) -> ValleyRun:
     """R trajectories from ``land.init``: ``burn_in`` steps, then a window of ``steps`` steps."""
-    eta = check_positive(eta, "--eta")
+    eta = check_range(eta, "--eta", 1e-100, 1e100)
     steps = check_int_range(steps, "--steps", 1)
     burn_in = check_int_range(burn_in, "--burn-in", 0)
     R = check_int_range(trajectories, "--trajectories", 2)
     record_every = steps if record_every is None else check_int_range(record_every, "--record-every", 1, steps)
     seed = check_int_range(seed, "--seed", 0, 2**63 - 1)
+    n_rec = steps // record_every + 1
+    check_fits(valley_bytes(land, R, n_rec), f"{R} trajectories with {n_rec} records each (--trajectories, "
+               "--steps / --record-every)")
     x0 = check_start(land, noise, eta)
     kernels = compile_kernels(land, noise)
-    n_rec = steps // record_every + 1
     rec = np.full((R, n_rec, len(OBSERVABLES) + land.n + land.m), np.nan)
     acc = np.zeros((R, land.n + 2))
     status = np.empty(R, dtype=np.int64)
@@ -99,13 +112,6 @@ def simulate_valley(land: ValleyLandscape, noise: NoiseModel, eta: float, *, ste
     S = noise.S if noise.minibatch else 1
     kernels.run(X, eta, noise.scale, burn_in, steps, record_every, seed, data, S, rec, acc, status, reason)
     return ValleyRun(land, noise, eta, burn_in, steps, record_every, rec, acc, status, reason)
-
-
-def _mean_se(x: np.ndarray) -> tuple[float, float]:
-    x = np.asarray(x, dtype=float)
-    if x.size < 2:
-        return float(np.mean(x)) if x.size else float("nan"), float("nan")
-    return float(np.mean(x)), float(np.std(x, ddof=1) / np.sqrt(x.size))
 
 
 def noise_covariance(run: ValleyRun, x: np.ndarray) -> np.ndarray:
@@ -255,6 +261,15 @@ def _window_mean(a: np.ndarray) -> np.ndarray:
     return a[:, 0] if a.shape[1] == 1 else np.trapezoid(a, axis=1) / (a.shape[1] - 1)
 
 
+def relaxation_steps(land: ValleyLandscape, eta: float) -> float:
+    """Steps for E[theta_i^2] to relax by 1/e at the starting theta_hat, max over i:
+    1 / (2 |log|1 - eta lambda_i||) (the second moment contracts by (1 - eta lambda_i)^2 per step)."""
+    lam = np.asarray(land.eval_lambdas(np.asarray(land.init, dtype=float)), dtype=float)
+    with np.errstate(divide="ignore"):
+        rate = 2.0 * np.abs(np.log(np.abs(1.0 - eta * lam)))
+    return float(np.max(1.0 / rate)) if np.all(rate > 0) else math.inf
+
+
 def summarise(run: ValleyRun) -> dict:
     """Measured drifts, moments, FDR and negative eigenvalues, with SEs, next to the predictions.
 
@@ -282,7 +297,7 @@ def summarise(run: ValleyRun) -> dict:
         if np.all(np.isnan(rec[:, 0, col])):
             continue
         out[f"{name}_start"] = float(np.mean(rec[:, 0, col]))
-        out[f"{name}_drift_per_step"], out[f"{name}_drift_stderr"] = _mean_se((rec[:, -1, col] - rec[:, 0, col])
+        out[f"{name}_drift_per_step"], out[f"{name}_drift_stderr"] = mean_se((rec[:, -1, col] - rec[:, 0, col])
                                                                              / run.n_steps)
     if not land.valley_form:
         drift = manifold_trace_drift(run, rec[:, :, len(OBSERVABLES):])
@@ -291,6 +306,11 @@ def summarise(run: ValleyRun) -> dict:
                                   "coordinate-free drift along the minimum manifold (valley_theory.manifold_drift)")
         return out
 
+    tau = relaxation_steps(land, run.eta)
+    out["theta_relaxation_steps"] = tau
+    if run.n_burn < 5 * tau:
+        out["equilibration_note"] = (f"--burn-in {run.n_burn} is shorter than 5 relaxation times of theta "
+                                     f"({tau:.3g} steps at the start): the second moments may not be stationary")
     preds = predictions(run, rec[:, :, len(OBSERVABLES) + land.n:])     # each (R_ok, n_rec, ...)
     for name in ("trace", "logdet", "f"):
         if f"{name}_drift" in preds:
@@ -306,11 +326,11 @@ def summarise(run: ValleyRun) -> dict:
     rhs = 0.5 * run.eta * run.acc[ok, land.n + 1] / run.n_steps
     out["fdr_theta_dot_grad"] = float(np.mean(lhs))
     out["fdr_half_eta_grad_sq"] = float(np.mean(rhs))
-    out["fdr_difference"], out["fdr_difference_stderr"] = _mean_se(lhs - rhs)
+    out["fdr_difference"], out["fdr_difference_stderr"] = mean_se(lhs - rhs)
     # R5: negative eigenvalues of the full Hessian at the end of the run against the excess loss
     eig = np.linalg.eigvalsh(land.eval_hessian(rec[:, -1, len(OBSERVABLES):]))
-    out["neg_eig_sum"], out["neg_eig_sum_stderr"] = _mean_se(np.where(eig < 0, eig, 0.0).sum(axis=1))
-    out["loss_excess"], out["loss_excess_stderr"] = _mean_se(rec[:, -1, 0] - float(land.floor_loss))
+    out["neg_eig_sum"], out["neg_eig_sum_stderr"] = mean_se(np.where(eig < 0, eig, 0.0).sum(axis=1))
+    out["loss_excess"], out["loss_excess_stderr"] = mean_se(rec[:, -1, 0] - float(land.floor_loss))
     out["neg_eig_slope_predicted"] = float(np.mean(preds["neg_eig_slope"][:, -1]))
     out["neg_eig_slope_exact_to_leading_order"] = bool(np.all(preds["schur_nsd"][:, -1]))
     return out

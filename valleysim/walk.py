@@ -72,8 +72,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
-from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
+from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive, check_range
+from valleysim.memory import F64, check_fits
 from valleysim.rng import bounded, normal, seed_state
+from valleysim.stats import mean_se
 
 OPTIMIZERS = ("gd", "sgd", "gd-noise")
 _OPT_CODE = {"gd": 0, "sgd": 1, "gd-noise": 2}
@@ -114,7 +116,8 @@ class WalkLandscape:
              x0: float = 1.0, y0: float = 0.0, seed: int = 0) -> WalkLandscape:
         """Per-example k_i = k (1 + k_spread u_i), u_i uniform in [-1, 1]; a_i, e_i Gaussian (std
         offset_std, slope_std), centred so that they sum to zero. Fixed by ``seed``."""
-        N = check_int_range(n_examples, "n_examples", 1)
+        N = check_int_range(n_examples, "n_examples", 1, 2**31)
+        check_fits(8.0 * N * F64, f"a walk landscape of {N} examples")
         k = check_positive(k, "wall curvature k")
         if not (0 <= k_spread < 1):
             raise UserInputError(f"k_spread must be in [0, 1) (all k_i > 0); got {k_spread!r}")
@@ -221,13 +224,17 @@ class WalkLandscape:
         return self.barrier * np.sin(np.pi * y / self.period) ** 2 * env
 
 
+WIDTH_RANGE = (1e-3, 1e6)        # a finite width outside it is a quadratic or a cliff to float64: use inf
+
+
 def _check_width(v, name):
     try:
         v = float(v)
     except (TypeError, ValueError):
-        raise UserInputError(f"{name} must be a number > 0 or inf; got {v!r}") from None
-    if math.isnan(v) or v <= 0:
-        raise UserInputError(f"{name} must be a number > 0 or inf; got {v!r}")
+        v = math.nan
+    if not (math.isinf(v) and v > 0 or WIDTH_RANGE[0] <= v <= WIDTH_RANGE[1]):
+        raise UserInputError(f"{name} must be in [{WIDTH_RANGE[0]:g}, {WIDTH_RANGE[1]:g}] or inf (quadratic); "
+                             f"got {v!r}")
     return v
 
 
@@ -465,7 +472,7 @@ def simulate_walk(land: WalkLandscape, optimizer: str, eta: float, steps: int, t
     """Run ``trajectories`` walks of ``steps`` steps from theta_0 (see the module docstring)."""
     if optimizer not in OPTIMIZERS:
         raise UserInputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    eta = check_positive(eta, "learning rate eta")
+    eta = check_range(eta, "learning rate eta", 1e-100, 1e100)
     steps = check_int_range(steps, "steps", 1, 10**8)
     R = check_int_range(trajectories, "trajectories", 1, 10**7)
     n_bins = check_int_range(n_bins, "n_bins", 1, steps)
@@ -482,6 +489,9 @@ def simulate_walk(land: WalkLandscape, optimizer: str, eta: float, steps: int, t
         S = check_batch_size(batch, land.N)
     sigma = isotropic_sigma(land, S, noise_factor) if optimizer == "gd-noise" else 0.0
     n_rec = min(n_rec, R)
+    check_fits(float(R) * (n_bins * (_BIN_FIELDS + 1) + land.D + 4 + land.N) * F64
+               + float(n_rec) * steps * (len(TRACE_FIELDS) + n_interp + 2) * F64,
+               f"{R} trajectories of {steps} steps in {n_bins} windows ({n_rec} traced)")
     inv_w2, inv_h2 = land._scalars()
     bins = np.zeros((R, n_bins, _BIN_FIELDS))
     bin_steps = np.zeros((R, n_bins), dtype=np.int64)
@@ -497,14 +507,6 @@ def simulate_walk(land: WalkLandscape, optimizer: str, eta: float, steps: int, t
                    bin_steps, theta_end, dist_end, div_step, traces, interp)
 
 
-def _mean_se(v: np.ndarray) -> tuple[float, float]:
-    v = np.asarray(v, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
-
-
 def per_bin(run: WalkRun) -> dict:
     """Per window (mean ± SE over the trajectories that did not diverge): average height, average cos,
     barriers crossed, fraction of floor rises. Lists of (mean, se) of length n_bins."""
@@ -513,7 +515,7 @@ def per_bin(run: WalkRun) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         cols = dict(height=b[..., 0] / n, cos=b[..., 1] / b[..., 2], barriers=b[..., 3],
                     floor_rise_fraction=b[..., 4] / n)
-    return {k: [_mean_se(v[:, j]) for j in range(v.shape[1])] for k, v in cols.items()}
+    return {k: [mean_se(v[:, j]) for j in range(v.shape[1])] for k, v in cols.items()}
 
 
 def summarise(run: WalkRun, window: str = "second-half") -> dict:
@@ -539,6 +541,6 @@ def summarise(run: WalkRun, window: str = "second-half") -> dict:
                first_divergence_step=int(run.diverged_step[~ok].min()) if (~ok).any() else None,
                landscape=run.land.params)
     for key, v in metrics.items():
-        m, se = _mean_se(v)
+        m, se = mean_se(v)
         out[key], out[f"{key}_se"] = m, se
     return out

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
-from valleysim.jsonout import json_safe
+from valleysim import argtypes as T
+from valleysim.jsonout import dumps
 from valleysim.walk import OPTIMIZERS, WalkLandscape, per_bin, simulate_walk, summarise
 
 
@@ -16,21 +16,22 @@ def add_parser(sub) -> None:
     w.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                    help="gd: full gradient; sgd: mini-batches of S without replacement; gd-noise: full gradient "
                    "+ isotropic Gaussian noise with SGD's noise power at batch S at the start")
-    w.add_argument("--eta", type=float, default=2.0, help="learning rate > 0 (the wall's curvature at the floor "
+    w.add_argument("--eta", type=T.positive, default=2.0, help="learning rate > 0 (the wall's curvature at the floor "
                    "is about 0.9: eta k < 1 over-damped, 1-2 under-damped, 2-4 GD bounces between the walls)")
-    w.add_argument("--batch", type=int, metavar="S", default=4, help="mini-batch size (sgd; gd-noise: sets the "
+    w.add_argument("--batch", type=T.count, metavar="S", default=4, help="mini-batch size (sgd; gd-noise: sets the "
                    "noise power); ignored by gd")
-    w.add_argument("--steps", type=int, default=2000)
-    w.add_argument("--trajectories", type=int, default=64, help="ensemble size R")
-    w.add_argument("--seed", type=int, default=0)
-    w.add_argument("--noise-factor", type=float, default=1.0,
+    w.add_argument("--steps", type=T.integer(1, 10**8), default=2000)
+    w.add_argument("--trajectories", type=T.integer(1, 10**7), default=64, help="ensemble size R")
+    w.add_argument("--seed", type=T.seed, default=0)
+    w.add_argument("--noise-factor", type=T.positive, default=1.0,
                    help="gd-noise: total isotropic variance = factor x SGD's tr Cov at the start")
-    w.add_argument("--n-examples", type=int, default=32, help="N, examples in the finite sum")
-    w.add_argument("--wall-width", type=float, default=2.0, help="w of the saturating wall (inf: quadratic)")
-    w.add_argument("--barrier", type=float, default=0.02, help="barrier height b on the floor")
-    w.add_argument("--slope", type=float, default=0.02, help="mean slope s along the floor")
-    w.add_argument("--landscape-seed", type=int, default=0, help="seed of the per-example k_i, a_i, e_i")
-    w.add_argument("--bins", type=int, default=4, help="windows of the run (the paper's epochs) for the "
+    w.add_argument("--n-examples", type=T.count, default=32, help="N, examples in the finite sum")
+    w.add_argument("--wall-width", type=float, default=2.0, help="w of the saturating wall, in [1e-3, 1e6] "
+                   "(inf: quadratic)")
+    w.add_argument("--barrier", type=T.nonnegative, default=0.02, help="barrier height b on the floor")
+    w.add_argument("--slope", type=T.finite, default=0.02, help="mean slope s along the floor")
+    w.add_argument("--landscape-seed", type=T.seed, default=0, help="seed of the per-example k_i, a_i, e_i")
+    w.add_argument("--bins", type=T.count, default=4, help="windows of the run (the paper's epochs) for the "
                    "per-window table")
     w.add_argument("--json", action="store_true", help="print one JSON object")
     w.set_defaults(func=cmd_walk)
@@ -45,7 +46,7 @@ def cmd_walk(args) -> int:
     summary = summarise(run)
     summary["per_window"] = {k: [{"mean": m, "se": se} for m, se in v] for k, v in per_bin(run).items()}
     if args.json:
-        print(json.dumps(json_safe(summary), indent=2))
+        print(dumps(summary, indent=2))
     else:
         print(format_summary(summary))
     return 0
@@ -70,7 +71,7 @@ def format_summary(s: dict) -> str:
         lines.append(f"  {s['diverged']} trajectories diverged; first at step {s['first_divergence_step']}")
     if s["completed"] == 0:
         return "\n".join(lines)
-    lines.append(f"  averages over the second half of the run (cos, height, floor rises); end point values")
+    lines.append("  averages over the second half of the run (cos, height, floor rises); end point values")
     for key, name in _ROWS:
         lines.append(f"  {name:<34}{s[key]:>12.5g} +- {s[key + '_se']:.2g}")
     pw = s["per_window"]
