@@ -50,6 +50,10 @@ def seed_for(*keys: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+FLOAT32_SAFE = 1e30      # learning rates and other step factors torch's float32 optimiser can hold
+MAX_WIDTH = 1e4          # width multipliers beyond it overflow layer sizes long before they could fit
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a run (stored in config.json; a resumed run must match)."""
@@ -102,6 +106,13 @@ class TrainConfig:
             raise UserInputError(f"unknown probe(s) {', '.join(unknown)}; choose from {', '.join(probes_mod.PROBES)}")
         check_positive(self.lr, "learning rate --lr")
         check_device(self.device)
+        for name, value in (("lr", self.lr), ("weight_decay", self.weight_decay), ("noise_std", self.noise_std),
+                            ("nsgd_gamma x lr", self.nsgd_gamma * self.lr)):
+            if not value <= FLOAT32_SAFE:
+                raise UserInputError(f"{name} must be <= {FLOAT32_SAFE:g} (the optimiser works in float32); "
+                                     f"got {value!r}")
+        if not (isinstance(self.width, (int, float)) and 0 < self.width <= MAX_WIDTH):
+            raise UserInputError(f"width must be in (0, {MAX_WIDTH:g}]; got {self.width!r}")
         for name in ("batch", "epochs", "acc_window", "top_k", "nsgd_every", "lanczos_max_iter",
                      "hutchinson_samples", "cov_batch", "loss_change_batches"):
             v = getattr(self, name)

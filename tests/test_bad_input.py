@@ -105,6 +105,10 @@ CASES = [
     (["dnn", "train", "--out", "r", "--cov-batches", "1"], "argument --cov-batches"),
     (["dnn", "train", "--out", "r", "--seed", "-1"], "argument --seed"),
     (["dnn", "train", "--out", "r", "--model", "bogus"], "unknown model 'bogus'"),
+    (["dnn", "train", "--out", "r", "--width", "1e308"], "width must be in (0, 10000]"),
+    (["dnn", "train", "--out", "r", "--lr", "1e308"], "lr must be <= 1e+30"),
+    (["dnn", "train", "--out", "r", "--weight-decay", "1e308"], "weight_decay must be <= 1e+30"),
+    (["break-even", "--eta", "0.1", "--batch", "8", "--beta", "1e-320"], "beta must be 0 or in [1e-100, 1000]"),
     # devices: named before any work (no data is read: --data is not even given)
     (["dnn", "train", "--out", "r", "--device", "foo"], "--device 'foo' is not a device name"),
     (["dnn", "crosscheck", "--out", "r", "--device", "foo"], "--device 'foo' is not a device name"),
@@ -249,3 +253,27 @@ def test_damaged_run_files_are_named(tmp_path):
     st.checkpoint_path.write_bytes(b"not a checkpoint")
     with pytest.raises(UserInputError, match="checkpoint.pt cannot be read"):
         st.load_checkpoint()
+
+
+@pytest.mark.parametrize("exc, code, message", [(MemoryError(), 1, "out of memory"),
+                                                (OSError(28, "No space left on device", "out/x"), 1,
+                                                 "No space left on device (out/x)"),
+                                                (KeyboardInterrupt(), 130, "interrupted")])
+def test_the_machine_failing_a_run_is_one_line_too(capsys, exc, code, message):
+    from valleysim.errors import report_errors
+
+    def run():
+        raise exc
+    assert report_errors(run) == code
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_network_that_cannot_fit_is_refused_before_the_run_directory_exists(workdir, cli, monkeypatch):
+    from test_dnn_data import fake_batches_dir
+
+    data, _ = fake_batches_dir(workdir / "data")
+    monkeypatch.setenv("VALLEYSIM_DATA_CACHE", str(workdir / "cache"))
+    code, _, err = cli("dnn", "train", "--data", data, "--out", "run", "--width", "1000", "--batch", "4")
+    assert code == 2 and "parameters, batch 4) needs about" in err and err.count("\n") == 1, err
+    assert not (workdir / "run").exists()

@@ -188,3 +188,21 @@ def test_whitelisted_functions_and_their_derivatives_print_as_kernel_code():
         f = fn(*[x, y][:max(arities)])
         for e in (f, diff(f, x), diff(f, x, 2)):
             PythonCodePrinter({"strict": True}).doprint(e)        # raises on anything it cannot print
+
+
+_SOUP = st.lists(st.sampled_from(["t1", "t2", "q", "__class__", "exp", "(", ")", "[", "]", ".", ",", "+", "-", "*",
+                                  "/", "**", "^", "'", '"', "lambda", ":", "=", "1", "2.5", "1e999", "os", "import",
+                                  " ", "{", "}", "if", "else", "not", "f'", "__import__", "\\", "#", ";", "@"]),
+                 max_size=40).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=120), _SOUP))
+def test_any_string_is_an_expression_or_a_named_error(text):
+    """Fuzz: arbitrary text and Python-token soup never escape as anything but UserInputError."""
+    try:
+        expr = parse_expression(text, T[:2], "--loss")
+    except UserInputError as err:
+        assert str(err).startswith("--loss")
+    else:
+        assert isinstance(expr, sp.Expr) and expr.free_symbols <= set(T[:2])

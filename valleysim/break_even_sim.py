@@ -153,6 +153,8 @@ class SharpeningLandscape:
         sigma = check_range(sigma, "sigma", 0, MAX_SPREAD)
         offset = check_range(offset, "offset", 0, MAX_SPREAD)
         beta = check_range(beta, "beta", 0, MAX_SPREAD)
+        if 0 < beta < 1 / MAX_SCALE:
+            raise UserInputError(f"beta must be 0 or in [1e-100, {MAX_SPREAD:g}]; got {beta!r}")
         a0 = np.atleast_1d(np.asarray(a0, dtype=float))
         rates = np.atleast_1d(np.asarray(rates, dtype=float))
         if a0.ndim != 1 or a0.size < 1 or a0.shape != rates.shape:

@@ -85,13 +85,22 @@ def check_out_dir(path, what: str = "--out") -> Path:
 
 
 def report_errors(fn, *args, prog: str = "valleysim") -> int:
-    """``fn(*args)`` as a command: a UserInputError is one line ``prog: error: ...`` and exit code 2, an
+    """``fn(*args)`` as a command: a UserInputError is one line ``prog: error: ...`` and exit code 2; the
+    machine failing the run (out of memory, a full or vanished disk) one line and exit code 1; an
     interruption exit code 130 (finished work is kept: stores resume)."""
     try:
         return fn(*args)
     except UserInputError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"{prog}: error: out of memory (the sizes passed the estimate before the run but not the run; "
+              "lower them)", file=sys.stderr)
+        return 1
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (finished points and checkpoints are kept; rerun to resume)", file=sys.stderr)
         return 130
