@@ -106,14 +106,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
-from valleysim.errors import UserInputError, check_int_range, check_range
+from valleysim.errors import SCALE_LIMIT, UserInputError, check_int_range, check_learning_rate, check_range
 from valleysim.memory import F64, check_fits
 from valleysim.rng import bounded, seed_state
 from valleysim.stats import mean_se
 from valleysim.theory import break_even_curvature, eta_star_1d, stability_factor, variance_factor
 
 DIVERGE_AT = 1e8
-MAX_SCALE = 1e100             # eta, a0 within [1e-100, 1e100] (their squares and lambda* stay finite)
 MAX_SPREAD = 1e3              # sigma, offset, rates at most 1e3 (sigma^2 c and exp(r z) stay finite)
 TURN = 0.01                   # growth has stopped once the curvature falls 1% below its running maximum
 MAX_DEFAULT_STEPS = 5_000_000  # default run length cap (a stated cap: the summary says when it binds)
@@ -153,14 +152,14 @@ class SharpeningLandscape:
         sigma = check_range(sigma, "sigma", 0, MAX_SPREAD)
         offset = check_range(offset, "offset", 0, MAX_SPREAD)
         beta = check_range(beta, "beta", 0, MAX_SPREAD)
-        if 0 < beta < 1 / MAX_SCALE:
+        if 0 < beta < 1 / SCALE_LIMIT:
             raise UserInputError(f"beta must be 0 or in [1e-100, {MAX_SPREAD:g}]; got {beta!r}")
         a0 = np.atleast_1d(np.asarray(a0, dtype=float))
         rates = np.atleast_1d(np.asarray(rates, dtype=float))
         if a0.ndim != 1 or a0.size < 1 or a0.shape != rates.shape:
             raise UserInputError(f"a0 and rates must be lists of equal length >= 1; got {a0.size} and {rates.size}")
         for j in range(a0.size):
-            check_range(a0[j], f"a0[{j}]", 1 / MAX_SCALE, MAX_SCALE)
+            check_range(a0[j], f"a0[{j}]", 1 / SCALE_LIMIT, SCALE_LIMIT)
             check_range(rates[j], f"rates[{j}]", 0, MAX_SPREAD)
         check_fits(4.0 * N * a0.size * F64, f"a landscape of {N} examples x {a0.size} directions")
         rng = np.random.default_rng(check_int_range(landscape_seed, "landscape_seed", 0))
@@ -226,7 +225,7 @@ def predicted_break_even(eta: float, S: int, N: int, sigma: float) -> float:
     The same point as ``theory.eta_star_1d(lambda*, sigma^2 lambda*^2, c) = eta`` and as
     ``theory.break_even_curvature(eta, c, alpha)`` with alpha = sigma^2 lambda*; 2 / eta at S = N.
     """
-    eta = check_range(eta, "eta", 1 / MAX_SCALE, MAX_SCALE)
+    eta = check_learning_rate(eta)
     c = variance_factor(S, N)
     lam = 2.0 / (eta * (1.0 + c * sigma**2))
     # the same root through the project's closed forms (guards against drift between the two)
@@ -246,7 +245,7 @@ def almost_sure_break_even(land: SharpeningLandscape, eta: float, S: int, j: int
     """
     from scipy.optimize import brentq
 
-    eta = check_range(eta, "eta", 1 / MAX_SCALE, MAX_SCALE)
+    eta = check_learning_rate(eta)
     S = check_int_range(S, "batch size S", 1, land.N)
     if S == land.N:
         return 2.0 / eta
@@ -425,7 +424,7 @@ def simulate(land: SharpeningLandscape, eta: float, S: int, *, steps: int | None
              seed: int = 0, record_every: int | None = None, x0=None, z0: float = 0.0,
              frozen: bool = False) -> BreakEvenRun:
     """R trajectories of mini-batch SGD (S of N without replacement) on ``land`` from (x0, z0)."""
-    eta = check_range(eta, "eta", 1 / MAX_SCALE, MAX_SCALE)
+    eta = check_learning_rate(eta)
     S = check_int_range(S, "batch size S", 1, land.N)
     default = steps is None
     steps = default_steps(land, eta, S) if default else check_int_range(steps, "steps", 1)

@@ -37,6 +37,16 @@ def check_range(value: float, name: str, lo: float, hi: float) -> float:
     return v
 
 
+#: Magnitudes the simulators keep numbers within, [1 / SCALE_LIMIT, SCALE_LIMIT]: their squares stay finite
+#: in float64 (and LAPACK's scaling, which clamps eigenvalues at ~1.5e138, is never reached).
+SCALE_LIMIT = 1e100
+
+
+def check_learning_rate(eta: float, name: str = "eta") -> float:
+    """``eta`` must be a finite number in [1 / SCALE_LIMIT, SCALE_LIMIT]."""
+    return check_range(eta, name, 1 / SCALE_LIMIT, SCALE_LIMIT)
+
+
 def check_int_range(value: int, name: str, lo: int, hi: int | None = None) -> int:
     """``value`` must be an integer in [lo, hi] (hi None: unbounded)."""
     if isinstance(value, bool) or int(value) != value:

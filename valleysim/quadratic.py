@@ -15,18 +15,17 @@ distance to it is ||P (w - w*)|| with P the projector onto range(H).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
-from valleysim.errors import UserInputError, check_int_range, check_positive
+from valleysim.errors import SCALE_LIMIT, UserInputError, check_int_range, check_positive
 from valleysim.memory import F64, check_fits
 
 KINDS = ("diagonal", "dense", "rank_one")
-#: Largest |entry| of a Hessian, and of eta x that: the second-moment map holds squares of eta H_i, and
-#: float64 (and LAPACK's scaling, which clamps eigenvalues at ~1.5e138) must hold them. The problem is
-#: invariant under (H, eta) -> (s H, eta / s): rescale instead.
-MAX_SCALE = 1e100
+#: SCALE_LIMIT bounds the largest |entry| of a Hessian, and eta x that: the second-moment map holds squares
+#: of eta H_i. The problem is invariant under (H, eta) -> (s H, eta / s): rescale instead.
 NONUNIFORMITY_RANGE = (1e-6, 10.0)   # beyond 10 the spread saturates (one example holds the curvature)
 
 
@@ -48,10 +47,8 @@ class PerExampleQuadratic:
                                  f"{'(N, D, D)' if want == 3 else '(N, D)'}; got {data.shape}")
         if not np.all(np.isfinite(data)):
             raise UserInputError("hessians must be finite (found NaN or inf)")
-        scale = float(np.abs(data).max()) if data.size else 0.0
-        if self.kind == "rank_one":
-            scale *= scale                                      # H_i = x_i x_i^T
-        if scale > MAX_SCALE or 0 < scale < 1 / MAX_SCALE:
+        scale = _scale(self.kind, data)
+        if scale > SCALE_LIMIT or 0 < scale < 1 / SCALE_LIMIT:
             raise UserInputError(f"hessians: the largest |entry| is {scale:.3g}; it must lie in [1e-100, 1e100] "
                                  "(squares of it must be finite; rescale H and eta by the same factor)")
         if self.kind == "dense":
@@ -79,19 +76,18 @@ class PerExampleQuadratic:
     def N(self) -> int:
         return self.data.shape[0]
 
-    @property
+    @cached_property
     def scale(self) -> float:
         """Largest |entry| of any H_i."""
-        s = float(np.abs(self.data).max()) if self.data.size else 0.0
-        return s * s if self.kind == "rank_one" else s
+        return _scale(self.kind, self.data)
 
     def check_eta(self, eta: float, name: str = "eta") -> float:
-        """``eta`` finite > 0 with eta x ``scale`` in [1 / MAX_SCALE, MAX_SCALE]: beyond, squares of the
+        """``eta`` finite > 0 with eta x ``scale`` in [1 / SCALE_LIMIT, SCALE_LIMIT]: beyond, squares of the
         steps overflow; below, no step moves w in float64."""
         eta = check_positive(eta, name)
-        if self.scale > 0 and not 1 / MAX_SCALE <= eta * self.scale <= MAX_SCALE:
-            raise UserInputError(f"{name} must be in [{1 / (MAX_SCALE * self.scale):.3g}, "
-                                 f"{MAX_SCALE / self.scale:.3g}] on this landscape (eta x max|H_i| within "
+        if self.scale > 0 and not 1 / SCALE_LIMIT <= eta * self.scale <= SCALE_LIMIT:
+            raise UserInputError(f"{name} must be in [{1 / (SCALE_LIMIT * self.scale):.3g}, "
+                                 f"{SCALE_LIMIT / self.scale:.3g}] on this landscape (eta x max|H_i| within "
                                  f"[1e-100, 1e100]; the sharpness bound 2 / lambda_max is "
                                  f"{2 / self.scale:.3g}); got {eta:g}")
         return eta
@@ -145,6 +141,12 @@ class PerExampleQuadratic:
         """Full loss L(w) = 1/2 (w - w*)^T H (w - w*); w of shape (..., D)."""
         u = np.asarray(w) - self.w_star
         return 0.5 * np.einsum("...d,de,...e->...", u, self.mean_hessian(), u)
+
+
+def _scale(kind: str, data: np.ndarray) -> float:
+    """Largest |entry| of any H_i from the layout's data (x_i x_i^T for rank_one)."""
+    s = float(np.abs(data).max()) if data.size else 0.0
+    return s * s if kind == "rank_one" else s
 
 
 def landscape_bytes(kind: str, N: int, D: int) -> float:
@@ -230,13 +232,13 @@ def generate(kind: str, N: int, D: int, *, lambda_max: float = 1.0, nonuniformit
     check_int_range(N, "N", 1)
     check_int_range(D, "D", 1)
     check_positive(lambda_max, "lambda_max")
-    if lambda_max > MAX_SCALE:
-        raise UserInputError(f"lambda_max must be <= {MAX_SCALE:g}; got {lambda_max:g}")
+    if lambda_max > SCALE_LIMIT:
+        raise UserInputError(f"lambda_max must be <= {SCALE_LIMIT:g}; got {lambda_max:g}")
     lo, hi = NONUNIFORMITY_RANGE
     if not lo <= check_positive(nonuniformity, "nonuniformity") <= hi:
         raise UserInputError(f"nonuniformity must be in [{lo:g}, {hi:g}]; got {nonuniformity:g}")
-    if not 1 <= check_positive(condition, "condition") <= MAX_SCALE:
-        raise UserInputError(f"condition must be in [1, {MAX_SCALE:g}]; got {condition:g}")
+    if not 1 <= check_positive(condition, "condition") <= SCALE_LIMIT:
+        raise UserInputError(f"condition must be in [1, {SCALE_LIMIT:g}]; got {condition:g}")
     check_int_range(seed, "landscape seed", 0)
     check_fits(generate_bytes(kind, N, D, nonuniformity), f"a {kind} landscape of N = {N}, D = {D}")
     rng = np.random.default_rng(seed)

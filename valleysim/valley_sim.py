@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from valleysim.errors import UserInputError, check_int_range, check_range
+from valleysim.errors import UserInputError, check_int_range, check_learning_rate
 from valleysim.memory import F64, check_fits
 from valleysim.stats import mean_se
 from valleysim.valley_codegen import OBSERVABLES, REASONS, compile_kernels
@@ -92,7 +92,7 @@ def valley_bytes(land: ValleyLandscape, trajectories: int, n_records: int) -> fl
 def simulate_valley(land: ValleyLandscape, noise: NoiseModel, eta: float, *, steps: int, burn_in: int = 0,
                     trajectories: int = 1024, seed: int = 0, record_every: int | None = None) -> ValleyRun:
     """R trajectories from ``land.init``: ``burn_in`` steps, then a window of ``steps`` steps."""
-    eta = check_range(eta, "--eta", 1e-100, 1e100)
+    eta = check_learning_rate(eta, "--eta")
     steps = check_int_range(steps, "--steps", 1)
     burn_in = check_int_range(burn_in, "--burn-in", 0)
     R = check_int_range(trajectories, "--trajectories", 2)

@@ -72,7 +72,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit, prange
 
-from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive, check_range
+from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_learning_rate, check_positive
 from valleysim.memory import F64, check_fits
 from valleysim.rng import bounded, normal, seed_state
 from valleysim.stats import mean_se
@@ -472,7 +472,7 @@ def simulate_walk(land: WalkLandscape, optimizer: str, eta: float, steps: int, t
     """Run ``trajectories`` walks of ``steps`` steps from theta_0 (see the module docstring)."""
     if optimizer not in OPTIMIZERS:
         raise UserInputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
-    eta = check_range(eta, "learning rate eta", 1e-100, 1e100)
+    eta = check_learning_rate(eta, "learning rate eta")
     steps = check_int_range(steps, "steps", 1, 10**8)
     R = check_int_range(trajectories, "trajectories", 1, 10**7)
     n_bins = check_int_range(n_bins, "n_bins", 1, steps)
