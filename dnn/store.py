@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from valleysim.errors import UserInputError
-from valleysim.jsonout import dumps, read_json, read_jsonl
+from valleysim.jsonout import atomic_write, dumps, read_json, read_jsonl, write_jsonl
 
 __all__ = ["RunStore", "read_rows"]
 
@@ -52,8 +52,6 @@ class RunStore:
         config = json.loads(dumps(config, sort_keys=True))
         if self.config_path.exists():
             old = read_json(self.config_path)
-            if not isinstance(old, dict):
-                raise UserInputError(f"{self.config_path} is damaged (not a JSON object); move the directory away")
             diff = sorted(k for k in set(old) | set(config)
                           if old.get(k) != config.get(k) and k not in self.RESUMABLE_KEYS)
             if diff:
@@ -61,7 +59,7 @@ class RunStore:
                     f"{self.dir} holds a run with a different configuration (differs in: {', '.join(diff)}); "
                     "use a new --out directory or the same options to resume")
         else:
-            _atomic_write_bytes(self.config_path, dumps(config, indent=1, sort_keys=True).encode())
+            atomic_write(self.config_path, dumps(config, indent=1, sort_keys=True).encode())
         self.config = config
         self.n_rows = len(read_rows(self.metrics_path))
 
@@ -103,15 +101,6 @@ class RunStore:
         if len(rows) < ck["n_rows"]:
             raise UserInputError(f"{self.metrics_path} has fewer rows ({len(rows)}) than its checkpoint "
                                  f"accounts for ({ck['n_rows']}): the run directory was modified")
-        _atomic_write_bytes(self.metrics_path, "".join(dumps(r) + "\n" for r in rows).encode())
+        write_jsonl(self.metrics_path, rows)
         self.n_rows = len(rows)
         return ck["state"]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

@@ -236,6 +236,9 @@ def test_damaged_sweep_config_is_named(workdir, cli):
     Path("pd/config.json").write_text('{"scheme": "without_replacement",\n "n_traj": 4,, }')
     code, _, err = cli(*args)
     assert code == 2 and "config.json is damaged (not valid JSON at line 2" in err and err.count("\n") == 1
+    Path("pd/config.json").write_text("[1, 2]")                              # valid JSON, not a config
+    code, _, err = cli(*args)
+    assert code == 2 and "config.json is damaged (not a JSON object)" in err and err.count("\n") == 1
 
 
 def test_damaged_run_files_are_named(tmp_path):

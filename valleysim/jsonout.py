@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +40,37 @@ def dumps(x, **kwargs) -> str:
     return json.dumps(json_safe(x), allow_nan=False, **kwargs)
 
 
-def read_json(path, what: str | None = None):
-    """The JSON value in ``path``; a damaged file is a UserInputError naming it, the line and the column."""
+def read_json(path) -> dict:
+    """The JSON object in ``path``; a damaged file (not JSON, not UTF-8, not an object) is a UserInputError
+    naming it and, for bad JSON, the line and the column."""
     p = Path(path)
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
+        value = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise UserInputError(f"{what or p} is damaged (not valid JSON at line {err.lineno}, column {err.colno}: "
+        raise UserInputError(f"{p} is damaged (not valid JSON at line {err.lineno}, column {err.colno}: "
                              f"{err.msg}); delete it or choose another directory") from None
     except UnicodeDecodeError:
-        raise UserInputError(f"{what or p} is damaged (not UTF-8 text); delete it or choose another directory") \
-            from None
+        raise UserInputError(f"{p} is damaged (not UTF-8 text); delete it or choose another directory") from None
+    if not isinstance(value, dict):
+        raise UserInputError(f"{p} is damaged (not a JSON object); delete it or choose another directory")
+    return value
+
+
+def atomic_write(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, fsynced and renamed: readers see the old file or
+    the new one, never half of one."""
+    p = Path(path)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+def write_jsonl(path, records) -> None:
+    """Replace ``path`` atomically with one ``dumps`` line per record."""
+    atomic_write(path, "".join(dumps(r) + "\n" for r in records).encode("utf-8"))
 
 
 def read_jsonl(path) -> tuple[list[tuple[int, object]], list[int], bool]:

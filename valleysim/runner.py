@@ -24,7 +24,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from valleysim.errors import warn
-from valleysim.jsonout import dumps, read_jsonl
+from valleysim.jsonout import dumps, read_jsonl, write_jsonl
 
 _THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -52,9 +52,7 @@ def load_store(store: str | Path) -> dict[str, dict]:
         else:
             damaged.append(line)
     if damaged or torn:
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text("".join(dumps(r) + "\n" for r in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        write_jsonl(path, kept)
         if damaged:
             warn(f"{path}: dropped {len(damaged)} damaged line(s) (line {', '.join(map(str, sorted(damaged)))}); "
                  "their points are computed again")
