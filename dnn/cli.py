@@ -122,7 +122,6 @@ def cmd_crosscheck(a) -> int:
     from dnn.crosscheck import PRESETS, run_crosscheck
     from dnn.data import load_cifar10
     from dnn.predictions import to_markdown
-
     from dnn.train import check_device
 
     if a.preset not in PRESETS:

@@ -168,12 +168,12 @@ def check_device(name: str, what: str = "--device") -> torch.device:
     return dev
 
 
-def train_bytes(cfg: TrainConfig, input_shape, num_classes: int = 10) -> float:
-    """Peak memory of a run, in bytes (estimate, on the meta device): the parameters about 4 times in
-    float32 (model, gradient, momentum, the objective's copy) plus, in the measurement dtype, the Lanczos
-    basis (lanczos_max_iter + top_k vectors) and the covariance probe's cov_batches gradients; the
-    activations of max(batch, 64) examples, 4 times (forward, backward, double backward)."""
-    params, acts = footprint(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width)
+def train_bytes(cfg: TrainConfig, params: int, acts: int) -> float:
+    """Peak memory of a run, in bytes, from the model's ``footprint`` (params, activations per example): the
+    parameters about 4 times in float32 (model, gradient, momentum, the objective's copy) plus, in the
+    measurement dtype, the Lanczos basis (lanczos_max_iter + top_k vectors) and the covariance probe's
+    cov_batches gradients; the activations of max(batch, 64) examples, 4 times (forward, backward, double
+    backward)."""
     m = 8 if cfg.measure_dtype == "float64" else 4
     vectors = cfg.lanczos_max_iter + cfg.top_k + 4 + (cfg.cov_batches if "covariance" in cfg.probes else 0)
     return float(params) * (4 * 4 + m * vectors) + 4.0 * 4 * acts * max(cfg.batch, 64)
@@ -199,8 +199,8 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
         raise UserInputError(f"batch {cfg.batch} is larger than the training set ({len(images)})")
     device = check_device(cfg.device)
     input_shape = input_shape or (images.shape[3], images.shape[1], images.shape[2])
-    check_fits(train_bytes(cfg, input_shape, num_classes), f"training {cfg.model} at width {cfg.width:g} "
-               f"({footprint(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width)[0]:,} "
+    params, acts = footprint(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width)
+    check_fits(train_bytes(cfg, params, acts), f"training {cfg.model} at width {cfg.width:g} ({params:,} "
                f"parameters, batch {cfg.batch})")
     store = RunStore(out, cfg.as_dict())
     mean, std = channel_stats(images)

@@ -12,9 +12,9 @@ Tr(H_xx) and min Tr(H_xx) / lambda_max over the grid.
 from __future__ import annotations
 
 import _common as C
-from valleysim import argtypes as T
 import numpy as np
 
+from valleysim import argtypes as T
 from valleysim import break_even_sim as bes
 
 ETAS = (0.05, 0.1, 0.2, 0.4)

@@ -13,11 +13,11 @@ from __future__ import annotations
 import math
 
 import _common as C
-from valleysim import argtypes
 import numpy as np
 import sympy as sp
 
 from proofs import nsgd as pn
+from valleysim import argtypes
 from valleysim import nsgd as ns
 
 

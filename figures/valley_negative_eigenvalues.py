@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 
 import _common as C
-from valleysim import argtypes as T
 import numpy as np
 
+from valleysim import argtypes as T
 from valleysim.valley_landscape import catalogue
 from valleysim.valley_noise import make_noise
 from valleysim.valley_sim import predictions, simulate_valley, summarise

@@ -10,9 +10,9 @@ Delta T over a window, R trajectories. Theory (Theorem 1, corrected): dT/step = 
 from __future__ import annotations
 
 import _common as C
-from valleysim import argtypes as T
 import numpy as np
 
+from valleysim import argtypes as T
 from valleysim.valley_landscape import catalogue
 from valleysim.valley_noise import make_noise
 from valleysim.valley_sim import simulate_valley, summarise

@@ -12,9 +12,9 @@ started at the window's mean theta_hat (dotted; no simulation input beyond the s
 from __future__ import annotations
 
 import _common as C
-from valleysim import argtypes as T
 import numpy as np
 
+from valleysim import argtypes as T
 from valleysim import valley_theory as vt
 from valleysim.valley_landscape import catalogue
 from valleysim.valley_noise import make_noise

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 
-
 from valleysim import argtypes as T
 from valleysim import nsgd as ns
 from valleysim.jsonout import dumps

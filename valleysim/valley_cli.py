@@ -58,22 +58,21 @@ def cmd_valley(args) -> int:
     record_every = args.record_every or max(1, args.steps // 50)
     if record_every > args.steps:
         raise UserInputError(f"--record-every must be in 1..--steps ({args.steps}); got {record_every}")
-    plot_dir = args.plot
     run = simulate_valley(land, noise, args.eta, steps=args.steps, burn_in=args.burn_in,
                           trajectories=args.trajectories, seed=args.seed, record_every=record_every)
     summary = {k: json_safe(v) for k, v in summarise(run).items()}
-    if plot_dir is not None:
+    if args.plot is not None:
         from valleysim.valley_plots import plot_run
 
-        plot_dir.mkdir(parents=True, exist_ok=True)
-        plot_run(run, plot_dir / "valley.png")
-        (plot_dir / "valley.json").write_text(dumps(summary, indent=2) + "\n", encoding="utf-8")
+        args.plot.mkdir(parents=True, exist_ok=True)
+        plot_run(run, args.plot / "valley.png")
+        (args.plot / "valley.json").write_text(dumps(summary, indent=2) + "\n", encoding="utf-8")
     if args.json:
         print(dumps(summary, indent=2))
     else:
         print(format_summary(summary))
-        if plot_dir is not None:
-            print(f"figure -> {(plot_dir / 'valley.png').resolve()}")
+        if args.plot is not None:
+            print(f"figure -> {(args.plot / 'valley.png').resolve()}")
     return 0
 
 

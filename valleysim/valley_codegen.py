@@ -55,9 +55,9 @@ _FALLBACK: list[Path] = []     # the temporary cache of this process, once the c
 def cache_dir() -> Path:
     """The kernel cache: ``$VALLEYSIM_CACHE``/kernels (default ~/.cache/valleysim/kernels) if it can be
     written, else a temporary directory for this process, with a warning."""
-    path = Path(os.environ.get("VALLEYSIM_CACHE", Path.home() / ".cache" / "valleysim")) / "kernels"
     if _FALLBACK:
         return _FALLBACK[0]
+    path = Path(os.environ.get("VALLEYSIM_CACHE", Path.home() / ".cache" / "valleysim")) / "kernels"
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
