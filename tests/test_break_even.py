@@ -218,6 +218,10 @@ def test_unreached_break_even_is_reported_as_not_reached(capsys):
         assert s[k] is None, k
     assert s["max_curvature"] < s["predicted_break_even"]                 # rose, never turned back
     need = bes.steps_for_break_even(bes.SharpeningLandscape.make(), 0.02, 8)
+    c = (64 - 8) / (8 * (64 - 1))                                       # c(S, N) by hand
+    lam_star = 2 / (0.02 * (1 + c))                                     # sigma = 1: lambda* = 90
+    assert s["predicted_break_even"] == pytest.approx(lam_star, rel=1e-12)
+    assert need == math.ceil(2.5 * math.log(lam_star) / (0.02 * 0.001) + 500)   # a(z) = e^z, z grows eta beta
     assert s["steps_for_break_even"] == need and f"--steps {need}" in s["note"]
     # the default length is enough, and reaches it (the cap is 5e6 steps, stated in the summary)
     land = bes.SharpeningLandscape.make()
