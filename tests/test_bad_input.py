@@ -285,3 +285,13 @@ def test_a_network_that_cannot_fit_is_refused_before_the_run_directory_exists(wo
     code, _, err = cli("dnn", "train", "--data", data, "--out", "run", "--width", "1000", "--batch", "4")
     assert code == 2 and "parameters, batch 4) needs about" in err and err.count("\n") == 1, err
     assert not (workdir / "run").exists()
+
+
+def test_a_closed_stdout_stops_quietly(tmp_path):
+    """`valleysim ... | head`: the reader goes away; no error line, exit 141 (SIGPIPE's shell code)."""
+    proc = subprocess.Popen([sys.executable, "-m", "valleysim.cli", "walk", "--steps", "50", "--trajectories", "4",
+                             "--json"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                                   # gone before the first line is written
+    with proc.stderr:
+        err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""

@@ -6,6 +6,7 @@ The CLI turns a ``UserInputError`` into a one-line message and exit code 2.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -96,13 +97,18 @@ def check_out_dir(path, what: str = "--out") -> Path:
 
 def report_errors(fn, *args, prog: str = "valleysim") -> int:
     """``fn(*args)`` as a command: a UserInputError is one line ``prog: error: ...`` and exit code 2; the
-    machine failing the run (out of memory, a full or vanished disk) one line and exit code 1; an
-    interruption exit code 130 (finished work is kept: stores resume)."""
+    machine failing the run (out of memory, a full or vanished disk) one line and exit code 1; a closed
+    stdout (``| head``) nothing and 141; an interruption exit code 130 (finished work is kept: stores
+    resume)."""
     try:
         return fn(*args)
     except UserInputError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:              # the reader of stdout went away (`| head`): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except MemoryError:
         print(f"{prog}: error: out of memory (the sizes passed the estimate before the run but not the run; "
               "lower them)", file=sys.stderr)
