@@ -5,7 +5,7 @@ examples without replacement for every trajectory r, then
 u_r <- u_r - eta (1/S) sum_{i in B_r} H_i u_r.   Work: 2 S D^2 flops per
 trajectory-step (the Hessian-vector products), the count behind GFLOP/s.
 
-- numba: ``valleysim.integrator.simulate``, the project's kernel (RNG, batch
+- numba: ``valleysim.quadratic.integrator.simulate``, the project's kernel (RNG, batch
   draw, update fused; blocks of trajectories in lockstep with the batch pairs
   sorted by example), timed for R x T after a compile call, at 1 and 2
   threads; the runs must agree bitwise.
@@ -43,8 +43,8 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from valleysim.integrator import simulate  # noqa: E402
-from valleysim.quadratic import generate  # noqa: E402
+from valleysim.quadratic.integrator import simulate  # noqa: E402
+from valleysim.quadratic.landscape import generate  # noqa: E402
 
 D, N, S, R, T = 64, 1000, 16, 1024, 2000
 
@@ -187,15 +187,15 @@ def main(argv=None) -> dict:
 
     roof = matmul_gflops()
     print(f"float64 matmul (2048^2, numpy/OpenBLAS, {THREADS} threads): {roof:.1f} GFLOP/s")
-    simulate(q, eta, S, 2, n_traj=4, seed=1)  # compile (or load the cache)
-    setup = best_seconds(lambda: simulate(q, eta, S, 0, n_traj=R, seed=1), 2)
+    simulate(q, eta, S, steps=2, trajectories=4, seed=1)  # compile (or load the cache)
+    setup = best_seconds(lambda: simulate(q, eta, S, steps=0, trajectories=R, seed=1), 2)
     rows, finals = [], []
     for k in sorted({1, THREADS}):
         numba.set_num_threads(k)
         runs = []
         for _ in range(2):
             t0 = time.perf_counter()
-            rec = simulate(q, eta, S, n_steps, n_traj=R, seed=1, record_every=n_steps)
+            rec = simulate(q, eta, S, steps=n_steps, trajectories=R, seed=1, record_every=n_steps)
             runs.append(time.perf_counter() - t0)
             finals.append(rec.dist2[:, -1])
         rows.append({"impl": "numba kernel", "threads": k, "seconds": min(runs)})

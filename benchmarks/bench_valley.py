@@ -5,7 +5,7 @@ x_{t+1} = x_t - eta (grad L(x_t) + xi_t),  xi_i ~ N(0, scale lambda_i) on t1, t2
 with the kernel's per-step checks (lambda_i > 0, |x_d| < 1e100) and its window
 accumulators (theta_i^2, theta . g_B, |g_B|^2, every step).
 
-- numba: ``simulate_valley`` (the generated, cached kernel; one xoroshiro128+
+- numba: ``simulate`` (the generated, cached kernel; one xoroshiro128+
   stream per trajectory, Box-Muller normals), R x T after a warm-up call, at 2
   and 1 threads; the records must agree bitwise between thread counts.
 - numpy: the same step vectorised over trajectories ((4, R) arrays, in-place
@@ -52,10 +52,10 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from valleysim.rng import normal, seed_state  # noqa: E402
-from valleysim.valley_codegen import OBSERVABLES, kernel_source  # noqa: E402
-from valleysim.valley_landscape import catalogue  # noqa: E402
-from valleysim.valley_noise import make_noise  # noqa: E402
-from valleysim.valley_sim import simulate_valley  # noqa: E402
+from valleysim.valley.codegen import OBSERVABLES, kernel_source  # noqa: E402
+from valleysim.valley.landscape import catalogue  # noqa: E402
+from valleysim.valley.noise import make_noise  # noqa: E402
+from valleysim.valley.sim import simulate  # noqa: E402
 
 LANDSCAPE, NOISE, SCALE_, ETA, SEED = "exp-toy", "sgd", 0.1, 0.01, 1
 R_FULL, T_FULL = 4096, 10000
@@ -407,12 +407,12 @@ def step_counts(src: str, D: int) -> dict:
 _CHILD = """
 import time
 t0 = time.perf_counter()
-from valleysim.valley_landscape import catalogue
-from valleysim.valley_noise import make_noise
-from valleysim.valley_sim import simulate_valley
+from valleysim.valley.landscape import catalogue
+from valleysim.valley.noise import make_noise
+from valleysim.valley.sim import simulate
 land = catalogue({land!r}); noise = make_noise(land, {noise!r}, scale={scale!r})
 t1 = time.perf_counter()
-simulate_valley(land, noise, {eta!r}, steps=10, trajectories=8, seed=0)
+simulate(land, noise, {eta!r}, steps=10, trajectories=8, seed=0)
 t2 = time.perf_counter()
 print(t1 - t0, t2 - t1)
 """
@@ -463,7 +463,7 @@ def main(argv=None) -> dict:
     def numba_at(k):
         def go():
             numba.set_num_threads(k)
-            return simulate_valley(land, noise, ETA, steps=T, burn_in=0, trajectories=R, seed=SEED, record_every=T)
+            return simulate(land, noise, ETA, steps=T, burn_in=0, trajectories=R, seed=SEED, record_every=T)
         return go
 
     impls = {("numba kernel", k): numba_at(k) for k in ((THREADS, 1) if THREADS > 1 else (1,))}
@@ -472,7 +472,7 @@ def main(argv=None) -> dict:
         import torch
         torch.set_num_threads(1)      # elementwise ops on R = 4096 are below torch's parallel grain anyway
         impls[("torch vectorised", 1)] = lambda: torch_run(R, T, ETA, SCALE_, x0, seed=SEED)
-    simulate_valley(land, noise, ETA, steps=10, trajectories=8, seed=SEED)      # compile or load the cache
+    simulate(land, noise, ETA, steps=10, trajectories=8, seed=SEED)      # compile or load the cache
     numpy_run(R, 2, ETA, SCALE_, x0)
     if not args.no_torch:
         torch_run(R, 2, ETA, SCALE_, x0)
@@ -526,7 +526,7 @@ def main(argv=None) -> dict:
         print(f"{r['impl']:<18}{r['threads']:>8}{r['seconds']:>9.2f}{r['ns_per_traj_step']:>14.1f}"
               f"{r['vs_numpy']:>9.2f}")
     print(f"(best of {repeat} rounds, implementations in turn; numba after a warm-up call, its seconds include "
-          f"simulate_valley's setup; numpy and torch run their elementwise ops on one thread)")
+          f"simulate's setup; numpy and torch run their elementwise ops on one thread)")
     print(f"numba {THREADS} vs 1 threads: records, window sums and status bitwise identical: {bitwise}; "
           f"completed {int(ok.sum())}/{R}")
     for name, c in checks.items():
@@ -562,7 +562,7 @@ def main(argv=None) -> dict:
 
     print("\ncompile cache (fresh interpreter, $VALLEYSIM_CACHE empty, then the same cache again):")
     for label, c in cache.items():
-        print(f"  {label:<5} import {c['import']:.2f} s, first simulate_valley (R=8, T=10) {c['first_call']:.2f} s, "
+        print(f"  {label:<5} import {c['import']:.2f} s, first simulate (R=8, T=10) {c['first_call']:.2f} s, "
               f"whole process {c['process']:.2f} s")
 
     result = {"config": {"landscape": LANDSCAPE, "noise": NOISE, "scale": SCALE_, "eta": ETA, "R": R, "T": T,

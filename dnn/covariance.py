@@ -49,25 +49,9 @@ from valleysim.errors import UserInputError, check_int_range
 from valleysim.theory import variance_factor
 
 __all__ = [
-    "finite_population_factor", "mini_batch_indices", "mini_batch_gradients", "covariance_from_gram",
+    "mini_batch_indices", "mini_batch_gradients", "covariance_from_gram",
     "gradient_covariance", "exact_covariance",
 ]
-
-
-def finite_population_factor(batch_size: int, n_total: int | None) -> float:
-    """c(M, N) with E[(g_B - g)(g_B - g)^T] = c K for one uniform batch of size M = ``batch_size``:
-    (N - M) / (M (N - 1)) without replacement from N = ``n_total`` examples, 1 / M with replacement
-    (``n_total`` None; also the N -> inf limit)."""
-    M = check_int_range(batch_size, "batch_size", 1)
-    if n_total is None:
-        return variance_factor(M, M, "with_replacement")
-    N = check_int_range(n_total, "n_total", 1)
-    check_int_range(M, "batch_size", 1, N)
-    if M == N:
-        raise UserInputError(
-            f"batch_size must be < n_total = {N} for batches drawn without replacement (a batch of all "
-            f"examples has g_B = g, so it carries no information on K); got {M}")
-    return variance_factor(M, N)
 
 
 def mini_batch_indices(n: int, n_batches: int = 25, batch_size: int = 128, *, seed: int = 0,
@@ -146,7 +130,12 @@ def covariance_from_gram(G_batches: torch.Tensor, g_full: torch.Tensor, batch_si
     check_int_range(k, "k", 1)
     if tuple(g_full.shape) != (P,):
         raise UserInputError(f"g_full must have shape ({P},), got {tuple(g_full.shape)}")
-    c = finite_population_factor(batch_size, n_total)
+    M = check_int_range(batch_size, "batch_size", 1)
+    if n_total is not None and check_int_range(M, "batch_size", 1, check_int_range(n_total, "n_total", 1)) == n_total:
+        raise UserInputError(
+            f"batch_size must be < n_total = {n_total} for batches drawn without replacement (a batch of all "
+            f"examples has g_B = g, so it carries no information on K); got {M}")
+    c = variance_factor(M, M, "with_replacement") if n_total is None else variance_factor(M, n_total)
     D = G_batches.to(torch.float64) - g_full.to(device=G_batches.device, dtype=torch.float64)
     return _spectrum(D, 1.0 / (L * c), k)
 

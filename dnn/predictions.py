@@ -3,7 +3,7 @@
 Pure arithmetic on the probe rows that ``valleysim dnn train`` stores (one dict per probe, keys of
 :mod:`dnn.probes` and :mod:`dnn.train`: step, epoch, train_acc_running, measure_acc, lambda_max,
 lambda_K, trace_K, trace_ratio, curvature_mean, curvature_var, ...). No torch. Every formula lives in
-:mod:`valleysim.theory` or :mod:`valleysim.break_even_sim`; this module only selects, aggregates and
+:mod:`valleysim.theory` or :mod:`valleysim.break_even`; this module only selects, aggregates and
 compares.
 
 Notation: eta learning rate, S batch size, N training-set size, c = c(S, N) =
@@ -38,7 +38,7 @@ from typing import Iterable, Sequence
 import numpy as np
 from scipy import stats
 
-from valleysim import break_even_sim as bes
+from valleysim import break_even as bes
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
 from valleysim.stats import mean_se
 from valleysim.theory import break_even_curvature, eta_star_1d, stability_factor, variance_factor
@@ -293,7 +293,7 @@ def _slope_se(t: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
 def calibrate_toy(rows, eta, S, N, *, max_acc: float | None = None, q_threshold: float = 0.95,
                   trajectories: int = 16, steps: int | None = None, max_steps: int = 200_000,
                   offset: float = 1e-3, landscape_seed: int = 0, seed: int = 0) -> dict:
-    """Fit R2's sharpening toy (``break_even_sim.SharpeningLandscape``, one sharp direction) to the
+    """Fit R2's sharpening toy (``valleysim.break_even.SharpeningLandscape``, one sharp direction) to the
     early phase of a network run, simulate it at the same (eta, S, N), and return its predictions.
 
     Measured (early phase, ``early_phase_end``):
@@ -317,10 +317,10 @@ def calibrate_toy(rows, eta, S, N, *, max_acc: float | None = None, q_threshold:
     c sigma^2))), the toy's alpha-based equivalent, and the toy's outcome over the trajectories that
     did not diverge: toy_max_curvature (mean of per-trajectory maxima; _se), toy_step_of_max (network
     steps, offset by the first early step), toy_reached (trajectories that reached break-even in the
-    first half of the run, ``break_even_sim.break_even_per_trajectory``) and over those
+    first half of the run, ``valleysim.break_even.break_even_per_trajectory``) and over those
     toy_settled_curvature (median of the last half) and toy_break_even_step (first record reaching the
     settled level; both NaN when none reached, with ``toy_note``), toy_diverged. The toy runs
-    ``break_even_sim.default_steps``, at most ``max_steps`` (``toy_steps``).
+    ``valleysim.break_even.default_steps``, at most ``max_steps`` (``toy_steps``).
     """
     eta, S, N = _check_run(eta, S, N)
     if N < 2:

@@ -35,9 +35,9 @@ from torch import nn
 from dnn.eigen import frobenius_from_top as _frobenius_from_top
 from dnn.models import last_bn_scale
 from valleysim.errors import UserInputError, check_positive
-from valleysim.nsgd import ALPHAS
+from valleysim.nsgd.directions import ALPHAS
 from valleysim.stats import mean_se
-from valleysim.walk import GRAD_ATOL
+from valleysim.walk.metrics import GRAD_ATOL
 
 __all__ = ["ALPHAS", "alpha_key", "loss_change_along_top", "alpha_star", "gradient_alignment",
            "per_example_curvature_stats", "frobenius_top", "bn_scale_norm", "nsgd_direction"]

@@ -14,7 +14,7 @@ import torch
 
 from dnn.step_probes import check_vector
 from valleysim.errors import UserInputError, check_int_range
-from valleysim.walk import GRAD_ATOL, N_INTERP, interpolation_alphas, segment_metrics
+from valleysim.walk.metrics import GRAD_ATOL, N_INTERP, interpolation_alphas, segment_metrics
 
 __all__ = ["segment_walk_metrics", "cos_consecutive", "distance_from_init", "WalkTracker"]
 

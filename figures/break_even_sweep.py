@@ -1,6 +1,6 @@
 """Break-even point (R2): simulated max curvature vs the predicted lambda*(eta, S) over an (eta, S) grid.
 
-Landscape ``valleysim.break_even_sim.SharpeningLandscape`` (N = 64, sigma = 1, offset 0.001,
+Landscape ``valleysim.break_even.SharpeningLandscape`` (N = 64, sigma = 1, offset 0.001,
 beta = 0.001): the curvature a(z) = exp(z) grows as training drives z until SGD loses mean-square
 stability along x; then bursts of x push z back. Prediction (R1 with s^2 = sigma^2 lambda^2):
 lambda* = 2 / (eta (1 + c(S, N) sigma^2)), 2 / eta at S = N (GD). Left: max curvature and the
@@ -15,7 +15,7 @@ import _common as C
 import numpy as np
 
 from valleysim import argtypes as T
-from valleysim import break_even_sim as bes
+from valleysim import break_even as bes
 
 ETAS = (0.05, 0.1, 0.2, 0.4)
 BATCHES = (1, 2, 4, 8, 16, 64)

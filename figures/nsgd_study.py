@@ -44,12 +44,12 @@ def main(argv=None) -> int:
                      ("NSGD own step", None)):
         # "NSGD own step": the NSGD states again, but the multiple is of NSGD's own step gamma eta g1 along e_1
         if kw is not None:
-            run = ns.simulate(land, kw.pop("method"), eta=eta, S=S, T=T, R=min(R, 4), seed=args.seed + 100,
+            run = ns.simulate(land, method=kw.pop("method"), eta=eta, batch_size=S, steps=T, trajectories=min(R, 4), seed=args.seed + 100,
                               record_every=50, keep_theta=True, recompute=recompute, **kw)
             runs[name] = run["thetas"][run["steps"] >= burn].reshape(-1, land.D)
         th = runs.get(name, runs.get("NSGD g=.01"))
         eta_lc = eta if kw is not None else 0.01 * eta
-        lc = ns.loss_change_along_top(land, th, eta=eta_lc, S=S, seed=args.seed)
+        lc = ns.loss_change_along_top(land, th, eta=eta_lc, batch_size=S, seed=args.seed)
         al = lc["alphas"]
         quad = dL(al[None, None, :], eta_lc, lc["g1"][..., None], lc["G"][:, None, None], lc["lam"][:, None, None]).mean(1)
         lc_data[name] = {"alphas": al, "change": lc["change"].mean(0),
@@ -79,10 +79,10 @@ def main(argv=None) -> int:
                    ("pct", "% of L", ".3g"), ("quad", "quad. form", ".4g")]))
 
     # --- panels 2-3: gamma sweep and the SGD variants ------------------------------------------------------
-    sweep = ns.gamma_sweep(land, eta=eta, S=S, T=T, K=K, recompute=recompute, R=R, seed=args.seed, record_every=every)
+    sweep = ns.gamma_sweep(land, eta=eta, batch_size=S, steps=T, K=K, recompute=recompute, trajectories=R, seed=args.seed, record_every=every)
     variants = {}
     for m in ("sgd_top", "sgd_no_top", "sgd_constant_top"):
-        run = ns.simulate(land, m, eta=eta, S=S, T=T, K=K, R=R, seed=args.seed, record_every=every)
+        run = ns.simulate(land, method=m, eta=eta, batch_size=S, steps=T, K=K, trajectories=R, seed=args.seed, record_every=every)
         n = max(1, round(0.2 * len(run["steps"])))
         variants[m] = {"steps": run["steps"], "loss_curve": np.nanmean(run["loss"], 1),
                        "lambda_curve": np.nanmean(run["lambda_max"], 1), "final_loss": float(np.nanmean(run["loss"][-1])),

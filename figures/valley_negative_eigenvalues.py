@@ -21,10 +21,10 @@ import _common as C
 import numpy as np
 
 from valleysim import argtypes as T
-from valleysim.valley_landscape import catalogue
-from valleysim.valley_noise import make_noise
-from valleysim.valley_sim import predictions, simulate_valley, summarise
-from valleysim.valley_theory import schur_blocks
+from valleysim.valley.landscape import catalogue
+from valleysim.valley.noise import make_noise
+from valleysim.valley.sim import predictions, simulate, summarise
+from valleysim.valley.theory import schur_blocks
 
 LANDSCAPES = {"abs-toy": "t3=1,t4=1", "exp-toy": "t3=2.5,t4=1.5"}
 ETAS = (0.005, 0.01, 0.02, 0.04)
@@ -51,7 +51,7 @@ def measure(land, eta: float, S: int, M: int, R: int, n_rec: int, seed: int) -> 
     noise = make_noise(land, "sgd", S=S, M=M)
     lam_min = float(land.eval_lambdas(np.asarray(land.init)).min())
     tau = max(int(round(1 / (eta * lam_min))), 1)                       # relaxation time of the softest theta
-    run = simulate_valley(land, noise, eta, steps=n_rec * tau, burn_in=8 * tau, trajectories=R, seed=seed,
+    run = simulate(land, noise, eta, steps=n_rec * tau, burn_in=8 * tau, trajectories=R, seed=seed,
                           record_every=tau)
     s = summarise(run)
     ok = run.completed

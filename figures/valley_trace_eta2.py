@@ -13,9 +13,9 @@ import _common as C
 import numpy as np
 
 from valleysim import argtypes as T
-from valleysim.valley_landscape import catalogue
-from valleysim.valley_noise import make_noise
-from valleysim.valley_sim import simulate_valley, summarise
+from valleysim.valley.landscape import catalogue
+from valleysim.valley.noise import make_noise
+from valleysim.valley.sim import simulate, summarise
 
 ETAS = (0.002, 0.004, 0.006, 0.008, 0.010, 0.012, 0.016, 0.020, 0.025, 0.030)
 
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
 
     rows, sums = [], []
     for k, eta in enumerate(etas):
-        run = simulate_valley(land, noise, eta, steps=steps, burn_in=burn_in, trajectories=R,
+        run = simulate(land, noise, eta, steps=steps, burn_in=burn_in, trajectories=R,
                               seed=args.seed + k, record_every=steps // 10)
         s = summarise(run)
         sums.append(s)

@@ -5,7 +5,7 @@ lambda_2 = 2 exp(-d^2) with s = t3 + t4, d = t3 - t4 (grad lambda_1 and grad lam
 Noise: ``sgd`` (C = c diag(lambda)) and ``isotropic`` (C = sigma I on theta) with matched total
 noise power at the start, sigma = c T0 / 2. Each row of the figure is one starting point; the
 trace and the log det are ensemble means with 2 SE bands, the integrated drift along the
-simulated trajectories (valley_plots.predicted_path, dashed) and a mean-field ODE for theta_hat
+simulated trajectories (valley.plots.predicted_path, dashed) and a mean-field ODE for theta_hat
 started at the window's mean theta_hat (dotted; no simulation input beyond the start).
 """
 
@@ -15,11 +15,11 @@ import _common as C
 import numpy as np
 
 from valleysim import argtypes as T
-from valleysim import valley_theory as vt
-from valleysim.valley_landscape import catalogue
-from valleysim.valley_noise import make_noise
-from valleysim.valley_plots import ensemble_band, predicted_path
-from valleysim.valley_sim import predictions, simulate_valley, summarise
+from valleysim.valley import theory as vt
+from valleysim.valley.landscape import catalogue
+from valleysim.valley.noise import make_noise
+from valleysim.valley.plots import ensemble_band, predicted_path
+from valleysim.valley.sim import predictions, simulate, summarise
 
 #: Catalogue start (lambda_2 dominates grad T) and a start where grad lambda_1 dominates grad T.
 INITS = ("t3=2.5,t4=1.5", "t3=1,t4=-0.75")
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
               f"{[round(Aw, 4), round(Bw, 4)]}; c = {c:.4g}, isotropic sigma = c T0/2 = {sigma:.4g}; "
               f"claim holds at the start iff {sig_lo:.4g} < sigma < {sig_hi:.4g}")
         for k, (name, noise) in enumerate((("sgd", sgd), ("isotropic", iso))):
-            run = simulate_valley(land, noise, eta, steps=steps, burn_in=burn_in, trajectories=R,
+            run = simulate(land, noise, eta, steps=steps, burn_in=burn_in, trajectories=R,
                                   seed=args.seed + 10 * row + k, record_every=rec_every)
             s = summarise(run)
             s["eta"], s["batch"] = eta, f"{init} {name}"

@@ -20,7 +20,7 @@ import math
 import _common as C
 import numpy as np
 
-from valleysim.walk import TRACE_FIELDS, WalkLandscape, per_bin, simulate_walk, summarise
+from valleysim.walk import TRACE_FIELDS, WalkLandscape, per_bin, simulate, summarise
 
 F = {name: j for j, name in enumerate(TRACE_FIELDS)}
 KEYS = ("height", "cos", "distance", "progress", "barriers_total", "final_loss", "flat_norm",
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     def run(opt, eta, S=None, **kw):
         seed[0] += 1
-        return simulate_walk(land, opt, eta, steps=T, trajectories=1 if opt == "gd" else R, batch=S,
+        return simulate(land, eta, optimizer=opt, steps=T, trajectories=1 if opt == "gd" else R, batch_size=S,
                              seed=seed[0], n_bins=4, **kw)
 
     print(f"landscape: N={land.N}, wall curvature at the floor k={k:.4f}, D={land.D}; T={T} steps, "
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
                               width=math.inf, barrier=0.0, n_flat=0)
     t4 = []
     for ek in (0.5, 0.9, 1.5, 1.9):
-        r = simulate_walk(quad, "gd", ek, steps=30, trajectories=1, n_rec=1)
+        r = simulate(quad, ek, optimizer="gd", steps=30, trajectories=1, n_rec=1)
         cos = r.traces[0, 1:, F["cos"]]
         t4.append({"wall": "quadratic", "eta_k": ek, "cos_mean": float(np.nanmean(cos)),
                    "cos_predicted": float(np.sign(1 - ek)), "x_30": float(r.theta_end[0, 0]),

@@ -93,7 +93,7 @@ break_even_curvature_proportional = _prop_roots[0]   # per-example curvatures la
 
 
 def check_proportional_spread() -> None:
-    """The dynamical toy of valleysim.break_even_sim: the curvature spread grows with the mean, s = sigma lam."""
+    """The dynamical toy of valleysim.break_even: the curvature spread grows with the mean, s = sigma lam."""
     check_true(len(_prop_roots) == 1, "one nonzero root of q = 1")
     check(break_even_curvature_proportional, 2 / (eta * (1 + c * sigma**2)), "lambda* = 2 / (eta (1 + c sigma^2))")
     check(sp.diff(break_even_curvature_proportional, eta) * eta**2 * (1 + c * sigma**2), -2, "decreases with eta")
@@ -133,7 +133,7 @@ STEPS = [
     "The paper's Eq. 4 equals lambda* (psi = 1); its concluding sentence reverses both "
     "monotonicities (see proofs/ERRATA.md).",
     "Spread proportional to the mean (per-example curvatures lam (1 + sigma xi_i), the dynamical toy of "
-    "valleysim.break_even_sim): s2 = sigma^2 lam^2, so q = 1 at lambda* = 2/(eta (1 + c sigma^2)), "
+    "valleysim.break_even): s2 = sigma^2 lam^2, so q = 1 at lambda* = 2/(eta (1 + c sigma^2)), "
     "decreasing in eta, 2/eta at S = N; the paper's form with alpha = sigma^2 lambda*.",
 ]
 

@@ -10,7 +10,7 @@ separation, paper Sec. 2.1.3); <.> is the stationary average.
 Two kinds of symbols are used: generic sympy Functions lambda_i(theta_hat) for the calculus
 (chain rule, Hessian blocks), and plain symbols for the values at one point (lam_i,
 g_ik = d lambda_i / d theta_hat_k, hl_i_kl = d2 lambda_i / d theta_hat_k d theta_hat_l), which
-are what ``tests/test_proofs_valley.py`` lambdifies and compares with ``valleysim.valley_theory``.
+are what ``tests/test_proofs_valley.py`` lambdifies and compares with ``valleysim.valley.theory``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ Derandomized: the examples are a function of the test, so CI is reproducible;
 `pytest --hypothesis-profile=explore` draws new ones (and more of them).
 """
 
+import subprocess
+import sys
+
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -37,4 +40,20 @@ def cli(capsys):
             code = exc.code
         captured = capsys.readouterr()
         return code, captured.out, captured.err
+    return run
+
+
+VALLEYSIM = [sys.executable, "-m", "valleysim"]   # the command as a user runs it, in a separate process
+
+
+@pytest.fixture
+def installed(tmp_path):
+    """The valleysim command in its own process, in ``tmp_path``: installed(*argv) -> CompletedProcess
+    (text stdout / stderr); ``installed.popen(*argv)`` gives the raw Popen (byte pipes)."""
+    def run(*argv, timeout: float = 300):
+        return subprocess.run([*VALLEYSIM, *map(str, argv)], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=timeout)
+
+    run.popen = lambda *argv: subprocess.Popen([*VALLEYSIM, *map(str, argv)], cwd=tmp_path,
+                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return run

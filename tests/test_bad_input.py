@@ -9,8 +9,6 @@ zero, 1e308, 1e-320, huge integers and non-numbers; paths; devices; stores).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ from valleysim.runner import load_store, run_sweep
 HUGE = "1e12"
 QUICK_VALLEY = ["valley", "--loss", "abs-toy", "--eta", "0.01", "--noise-scale", "1", "--steps", "20",
                 "--burn-in", "20", "--trajectories", "8"]
-QUICK_PHASE = ["phase-diagram", "--etas", "0.1,1", "--batch-sizes", "1,2", "--n-traj", "4", "--n-steps", "10",
+QUICK_PHASE = ["phase-diagram", "--etas", "0.1,1", "--batch-sizes", "1,2", "--trajectories", "4", "--steps", "10",
                "--quiet"]
 
 CASES = [
@@ -32,7 +30,7 @@ CASES = [
     (["stability", "--n-examples", HUGE, "--eta", "0.5", "--batch", "4"], "needs about"),
     (["stability", "--eta", "0.5", "--batch", "4", "--simulate", "--n-traj", "1e10"], "needs about"),
     (["phase-diagram", "--n-examples", HUGE, "--out", "pd"], "needs about"),
-    (QUICK_PHASE + ["--n-traj", HUGE, "--out", "pd"], "needs about"),
+    (QUICK_PHASE + ["--trajectories", HUGE, "--out", "pd"], "needs about"),
     (QUICK_VALLEY + ["--trajectories", "1e10"], "needs about"),
     (QUICK_VALLEY + ["--steps", "1e8", "--record-every", "1"], "needs about"),
     (["break-even", "--eta", "0.1", "--batch", "8", "--n-examples", HUGE], "n_examples N must be in 2..2147483648"),
@@ -58,13 +56,13 @@ CASES = [
     (["stability", "--eta", "0.5", "--batch", "4", "--landscape-seed", "-1"], "argument --landscape-seed"),
     (["stability", "--eta", "0.5", "--batch", "4", "--seed", "-99999999999999999999"], "argument --seed"),
     (["stability", "--eta", "0.5", "--batch", "4", "--seed", str(2**63)], "argument --seed"),
-    (["stability", "--eta", "0.5", "--batch", "4", "--n-steps", "1"], "argument --n-steps"),
-    (QUICK_PHASE + ["--batch-sizes", "nan", "--out", "pd"], "--batch-sizes must be"),
-    (QUICK_PHASE + ["--batch-sizes", "inf", "--out", "pd"], "--batch-sizes must be"),
+    (["stability", "--eta", "0.5", "--batch", "4", "--steps", "1"], "argument --steps/--n-steps: must be an integer >= 2"),
+    (QUICK_PHASE + ["--batch-sizes", "nan", "--out", "pd"], "argument --batch-sizes: must be"),
+    (QUICK_PHASE + ["--batch-sizes", "inf", "--out", "pd"], "argument --batch-sizes: must be"),
     (QUICK_PHASE + ["--batch-sizes", "1.5", "--out", "pd"], "--batch-sizes must be integers"),
-    (QUICK_PHASE + ["--etas", "0.1:1:1e9", "--out", "pd"], "--etas must be"),
-    (QUICK_PHASE + ["--etas", "1:0.1:3", "--out", "pd"], "--etas must be"),
-    (QUICK_PHASE + ["--etas", "0,1", "--out", "pd"], "--etas must be"),
+    (QUICK_PHASE + ["--etas", "0.1:1:1e9", "--out", "pd"], "argument --etas: must be"),
+    (QUICK_PHASE + ["--etas", "1:0.1:3", "--out", "pd"], "argument --etas: must be"),
+    (QUICK_PHASE + ["--etas", "0,1", "--out", "pd"], "argument --etas: must be"),
     (QUICK_PHASE + ["--etas", "1e308", "--out", "pd"], "etas must be in"),
     (["break-even", "--eta", "1e308", "--batch", "8"], "eta must be a finite number in [1e-100, 1e+100]"),
     (["break-even", "--eta", "1e-320", "--batch", "8"], "eta must be a finite number in [1e-100, 1e+100]"),
@@ -72,7 +70,7 @@ CASES = [
     (["break-even", "--eta", "0.1", "--batch", "8", "--beta", "1e308"], "beta must be"),
     (["break-even", "--eta", "0.1", "--batch", "8", "--offset", "1e308"], "offset must be"),
     (["break-even", "--eta", "0.1", "--batch", "8", "--a0", "1e308"], "a0[0] must be"),
-    (["break-even", "--eta", "0.1", "--batch", "8", "--rates", "nan"], "rates[0] must be"),
+    (["break-even", "--eta", "0.1", "--batch", "8", "--rates", "nan"], "argument --rates: must be a comma list of numbers >= 0"),
     (["break-even", "--eta", "0.1", "--batch", "8", "--seed", "-1"], "argument --seed"),
     (["nsgd", "--batch", "0"], "argument --batch"),
     (["nsgd", "--batch", "101"], "batch size S must be in 1..100"),
@@ -173,21 +171,20 @@ def test_hessians_with_huge_finite_values_are_refused(workdir, cli):
 
 def test_unwritable_kernel_cache_falls_back_with_a_warning(workdir, cli, monkeypatch):
     monkeypatch.setenv("VALLEYSIM_CACHE", str(workdir / "afile"))   # under a file: cannot be created
-    from valleysim import valley_codegen
+    from valleysim.valley import codegen as valley_codegen
     monkeypatch.setattr(valley_codegen, "_FALLBACK", [])
     code, out, err = cli(*QUICK_VALLEY)
     assert code == 0 and "trace drift" in out
     assert err.startswith("valleysim: warning: kernel cache") and err.count("\n") == 1, err
 
 
-def test_the_installed_command_reports_cleanly(tmp_path):
+def test_the_installed_command_reports_cleanly(tmp_path, installed):
     """The same rules through a real process (what a user runs): a traceback would show here."""
     for argv, message in ((["stability", "--kind", "dense", "--dim", "20000", "--eta", "0.5", "--batch", "4"],
                            "needs about"),
                           (["nsgd", "--batch", "0"], "argument --batch"),
                           (["dnn", "train", "--out", "r", "--device", "cuda:7"], "--device cuda:7")):
-        proc = subprocess.run([sys.executable, "-m", "valleysim.cli", *argv], cwd=tmp_path, capture_output=True,
-                              text=True, timeout=120)
+        proc = installed(*argv, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert list(tmp_path.iterdir()) == []
 
@@ -287,10 +284,9 @@ def test_a_network_that_cannot_fit_is_refused_before_the_run_directory_exists(wo
     assert not (workdir / "run").exists()
 
 
-def test_a_closed_stdout_stops_quietly(tmp_path):
+def test_a_closed_stdout_stops_quietly(installed):
     """`valleysim ... | head`: the reader goes away; no error line, exit 141 (SIGPIPE's shell code)."""
-    proc = subprocess.Popen([sys.executable, "-m", "valleysim.cli", "walk", "--steps", "50", "--trajectories", "4",
-                             "--json"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = installed.popen("walk", "--steps", "50", "--trajectories", "4", "--json")
     proc.stdout.close()                                   # gone before the first line is written
     with proc.stderr:
         err = proc.stderr.read().decode()

@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proofs import break_even as pb
-from valleysim import break_even_cli as cli
-from valleysim import break_even_sim as bes
+from valleysim.cli import break_even as cli
+from valleysim import break_even as bes
 from valleysim.theory import eta_star_1d, stability_factor, variance_factor
 
 
@@ -254,7 +254,7 @@ def test_no_sharpening_is_said_and_not_run_for_ever():
 
 
 def test_sweep_rows():
-    rows = cli.sweep([0.2, 0.4], [4, 16], n_examples=16, beta=0.01, trajectories=4)
+    rows = bes.sweep([0.2, 0.4], [4, 16], bes.SharpeningLandscape.make(n_examples=16, beta=0.01), trajectories=4)
     assert [(r["eta"], r["batch"]) for r in rows] == [(0.2, 4), (0.2, 16), (0.4, 4), (0.4, 16)]
 
 
@@ -266,8 +266,8 @@ def test_sweep_rows():
     (["--eta", "0.1", "--batch", "4", "--sigma", "-1"], "argument --sigma"),
     (["--eta", "0.1", "--batch", "4", "--sigma", "1e308"], "sigma must be a finite number in [0, 1000]"),
     (["--eta", "0.1", "--batch", "4", "--a0", "1,2"], "--a0 and --rates"),
-    (["--eta", "0.1", "--batch", "4", "--a0", "0"], "a0[0]"),
-    (["--eta", "0.1", "--batch", "4", "--rates", "-1"], "rates[0]"),
+    (["--eta", "0.1", "--batch", "4", "--a0", "0"], "argument --a0: must be a comma list of numbers > 0"),
+    (["--eta", "0.1", "--batch", "4", "--rates", "-1"], "argument --rates: must be a comma list of numbers >= 0"),
     (["--eta", "0.1", "--batch", "4", "--rates", "x"], "--rates"),
     (["--eta", "0.1", "--batch", "4", "--n-examples", "1"], "argument --n-examples"),
     (["--eta", "0.1", "--batch", "4", "--n-examples", "1e12"], "n_examples N must be in 2..2147483648"),

@@ -1,19 +1,11 @@
 """The valleysim command: JSON output checked against independent truth, user errors exit 2."""
 
 import json
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from valleysim.cli import main
 from valleysim.theory import eta_star_1d, variance_factor
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "valleysim.cli", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.parametrize("eta", [0.6, 1.4])  # mean-square stable / unstable
@@ -42,8 +34,8 @@ def test_stability_json_one_dimensional(tmp_path, capsys, eta):
     (["--eta", "0.1", "--batch", "99"], "batch size S must be in 1..32"),
     (["--eta", "0.1", "--batch", "2", "--hessians", "/nonexistent.npy"], "not found"),
 ])
-def test_user_errors_exit_2_without_traceback(args, message):
-    res = run_cli("stability", *args)
+def test_user_errors_exit_2_without_traceback(installed, args, message):
+    res = installed("stability", *args)
     assert res.returncode == 2
     assert message in res.stderr
     assert "Traceback" not in res.stderr
@@ -55,8 +47,8 @@ def test_user_errors_exit_2_without_traceback(args, message):
     (-np.ones((5, 2)), "positive semi-definite"),
     (np.ones((2, 3, 3, 3)), "shape"),
 ])
-def test_bad_hessian_files_are_named(tmp_path, array, message):
+def test_bad_hessian_files_are_named(tmp_path, installed, array, message):
     path = tmp_path / "bad.npy"
     np.save(path, array)
-    res = run_cli("stability", "--hessians", path, "--eta", "0.1", "--batch", "1")
+    res = installed("stability", "--hessians", path, "--eta", "0.1", "--batch", "1")
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dnn.covariance import (covariance_from_gram, exact_covariance, finite_population_factor,
+from dnn.covariance import (covariance_from_gram, exact_covariance, 
                             gradient_covariance, mini_batch_gradients, mini_batch_indices)
 from dnn.objective import Objective
 from valleysim.errors import UserInputError
@@ -83,12 +83,11 @@ def test_covariance_from_gram_k_above_rank_and_zero_spread():
     assert same["lambda_K"] == 0.0 and same["trace_K"] == 0.0 and math.isnan(same["trace_ratio"])
 
 
-def test_finite_population_factor():
-    assert finite_population_factor(4, None) == 0.25
-    assert finite_population_factor(1, 9) == 1.0                # M = 1: the same with or without
-    assert finite_population_factor(2, 6) == pytest.approx(4 / 10)
-    with pytest.raises(UserInputError, match="batch_size"):
-        finite_population_factor(6, 6)
+def test_covariance_from_gram_refuses_full_batches():
+    """A batch of all N examples has g_B = g: K cannot be estimated from it (c(N, N) = 0)."""
+    G = torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(UserInputError, match="batch_size must be < n_total = 6"):
+        covariance_from_gram(G, G.mean(0), 6, n_total=6)
 
 
 # --------------------------------------------------------------------------- exact_covariance

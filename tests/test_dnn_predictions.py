@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dnn import predictions as P
-from valleysim import break_even_sim as bes
+from valleysim import break_even as bes
 from valleysim.errors import UserInputError
 
 

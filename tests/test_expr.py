@@ -8,8 +8,6 @@ means); every string from a user goes through ``valleysim.expr``.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from sympy.parsing.sympy_parser import parse_expr
 from valleysim.cli import main
 from valleysim.errors import UserInputError
 from valleysim.expr import FUNCTIONS, MAX_LENGTH, check_name, parse_expression, parse_number
-from valleysim.valley_landscape import CATALOGUE, catalogue
+from valleysim.valley.landscape import CATALOGUE, catalogue
 
 ROOT = Path(__file__).resolve().parents[1]
 T = sp.symbols("t1 t2 t3 t4", real=True)
@@ -164,15 +162,14 @@ def test_payloads_in_every_expression_flag_leave_no_trace(tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize("flag", ["--loss", "designed", "--init", "--degenerate"])
-def test_the_installed_command_runs_no_payload(tmp_path, flag):
+def test_the_installed_command_runs_no_payload(tmp_path, installed, flag):
     marker = tmp_path / "pwned"
     payload = f"__import__('os').system('touch {marker}')"
     args = {"--loss": ["--loss", payload, "--nondegenerate", "t1", "--degenerate", "t3"],
             "designed": ["--loss", "abs-toy", "--noise", "designed:" + payload],
             "--init": ["--loss", "abs-toy", "--init", "t3=" + payload],
             "--degenerate": ["--loss", "t1**2*__import__", "--nondegenerate", "t1", "--degenerate", "__import__"]}
-    proc = subprocess.run([sys.executable, "-m", "valleysim.cli", "valley", "--eta", "0.01", "--noise-scale", "1",
-                           *args[flag]], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = installed("valley", "--eta", "0.01", "--noise-scale", "1", *args[flag], timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("valleysim: error: ") and "Traceback" not in proc.stderr
     assert not marker.exists()
@@ -181,7 +178,7 @@ def test_the_installed_command_runs_no_payload(tmp_path, flag):
 def test_whitelisted_functions_and_their_derivatives_print_as_kernel_code():
     from sympy.printing.pycode import PythonCodePrinter
 
-    from valleysim.valley_landscape import diff
+    from valleysim.valley.landscape import diff
 
     x, y = sp.symbols("x y", real=True)
     for fn, arities in FUNCTIONS.values():

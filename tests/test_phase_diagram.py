@@ -10,8 +10,8 @@ import pytest
 
 from valleysim.cli import main
 from valleysim.errors import UserInputError
-from valleysim.phase_diagram import phase_diagram
-from valleysim.quadratic import PerExampleQuadratic
+from valleysim.quadratic.phase_diagram import phase_diagram
+from valleysim.quadratic.landscape import PerExampleQuadratic
 from valleysim.theory import eta_star_1d, stability_factor, variance_factor
 
 H = np.array([0.3, 0.8, 1.1, 2.6, 0.5, 1.7])  # 1-D per-example curvatures, N = 6
@@ -83,7 +83,7 @@ def test_outputs_and_resume(sweep):
 def test_cli_phase_diagram_dense(tmp_path, capsys):
     out = tmp_path / "pd"
     argv = ["phase-diagram", "--kind", "dense", "--n-examples", "12", "--dim", "3", "--etas", "0.5:3:3",
-            "--batch-sizes", "1,12", "--n-traj", "32", "--n-steps", "300", "--out", str(out), "--quiet"]
+            "--batch-sizes", "1,12", "--trajectories", "32", "--steps", "300", "--out", str(out), "--quiet"]
     assert main(argv) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["N"], cfg["D"], cfg["kind"]) == (12, 3, "dense")
@@ -99,6 +99,6 @@ def test_cli_phase_diagram_dense(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--etas", "0:1:3"], "--etas"), (["--batch-sizes", "0,2"], "batch"), (["--etas", "a,b"], "--etas")])
-def test_cli_phase_diagram_bad_input(tmp_path, capsys, argv, message):
-    assert main(["phase-diagram", "--out", str(tmp_path / "x"), *argv]) == 2
-    assert message in capsys.readouterr().err
+def test_cli_phase_diagram_bad_input(tmp_path, cli, argv, message):
+    code, _, err = cli("phase-diagram", "--out", tmp_path / "x", *argv)
+    assert code == 2 and message in err and not (tmp_path / "x").exists()

@@ -15,8 +15,8 @@ from proofs import gd_damping as gd
 from proofs import sgd_second_moment as sm
 from proofs._util import ProofError, check
 from valleysim import theory
-from valleysim.quadratic import PerExampleQuadratic
-from valleysim.reshuffle import epoch_spectral_radius
+from valleysim.quadratic.landscape import PerExampleQuadratic
+from valleysim.quadratic.reshuffle import epoch_spectral_radius
 
 pos = st.floats(1e-3, 1e3)
 

@@ -1,4 +1,4 @@
-"""The sympy derivations of proofs.degenerate_valley agree with valleysim.valley_theory (R3-R5)."""
+"""The sympy derivations of proofs.degenerate_valley agree with valleysim.valley.theory (R3-R5)."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from proofs import degenerate_valley as dv
-from valleysim import valley_theory as vt
+from valleysim.valley import theory as vt
 from valleysim.errors import UserInputError
 
 # --- lambdified once ---------------------------------------------------------------------------------

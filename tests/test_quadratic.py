@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from valleysim.errors import UserInputError
-from valleysim.quadratic import PerExampleQuadratic, generate, load_hessians
+from valleysim.quadratic.landscape import PerExampleQuadratic, generate, load_hessians
 
 
 @pytest.mark.parametrize("kind", ["diagonal", "dense", "rank_one"])

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from valleysim.quadratic import PerExampleQuadratic, generate, least_squares
-from valleysim.second_moment import MomentMap, dense_transition, eta_star_dense, mean_square
+from valleysim.quadratic.landscape import PerExampleQuadratic, generate, least_squares
+from valleysim.quadratic.second_moment import MomentMap, dense_transition, eta_star_dense, mean_square
 from valleysim.theory import eta_star_1d, necessary_eta_bounds, variance_factor
 
 KINDS = ["diagonal", "dense", "rank_one"]

@@ -14,13 +14,13 @@ import sys
 import numpy as np
 import pytest
 
-from valleysim import valley_theory as vt
+from valleysim.valley import theory as vt
 from valleysim.cli import main
 from valleysim.theory import variance_factor
-from valleysim.valley_codegen import compile_kernels
-from valleysim.valley_landscape import ValleyLandscape, catalogue
-from valleysim.valley_noise import make_noise
-from valleysim.valley_sim import (manifold_trace_drift, noise_covariance, project_to_floor, simulate_valley,
+from valleysim.valley.codegen import compile_kernels
+from valleysim.valley.landscape import ValleyLandscape, catalogue
+from valleysim.valley.noise import make_noise
+from valleysim.valley.sim import (manifold_trace_drift, noise_covariance, project_to_floor, simulate,
                                    summarise)
 
 K_SE = 4.5   # Monte Carlo tolerance in standard errors
@@ -66,7 +66,7 @@ def test_diag_linear_net_is_not_valley_form_but_simulates():
     x = np.array(land.init)
     H = land.eval_hessian(x)
     assert np.trace(H) == pytest.approx(np.sum(x**2))                    # tr H = sum u^2 + v^2 (closed form)
-    out = summarise(simulate_valley(land, make_noise(land, "minibatch", S=8), 0.02, steps=200, burn_in=0,
+    out = summarise(simulate(land, make_noise(land, "minibatch", S=8), 0.02, steps=200, burn_in=0,
                                     trajectories=64, seed=3))
     assert out["completed"] == 64 and "prediction_note" in out and "trace_drift_per_step" in out
 
@@ -109,7 +109,7 @@ def test_diag_linear_net_drift_matches_closed_form_and_simulation():
     by_hand = -(eta**2 * c * 0.5**2 / 4) * np.sum(4 * (u**2 - v**2) ** 2 / lam / (1 - eta * lam / 2))
     run_stub = type("R", (), {"land": land, "noise": noise, "eta": eta})
     assert manifold_trace_drift(run_stub, x) == pytest.approx(by_hand, rel=1e-9)
-    out = summarise(simulate_valley(land, noise, eta, steps=400, burn_in=200, trajectories=2048, seed=5,
+    out = summarise(simulate(land, noise, eta, steps=400, burn_in=200, trajectories=2048, seed=5,
                                     record_every=50))
     assert out["stopped"] == 0
     assert within(out["trace_drift_per_step"], out["trace_drift_stderr"], out["trace_drift_predicted"])
@@ -137,7 +137,7 @@ def test_compiled_gradient_matches_finite_differences(name):
 def test_full_batch_minibatch_is_exact_gradient_descent():
     land = catalogue("regression-valley").with_init("t1=0.4,t2=-0.3,t3=0.5,t4=0.2")
     M, eta, T = land.n_examples, 0.1, 50
-    run = simulate_valley(land, make_noise(land, "minibatch", S=M), eta, steps=T, burn_in=0, trajectories=2, seed=0)
+    run = simulate(land, make_noise(land, "minibatch", S=M), eta, steps=T, burn_in=0, trajectories=2, seed=0)
     grad = land._lambdify(land.gradient)
     x = np.array(land.init)
     for _ in range(T):
@@ -153,16 +153,16 @@ def test_same_seed_same_numbers_for_any_thread_count():
     land = catalogue("exp-toy")
     noise = make_noise(land, "sgd", S=4, M=32)
     kw = dict(steps=300, burn_in=50, trajectories=37, seed=11, record_every=30)
-    a = simulate_valley(land, noise, 0.02, **kw)
+    a = simulate(land, noise, 0.02, **kw)
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        b = simulate_valley(land, noise, 0.02, **kw)
+        b = simulate(land, noise, 0.02, **kw)
     finally:
         numba.set_num_threads(before)
     np.testing.assert_array_equal(a.rec, b.rec)
     np.testing.assert_array_equal(a.acc, b.acc)
-    c = simulate_valley(land, noise, 0.02, **{**kw, "seed": 12})
+    c = simulate(land, noise, 0.02, **{**kw, "seed": 12})
     assert not np.array_equal(a.rec, c.rec)
 
 
@@ -173,7 +173,7 @@ def test_stationary_second_moment_matches_closed_form():
     land = ValleyLandscape.from_strings("(3 + t3**2/1000)*t1**2/2", "t1", "t3", "t3=0.1")
     eta, S, M = 0.2, 2, 20
     c = (M - S) / (S * (M - 1))
-    out = summarise(simulate_valley(land, make_noise(land, "sgd", S=S, M=M), eta, steps=2000, burn_in=200,
+    out = summarise(simulate(land, make_noise(land, "sgd", S=S, M=M), eta, steps=2000, burn_in=200,
                                     trajectories=2048, seed=5))
     lam = 3 + 0.1**2 / 1000
     exact = eta * c / (2 - eta * lam)                      # W = A W A + eta^2 c lam, solved by hand
@@ -186,7 +186,7 @@ def test_abs_toy_trace_drift_matches_theorem_one_exact_in_eta():
     land = catalogue("abs-toy")
     eta, S, M = 0.01, 4, 32
     c = variance_factor(S, M)
-    out = summarise(simulate_valley(land, make_noise(land, "sgd", S=S, M=M), eta, steps=1000, burn_in=1000,
+    out = summarise(simulate(land, make_noise(land, "sgd", S=S, M=M), eta, steps=1000, burn_in=1000,
                                     trajectories=1024, seed=2, record_every=50))
     assert out["completed"] == 1024
     assert within(out["trace_drift_per_step"], out["trace_drift_stderr"], out["trace_drift_predicted"])
@@ -204,7 +204,7 @@ def test_true_minibatch_noise_drift_and_moments_match_theory():
     # eta = 0.02: the multiplicative part of the mini-batch noise shifts the drift by 0.66 %, i.e. ~10 SE here;
     # the prediction includes it (the leading-order one, noise frozen at the floor, must miss)
     land = catalogue("regression-valley")
-    out = summarise(simulate_valley(land, make_noise(land, "minibatch", S=4), 0.02, steps=2000, burn_in=1000,
+    out = summarise(simulate(land, make_noise(land, "minibatch", S=4), 0.02, steps=2000, burn_in=1000,
                                     trajectories=2048, seed=4, record_every=100))
     for name in ("trace", "logdet"):
         m, se = out[f"{name}_drift_per_step"], out[f"{name}_drift_stderr"]
@@ -255,7 +255,7 @@ def test_stationary_moments_with_multiplicative_noise():
 @pytest.mark.parametrize("noise", ["isotropic", "designed:trace", "designed:lam1**2 + lam2"])
 def test_designed_noise_drift_matches_theorem_two(noise):
     land = catalogue("exp-toy")
-    out = summarise(simulate_valley(land, make_noise(land, noise, scale=0.1), 0.01, steps=1000, burn_in=500,
+    out = summarise(simulate(land, make_noise(land, noise, scale=0.1), 0.01, steps=1000, burn_in=500,
                                     trajectories=1024, seed=6, record_every=50))
     for name in ("trace", "logdet", "f"):
         if f"{name}_drift_predicted" in out:
@@ -265,7 +265,7 @@ def test_designed_noise_drift_matches_theorem_two(noise):
 
 def test_negative_eigenvalues_scale_with_the_loss_in_the_abs_toy():
     land = catalogue("abs-toy")
-    run = simulate_valley(land, make_noise(land, "sgd", S=2, M=32), 0.01, steps=200, burn_in=800,
+    run = simulate(land, make_noise(land, "sgd", S=2, M=32), 0.01, steps=200, burn_in=800,
                           trajectories=2048, seed=8)
     out = summarise(run)
     assert out["neg_eig_slope_exact_to_leading_order"]
@@ -282,11 +282,11 @@ def test_negative_eigenvalues_scale_with_the_loss_in_the_abs_toy():
 
 def test_kink_crossing_and_divergence_are_reported():
     land = catalogue("abs-toy").with_init("t3=0.02,t4=0.02")
-    out = summarise(simulate_valley(land, make_noise(land, "isotropic-full", scale=1.0), 0.1, steps=500,
+    out = summarise(simulate(land, make_noise(land, "isotropic-full", scale=1.0), 0.1, steps=500,
                                     trajectories=64, seed=1))
     assert out["stopped"] > 0 and "kink" in out["first_stop_reason"]
     land = ValleyLandscape.from_strings("(3 + t3**2/1000)*t1**2/2", "t1", "t3", "t3=0.1")   # eta lambda = 3 > 2
-    run = simulate_valley(land, make_noise(land, "sgd", scale=0.1), 1.0, steps=2000, trajectories=8, seed=1)
+    run = simulate(land, make_noise(land, "sgd", scale=0.1), 1.0, steps=2000, trajectories=8, seed=1)
     assert np.all(run.status >= 0) and np.all(run.reason == 3)
     assert "error" in summarise(run)
 
@@ -331,9 +331,9 @@ def test_json_has_the_documented_keys(capsys):
 
 def test_second_run_loads_the_cached_kernel(tmp_path):
     env = {**os.environ, "VALLEYSIM_CACHE": str(tmp_path)}
-    code = ("from valleysim.valley_landscape import catalogue; from valleysim.valley_noise import make_noise;"
-            "from valleysim.valley_sim import simulate_valley; L = catalogue('abs-toy');"
-            "simulate_valley(L, make_noise(L, 'sgd', scale=0.1), 0.01, steps=10, trajectories=4)")
+    code = ("from valleysim.valley.landscape import catalogue; from valleysim.valley.noise import make_noise;"
+            "from valleysim.valley.sim import simulate; L = catalogue('abs-toy');"
+            "simulate(L, make_noise(L, 'sgd', scale=0.1), 0.01, steps=10, trajectories=4)")
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=300)
     files = sorted(p for p in tmp_path.rglob("*") if p.is_file())
     assert any(p.suffix == ".nbi" for p in files) and any(p.suffix == ".nbc" for p in files)
@@ -345,7 +345,7 @@ def test_second_run_loads_the_cached_kernel(tmp_path):
 
 def test_a_burn_in_shorter_than_the_relaxation_is_said(cli):
     """theta relaxes like (1 - eta lambda)^2 per step: 1 / (2 |log|1 - eta lambda||) steps (closed form)."""
-    from valleysim.valley_sim import relaxation_steps
+    from valleysim.valley.sim import relaxation_steps
 
     land = ValleyLandscape.from_strings("(3 + t3**2/1000)*t1**2/2", "t1", "t3", "t3=0.1")
     lam = 3 + 0.1**2 / 1000

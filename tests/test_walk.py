@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from valleysim.errors import UserInputError
-from valleysim.walk import (TRACE_FIELDS, WalkLandscape, batch_variance_factor, cosine, interpolation_alphas,
-                            isotropic_sigma, segment_metrics, simulate_walk, summarise)
+from valleysim.walk import (TRACE_FIELDS, WalkLandscape, cosine, interpolation_alphas,
+                            isotropic_sigma, segment_metrics, simulate, summarise)
 
 F = {name: j for j, name in enumerate(TRACE_FIELDS)}
 
@@ -24,7 +24,7 @@ def land():
 
 @pytest.fixture(scope="module")
 def sgd_run(land):
-    return simulate_walk(land, "sgd", 2.0, steps=60, trajectories=5, batch=3, seed=7, n_rec=2)
+    return simulate(land, 2.0, optimizer="sgd", steps=60, trajectories=5, batch_size=3, seed=7, n_rec=2)
 
 
 def _pure_wall(k=1.0, x0=1.0, width=math.inf):
@@ -102,9 +102,9 @@ def test_minibatch_gradient_mean_is_the_full_gradient_by_enumeration(land):
         np.testing.assert_allclose(means.mean(axis=0), land.grad(th), atol=1e-13)
         # and the batch covariance is c(S, N) times the per-example one (finite-population correction)
         np.testing.assert_allclose(np.trace(np.cov(means.T, bias=True)),
-                                   batch_variance_factor(S, land.N) * G.var(axis=0).sum(), rtol=1e-10,
+                                   (land.N - S) / (S * (land.N - 1)) * G.var(axis=0).sum(), rtol=1e-10,
                                    atol=1e-15)
-        assert land.noise_power(th, S) == pytest.approx(batch_variance_factor(S, land.N) * G.var(axis=0).sum())
+        assert land.noise_power(th, S) == pytest.approx((land.N - S) / (S * (land.N - 1)) * G.var(axis=0).sum())
 
 
 def test_isotropic_noise_has_sgds_power_at_the_start(land):
@@ -142,7 +142,7 @@ def test_kernel_cosines_are_of_the_step_gradients(land, sgd_run):
 
 
 def test_gd_is_the_full_gradient_map(land):
-    run = simulate_walk(land, "gd", 1.3, steps=12, trajectories=1, n_rec=1)
+    run = simulate(land, 1.3, optimizer="gd", steps=12, trajectories=1, n_rec=1)
     th = land.theta0.copy()
     for t in range(12):
         assert run.traces[0, t, F["x"]] == pytest.approx(th[0], abs=1e-12)
@@ -155,7 +155,7 @@ def test_gd_is_the_full_gradient_map(land):
 def test_gd_cosine_on_a_quadratic_wall_is_the_sign_of_one_minus_eta_k(eta):
     # x_{t+1} = (1 - eta k) x_t, so consecutive gradients k x_t multiply by (1 - eta k)  (R7)
     k = 1.3
-    run = simulate_walk(_pure_wall(k=k), "gd", eta / k, steps=10, trajectories=1, n_rec=1)
+    run = simulate(_pure_wall(k=k), eta / k, optimizer="gd", steps=10, trajectories=1, n_rec=1)
     cos = run.traces[0, 1:, F["cos"]]            # |g_t| = k |1 - eta k|^t >= 1.3e-10: all defined
     np.testing.assert_allclose(cos, np.sign(1 - eta), atol=1e-12)
     np.testing.assert_allclose(run.traces[0, :, F["x"]], (1 - eta) ** np.arange(10), rtol=1e-12)
@@ -165,7 +165,7 @@ def test_gd_bounces_on_the_saturating_wall_at_the_predicted_height():
     # W = w^2/2 log(1 + x^2/w^2), 2 < eta k < 4: stable 2-cycle x* = w sqrt(eta k / 2 - 1), cos = -1,
     # height = W(x*) - min over the grid (alpha = 1/2 is not on it: the nearest points are +-x*/11)
     w, k, eta = 1.0, 1.0, 3.0
-    run = simulate_walk(_pure_wall(k=k, x0=0.3, width=w), "gd", eta, steps=400, trajectories=1, n_rec=1)
+    run = simulate(_pure_wall(k=k, x0=0.3, width=w), eta, optimizer="gd", steps=400, trajectories=1, n_rec=1)
     xs = run.traces[0, -50:, F["x"]]
     xstar = w * math.sqrt(eta * k / 2 - 1)
     np.testing.assert_allclose(np.abs(xs), xstar, rtol=1e-9)
@@ -176,7 +176,7 @@ def test_gd_bounces_on_the_saturating_wall_at_the_predicted_height():
 
 def test_divergence_is_reported_with_its_step():
     # quadratic wall, eta k = 3: |x_t| = 2^t, passes 1e8 at t = 27
-    run = simulate_walk(_pure_wall(), "gd", 3.0, steps=100, trajectories=2, n_rec=1)
+    run = simulate(_pure_wall(), 3.0, optimizer="gd", steps=100, trajectories=2, n_rec=1)
     assert list(run.diverged_step) == [27, 27]
     s = summarise(run)
     assert s["diverged"] == 2 and s["completed"] == 0 and s["first_divergence_step"] == 27
@@ -189,31 +189,31 @@ def test_divergence_is_reported_with_its_step():
 def test_same_seed_same_numbers_for_one_and_two_threads(land):
     import numba
 
-    kw = dict(steps=80, trajectories=7, batch=2, seed=5, n_rec=3)
-    a = simulate_walk(land, "sgd", 1.8, **kw)
-    an = simulate_walk(land, "gd-noise", 1.8, **kw)
+    kw = dict(steps=80, trajectories=7, batch_size=2, seed=5, n_rec=3)
+    a = simulate(land, 1.8, optimizer="sgd", **kw)
+    an = simulate(land, 1.8, optimizer="gd-noise", **kw)
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        b = simulate_walk(land, "sgd", 1.8, **kw)
-        bn = simulate_walk(land, "gd-noise", 1.8, **kw)
+        b = simulate(land, 1.8, optimizer="sgd", **kw)
+        bn = simulate(land, 1.8, optimizer="gd-noise", **kw)
     finally:
         numba.set_num_threads(before)
     for x, y in ((a, b), (an, bn)):
         for f in ("bins", "theta_end", "traces", "interp", "diverged_step"):
             np.testing.assert_array_equal(getattr(x, f), getattr(y, f))
-    c = simulate_walk(land, "sgd", 1.8, **{**kw, "seed": 6})
+    c = simulate(land, 1.8, optimizer="sgd", **{**kw, "seed": 6})
     assert not np.array_equal(a.theta_end, c.theta_end)
 
 
 def test_sgd_with_the_whole_batch_is_gd(land):
-    a = simulate_walk(land, "sgd", 1.5, steps=30, trajectories=2, batch=land.N, n_rec=1)
-    b = simulate_walk(land, "gd", 1.5, steps=30, trajectories=2, n_rec=1)
+    a = simulate(land, 1.5, optimizer="sgd", steps=30, trajectories=2, batch_size=land.N, n_rec=1)
+    b = simulate(land, 1.5, optimizer="gd", steps=30, trajectories=2, n_rec=1)
     np.testing.assert_allclose(a.theta_end, b.theta_end, atol=1e-12)
 
 
 def test_summary_counts_match_the_traces(land):
-    run = simulate_walk(land, "gd-noise", 2.0, steps=40, trajectories=3, batch=2, n_rec=3, n_bins=2)
+    run = simulate(land, 2.0, optimizer="gd-noise", steps=40, trajectories=3, batch_size=2, n_rec=3, n_bins=2)
     s = summarise(run, window="all")
     tr = run.traces
     assert s["barriers_total"] == pytest.approx(tr[:, :, F["barrier"]].sum(axis=1).mean())
@@ -227,16 +227,16 @@ def test_summary_counts_match_the_traces(land):
     (dict(optimizer="adam"), "optimizer"),
     (dict(eta=0.0), "eta"),
     (dict(eta=float("nan")), "eta"),
-    (dict(batch=0), "batch size"),
-    (dict(batch=9), "batch size"),
-    (dict(batch=None), "batch size"),
+    (dict(batch_size=0), "batch size"),
+    (dict(batch_size=9), "batch size"),
+    (dict(batch_size=None), "batch size"),
     (dict(steps=0), "steps"),
     (dict(trajectories=0), "trajectories"),
 ])
 def test_bad_run_input_names_the_parameter(land, kw, match):
-    args = dict(optimizer="sgd", eta=1.0, steps=10, trajectories=2, batch=2) | kw
+    args = dict(optimizer="sgd", eta=1.0, steps=10, trajectories=2, batch_size=2) | kw
     with pytest.raises(UserInputError, match=match):
-        simulate_walk(land, args.pop("optimizer"), args.pop("eta"), **args)
+        simulate(land, args.pop("eta"), optimizer=args.pop("optimizer"), **args)
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -252,7 +252,7 @@ def test_bad_landscape_input_names_the_parameter(kw, match):
 # --- the CLI ------------------------------------------------------------------------------------------
 
 def _cli(argv):
-    from valleysim import walk_cli
+    from valleysim.cli import walk as walk_cli
 
     p = argparse.ArgumentParser()
     walk_cli.add_parser(p.add_subparsers())
@@ -313,7 +313,7 @@ def test_consecutive_gradient_correlation_on_a_noisy_quadratic_wall_is_minus_eta
                               width=math.inf, barrier=0.0, n_flat=0, x0=0.0, seed=1)
     eta = 1.2
     for S in (1, 4):
-        run = simulate_walk(land, "sgd", eta, steps=4000, trajectories=8, batch=S, seed=S, n_rec=8)
+        run = simulate(land, eta, optimizer="sgd", steps=4000, trajectories=8, batch_size=S, seed=S, n_rec=8)
         x = run.traces[:, 100:, F["x"]]
         g = (x[:, :-1] - x[:, 1:]) / eta
         rho = np.mean(g[:, :-1] * g[:, 1:]) / np.mean(g * g)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import math
+
+import numpy as np
 from pathlib import Path
 
 from valleysim.errors import UserInputError, check_out_dir
@@ -95,3 +97,43 @@ def out_dir(text: str) -> Path:
 def seed(text: str) -> int:
     """A seed in 0..2**63 - 1."""
     return _integer(text, 0, SEED_MAX)
+
+
+def comma_list(item, allowed: str = "numbers"):
+    """A type for 'a,b,c': each entry read by ``item`` (a type above, or ``str``), at least one entry."""
+    def parse(text: str) -> tuple:
+        parts = [s.strip() for s in str(text).split(",") if s.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"must be a comma list of {allowed}; got {text!r}")
+        out = []
+        for s in parts:
+            try:
+                out.append(item(s))
+            except argparse.ArgumentTypeError:
+                raise argparse.ArgumentTypeError(f"must be a comma list of {allowed}; got {text!r} "
+                                                 f"(entry {s!r})") from None
+        return tuple(out)
+    parse.__name__ = f"comma_list_{getattr(item, '__name__', 'item')}"
+    return parse
+
+
+MAX_GRID = 10_000        # points per grid axis
+
+
+def grid(text: str) -> tuple[float, ...]:
+    """'min:max:count' (count log-spaced values, 0 < min <= max) or a comma list of finite numbers > 0."""
+    allowed = (f"'min:max:count' (log-spaced, 0 < min <= max, 1 <= count <= {MAX_GRID}) or a comma list of "
+               "finite numbers > 0")
+    try:
+        if ":" in str(text):
+            a, b, n = (s.strip() for s in str(text).split(":"))
+            a, b, n = positive(a), positive(b), integer(1, MAX_GRID)(n)
+            if b < a:
+                raise argparse.ArgumentTypeError("min > max")
+            return tuple(float(v) for v in np.geomspace(a, b, n))
+        values = comma_list(positive)(text)
+        if len(values) > MAX_GRID:
+            raise argparse.ArgumentTypeError("too many values")
+        return values
+    except (argparse.ArgumentTypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"must be {allowed}; got {text!r}") from None

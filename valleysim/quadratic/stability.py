@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from valleysim import reshuffle
+from valleysim.quadratic import reshuffle
 from valleysim.errors import check_batch_size
-from valleysim.lyapunov import lyapunov_exponent, mean_square_growth_mc
-from valleysim.quadratic import PerExampleQuadratic
-from valleysim.second_moment import MomentMap, mean_square
+from valleysim.quadratic.lyapunov import lyapunov_exponent, mean_square_growth_mc
+from valleysim.quadratic.landscape import PerExampleQuadratic
+from valleysim.quadratic.second_moment import MomentMap, mean_square
 from valleysim.theory import check_scheme
 
 

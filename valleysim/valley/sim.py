@@ -1,8 +1,8 @@
 """Simulate SGD in a valley and compare with the derived drift and moments (R3, R4, R5).
 
-``simulate_valley`` runs the compiled ensemble integrator (``valley_codegen``),
+``simulate`` runs the compiled ensemble integrator (``valley.codegen``),
 ``summarise`` turns its records into measured quantities with standard errors
-(over trajectories) next to the predictions of ``valley_theory``. Predictions
+(over trajectories) next to the predictions of ``valley.theory``. Predictions
 are evaluated along the ensemble-mean path of theta_hat at the recorded steps
 of the measurement window and averaged over it.
 """
@@ -18,15 +18,15 @@ import sympy as sp
 from valleysim.errors import UserInputError, check_int_range, check_learning_rate
 from valleysim.memory import F64, check_fits
 from valleysim.stats import mean_se
-from valleysim.valley_codegen import OBSERVABLES, REASONS, compile_kernels
-from valleysim.valley_landscape import ValleyLandscape, diff
-from valleysim.valley_noise import SCALE, NoiseModel
-from valleysim import valley_theory as vt
+from valleysim.valley.codegen import OBSERVABLES, REASONS, compile_kernels
+from valleysim.valley.landscape import ValleyLandscape, diff
+from valleysim.valley.noise import SCALE, NoiseModel
+from valleysim.valley import theory as vt
 
 
 @dataclass
 class ValleyRun:
-    """Raw output of ``simulate_valley``.
+    """Raw output of ``simulate``.
 
     rec (R, n_rec, 4 + D): observables ``OBSERVABLES`` then the coordinates, every
     ``record_every`` steps of the window (record j at window step j * record_every;
@@ -82,14 +82,14 @@ def check_start(land: ValleyLandscape, noise: NoiseModel, eta: float) -> np.ndar
 
 
 def valley_bytes(land: ValleyLandscape, trajectories: int, n_records: int) -> float:
-    """Memory of ``simulate_valley`` and ``summarise``, in bytes: per trajectory and record the observables and
+    """Memory of ``simulate`` and ``summarise``, in bytes: per trajectory and record the observables and
     coordinates, and the predictions (Hessians and their gradients, D^2 + D^3 numbers, a few copies)."""
     D = land.n + land.m
     per_record = len(OBSERVABLES) + D + 4.0 * (D**2 + D**3)
     return float(trajectories) * (n_records * per_record + 3.0 * D + max(land.n_examples, 1)) * F64
 
 
-def simulate_valley(land: ValleyLandscape, noise: NoiseModel, eta: float, *, steps: int, burn_in: int = 0,
+def simulate(land: ValleyLandscape, noise: NoiseModel, eta: float, *, steps: int, burn_in: int = 0,
                     trajectories: int = 1024, seed: int = 0, record_every: int | None = None) -> ValleyRun:
     """R trajectories from ``land.init``: ``burn_in`` steps, then a window of ``steps`` steps."""
     eta = check_learning_rate(eta, "--eta")
@@ -227,7 +227,7 @@ def project_to_floor(land: ValleyLandscape, x: np.ndarray, iterations: int = 20)
 def manifold_trace_drift(run: ValleyRun, x: np.ndarray) -> np.ndarray:
     """Expected one-step change of tr H at the projection of x (..., D) onto the minimum manifold.
 
-    ``valley_theory.manifold_drift`` at the projection, dotted with grad tr H there.
+    ``valley.theory.manifold_drift`` at the projection, dotted with grad tr H there.
     """
     land = run.land
     xs = project_to_floor(land, x)
@@ -303,7 +303,7 @@ def summarise(run: ValleyRun) -> dict:
         drift = manifold_trace_drift(run, rec[:, :, len(OBSERVABLES):])
         out["trace_drift_predicted"] = float(np.mean(_window_mean(drift)))
         out["prediction_note"] = (f"{land.name} is not of the valley form; trace = tr H(x), predicted by the "
-                                  "coordinate-free drift along the minimum manifold (valley_theory.manifold_drift)")
+                                  "coordinate-free drift along the minimum manifold (valley.theory.manifold_drift)")
         return out
 
     tau = relaxation_steps(land, run.eta)

@@ -38,8 +38,8 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from valleysim import rng
 from valleysim.errors import warn
-from valleysim.valley_landscape import ValleyLandscape, diff
-from valleysim.valley_noise import SCALE, NoiseModel
+from valleysim.valley.landscape import ValleyLandscape, diff
+from valleysim.valley.noise import SCALE, NoiseModel
 
 CODEGEN_VERSION = "5"
 #: ``reason`` codes of a stopped trajectory.

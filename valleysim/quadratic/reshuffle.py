@@ -16,7 +16,7 @@ import numpy as np
 from scipy.optimize import brentq
 
 from valleysim.errors import UserInputError, check_batch_size
-from valleysim.quadratic import PerExampleQuadratic
+from valleysim.quadratic.landscape import PerExampleQuadratic
 
 MAX_N = 8
 

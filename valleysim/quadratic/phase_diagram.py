@@ -36,16 +36,16 @@ from matplotlib.ticker import FormatStrFormatter, FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.optimize import brentq  # noqa: E402
 
-from valleysim import reshuffle  # noqa: E402
-from valleysim.batches import MAX_BATCHES, count_batches  # noqa: E402
+from valleysim.quadratic import reshuffle  # noqa: E402
+from valleysim.quadratic.batches import MAX_BATCHES, count_batches  # noqa: E402
 from valleysim.errors import UserInputError, check_batch_size, check_int_range  # noqa: E402
-from valleysim.integrator import simulate, simulate_bytes  # noqa: E402
+from valleysim.quadratic.integrator import simulate, simulate_bytes  # noqa: E402
 from valleysim.jsonout import dumps, read_json  # noqa: E402
-from valleysim.lyapunov import lyapunov_exact, lyapunov_exponent  # noqa: E402
-from valleysim.quadratic import PerExampleQuadratic  # noqa: E402
+from valleysim.quadratic.lyapunov import lyapunov_exact, lyapunov_exponent  # noqa: E402
+from valleysim.quadratic.landscape import PerExampleQuadratic  # noqa: E402
 from valleysim.runner import run_sweep  # noqa: E402
 from valleysim.memory import check_fits  # noqa: E402
-from valleysim.second_moment import MomentMap, moment_map_bytes  # noqa: E402
+from valleysim.quadratic.second_moment import MomentMap, moment_map_bytes  # noqa: E402
 from valleysim.theory import check_scheme, necessary_eta_bounds, variance_factor  # noqa: E402
 
 DIVERGENCE_FACTOR = 1e12
@@ -126,7 +126,7 @@ def evaluate_point(point: dict, *, landscape: str, scheme: str, n_traj: int, n_s
     lyap = lyapunov_exponent(q, eta, S, scheme, n_steps=n_steps, burn_in=max(1, n_steps // 4),
                              n_traj=n_traj, seed=seed)
     r = q.range_basis().shape[1]
-    run = simulate(q, eta, S, n_steps, n_traj=n_traj, seed=seed, scheme=scheme, record_every=n_steps,
+    run = simulate(q, eta, S, steps=n_steps, trajectories=n_traj, seed=seed, scheme=scheme, record_every=n_steps,
                    divergence_threshold=DIVERGENCE_FACTOR * max(r, 1))
     return {"spectral_radius": rho, "mean_square_stable": None if rho is None else bool(rho <= 1.0 + 1e-12),
             "lyapunov_exponent": lyap["value"], "lyapunov_se": lyap["se"], "lyapunov_method": lyap["method"],

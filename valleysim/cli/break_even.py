@@ -2,8 +2,7 @@
 
 One (eta, S): simulated max curvature, the curvature where growth stops, the
 steps to reach it, next to lambda*(eta, S) = 2 / (eta (1 + c sigma^2)).
-``sweep`` does a grid of (eta, S) from Python. The landscape and the
-definitions are in ``valleysim.break_even_sim``.
+The landscape, the simulator and the grid sweep (``sweep``) are in ``valleysim.break_even``.
 """
 
 from __future__ import annotations
@@ -11,23 +10,13 @@ from __future__ import annotations
 import argparse
 
 from valleysim import argtypes as T
-from valleysim import break_even_sim as bes
+from valleysim import break_even as bes
 from valleysim.errors import UserInputError
 from valleysim.jsonout import dumps, json_safe
 
 KEYS = ("max_curvature", "curvature_at_break_even", "mean_late_curvature", "steps_to_break_even",
         "max_lambda_H_full", "max_lambda_K", "median_late_lambda_K",
         "max_trace_H", "max_trace_K", "min_trace_ratio", "final_trace_ratio", "final_loss")
-
-
-def _floats(spec: str, name: str) -> list[float]:
-    try:
-        vals = [float(v) for v in str(spec).split(",") if v.strip()]
-    except ValueError:
-        raise UserInputError(f"{name} must be a comma-separated list of numbers; got {spec!r}") from None
-    if not vals:
-        raise UserInputError(f"{name} must list at least one number; got {spec!r}")
-    return vals
 
 
 def add_parser(sub) -> None:
@@ -42,8 +31,8 @@ def add_parser(sub) -> None:
                    "noise at the full-batch minimum)")
     b.add_argument("--beta", type=T.nonnegative, default=0.001, help="drive: the loss falls by beta per unit of z "
                    "(speed of sharpening)")
-    b.add_argument("--a0", default="1", help="starting curvatures of the sharp directions, comma list")
-    b.add_argument("--rates", default="1", help="d log a_j / dz of the sharp directions, comma list "
+    b.add_argument("--a0", type=T.comma_list(T.positive, "numbers > 0"), default="1", help="starting curvatures of the sharp directions, comma list")
+    b.add_argument("--rates", type=T.comma_list(T.nonnegative, "numbers >= 0"), default="1", help="d log a_j / dz of the sharp directions, comma list "
                    "(several: Conjecture 2)")
     b.add_argument("--landscape-seed", type=T.seed, default=0)
     b.add_argument("--steps", type=T.count, help="SGD steps (default: 2.5 x the drift time to lambda* + 500, at "
@@ -55,7 +44,7 @@ def add_parser(sub) -> None:
 
 
 def landscape_from_args(args) -> bes.SharpeningLandscape:
-    a0, rates = _floats(args.a0, "--a0"), _floats(args.rates, "--rates")
+    a0, rates = args.a0, args.rates
     if len(a0) != len(rates):
         raise UserInputError(f"--a0 and --rates must have the same length; got {len(a0)} and {len(rates)}")
     return bes.SharpeningLandscape.make(n_examples=args.n_examples, sigma=args.sigma, offset=args.offset,
@@ -99,12 +88,3 @@ def format_summary(s: dict) -> str:
 def _num(v, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
-
-def sweep(etas, batch_sizes, *, n_examples: int = 64, sigma: float = 1.0, offset: float = 0.001,
-          beta: float = 0.001, a0=(1.0,), rates=(1.0,), landscape_seed: int = 0, steps: int | None = None,
-          trajectories: int = 128, seed: int = 0, keep_runs: bool = False) -> list[dict]:
-    """One ``summarise`` row per (eta, S) of the grid (eta outer, S inner) on one landscape."""
-    land = bes.SharpeningLandscape.make(n_examples=n_examples, sigma=sigma, offset=offset, beta=beta, a0=a0,
-                                        rates=rates, landscape_seed=landscape_seed)
-    return bes.sweep(etas, batch_sizes, land, steps=steps, trajectories=trajectories, seed=seed,
-                     keep_runs=keep_runs)

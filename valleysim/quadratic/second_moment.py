@@ -25,7 +25,7 @@ from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 
 from valleysim.errors import UserInputError
 from valleysim.memory import F64, check_fits
-from valleysim.quadratic import PerExampleQuadratic
+from valleysim.quadratic.landscape import PerExampleQuadratic
 from valleysim.theory import necessary_eta_bounds, variance_factor
 
 _DENSE_TENSOR_MAX_R = 80  # keep the (r^2, r^2) moment matrix under ~330 MB
@@ -176,11 +176,11 @@ def mean_square(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "witho
 
     Returns eta_star, spectral_radius, mean_square_stable, lambda_max,
     nonuniformity and the necessary bounds. For 'reshuffle' see
-    ``valleysim.reshuffle``.
+    ``valleysim.quadratic.reshuffle``.
     """
     q.check_eta(eta)
     if scheme == "reshuffle":
-        raise UserInputError("mean_square handles one-step schemes; use valleysim.reshuffle for scheme='reshuffle'")
+        raise UserInputError("mean_square handles one-step schemes; use valleysim.quadratic.reshuffle for scheme='reshuffle'")
     c = variance_factor(S, q.N, scheme)
     m = moments or MomentMap(q)
     rho = m.spectral_radius(eta, c)

@@ -9,9 +9,9 @@ import numpy as np
 from valleysim import argtypes as T
 from valleysim.errors import UserInputError
 from valleysim.jsonout import dumps, json_safe
-from valleysim.valley_landscape import CATALOGUE, ValleyLandscape, catalogue
-from valleysim.valley_noise import NOISES, make_noise
-from valleysim.valley_sim import simulate_valley, summarise
+from valleysim.valley.landscape import CATALOGUE, ValleyLandscape, catalogue
+from valleysim.valley.noise import NOISES, make_noise
+from valleysim.valley.sim import simulate, summarise
 
 
 def add_parser(sub) -> None:
@@ -58,11 +58,11 @@ def cmd_valley(args) -> int:
     record_every = args.record_every or max(1, args.steps // 50)
     if record_every > args.steps:
         raise UserInputError(f"--record-every must be in 1..--steps ({args.steps}); got {record_every}")
-    run = simulate_valley(land, noise, args.eta, steps=args.steps, burn_in=args.burn_in,
+    run = simulate(land, noise, args.eta, steps=args.steps, burn_in=args.burn_in,
                           trajectories=args.trajectories, seed=args.seed, record_every=record_every)
     summary = {k: json_safe(v) for k, v in summarise(run).items()}
     if args.plot is not None:
-        from valleysim.valley_plots import plot_run
+        from valleysim.valley.plots import plot_run
 
         args.plot.mkdir(parents=True, exist_ok=True)
         plot_run(run, args.plot / "valley.png")

@@ -39,12 +39,12 @@ def cmd_nsgd(args) -> int:
     gammas = args.gamma if args.method == "nsgd" else [1.0]
     rows = []
     for gm in gammas:
-        run = ns.simulate(land, args.method, eta=args.eta, S=args.batch, T=args.steps, K=args.K, gamma=gm,
-                          recompute=recompute, R=args.trajectories, seed=args.seed,
+        run = ns.simulate(land, method=args.method, eta=args.eta, batch_size=args.batch, steps=args.steps, K=args.K, gamma=gm,
+                          recompute=recompute, trajectories=args.trajectories, seed=args.seed,
                           record_every=max(1, args.steps // 50), keep_theta=True)
         n = max(1, round(0.2 * len(run["steps"])))
         alive = ~run["diverged"]
-        lc = ns.loss_change_along_top(land, run["theta"][alive], eta=args.eta, S=args.batch, seed=args.seed) \
+        lc = ns.loss_change_along_top(land, run["theta"][alive], eta=args.eta, batch_size=args.batch, seed=args.seed) \
             if alive.any() else None
         rows.append({"method": args.method, "gamma": gm if args.method == "nsgd" else None,
                      "final_loss": mean_se(run["loss"][-1])[0],           # over the trajectories alive

@@ -6,7 +6,7 @@ finite sum L = (1/M) sum_k l(coords; x_k) over M data rows. From it we derive
 the gradient (D,), the Hessian (D, D) and, when L - L* = 1/2 sum_i theta_i^2
 lambda_i(theta_hat) holds identically (the valley form of R3), the curvatures
 lambda_i, their gradients (n, m) and Hessians (n, m, m). Compiled kernels come
-from ``valleysim.valley_codegen``; the paper's toys are in ``CATALOGUE``.
+from ``valleysim.valley.codegen``; the paper's toys are in ``CATALOGUE``.
 """
 
 from __future__ import annotations

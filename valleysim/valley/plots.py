@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.integrate import cumulative_trapezoid  # noqa: E402
 
-from valleysim.valley_sim import ValleyRun, predictions  # noqa: E402
+from valleysim.valley.sim import ValleyRun, predictions  # noqa: E402
 
 
 def ensemble_band(run: ValleyRun, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ import sympy as sp
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
 from valleysim.expr import parse_expression
 from valleysim.theory import variance_factor
-from valleysim.valley_landscape import ValleyLandscape
+from valleysim.valley.landscape import ValleyLandscape
 
 NOISES = ("sgd", "minibatch", "isotropic", "isotropic-full", "designed:trace", "designed:logdet", "designed:EXPR")
 

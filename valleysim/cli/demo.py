@@ -17,19 +17,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from valleysim.integrator import simulate  # noqa: E402
+from valleysim.quadratic.integrator import simulate  # noqa: E402
 from valleysim.jsonout import dumps  # noqa: E402
-from valleysim.lyapunov import lyapunov_exponent, mean_square_growth_mc  # noqa: E402
-from valleysim.phase_diagram import phase_diagram  # noqa: E402
-from valleysim.quadratic import PerExampleQuadratic, generate  # noqa: E402
-from valleysim.second_moment import MomentMap, eta_star_dense  # noqa: E402
+from valleysim.quadratic.lyapunov import lyapunov_exponent, mean_square_growth_mc  # noqa: E402
+from valleysim.quadratic.phase_diagram import phase_diagram  # noqa: E402
+from valleysim.quadratic.landscape import PerExampleQuadratic, generate  # noqa: E402
+from valleysim.quadratic.second_moment import MomentMap, eta_star_dense  # noqa: E402
 from valleysim.theory import (  # noqa: E402
     break_even_curvature, eta_star_1d, gd_contraction, gd_damping_regime, variance_factor)
-from valleysim import break_even_sim, walk  # noqa: E402
-from valleysim.valley_landscape import catalogue  # noqa: E402
-from valleysim.valley_noise import make_noise  # noqa: E402
-from valleysim.valley_plots import plot_run  # noqa: E402
-from valleysim.valley_sim import simulate_valley, summarise  # noqa: E402
+from valleysim import break_even, valley, walk  # noqa: E402
+from valleysim.valley.landscape import catalogue  # noqa: E402
+from valleysim.valley.noise import make_noise  # noqa: E402
+from valleysim.valley.plots import plot_run  # noqa: E402
 
 LANDSCAPES = {
     "1-D, N=32": lambda: generate("diagonal", 32, 1, nonuniformity=0.6, seed=1),
@@ -64,7 +63,7 @@ def stability_table(quick: bool) -> list[dict]:
                 ms = mean_square_growth_mc(q, eta, S, n_steps=12, burn_in=3, n_traj=n_traj, seed=7)
                 d2 = m.mean_dist2(eta, c, [3, 12])
                 lyap = lyapunov_exponent(q, eta, S, n_steps=2000 if quick else 4000, n_traj=128, seed=7)
-                run = simulate(q, eta, S, 2000, n_traj=256, seed=7, record_every=2000,
+                run = simulate(q, eta, S, steps=2000, trajectories=256, seed=7, record_every=2000,
                                divergence_threshold=1e12 * m.r)
                 rows.append({
                     "landscape": name, "S": S, "eta": eta, "eta_over_eta_star": frac,
@@ -140,7 +139,7 @@ def gd_damping_table(path: Path) -> list[dict]:
     rows = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for x in (0.5, 1.0, 1.5, 1.99, 2.05):
-        run = simulate(q, x, 1, 30, n_traj=1, w0=np.ones(1), record_every=1)
+        run = simulate(q, x, 1, steps=30, trajectories=1, w0=np.ones(1), record_every=1)
         line, = ax.plot(run.steps, np.sqrt(run.dist2[0]), "o", ms=3,
                         label=f"eta lambda = {x}: {gd_damping_regime(x, 1.0)}")
         ax.plot(run.steps, gd_contraction(x, 1.0) ** run.steps, "-", lw=0.8, color=line.get_color())
@@ -169,9 +168,9 @@ def valley_table(out: Path, quick: bool) -> list[dict]:
     for name, noise_name, scale, eta, S in VALLEY_RUNS:
         land = catalogue(name)
         noise = make_noise(land, noise_name, scale=scale, S=S, M=None if land.finite_sum else 32)
-        run = simulate_valley(land, noise, eta, steps=1000 if quick else 4000, burn_in=1000,
+        run = valley.simulate(land, noise, eta, steps=1000 if quick else 4000, burn_in=1000,
                               trajectories=512 if quick else 2048, seed=0, record_every=100)
-        s = summarise(run)
+        s = valley.summarise(run)
         for q in ("trace", "logdet"):
             if s.get(f"{q}_drift_predicted") is not None:
                 rows.append({"landscape": name, "noise": noise_name, "eta": eta, "quantity": q,
@@ -202,7 +201,7 @@ def valley_markdown(rows: list[dict]) -> str:
 
 def break_even_table(quick: bool) -> tuple[list[dict], str]:
     """R2: where progressive sharpening stops under SGD, against lambda*(eta, S) = 2/(eta (1 + c sigma^2))."""
-    rows = break_even_sim.sweep((0.1, 0.2), (2, 8, 64), trajectories=16 if quick else 64, seed=0)
+    rows = break_even.sweep((0.1, 0.2), (2, 8, 64), trajectories=16 if quick else 64, seed=0)
     md = ["| eta | S | predicted lambda* | curvature where growth stops | max curvature | steps to break-even |",
           "|---|---|---|---|---|---|"]
     for r in rows:
@@ -218,8 +217,8 @@ def break_even_table(quick: bool) -> tuple[list[dict], str]:
 def walk_table(quick: bool) -> tuple[list[dict], str]:
     """R9: SGD, GD and GD + isotropic noise of SGD's power on the rough valley floor (eta = 2, S = 4)."""
     land = walk.WalkLandscape.make()
-    rows = [walk.summarise(walk.simulate_walk(land, opt, 2.0, 1000 if quick else 2000, trajectories=1 if opt == "gd"
-                                              else (16 if quick else 64), batch=4, seed=0))
+    rows = [walk.summarise(walk.simulate(land, 2.0, 4, optimizer=opt, steps=1000 if quick else 2000,
+                                         trajectories=1 if opt == "gd" else (16 if quick else 64), seed=0))
             for opt in ("sgd", "gd-noise", "gd")]
     md = ["| optimizer | height above floor | cos(g_t-1, g_t) | barriers crossed | progress along the valley |",
           "|---|---|---|---|---|"]

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from valleysim.batches import MAX_BATCHES, count_batches, enumerate_batches
-from valleysim.integrator import Record, simulate
-from valleysim.quadratic import PerExampleQuadratic
+from valleysim.quadratic.batches import MAX_BATCHES, count_batches, enumerate_batches
+from valleysim.quadratic.integrator import Record, simulate
+from valleysim.quadratic.landscape import PerExampleQuadratic
 
 
 def lyapunov_exact(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement") -> float:
@@ -50,7 +50,7 @@ def lyapunov_exponent(q: PerExampleQuadratic, eta: float, S: int, scheme: str = 
     one_step = "with_replacement" if scheme == "with_replacement" else "without_replacement"
     if q.kind == "diagonal" and count_batches(q.N, S, one_step) <= MAX_BATCHES:
         return {"value": lyapunov_exact(q, eta, S, scheme), "se": 0.0, "method": "enumeration"}
-    rec = simulate(q, eta, S, n_steps, n_traj=n_traj, seed=seed, scheme=scheme,
+    rec = simulate(q, eta, S, steps=n_steps, trajectories=n_traj, seed=seed, scheme=scheme,
                    record_every=burn_in, renormalize=True)
     t0 = int(np.searchsorted(rec.steps, burn_in))
     rates = (rec.log_norm[:, -1] - rec.log_norm[:, t0]) / (rec.steps[-1] - rec.steps[t0])
@@ -71,7 +71,7 @@ def mean_square_growth_mc(q: PerExampleQuadratic, eta: float, S: int, scheme: st
     below ~100 the estimate is not trustworthy whatever its SE says.
     Returns {'value', 'se', 'spectral_radius_estimate', 'effective_sample_size'}.
     """
-    rec = simulate(q, eta, S, n_steps, n_traj=n_traj, seed=seed, scheme=scheme,
+    rec = simulate(q, eta, S, steps=n_steps, trajectories=n_traj, seed=seed, scheme=scheme,
                    record_every=burn_in, renormalize=True)
     t0 = int(np.searchsorted(rec.steps, burn_in))
     ld = _log_dist2(rec)

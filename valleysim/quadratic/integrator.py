@@ -25,7 +25,7 @@ from numba import get_num_threads, njit, prange
 
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
 from valleysim.memory import F64, check_fits
-from valleysim.quadratic import PerExampleQuadratic
+from valleysim.quadratic.landscape import PerExampleQuadratic
 from valleysim.rng import bounded, seed_state
 from valleysim.theory import SCHEMES, check_scheme
 
@@ -269,22 +269,22 @@ def simulate_bytes(q: PerExampleQuadratic, n_traj: int, batch_size: int, n_recor
     return float(n_traj) * (3.0 * n_records + 4.0 * q.D + max(q.N, batch_size) + 8) * F64
 
 
-def simulate(q: PerExampleQuadratic, eta: float, batch_size: int, n_steps: int, *,
-             n_traj: int = 256, seed: int = 0, scheme: str = "without_replacement",
-             record_every: int | None = None, w0=None, renormalize: bool = False,
-             divergence_threshold: float = 1e100) -> Record:
-    """Run R = ``n_traj`` SGD trajectories for ``n_steps`` steps (see module docstring).
+def simulate(q: PerExampleQuadratic, eta: float, batch_size: int, *, steps: int, trajectories: int = 256,
+             seed: int = 0, record_every: int | None = None, scheme: str = "without_replacement", w0=None,
+             renormalize: bool = False, divergence_threshold: float = 1e100) -> Record:
+    """Run R = ``trajectories`` SGD trajectories for T = ``steps`` steps (see module docstring).
 
     ``renormalize``: rescale u to unit norm after every step and accumulate
     log||u|| instead (for Lyapunov exponents and mean-square growth without
     overflow; no divergence is flagged then). Records at t = 0, every
-    ``record_every`` steps (default about 100 records) and at t = n_steps.
+    ``record_every`` steps (default about 100 records) and at t = T.
     """
     q.check_eta(eta)
     check_scheme(scheme)
     check_batch_size(batch_size, q.N, allow_above_n=scheme == "with_replacement")
-    check_int_range(n_steps, "n_steps", 0)
-    check_int_range(n_traj, "n_traj", 1)
+    n_steps, n_traj = steps, trajectories
+    check_int_range(n_steps, "steps", 0)
+    check_int_range(n_traj, "trajectories", 1)
     check_int_range(seed, "seed", 0, 2**63 - 1)
     every = record_every or max(1, n_steps // 100)
     check_int_range(every, "record_every", 1)

@@ -6,7 +6,7 @@ import argparse
 
 from valleysim import argtypes as T
 from valleysim.jsonout import dumps
-from valleysim.walk import OPTIMIZERS, WalkLandscape, per_bin, simulate_walk, summarise
+from valleysim.walk import OPTIMIZERS, WalkLandscape, per_bin, simulate, summarise
 
 
 def add_parser(sub) -> None:
@@ -40,9 +40,9 @@ def add_parser(sub) -> None:
 def cmd_walk(args) -> int:
     land = WalkLandscape.make(n_examples=args.n_examples, width=args.wall_width, barrier=args.barrier,
                               slope=args.slope, seed=args.landscape_seed)
-    run = simulate_walk(land, args.optimizer, args.eta, steps=args.steps, trajectories=args.trajectories,
-                        batch=None if args.optimizer == "gd" else args.batch, seed=args.seed, n_bins=args.bins,
-                        n_rec=0, noise_factor=args.noise_factor)
+    run = simulate(land, args.eta, None if args.optimizer == "gd" else args.batch, optimizer=args.optimizer,
+                   steps=args.steps, trajectories=args.trajectories, seed=args.seed, n_bins=args.bins, n_rec=0,
+                   noise_factor=args.noise_factor)
     summary = summarise(run)
     summary["per_window"] = {k: [{"mean": m, "se": se} for m, se in v] for k, v in per_bin(run).items()}
     if args.json:
