@@ -59,7 +59,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dnn import eigen, probes as probes_mod  # noqa: E402
+from dnn import eigen  # noqa: E402
+from dnn import probes as probes_mod  # noqa: E402
 from dnn.data import batches, channel_stats, load_cifar10, measurement_subset, normalize, to_float_nchw  # noqa: E402
 from dnn.models import build_model  # noqa: E402
 from dnn.objective import Objective  # noqa: E402

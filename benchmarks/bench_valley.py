@@ -52,6 +52,7 @@ import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
 from valleysim.rng import normal, seed_state  # noqa: E402
+from valleysim.stats import mean_se  # noqa: E402
 from valleysim.valley.codegen import OBSERVABLES, kernel_source  # noqa: E402
 from valleysim.valley.landscape import catalogue  # noqa: E402
 from valleysim.valley.noise import make_noise  # noqa: E402
@@ -433,12 +434,6 @@ def compile_cache_times() -> dict:
 
 
 # --- main --------------------------------------------------------------------------------------------
-
-def mean_se(x) -> tuple[float, float]:
-    x = np.asarray(x, dtype=float)
-    x = x[np.isfinite(x)]
-    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size))
-
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -7,25 +7,98 @@ nothing is downloaded. Rerunning the same command on the same ``--out`` resumes.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from pathlib import Path
 
+from dnn.config import TrainConfig
 from valleysim import argtypes as T
 from valleysim.errors import UserInputError
 from valleysim.jsonout import dumps
 
-# torch and the dnn modules load only when a dnn command runs (3 s); the choices below are checked,
-# with the full lists in the message, by dnn.train.TrainConfig.
+# torch and the dnn modules load only when a dnn command runs (3 s): the options come from the torch-free
+# dnn.config.TrainConfig, and its __post_init__ checks model, probe and device names (full lists in the message).
+
+HELP = {
+    "model": "simplecnn, simplecnn-bn, resnet32, resnet32-bn, vgg11, vgg11-bn, mlp",
+    "width": "channel/unit multiplier",
+    "optimizer": "sgd, nsgd, gd, gd-noise",
+    "lr": "learning rate",
+    "momentum": "in [0, 1)",
+    "n_train": "use the first n training examples",
+    "augment": "no random crop / flip",
+    "nsgd_every": "steps between eigenvector recomputations",
+    "noise_std": "gd-noise: sigma per coordinate",
+    "probes": "comma list of lanczos, trace, covariance, step, curvature, walk, negative",
+    "probe_every": "probe every n steps (0: off)",
+    "probe_epochs": "no probe at epoch ends",
+    "probe_acc": "probe when the running training accuracy first reaches each of these, e.g. 0.6",
+    "acc_window": "batches in the running training accuracy that --probe-acc watches",
+    "bn": "BatchNorm policy for measurements: eval | batch",
+    "lanczos_tol": "relative residual tolerance of the Lanczos eigenpairs",
+    "lanczos_max_iter": "Lanczos matrix-vector products at most",
+    "cov_batches": "L mini-batch gradients for K",
+    "cov_batch": "M, their batch size",
+    "loss_change_batches": "mini-batch gradients of the step probe",
+    "init_from": "model state_dict (.pt) to start from instead of the seeded init",
+    "device": "cpu, cuda, cuda:1, ...",
+    "channels_last": "channels-last memory format (auto: on for SimpleCNN / VGG, off for ResNet-32 and the MLP)",
+}
 
 
-def _csv(s: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in s.split(",") if x.strip())
+def _file(text: str) -> str:
+    if not Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"no such file {text!r}")
+    return text
 
 
-def _floats(s: str, name: str) -> tuple[float, ...]:
-    try:
-        return tuple(T.fraction(x) for x in _csv(s))
-    except argparse.ArgumentTypeError:
-        raise UserInputError(f"{name} must be a comma list of accuracies in (0, 1], got {s!r}") from None
+class _Spelled(argparse.Action):
+    """Stores ``type(value)``; a bad value is named by the spelling given (``--eta`` or ``--lr``), not by
+    both as argparse would."""
+
+    def __init__(self, *args, type, **kw):
+        super().__init__(*args, **kw)
+        self.convert = type
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        try:
+            setattr(namespace, self.dest, self.convert(value))
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentError(None, f"argument {option_string}: {err}") from None
+
+
+TYPES = {"int": T.count, "float": T.positive}      # by annotation (others: str); OPTIONS overrides
+OPTIONS = {
+    "lr": dict(flags=("--eta", "--lr"), action=_Spelled, metavar="ETA"),
+    "momentum": dict(type=T.nonnegative),
+    "weight_decay": dict(type=T.nonnegative),
+    "noise_std": dict(type=T.nonnegative),
+    "probe_every": dict(type=T.natural),
+    "measure_fraction": dict(type=T.fraction),
+    "measure_dtype": dict(choices=("float32", "float64")),
+    "cov_batches": dict(type=T.integer(2)),
+    "seed": dict(type=T.seed),
+    "init_from": dict(type=_file),
+    "probes": dict(type=T.comma_list(str, "probe names")),
+    "probe_acc": dict(type=T.comma_list(T.fraction, "accuracies in (0, 1]", empty=True)),
+    "channels_last": dict(choices=("auto", "on", "off"), default="auto"),
+}
+FROM_OPTION = {"channels_last": {"auto": None, "on": True, "off": False}.get}   # option value -> field value
+
+
+def add_config_options(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field: ``--field-name`` (bools: ``--no-<name>`` where True by default),
+    the type from the annotation unless OPTIONS says otherwise, dest the field name."""
+    for f in dataclasses.fields(TrainConfig):
+        name = f.name.replace("_", "-")
+        kw = dict(dest=f.name, default=f.default, help=HELP.get(f.name))
+        if f.type == "bool":
+            name = f"no-{name}" if f.default else name
+            kw.update(action="store_false" if f.default else "store_true")
+        elif not isinstance(f.default, tuple):              # tuples: comma lists (OPTIONS)
+            kw.update(type=TYPES.get(f.type.removesuffix(" | None")))
+        kw.update(OPTIONS.get(f.name, {}))
+        p.add_argument(*kw.pop("flags", (f"--{name}",)), **kw)
 
 
 def add_parser(sub) -> None:
@@ -37,37 +110,7 @@ def add_parser(sub) -> None:
     t.add_argument("--label-order", default="auto", help="label-order .npz restoring the original order "
                    "('auto': the one beside the data, 'none': class-major order)")
     t.add_argument("--out", type=T.out_dir, required=True, help="run directory (config.json, metrics.jsonl, checkpoint.pt)")
-    t.add_argument("--model", default="simplecnn", help="simplecnn, simplecnn-bn, resnet32, resnet32-bn, vgg11, vgg11-bn, mlp")
-    t.add_argument("--width", type=T.positive, default=1.0, help="channel/unit multiplier")
-    t.add_argument("--optimizer", default="sgd", help="sgd, nsgd, gd, gd-noise")
-    t.add_argument("--lr", type=T.positive, default=0.01)
-    t.add_argument("--batch", type=T.count, default=128)
-    t.add_argument("--momentum", type=T.nonnegative, default=0.0, help="in [0, 1)")
-    t.add_argument("--weight-decay", type=T.nonnegative, default=0.0)
-    t.add_argument("--epochs", type=T.count, default=1)
-    t.add_argument("--max-steps", type=T.count, default=None)
-    t.add_argument("--n-train", type=T.count, default=None, help="use the first n training examples")
-    t.add_argument("--no-augment", action="store_true", help="no random crop / flip")
-    t.add_argument("--nsgd-gamma", type=T.positive, default=0.01)
-    t.add_argument("--nsgd-k", type=T.count, default=5)
-    t.add_argument("--nsgd-every", type=T.count, default=100, help="steps between eigenvector recomputations")
-    t.add_argument("--noise-std", type=T.nonnegative, default=0.0, help="gd-noise: sigma per coordinate")
-    t.add_argument("--probes", default="lanczos",
-                   help="comma list of lanczos, trace, covariance, step, curvature, walk, negative")
-    t.add_argument("--probe-every", type=T.natural, default=0, help="probe every n steps (0: off)")
-    t.add_argument("--no-probe-epochs", action="store_true", help="no probe at epoch ends")
-    t.add_argument("--probe-acc", default="", help="probe when the running training accuracy first "
-                   "reaches each of these, e.g. 0.6")
-    t.add_argument("--measure-fraction", type=T.fraction, default=0.05)
-    t.add_argument("--measure-size", type=T.count, default=None)
-    t.add_argument("--measure-dtype", default="float32", choices=("float32", "float64"))
-    t.add_argument("--bn", default="eval", help="BatchNorm policy for measurements: eval | batch")
-    t.add_argument("--top-k", type=T.count, default=5)
-    t.add_argument("--hutchinson-samples", type=T.count, default=50)
-    t.add_argument("--cov-batches", type=T.integer(2), default=25, help="L mini-batch gradients for K")
-    t.add_argument("--cov-batch", type=T.count, default=128, help="M, their batch size")
-    t.add_argument("--seed", type=T.seed, default=0)
-    t.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    add_config_options(t)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
@@ -85,18 +128,9 @@ def add_parser(sub) -> None:
     c.set_defaults(func=cmd_crosscheck)
 
 
-def config_from_args(a):
-    from dnn.train import TrainConfig
-
-    return TrainConfig(
-        model=a.model, width=a.width, optimizer=a.optimizer, lr=a.lr, batch=a.batch, momentum=a.momentum,
-        weight_decay=a.weight_decay, epochs=a.epochs, max_steps=a.max_steps, n_train=a.n_train,
-        augment=not a.no_augment, nsgd_gamma=a.nsgd_gamma, nsgd_k=a.nsgd_k, nsgd_every=a.nsgd_every,
-        noise_std=a.noise_std, probes=_csv(a.probes), probe_every=a.probe_every,
-        probe_epochs=not a.no_probe_epochs, probe_acc=_floats(a.probe_acc, "--probe-acc"),
-        measure_fraction=a.measure_fraction, measure_size=a.measure_size, measure_dtype=a.measure_dtype,
-        bn=a.bn, top_k=a.top_k, hutchinson_samples=a.hutchinson_samples, cov_batches=a.cov_batches,
-        cov_batch=a.cov_batch, seed=a.seed, device=a.device)
+def config_from_args(a) -> TrainConfig:
+    return TrainConfig(**{f.name: FROM_OPTION.get(f.name, lambda v: v)(getattr(a, f.name))
+                          for f in dataclasses.fields(TrainConfig)})
 
 
 def cmd_train(a) -> int:
@@ -117,8 +151,6 @@ def cmd_train(a) -> int:
 
 
 def cmd_crosscheck(a) -> int:
-    import dataclasses
-
     from dnn.crosscheck import PRESETS, run_crosscheck
     from dnn.data import load_cifar10
     from dnn.predictions import to_markdown

@@ -28,6 +28,7 @@ import scipy.linalg
 import torch
 
 from valleysim.errors import UserInputError, check_int_range, check_positive
+from valleysim.stats import mean_se
 
 __all__ = [
     "Eigenpairs", "lanczos_top", "power_iteration", "hutchinson_trace", "dense_matrix",
@@ -493,9 +494,8 @@ def hutchinson_trace(matvec: MatVec, dim_or_like: int | torch.Tensor, *, n_sampl
         samples[s] = float(torch.dot(z, _apply(matvec, z)))
     if not np.all(np.isfinite(samples)):
         raise ValueError("matvec returned non-finite values")
-    est = base + float(samples.mean())
-    se = float(samples.std(ddof=1) / math.sqrt(n_samples)) if n_samples > 1 else float("nan")
-    return est, se, n_samples
+    mean, se = mean_se(samples)
+    return base + mean, se, n_samples
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -237,7 +237,7 @@ def bn_scale_norm(model: nn.Module) -> dict:
 def nsgd_direction(g, eigvecs, gamma: float) -> torch.Tensor:
     """NSGD's direction d = g + (gamma - 1) E^T (E g) (P,), E = eigvecs (K, P) with orthonormal rows
     (or one (P,) vector): the component of g in span(E) scaled by gamma, the rest kept
-    (theta <- theta - eta d). Same as valleysim.nsgd.nsgd_direction(g, E^T, gamma)."""
+    (theta <- theta - eta d). Same as valleysim.nsgd.nsgd_direction(g, E, gamma) (the same row convention)."""
     gamma = check_positive(gamma, "gamma")
     g = check_vector(g, "g")
     E = _rows(eigvecs, "eigvecs", g.shape[0]).to(g)

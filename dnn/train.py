@@ -18,11 +18,9 @@ loss stops the run with a final row ``diverged = step`` (a result, not a crash).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,122 +30,21 @@ from tqdm import tqdm
 
 from dnn import probes as probes_mod
 from dnn import step_probes
-from dnn.data import batches, channel_stats, measurement_subset, to_float_nchw, normalize
-from dnn.models import MODELS, build_model, footprint
+from dnn.config import OPTIMIZERS, TrainConfig
+from dnn.data import batches, channel_stats, measurement_subset, normalize, to_float_nchw
+from dnn.models import build_model, footprint
 from dnn.objective import Objective, flat_params
 from dnn.store import RunStore
 from dnn.walk_metrics import WalkTracker
-from valleysim.errors import UserInputError, check_positive
+from valleysim.errors import UserInputError
 from valleysim.memory import check_fits
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "train", "seed_for"]
-
-OPTIMIZERS = ("sgd", "nsgd", "gd", "gd-noise")
 
 
 def seed_for(*keys: int) -> int:
     """A 63-bit seed from integer keys (numpy SeedSequence): independent streams per (seed, epoch) etc."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-FLOAT32_SAFE = 1e30      # learning rates and other step factors torch's float32 optimiser can hold
-MAX_WIDTH = 1e4          # width multipliers beyond it overflow layer sizes long before they could fit
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a run (stored in config.json; a resumed run must match)."""
-    model: str = "simplecnn"
-    width: float = 1.0
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    batch: int = 128
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    epochs: int = 1
-    max_steps: int | None = None
-    n_train: int | None = None          # first n training examples (canonical order); None: all
-    augment: bool = True
-    nsgd_gamma: float = 0.01
-    nsgd_k: int = 5
-    nsgd_every: int = 100
-    noise_std: float = 0.0              # gd-noise: sigma per coordinate
-    probes: tuple[str, ...] = ("lanczos",)
-    probe_every: int = 0                # steps; 0: off
-    probe_epochs: bool = True
-    probe_acc: tuple[float, ...] = ()
-    acc_window: int = 50
-    measure_fraction: float = 0.05
-    measure_size: int | None = None
-    measure_dtype: str = "float32"      # float64 for validation (3-5x slower on CPU)
-    bn: str = "eval"
-    top_k: int = 5
-    lanczos_tol: float = 1e-3
-    lanczos_max_iter: int = 100
-    hutchinson_samples: int = 50
-    cov_batches: int = 25
-    cov_batch: int = 128
-    loss_change_batches: int = 10
-    seed: int = 0
-    init_from: str | None = None        # a model state_dict (.pt) to start from instead of the seeded init
-    device: str = "cpu"
-    channels_last: bool | None = None   # None: on for SimpleCNN / VGG (3x3 convs ~2x faster), off for
-                                        # ResNet-32 (slower step, MACHINE-NOTES) and the MLP
-
-    def __post_init__(self):
-        self.probes = tuple(self.probes)
-        self.probe_acc = tuple(float(a) for a in self.probe_acc)
-        if self.model not in MODELS:
-            raise UserInputError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserInputError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        unknown = [p for p in self.probes if p not in probes_mod.PROBES]
-        if unknown:
-            raise UserInputError(f"unknown probe(s) {', '.join(unknown)}; choose from {', '.join(probes_mod.PROBES)}")
-        check_positive(self.lr, "learning rate --lr")
-        check_device(self.device)
-        for name, value in (("lr", self.lr), ("weight_decay", self.weight_decay), ("noise_std", self.noise_std),
-                            ("nsgd_gamma x lr", self.nsgd_gamma * self.lr)):
-            if not value <= FLOAT32_SAFE:
-                raise UserInputError(f"{name} must be <= {FLOAT32_SAFE:g} (the optimiser works in float32); "
-                                     f"got {value!r}")
-        if not (isinstance(self.width, (int, float)) and 0 < self.width <= MAX_WIDTH):
-            raise UserInputError(f"width must be in (0, {MAX_WIDTH:g}]; got {self.width!r}")
-        for name in ("batch", "epochs", "acc_window", "top_k", "nsgd_every", "lanczos_max_iter",
-                     "hutchinson_samples", "cov_batch", "loss_change_batches"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise UserInputError(f"{name} must be an integer >= 1, got {v!r}")
-        if self.cov_batches < 2:
-            raise UserInputError(f"cov_batches must be >= 2 (a covariance needs two gradients), got {self.cov_batches}")
-        for name in ("momentum", "weight_decay", "noise_std"):
-            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
-                raise UserInputError(f"{name} must be finite and >= 0, got {getattr(self, name)!r}")
-        if self.momentum >= 1:
-            raise UserInputError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.probe_every < 0:
-            raise UserInputError(f"probe_every must be >= 0 steps, got {self.probe_every}")
-        if any(not (0 < a <= 1) for a in self.probe_acc):
-            raise UserInputError(f"probe_acc thresholds must be in (0, 1], got {self.probe_acc}")
-        if self.measure_dtype not in ("float32", "float64"):
-            raise UserInputError(f"measure_dtype must be float32 or float64, got {self.measure_dtype!r}")
-        if self.optimizer == "nsgd":
-            check_positive(self.nsgd_gamma, "nsgd_gamma")
-            if self.nsgd_k > self.top_k:
-                raise UserInputError(f"NSGD K = {self.nsgd_k} is larger than the eigenpairs computed "
-                                     f"(top_k = {self.top_k}); raise --top-k or lower --nsgd-k")
-        if self.optimizer == "gd-noise" and self.noise_std <= 0:
-            raise UserInputError("gd-noise needs --noise-std > 0")
-        if self.bn == "batch" and self.model.endswith("-bn") and {"curvature", "covariance"} & set(self.probes):
-            raise UserInputError("the curvature and covariance probes need independent examples: use --bn eval "
-                                 "with a BatchNorm model")
-        needs_eigvecs = {"step", "curvature"} & set(self.probes)
-        if needs_eigvecs and "lanczos" not in self.probes:
-            raise UserInputError(f"probe(s) {', '.join(sorted(needs_eigvecs))} need the top eigenvectors: "
-                                 "add 'lanczos' to --probes")
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def check_device(name: str, what: str = "--device") -> torch.device:

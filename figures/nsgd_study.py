@@ -19,6 +19,7 @@ import sympy as sp
 from proofs import nsgd as pn
 from valleysim import argtypes
 from valleysim import nsgd as ns
+from valleysim.stats import mean_se
 
 
 def main(argv=None) -> int:
@@ -52,8 +53,8 @@ def main(argv=None) -> int:
         lc = ns.loss_change_along_top(land, th, eta=eta_lc, batch_size=S, seed=args.seed)
         al = lc["alphas"]
         quad = dL(al[None, None, :], eta_lc, lc["g1"][..., None], lc["G"][:, None, None], lc["lam"][:, None, None]).mean(1)
-        lc_data[name] = {"alphas": al, "change": lc["change"].mean(0),
-                         "change_se": lc["change"].std(0, ddof=1) / np.sqrt(len(th)),
+        change, change_se = mean_se(lc["change"], axis=0)
+        lc_data[name] = {"alphas": al, "change": change, "change_se": change_se,
                          "rel_change_pct": 100 * lc["change"].mean(0) / land.loss(th).mean(),
                          "quadratic_closed_form": quad.mean(0), "states": len(th),
                          "eta_lambda1": float(eta_lc * lc["lam"].mean()), "step_rate": eta_lc,

@@ -21,6 +21,7 @@ import _common as C
 import numpy as np
 
 from valleysim import argtypes as T
+from valleysim.stats import mean_se
 from valleysim.valley.landscape import catalogue
 from valleysim.valley.noise import make_noise
 from valleysim.valley.sim import predictions, simulate, summarise
@@ -68,9 +69,8 @@ def measure(land, eta: float, S: int, M: int, R: int, n_rec: int, seed: int) -> 
     block = 0.5 * np.einsum("...i,...ikl->...kl", W, land.eval_hess_lambdas(X))
     paper = neg_sum(block).mean() / (0.5 * np.einsum("...i,...i->...", W, land.eval_lambdas(X))).mean()
     pred = float(np.mean(p["neg_eig_slope"]))
-    return {"eta": eta, "S": S, "c": noise.scale, "tau": tau, "loss": float(loss.mean()),
-            "loss_se": float(loss.std(ddof=1) / math.sqrt(loss.size)), "neg": float(neg.mean()),
-            "neg_se": float(neg.std(ddof=1) / math.sqrt(neg.size)), "ratio": r, "ratio_se": r_se,
+    return {"eta": eta, "S": S, "c": noise.scale, "tau": tau, **dict(zip(("loss", "loss_se"), mean_se(loss))),
+            **dict(zip(("neg", "neg_se"), mean_se(neg))), "ratio": r, "ratio_se": r_se,
             "pred": pred, "paper": float(paper), "z": (r - pred) / r_se,
             "ratio_schur_sampled": float(schur.mean() / loss.mean()),
             "schur_nsd": bool(np.all(p["schur_nsd"])), "completed": s["completed"], "stopped": s["stopped"],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sympy as sp
 
 from proofs._util import check, check_true, section
-from proofs.sgd_second_moment import S, N, c, eta, lam, s2, stability_factor, variance_factor_without_replacement
+from proofs.sgd_second_moment import N, S, c, eta, lam, s2, stability_factor, variance_factor_without_replacement
 
 alpha = sp.Symbol("alpha", nonnegative=True)   # lam_K >= 0 (K is PSD) and lam_H > 0
 psi = sp.Symbol("psi", real=True, nonzero=True)

@@ -20,7 +20,9 @@ import itertools
 import sympy as sp
 
 from proofs._util import check, check_true, section
-from proofs.sgd_second_moment import N as M_, S as S_, variance_factor_without_replacement
+from proofs.sgd_second_moment import N as M_
+from proofs.sgd_second_moment import S as S_
+from proofs.sgd_second_moment import variance_factor_without_replacement
 
 n = m = 2
 eta = sp.Symbol("eta", positive=True)

@@ -13,7 +13,9 @@ import itertools
 import sympy as sp
 
 from proofs._util import check, check_true, section
-from proofs.sgd_second_moment import N as N_, S as S_, variance_factor_without_replacement
+from proofs.sgd_second_moment import N as N_
+from proofs.sgd_second_moment import S as S_
+from proofs.sgd_second_moment import variance_factor_without_replacement
 
 NEX = 3                                           # examples
 x = sp.symbols("x1:3", real=True)                 # two parameters

@@ -4,8 +4,10 @@ Derandomized: the examples are a function of the test, so CI is reproducible;
 `pytest --hypothesis-profile=explore` draws new ones (and more of them).
 """
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -56,4 +58,23 @@ def installed(tmp_path):
 
     run.popen = lambda *argv: subprocess.Popen([*VALLEYSIM, *map(str, argv)], cwd=tmp_path,
                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return run
+
+
+FIGURES = Path(__file__).resolve().parents[1] / "figures"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def figure(tmp_path):
+    """A figure script in its own process: figure(name, *argv) runs ``figures/<name>.py --quick --out
+    tmp_path *argv``, checks that it wrote a PNG, and returns its JSON data (its stdout: ``figure.stdout``)."""
+    def run(name: str, *argv) -> dict:
+        res = subprocess.run([sys.executable, str(FIGURES / f"{name}.py"), "--quick", "--out", str(tmp_path),
+                              *map(str, argv)], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+        run.stdout = res.stdout
+        png = tmp_path / f"{name}.png"
+        assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == PNG
+        return json.loads((tmp_path / f"{name}.json").read_text())
     return run

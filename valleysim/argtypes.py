@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import numpy as np
-from pathlib import Path
 
 from valleysim.errors import UserInputError, check_out_dir
 
@@ -99,11 +99,12 @@ def seed(text: str) -> int:
     return _integer(text, 0, SEED_MAX)
 
 
-def comma_list(item, allowed: str = "numbers"):
-    """A type for 'a,b,c': each entry read by ``item`` (a type above, or ``str``), at least one entry."""
+def comma_list(item, allowed: str = "numbers", empty: bool = False):
+    """A type for 'a,b,c': each entry read by ``item`` (a type above, or ``str``); at least one entry
+    unless ``empty`` ('' is then the empty tuple)."""
     def parse(text: str) -> tuple:
         parts = [s.strip() for s in str(text).split(",") if s.strip()]
-        if not parts:
+        if not parts and not empty:
             raise argparse.ArgumentTypeError(f"must be a comma list of {allowed}; got {text!r}")
         out = []
         for s in parts:

@@ -19,19 +19,33 @@ import math
 import numpy as np
 
 
-def mean_se(values) -> tuple[float, float]:
+def mean_se(values, axis: int | None = None):
     """(mean, standard error std(ddof=1) / sqrt(n)) over the n finite values.
 
-    (nan, nan) when no value is finite; (mean, nan) when one is: a single
-    sample has no standard error.
+    axis None: over all values, as floats; (nan, nan) when no value is finite, (mean, nan) when one
+    is (a single sample has no standard error). With ``axis``: arrays of both along that axis, each
+    over the finite values of its slice (the same rules per slice).
     """
-    v = np.asarray(values, dtype=float).ravel()
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return math.nan, math.nan
-    if v.size == 1:
-        return float(v[0]), math.nan
-    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
+    v = np.asarray(values, dtype=float)
+    if axis is None:
+        v = v.ravel()
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            return math.nan, math.nan
+        if v.size == 1:
+            return float(v[0]), math.nan
+        return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size))
+    ok = np.isfinite(v)
+    if ok.all():
+        n = v.shape[axis]
+        se = v.std(axis=axis, ddof=1) / np.sqrt(n) if n > 1 else np.full(np.delete(v.shape, axis), np.nan)
+        return v.mean(axis=axis), se
+    n = ok.sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(ok, v, 0.0).sum(axis=axis) / n
+        dev2 = np.where(ok, (v - np.expand_dims(mean, axis)) ** 2, 0.0).sum(axis=axis)
+        se = np.where(n > 1, np.sqrt(dev2 / np.maximum(n - 1, 1)) / np.sqrt(n), np.nan)
+    return np.where(n > 0, mean, np.nan), se
 
 
 def slope_through_origin(x, y, clusters) -> dict:

@@ -98,34 +98,10 @@ collapses to rounding level between bursts, the curvature runs a sawtooth around
 2 / eta (about 0.8-1.2 x 2 / eta) and the maximum stays ~1.2 x 2 / eta.
 """
 
-from __future__ import annotations
+from valleysim._lazy import lazy_exports
 
-from valleysim.break_even.landscape import MAX_SPREAD, SharpeningLandscape
-from valleysim.break_even.theory import (almost_sure_break_even, drift_steps, frozen_q, frozen_second_moment,
-                                         predicted_break_even, steps_for_break_even)
-from valleysim.break_even.sim import (BREAK_EVEN_KEYS, DIVERGE_AT, MAX_DEFAULT_STEPS, TURN, BreakEvenRun,
-                                      break_even_per_trajectory, default_steps, growth_stops, simulate, spectra,
-                                      summarise, sweep)
-
-__all__ = [
-    "SharpeningLandscape",
-    "MAX_SPREAD",
-    "predicted_break_even",
-    "almost_sure_break_even",
-    "frozen_q",
-    "frozen_second_moment",
-    "drift_steps",
-    "steps_for_break_even",
-    "simulate",
-    "BreakEvenRun",
-    "default_steps",
-    "spectra",
-    "growth_stops",
-    "break_even_per_trajectory",
-    "summarise",
-    "sweep",
-    "BREAK_EVEN_KEYS",
-    "DIVERGE_AT",
-    "MAX_DEFAULT_STEPS",
-    "TURN",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "landscape": ("MAX_SPREAD", "SharpeningLandscape"),
+    "theory": ("almost_sure_break_even", "drift_steps", "frozen_q", "frozen_second_moment", "predicted_break_even", "steps_for_break_even"),
+    "sim": ("BREAK_EVEN_KEYS", "DIVERGE_AT", "MAX_DEFAULT_STEPS", "TURN", "BreakEvenRun", "break_even_per_trajectory", "default_steps", "growth_stops", "simulate", "spectra", "summarise", "sweep"),
+})

@@ -10,7 +10,6 @@ from valleysim.break_even.landscape import SharpeningLandscape
 from valleysim.errors import check_int_range, check_learning_rate
 from valleysim.theory import break_even_curvature, eta_star_1d, stability_factor, variance_factor
 
-
 # --------------------------------------------------------------------------------------------- theory
 
 def predicted_break_even(eta: float, S: int, N: int, sigma: float) -> float:

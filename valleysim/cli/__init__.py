@@ -16,7 +16,7 @@ COMMAND_GROUPS = (quadratic, valley, break_even, walk, nsgd, dnn)
 
 
 def cmd_demo(args) -> int:
-    from valleysim.cli.demo import run_demo       # the main job (matplotlib and every toy) loads only here
+    from valleysim.cli.demo import run_demo  # the main job (matplotlib and every toy) loads only here
 
     run_demo(args.out, quick=args.quick)
     return 0

@@ -17,15 +17,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from valleysim.quadratic.integrator import simulate  # noqa: E402
+from valleysim import break_even, valley, walk  # noqa: E402
 from valleysim.jsonout import dumps  # noqa: E402
+from valleysim.quadratic.integrator import simulate  # noqa: E402
+from valleysim.quadratic.landscape import PerExampleQuadratic, generate  # noqa: E402
 from valleysim.quadratic.lyapunov import lyapunov_exponent, mean_square_growth_mc  # noqa: E402
 from valleysim.quadratic.phase_diagram import phase_diagram  # noqa: E402
-from valleysim.quadratic.landscape import PerExampleQuadratic, generate  # noqa: E402
 from valleysim.quadratic.second_moment import MomentMap, eta_star_dense  # noqa: E402
-from valleysim.theory import (  # noqa: E402
-    break_even_curvature, eta_star_1d, gd_contraction, gd_damping_regime, variance_factor)
-from valleysim import break_even, valley, walk  # noqa: E402
+from valleysim.theory import break_even_curvature, eta_star_1d, gd_contraction, gd_damping_regime, variance_factor  # noqa: E402
 from valleysim.valley.landscape import catalogue  # noqa: E402
 from valleysim.valley.noise import make_noise  # noqa: E402
 from valleysim.valley.plots import plot_run  # noqa: E402

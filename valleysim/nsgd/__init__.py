@@ -17,14 +17,14 @@ Everything is exact and dense (D ~ 10-50): gradient, Hessian, eigenvectors (``nu
 algebraically largest first, as in ``dnn``). The mini-batch gradient needs only the batch mean of
 the offsets, so a step is O(R (S + D)) plus the eigen-decompositions.
 
-Optimisers (update theta <- theta - eta d, g the mini-batch gradient, E the top-K eigenvectors of H):
+Optimisers (update theta <- theta - eta d, g the mini-batch gradient, E (K, D) the top-K eigenvectors of H, one per row):
 
     sgd               d = g
-    sgd_top           d = E E^T g                     (only the top-K components; paper's variant 1)
-    sgd_no_top        d = g - E E^T g                 (top-K components removed; variant 3)
-    sgd_constant_top  d = E_0 E_0^T g, E_0 the top-K eigenvectors at step 0 (the paper's variant 2,
+    sgd_top           d = E^T E g                     (only the top-K components; paper's variant 1)
+    sgd_no_top        d = g - E^T E g                 (top-K components removed; variant 3)
+    sgd_constant_top  d = E_0^T E_0 g, E_0 the top-K eigenvectors at step 0 (the paper's variant 2,
                       "updates along the constant direction of the top eigenvector e_1(0)")
-    nsgd              d = g - (1 - gamma) E E^T g     (rate gamma eta along E, eta elsewhere), E recomputed
+    nsgd              d = g - (1 - gamma) E^T E g     (rate gamma eta along E, eta elsewhere), E recomputed
                       every ``recompute`` steps (the paper: once per epoch)
 
 The ensemble of R trajectories is vectorised numpy (no numba: the batched ``eigh`` dominates and is
@@ -32,26 +32,10 @@ already compiled); trajectory r draws its mini-batches from ``numpy.random.defau
 distinct examples per step), so it is the same whatever R is.
 """
 
-from __future__ import annotations
+from valleysim._lazy import lazy_exports
 
-from valleysim.nsgd.landscape import SharpValley, make_valley, quadratic_valley
-from valleysim.nsgd.directions import ALPHAS, METHODS, lambda_max, nsgd_direction, step_direction, top_eigen
-from valleysim.nsgd.sim import GAMMAS, BatchStream, gamma_sweep, loss_change_along_top, settled, simulate
-
-__all__ = [
-    "SharpValley",
-    "make_valley",
-    "quadratic_valley",
-    "METHODS",
-    "ALPHAS",
-    "top_eigen",
-    "lambda_max",
-    "step_direction",
-    "nsgd_direction",
-    "GAMMAS",
-    "BatchStream",
-    "simulate",
-    "loss_change_along_top",
-    "settled",
-    "gamma_sweep",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "landscape": ("SharpValley", "make_valley", "quadratic_valley"),
+    "directions": ("ALPHAS", "METHODS", "lambda_max", "nsgd_direction", "step_direction", "top_eigen"),
+    "sim": ("GAMMAS", "BatchStream", "gamma_sweep", "loss_change_along_top", "settled", "simulate"),
+})

@@ -12,10 +12,10 @@ ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)    # step multiples alpha of the loss change
 
 # --- eigenvectors and step directions ----------------------------------------------------------------
 def top_eigen(H, K: int):
-    """Top-K eigenpairs of the symmetric H (..., D, D), algebraically largest first (as ``dnn.eigen``):
-    (values (..., K), vectors (..., D, K), column k the k-th eigenvector)."""
-    w, V = np.linalg.eigh(H)                                   # ascending
-    return w[..., ::-1][..., :K], V[..., ::-1][..., :K]
+    """Top-K eigenpairs of the symmetric H (..., D, D) in the project's convention (``dnn.eigen.Eigenpairs``):
+    values (..., K) algebraically largest first, vectors (..., K, D) with row k the k-th eigenvector."""
+    w, V = np.linalg.eigh(H)                                   # ascending, eigenvectors in columns
+    return w[..., ::-1][..., :K], np.swapaxes(V[..., ::-1][..., :K], -1, -2)
 
 
 def lambda_max(H) -> np.ndarray:
@@ -24,8 +24,8 @@ def lambda_max(H) -> np.ndarray:
 
 
 def _project(E, g):
-    """E E^T g for E (..., D, K), g (..., D)."""
-    return np.einsum("...dk,...k->...d", E, np.einsum("...dk,...d->...k", E, g))
+    """E^T E g for E (..., K, D) with orthonormal rows, g (..., D)."""
+    return np.einsum("...kd,...k->...d", E, np.einsum("...kd,...d->...k", E, g))
 
 
 def step_direction(method: str, g, E=None, gamma: float = 1.0):
@@ -43,7 +43,7 @@ def step_direction(method: str, g, E=None, gamma: float = 1.0):
 
 
 def nsgd_direction(g, E, gamma: float):
-    """NSGD's direction g - (1 - gamma) E E^T g."""
+    """NSGD's direction g - (1 - gamma) E^T E g."""
     return step_direction("nsgd", g, E, gamma)
 
 

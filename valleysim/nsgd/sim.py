@@ -124,7 +124,7 @@ def loss_change_along_top(land: SharpValley, theta, eta: float, batch_size: int,
     theta = np.atleast_2d(np.asarray(theta, dtype=np.float64))
     M = theta.shape[0]
     lam, E = top_eigen(land.hessian(theta), 1)
-    e1 = E[..., 0]
+    e1 = E[..., 0, :]
     stream = BatchStream(seed, 0, land.N, S)
     idx = np.stack([stream.next() for _ in range(M * n_batches)]).reshape(M, n_batches, S)
     gB = land.batch_grad(np.broadcast_to(theta[:, None, :], (M, n_batches, land.D)), idx)

@@ -6,27 +6,12 @@ and eta*; ``lyapunov`` the almost-sure exponents; ``integrator`` the numba ensem
 ``batches`` and ``reshuffle`` exact enumerations (the oracles).
 """
 
-from __future__ import annotations
+from valleysim._lazy import lazy_exports
 
-from valleysim.quadratic.landscape import KINDS, PerExampleQuadratic, generate, least_squares, load_hessians
-from valleysim.quadratic.integrator import Record, simulate
-from valleysim.quadratic.second_moment import MomentMap, eta_star_dense, mean_square
-from valleysim.quadratic.lyapunov import lyapunov_exact, lyapunov_exponent, mean_square_growth_mc
-from valleysim.quadratic.stability import stability_report
-
-__all__ = [
-    "KINDS",
-    "PerExampleQuadratic",
-    "generate",
-    "least_squares",
-    "load_hessians",
-    "Record",
-    "simulate",
-    "MomentMap",
-    "eta_star_dense",
-    "mean_square",
-    "lyapunov_exact",
-    "lyapunov_exponent",
-    "mean_square_growth_mc",
-    "stability_report",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "landscape": ("KINDS", "PerExampleQuadratic", "generate", "least_squares", "load_hessians"),
+    "integrator": ("Record", "simulate"),
+    "second_moment": ("MomentMap", "eta_star_dense", "mean_square"),
+    "lyapunov": ("lyapunov_exact", "lyapunov_exponent", "mean_square_growth_mc"),
+    "stability": ("stability_report",),
+})

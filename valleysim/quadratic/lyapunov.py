@@ -15,6 +15,7 @@ import numpy as np
 from valleysim.quadratic.batches import MAX_BATCHES, count_batches, enumerate_batches
 from valleysim.quadratic.integrator import Record, simulate
 from valleysim.quadratic.landscape import PerExampleQuadratic
+from valleysim.stats import mean_se
 
 
 def lyapunov_exact(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement") -> float:
@@ -54,8 +55,8 @@ def lyapunov_exponent(q: PerExampleQuadratic, eta: float, S: int, scheme: str = 
                    record_every=burn_in, renormalize=True)
     t0 = int(np.searchsorted(rec.steps, burn_in))
     rates = (rec.log_norm[:, -1] - rec.log_norm[:, t0]) / (rec.steps[-1] - rec.steps[t0])
-    return {"value": float(rates.mean()), "se": float(rates.std(ddof=1) / np.sqrt(rates.size)),
-            "method": "monte_carlo"}
+    value, se = mean_se(rates)
+    return {"value": value, "se": se, "method": "monte_carlo"}
 
 
 def mean_square_growth_mc(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement", *,

@@ -32,20 +32,20 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter, FuncFormatter  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter, FuncFormatter  # noqa: E402
 from scipy.optimize import brentq  # noqa: E402
 
+from valleysim.errors import UserInputError, check_batch_size, check_int_range  # noqa: E402
+from valleysim.jsonout import dumps, read_json  # noqa: E402
+from valleysim.memory import check_fits  # noqa: E402
 from valleysim.quadratic import reshuffle  # noqa: E402
 from valleysim.quadratic.batches import MAX_BATCHES, count_batches  # noqa: E402
-from valleysim.errors import UserInputError, check_batch_size, check_int_range  # noqa: E402
 from valleysim.quadratic.integrator import simulate, simulate_bytes  # noqa: E402
-from valleysim.jsonout import dumps, read_json  # noqa: E402
-from valleysim.quadratic.lyapunov import lyapunov_exact, lyapunov_exponent  # noqa: E402
 from valleysim.quadratic.landscape import PerExampleQuadratic  # noqa: E402
-from valleysim.runner import run_sweep  # noqa: E402
-from valleysim.memory import check_fits  # noqa: E402
+from valleysim.quadratic.lyapunov import lyapunov_exact, lyapunov_exponent  # noqa: E402
 from valleysim.quadratic.second_moment import MomentMap, moment_map_bytes  # noqa: E402
+from valleysim.runner import run_sweep  # noqa: E402
 from valleysim.theory import check_scheme, necessary_eta_bounds, variance_factor  # noqa: E402
 
 DIVERGENCE_FACTOR = 1e12

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from valleysim.quadratic import reshuffle
 from valleysim.errors import check_batch_size
-from valleysim.quadratic.lyapunov import lyapunov_exponent, mean_square_growth_mc
+from valleysim.quadratic import reshuffle
 from valleysim.quadratic.landscape import PerExampleQuadratic
+from valleysim.quadratic.lyapunov import lyapunov_exponent, mean_square_growth_mc
 from valleysim.quadratic.second_moment import MomentMap, mean_square
 from valleysim.theory import check_scheme
 

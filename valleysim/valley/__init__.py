@@ -6,21 +6,10 @@ the closed forms (stationary moments, spectral drift, Theorems 1-2, R5); ``sim``
 predictions along it and the summary; ``plots`` the figure.
 """
 
-from __future__ import annotations
+from valleysim._lazy import lazy_exports
 
-from valleysim.valley.landscape import CATALOGUE, ValleyLandscape, catalogue
-from valleysim.valley.noise import NOISES, NoiseModel, make_noise
-from valleysim.valley.sim import ValleyRun, predictions, simulate, summarise
-
-__all__ = [
-    "CATALOGUE",
-    "ValleyLandscape",
-    "catalogue",
-    "NOISES",
-    "NoiseModel",
-    "make_noise",
-    "ValleyRun",
-    "simulate",
-    "predictions",
-    "summarise",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "landscape": ("CATALOGUE", "ValleyLandscape", "catalogue"),
+    "noise": ("NOISES", "NoiseModel", "make_noise"),
+    "sim": ("ValleyRun", "predictions", "simulate", "summarise"),
+})

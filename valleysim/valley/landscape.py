@@ -12,9 +12,9 @@ from ``valleysim.valley.codegen``; the paper's toys are in ``CATALOGUE``.
 from __future__ import annotations
 
 import hashlib
-from itertools import combinations
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import combinations
 
 import numpy as np
 import sympy as sp

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.integrate import cumulative_trapezoid  # noqa: E402
 
+from valleysim.stats import mean_se  # noqa: E402
 from valleysim.valley.sim import ValleyRun, predictions  # noqa: E402
 
 
@@ -18,7 +19,7 @@ def ensemble_band(run: ValleyRun, name: str) -> tuple[np.ndarray, np.ndarray, np
     """(window steps (n_rec,), mean (n_rec,), standard error (n_rec,)) of observable ``name``."""
     y = run.observable(name)[run.completed]
     steps = np.arange(y.shape[1]) * run.record_every
-    return steps, y.mean(axis=0), y.std(axis=0, ddof=1) / np.sqrt(y.shape[0])
+    return (steps, *mean_se(y, axis=0))
 
 
 def predicted_path(run: ValleyRun, name: str) -> np.ndarray | None:

@@ -18,10 +18,10 @@ import sympy as sp
 from valleysim.errors import UserInputError, check_int_range, check_learning_rate
 from valleysim.memory import F64, check_fits
 from valleysim.stats import mean_se
+from valleysim.valley import theory as vt
 from valleysim.valley.codegen import OBSERVABLES, REASONS, compile_kernels
 from valleysim.valley.landscape import ValleyLandscape, diff
 from valleysim.valley.noise import SCALE, NoiseModel
-from valleysim.valley import theory as vt
 
 
 @dataclass
@@ -317,8 +317,8 @@ def summarise(run: ValleyRun) -> dict:
             out[f"{name}_drift_predicted"] = float(np.mean(_window_mean(preds[f"{name}_drift"])))
             out[f"{name}_drift_predicted_leading"] = float(np.mean(_window_mean(preds[f"{name}_drift_leading"])))
     m2 = run.acc[ok, :land.n] / run.n_steps
-    out["second_moments_measured"] = np.mean(m2, axis=0).tolist()
-    out["second_moments_stderr"] = (np.std(m2, axis=0, ddof=1) / np.sqrt(R_ok)).tolist()
+    m2_mean, m2_se = mean_se(m2, axis=0)
+    out["second_moments_measured"], out["second_moments_stderr"] = m2_mean.tolist(), m2_se.tolist()
     out["second_moments_predicted"] = np.mean(_window_mean(preds["W"]), axis=0).tolist()
     out["second_moments_predicted_leading"] = np.mean(_window_mean(preds["W_leading"]), axis=0).tolist()
     # FDR: <theta . g_B> = (eta / 2) <|g_B|^2> over the theta block

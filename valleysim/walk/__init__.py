@@ -64,26 +64,10 @@ own counter-seeded generator (``valleysim.rng``): the numbers do not depend on
 the thread count. Every trajectory starts at the same theta_0.
 """
 
-from __future__ import annotations
+from valleysim._lazy import lazy_exports
 
-from valleysim.walk.metrics import BARRIER_RTOL, GRAD_ATOL, N_INTERP, cosine, interpolation_alphas, segment_metrics
-from valleysim.walk.landscape import WIDTH_RANGE, WalkLandscape
-from valleysim.walk.sim import OPTIMIZERS, TRACE_FIELDS, WalkRun, isotropic_sigma, per_bin, simulate, summarise
-
-__all__ = [
-    "WalkLandscape",
-    "WIDTH_RANGE",
-    "N_INTERP",
-    "BARRIER_RTOL",
-    "GRAD_ATOL",
-    "interpolation_alphas",
-    "segment_metrics",
-    "cosine",
-    "OPTIMIZERS",
-    "TRACE_FIELDS",
-    "WalkRun",
-    "isotropic_sigma",
-    "simulate",
-    "per_bin",
-    "summarise",
-]
+__getattr__, __all__ = lazy_exports(__name__, {
+    "metrics": ("BARRIER_RTOL", "GRAD_ATOL", "N_INTERP", "cosine", "interpolation_alphas", "segment_metrics"),
+    "landscape": ("WIDTH_RANGE", "WalkLandscape"),
+    "sim": ("OPTIMIZERS", "TRACE_FIELDS", "WalkRun", "isotropic_sigma", "per_bin", "simulate", "summarise"),
+})

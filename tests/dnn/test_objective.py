@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from dnn.objective import Objective, flat_params, model_state
-from tiny_nets import data, tiny_net
 from valleysim.errors import UserInputError
+
+from tiny_nets import data, tiny_net
 
 
 def reference_logits(net, x, bn, group):

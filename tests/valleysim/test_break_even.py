@@ -3,7 +3,6 @@ break-even point against lambda*(eta, S), Conjectures 1-2, determinism, bad inpu
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -15,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from proofs import break_even as pb
-from valleysim.cli import break_even as cli
 from valleysim import break_even as bes
+from valleysim.cli import main
 from valleysim.theory import eta_star_1d, stability_factor, variance_factor
 
 
@@ -186,30 +185,21 @@ def test_same_seed_same_numbers_for_one_and_two_threads(land):
 
 # --- command line and bad input -------------------------------------------------------------------------
 
-def _cli(argv):
-    p = argparse.ArgumentParser()
-    cli.add_parser(p.add_subparsers())
-    a = p.parse_args(["break-even", *argv])
-    return a.func(a)
-
-
 def test_cli_json(capsys):
-    assert _cli(["--eta", "0.2", "--batch", "8", "--n-examples", "16", "--beta", "0.01", "--trajectories", "8",
+    assert main(["break-even", "--eta", "0.2", "--batch", "8", "--n-examples", "16", "--beta", "0.01", "--trajectories", "8",
                  "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     for k in ("max_curvature", "curvature_at_break_even", "predicted_break_even", "steps_to_break_even",
               "max_curvature_se", "steps_to_break_even_se"):
         assert k in s
     assert s["predicted_break_even"] == pytest.approx(bes.predicted_break_even(0.2, 8, 16, 1.0))
-    assert _cli(["--eta", "0.2", "--batch", "8", "--n-examples", "16", "--beta", "0.01", "--trajectories", "4"]) == 0
+    assert main(["break-even", "--eta", "0.2", "--batch", "8", "--n-examples", "16", "--beta", "0.01", "--trajectories", "4"]) == 0
     assert "predicted_break_even" in capsys.readouterr().out
 
 
 def test_unreached_break_even_is_reported_as_not_reached(capsys):
     """The issue's case at a length that cannot reach lambda*: the curvature rises monotonically, so no
     plateau, no break-even step; the note says how many steps it needs."""
-    from valleysim.cli import main
-
     assert main(["break-even", "--eta", "0.02", "--batch", "8", "--steps", "200000", "--trajectories", "16",
                  "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
@@ -280,17 +270,8 @@ def test_bad_input_names_the_parameter(cli, argv, name):
     assert code == 2 and name in err and err.count("\n") == 1, err
 
 
-def test_figure_script_quick(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "figures" / "break_even_sweep.py"
-    res = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    assert (tmp_path / "break_even_sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    d = json.loads((tmp_path / "break_even_sweep.json").read_text())
+def test_figure_script_quick(figure):
+    d = figure("break_even_sweep")
     assert len(d["rows"]) == 9 and all(r["diverged"] == 0 for r in d["rows"])
     assert all(0.8 < r["plateau_over_predicted"] < 1.1 for r in d["rows"])
 

@@ -14,8 +14,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from dnn.eigen import (Eigenpairs, dense_matrix, frobenius_from_top, hutchinson_trace,
-                       lanczos_top, power_iteration)
+from dnn.eigen import Eigenpairs, dense_matrix, frobenius_from_top, hutchinson_trace, lanczos_top, power_iteration
 from valleysim.errors import UserInputError
 
 F64 = torch.float64

@@ -14,14 +14,13 @@ import sys
 import numpy as np
 import pytest
 
-from valleysim.valley import theory as vt
 from valleysim.cli import main
 from valleysim.theory import variance_factor
+from valleysim.valley import theory as vt
 from valleysim.valley.codegen import compile_kernels
 from valleysim.valley.landscape import ValleyLandscape, catalogue
 from valleysim.valley.noise import make_noise
-from valleysim.valley.sim import (manifold_trace_drift, noise_covariance, project_to_floor, simulate,
-                                   summarise)
+from valleysim.valley.sim import manifold_trace_drift, noise_covariance, project_to_floor, simulate, summarise
 
 K_SE = 4.5   # Monte Carlo tolerance in standard errors
 

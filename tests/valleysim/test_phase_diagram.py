@@ -10,8 +10,8 @@ import pytest
 
 from valleysim.cli import main
 from valleysim.errors import UserInputError
-from valleysim.quadratic.phase_diagram import phase_diagram
 from valleysim.quadratic.landscape import PerExampleQuadratic
+from valleysim.quadratic.phase_diagram import phase_diagram
 from valleysim.theory import eta_star_1d, stability_factor, variance_factor
 
 H = np.array([0.3, 0.8, 1.1, 2.6, 0.5, 1.7])  # 1-D per-example curvatures, N = 6

@@ -10,11 +10,20 @@ from torch import nn
 
 from dnn.eigen import frobenius_from_top
 from dnn.objective import Objective
-from dnn.step_probes import (alpha_key, alpha_star, bn_scale_norm, frobenius_top, gradient_alignment,
-                             loss_change_along_top, nsgd_direction, per_example_curvature_stats)
+from dnn.step_probes import (
+    alpha_key,
+    alpha_star,
+    bn_scale_norm,
+    frobenius_top,
+    gradient_alignment,
+    loss_change_along_top,
+    nsgd_direction,
+    per_example_curvature_stats,
+)
 from valleysim import nsgd as toy_nsgd
-from tiny_nets import data, tiny_net
 from valleysim.errors import UserInputError
+
+from tiny_nets import data, tiny_net
 
 ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
@@ -215,7 +224,7 @@ def test_nsgd_direction_matches_toy_and_projection():
         Pm = E.T @ E
         explicit = g - (1 - gamma) * (Pm @ g)
         torch.testing.assert_close(d, explicit, rtol=1e-12, atol=1e-14)
-        toy = toy_nsgd.nsgd_direction(g.numpy(), E.T.numpy(), gamma)
+        toy = toy_nsgd.nsgd_direction(g.numpy(), E.numpy(), gamma)          # the same (K, P) rows
         np.testing.assert_allclose(d.numpy(), toy, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(nsgd_direction(g, E[0], 0.5), g - 0.5 * (E[0] @ g) * E[0], rtol=1e-12, atol=1e-14)
 

@@ -3,9 +3,10 @@
 import json
 
 import pytest
-from tiny_nets import synthetic_images
 
 from dnn.crosscheck import Preset, plan, run_crosscheck
+
+from tiny_nets import synthetic_images
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

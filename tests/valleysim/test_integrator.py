@@ -7,8 +7,8 @@ import numba
 import numpy as np
 import pytest
 
-from valleysim.quadratic import reshuffle
 from valleysim.errors import UserInputError
+from valleysim.quadratic import reshuffle
 from valleysim.quadratic.integrator import simulate
 from valleysim.quadratic.landscape import PerExampleQuadratic, generate
 from valleysim.quadratic.second_moment import MomentMap

@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from valleysim.quadratic.integrator import initial_points
-from valleysim.quadratic.lyapunov import lyapunov_exact, lyapunov_exponent, mean_square_growth_mc
 from valleysim.quadratic.landscape import PerExampleQuadratic, generate
+from valleysim.quadratic.lyapunov import lyapunov_exact, lyapunov_exponent, mean_square_growth_mc
 from valleysim.quadratic.second_moment import MomentMap
 from valleysim.theory import variance_factor
 

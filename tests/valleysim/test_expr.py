@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import sympy as sp
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sympy.parsing.sympy_parser import parse_expr
 
 from valleysim.cli import main
@@ -20,7 +21,7 @@ from valleysim.errors import UserInputError
 from valleysim.expr import FUNCTIONS, MAX_LENGTH, check_name, parse_expression, parse_number
 from valleysim.valley.landscape import CATALOGUE, catalogue
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 T = sp.symbols("t1 t2 t3 t4", real=True)
 LOCAL = {s.name: s for s in T}
 

@@ -6,32 +6,17 @@ Runtimes with a warm kernel cache: 3-7 s each; with a cold one the exp-toy scrip
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-FIGURES = Path(__file__).resolve().parents[1] / "figures"
-
-
-def run_script(name: str, out: Path) -> dict:
-    res = subprocess.run([sys.executable, str(FIGURES / f"{name}.py"), "--quick", "--out", str(out), "--seed", "3"],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    png, js = out / f"{name}.png", out / f"{name}.json"
-    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return json.loads(js.read_text())
 
 
 def finite(*xs) -> bool:
     return all(isinstance(x, (int, float)) and math.isfinite(x) for x in xs)
 
 
-def test_trace_eta2(tmp_path):
-    d = run_script("valley_trace_eta2", tmp_path)
+def test_trace_eta2(figure):
+    d = figure("valley_trace_eta2", "--seed", 3)
     f = d["fits"]
     assert finite(f["wls_eta2_eta3"]["a"], f["wls_eta2_eta3"]["a_se"], f["predicted_slope_leading_start"],
                   f["wls_origin_corrected"]["slope"], f["wls_origin_corrected"]["slope_se"])
@@ -41,8 +26,8 @@ def test_trace_eta2(tmp_path):
 
 
 @pytest.mark.slow
-def test_trace_vs_logdet(tmp_path):
-    d = run_script("valley_trace_vs_logdet", tmp_path)
+def test_trace_vs_logdet(figure):
+    d = figure("valley_trace_vs_logdet", "--seed", 3)
     for entry in d["inits"].values():
         for noise in ("sgd", "isotropic"):
             e = entry["noises"][noise]
@@ -51,8 +36,8 @@ def test_trace_vs_logdet(tmp_path):
     assert all(finite(r["dtrace"], r["dlogdet"], r["dtrace_pred_path"]) for r in d["table"])
 
 
-def test_negative_eigenvalues(tmp_path):
-    d = run_script("valley_negative_eigenvalues", tmp_path)
+def test_negative_eigenvalues(figure):
+    d = figure("valley_negative_eigenvalues", "--seed", 3)
     for land in d["landscapes"].values():
         f = land["fit"]
         assert finite(f["wls_origin"]["slope"], f["wls_origin"]["slope_se"], f["predicted_slope_mean"],

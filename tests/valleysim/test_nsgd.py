@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from proofs import nsgd as pn
 from valleysim import nsgd as ns
+from valleysim.cli import main
 from valleysim.errors import UserInputError
 
 # --- lambdified once ---------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_recompute_schedule_and_manual_loop(n):
 def test_constant_top_keeps_the_first_eigenvectors():
     res = ns.simulate(LAND, method="sgd_constant_top", eta=0.05, batch_size=5, steps=30, K=1, trajectories=2, record_every=1, keep_theta=True)
     assert res["eig_steps"] == [0]
-    e0 = ns.top_eigen(LAND.hessian(LAND.start()), 1)[1][:, 0]
+    e0 = ns.top_eigen(LAND.hessian(LAND.start()), 1)[1][0]
     moves = np.diff(res["thetas"], axis=0)                        # every step is parallel to e_1(0)
     resid = moves - np.einsum("trd,d->tr", moves, e0)[..., None] * e0
     assert np.abs(resid).max() < 1e-12
@@ -216,25 +217,14 @@ def test_bad_landscape():
 
 
 # --- the subcommand (registered by valleysim.cli) ----------------------------------------------------------
-def _cli(argv):
-    import argparse
-
-    from valleysim.cli import nsgd as nsgd_cli
-
-    p = argparse.ArgumentParser()
-    nsgd_cli.add_parser(p.add_subparsers())
-    args = p.parse_args(["nsgd", *argv])
-    return args.func(args)
-
-
 def test_cli_json(capsys):
     import json
 
-    assert _cli(["--steps", "60", "--trajectories", "2", "--gamma", "0.1", "1", "--json"]) == 0
+    assert main(["nsgd", "--steps", "60", "--trajectories", "2", "--gamma", "0.1", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["gamma"] for r in out["runs"]] == [0.1, 1.0] and set(out["runs"][0]["loss_change_along_e1"]) == \
         {"0.25", "0.5", "1", "2", "4"}
-    assert _cli(["--method", "sgd_no_top", "--steps", "30", "--trajectories", "1"]) == 0
+    assert main(["nsgd", "--method", "sgd_no_top", "--steps", "30", "--trajectories", "1"]) == 0
     assert "sgd_no_top" in capsys.readouterr().out
 
 
@@ -255,23 +245,8 @@ def test_proofs_derive_and_report():
     assert "R8" in pn.report()
 
 
-def test_figure_quick(tmp_path):
-    import importlib.util
-    import json
-    import sys
-    from pathlib import Path
-
-    fig_dir = Path(__file__).resolve().parents[1] / "figures"
-    sys.path.insert(0, str(fig_dir))
-    try:
-        spec = importlib.util.spec_from_file_location("nsgd_study", fig_dir / "nsgd_study.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        assert mod.main(["--quick", "--out", str(tmp_path)]) == 0
-    finally:
-        sys.path.remove(str(fig_dir))
-    data = json.loads((tmp_path / "nsgd_study.json").read_text())
-    assert (tmp_path / "nsgd_study.png").stat().st_size > 0
+def test_figure_quick(figure):
+    data = figure("nsgd_study")
     sweep = {s["gamma"]: s for s in data["gamma_sweep"]}
     assert sweep[0.01]["final_loss"] < sweep[1.0]["final_loss"] < sweep[5.0]["final_loss"]
     assert sweep[0.01]["lambda_max_reached"] > sweep[1.0]["lambda_max_reached"] > sweep[5.0]["lambda_max_reached"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -10,9 +9,18 @@ import math
 import numpy as np
 import pytest
 
+from valleysim.cli import main
 from valleysim.errors import UserInputError
-from valleysim.walk import (TRACE_FIELDS, WalkLandscape, cosine, interpolation_alphas,
-                            isotropic_sigma, segment_metrics, simulate, summarise)
+from valleysim.walk import (
+    TRACE_FIELDS,
+    WalkLandscape,
+    cosine,
+    interpolation_alphas,
+    isotropic_sigma,
+    segment_metrics,
+    simulate,
+    summarise,
+)
 
 F = {name: j for j, name in enumerate(TRACE_FIELDS)}
 
@@ -251,24 +259,15 @@ def test_bad_landscape_input_names_the_parameter(kw, match):
 
 # --- the CLI ------------------------------------------------------------------------------------------
 
-def _cli(argv):
-    from valleysim.cli import walk as walk_cli
-
-    p = argparse.ArgumentParser()
-    walk_cli.add_parser(p.add_subparsers())
-    args = p.parse_args(["walk", *argv])
-    return args.func(args)
-
-
 def test_cli_prints_metrics_and_json(capsys):
-    assert _cli(["--optimizer", "sgd", "--eta", "2", "--batch", "4", "--steps", "40", "--trajectories", "4",
+    assert main(["walk", "--optimizer", "sgd", "--eta", "2", "--batch", "4", "--steps", "40", "--trajectories", "4",
                  "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     assert s["optimizer"] == "sgd" and s["batch"] == 4 and s["completed"] == 4
     for key in ("height", "cos", "barriers_total", "distance", "progress"):
         assert key in s and f"{key}_se" in s
     assert len(s["per_window"]["height"]) == 4
-    assert _cli(["--optimizer", "gd", "--eta", "1", "--steps", "20", "--trajectories", "2"]) == 0
+    assert main(["walk", "--optimizer", "gd", "--eta", "1", "--steps", "20", "--trajectories", "2"]) == 0
     out = capsys.readouterr().out
     assert "cos(g_{t-1}, g_t)" in out and "height above floor" in out
 
@@ -287,22 +286,13 @@ def test_cli_bad_input_is_one_named_line(cli, argv, message):
 
 # --- the figure script ----------------------------------------------------------------------------------
 
-def test_walk_tables_quick_writes_png_and_json(tmp_path):
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "figures" / "walk_tables.py"
-    res = subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], capture_output=True,
-                         text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
-    assert (tmp_path / "walk_tables.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    d = json.loads((tmp_path / "walk_tables.json").read_text())
+def test_walk_tables_quick_writes_png_and_json(figure):
+    d = figure("walk_tables")
     assert {"table1_barriers", "table2_height", "table3_grid", "table4_gd_damping",
             "table5_sgd_vs_isotropic"} <= set(d)
     for row in d["table4_gd_damping"][:4]:               # the quadratic-wall rows are exact
         assert row["cos_mean"] == pytest.approx(row["cos_predicted"], abs=1e-9)
-    assert "T1  barriers crossed" in res.stdout and "T5  SGD vs GD + isotropic" in res.stdout
+    assert "T1  barriers crossed" in figure.stdout and "T5  SGD vs GD + isotropic" in figure.stdout
 
 
 def test_consecutive_gradient_correlation_on_a_noisy_quadratic_wall_is_minus_eta_k_over_two():

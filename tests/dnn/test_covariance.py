@@ -10,8 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from dnn.covariance import (covariance_from_gram, exact_covariance, 
-                            gradient_covariance, mini_batch_gradients, mini_batch_indices)
+from dnn.covariance import (
+    covariance_from_gram,
+    exact_covariance,
+    gradient_covariance,
+    mini_batch_gradients,
+    mini_batch_indices,
+)
 from dnn.objective import Objective
 from valleysim.errors import UserInputError
 

@@ -4,7 +4,6 @@ probes that leave the model bit-identical, and clear errors. Synthetic 8x8 image
 import math
 
 import pytest
-from tiny_nets import synthetic_images
 import torch
 
 from dnn import probes as probes_mod
@@ -13,6 +12,8 @@ from dnn.objective import Objective, flat_params, model_state
 from dnn.store import RunStore, read_rows
 from dnn.train import TrainConfig, seed_for, train
 from valleysim.errors import UserInputError
+
+from tiny_nets import fake_batches_dir, synthetic_images
 
 TIMING = ("train_time_s", "probe_time_s")
 
@@ -203,7 +204,6 @@ def test_curvature_probes_against_the_dense_hessian():
 
 def test_cli_end_to_end_on_pickled_batches(tmp_path, monkeypatch, capsys):
     """valleysim dnn train on a tiny canonical cifar-10-batches-py directory; rerunning is a no-op."""
-    from test_dnn_data import fake_batches_dir
     from valleysim.cli import main
     d, _ = fake_batches_dir(tmp_path / "data")
     monkeypatch.setenv("VALLEYSIM_DATA_CACHE", str(tmp_path / "cache"))
@@ -222,3 +222,11 @@ def test_cli_end_to_end_on_pickled_batches(tmp_path, monkeypatch, capsys):
     if not torch.cuda.is_available():
         assert main(args + ["--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_network_that_cannot_fit_is_refused_before_the_run_directory_exists(tmp_path, cli, monkeypatch):
+    data, _ = fake_batches_dir(tmp_path / "data")
+    monkeypatch.setenv("VALLEYSIM_DATA_CACHE", str(tmp_path / "cache"))
+    code, _, err = cli("dnn", "train", "--data", data, "--out", tmp_path / "run", "--width", "1000", "--batch", "4")
+    assert code == 2 and "parameters, batch 4) needs about" in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()

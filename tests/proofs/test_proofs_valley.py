@@ -7,8 +7,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from proofs import degenerate_valley as dv
-from valleysim.valley import theory as vt
 from valleysim.errors import UserInputError
+from valleysim.valley import theory as vt
 
 # --- lambdified once ---------------------------------------------------------------------------------
 _G = list(dv.g)                                      # g_11, g_12, g_21, g_22 (row-major: grad lambda_i rows)

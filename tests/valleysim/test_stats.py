@@ -18,6 +18,20 @@ def test_mean_se_has_one_meaning():
     assert mean_se(np.ones((2, 3)))[0] == 1.0
 
 
+def test_mean_se_along_an_axis_is_the_same_meaning_per_slice():
+    a = np.array([[1.0, 4.0, np.nan, 7.0], [3.0, np.inf, np.nan, 2.0], [5.0, 6.0, np.nan, np.nan]])
+    mean, se = mean_se(a, axis=0)
+    # by hand, column by column: (1, 3, 5) -> 3 +- 2/sqrt(3); (4, 6) -> 5 +- 1; () -> nan; (7, 2) -> 4.5 +- 2.5
+    np.testing.assert_allclose(mean, [3.0, 5.0, np.nan, 4.5], rtol=1e-15)
+    np.testing.assert_allclose(se, [2 / math.sqrt(3), 1.0, np.nan, 2.5], rtol=1e-12)
+    m1, s1 = mean_se(a[:, :1], axis=1)                       # one sample per row: no standard error
+    assert list(m1) == [1.0, 3.0, 5.0] and np.all(np.isnan(s1))
+    finite = np.random.default_rng(1).normal(size=(50, 3))
+    m, s = mean_se(finite, axis=0)
+    for j in range(3):
+        assert (m[j], s[j]) == pytest.approx(mean_se(finite[:, j]), rel=1e-12)
+
+
 def test_slope_matches_least_squares_and_naive_se_formula():
     rng = np.random.default_rng(0)
     x = rng.uniform(1, 2, 30)

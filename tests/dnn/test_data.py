@@ -21,7 +21,9 @@ from PIL import Image
 import dnn.data as D
 from valleysim.errors import UserInputError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from tiny_nets import fake_batches_dir, noise_images
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 # --------------------------------------------------------------------------- synthetic data
@@ -37,10 +39,6 @@ def smooth_images(n: int, seed: int) -> np.ndarray:
             v = 128 + 90 * np.sin(a * xx / 32 + b * yy / 32 + ph)
             out[k, :, :, c] = np.clip(v, 0, 255).astype(np.uint8)
     return out
-
-
-def noise_images(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
 def encode(img: np.ndarray, ext: str) -> bytes:
@@ -86,36 +84,6 @@ def write_tar(path: Path, files: dict, prefix: str = "") -> Path:
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     return path
-
-
-def fake_batch(n: int, seed: int, name: str):
-    """A batch in the real CIFAR-10 python format: dict with bytes keys, data (n, 3072) uint8 in
-    CHW row order, labels a list of ints."""
-    rng = np.random.default_rng(seed)
-    imgs = noise_images(n, seed + 100)
-    labels = [int(v) for v in rng.integers(0, 10, n)]
-    d = {b"batch_label": name.encode(), b"labels": labels,
-         b"data": imgs.transpose(0, 3, 1, 2).reshape(n, 3072).copy(),
-         b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)]}
-    return pickle.dumps(d, protocol=2), imgs, np.array(labels, np.int64)
-
-
-def fake_batches_dir(root: Path):
-    d = root / "cifar-10-batches-py"
-    d.mkdir(parents=True)
-    expect = {}
-    tr_i, tr_l = [], []
-    for i in range(1, 6):
-        raw, im, lab = fake_batch(3, i, f"training batch {i} of 5")
-        (d / f"data_batch_{i}").write_bytes(raw)
-        tr_i.append(im)
-        tr_l.append(lab)
-    raw, im, lab = fake_batch(4, 99, "testing batch 1 of 1")
-    (d / "test_batch").write_bytes(raw)
-    (d / "batches.meta").write_bytes(pickle.dumps({b"label_names": [c.encode() for c in D.CIFAR10_CLASSES]}, protocol=2))
-    expect["train"] = (np.concatenate(tr_i), np.concatenate(tr_l))
-    expect["test"] = (im, lab)
-    return d, expect
 
 
 # --------------------------------------------------------------------------- layouts and labels

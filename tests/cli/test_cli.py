@@ -1,6 +1,7 @@
 """The valleysim command: JSON output checked against independent truth, user errors exit 2."""
 
 import json
+
 import numpy as np
 import pytest
 
