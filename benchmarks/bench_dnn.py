@@ -67,7 +67,7 @@ from dnn.objective import Objective  # noqa: E402
 from dnn.train import TrainConfig, seed_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS_PER_EPOCH = math.ceil(50000 / 128)     # 391
+STEPS_PER_EPOCH = math.ceil(50000 / 128)  # 391
 
 
 def best_seconds(fn, repeat: int) -> tuple[float, object]:
@@ -84,6 +84,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 # --- data ------------------------------------------------------------------------------------------
+
 
 def find_data(arg: str | None) -> Path | None:
     for p in (arg, os.environ.get("VALLEYSIM_DATA"), ROOT.parent / "shared" / "data"):
@@ -118,16 +119,25 @@ class Data:
         while True:
             gen = torch.Generator().manual_seed(seed_for(seed, 1, epoch))
             if self.path is not None:
-                yield from batches(self.images, self.labels, 128, gen, augment=True, mean=self.mean, std=self.std,
-                                   memory_format=torch.channels_last)
+                yield from batches(
+                    self.images,
+                    self.labels,
+                    128,
+                    gen,
+                    augment=True,
+                    mean=self.mean,
+                    std=self.std,
+                    memory_format=torch.channels_last,
+                )
             else:
                 perm = torch.randperm(self.x.shape[0], generator=gen)
                 for s in range(0, len(perm), 128):
-                    yield self.x[perm[s:s + 128]], self.y[perm[s:s + 128]]
+                    yield self.x[perm[s : s + 128]], self.y[perm[s : s + 128]]
             epoch += 1
 
 
 # --- HVPs ------------------------------------------------------------------------------------------
+
 
 def double_backward_hvp(model, x, y, v: torch.Tensor, chunk: int = 64) -> torch.Tensor:
     """H v by reverse-over-reverse (create_graph gradient, then its vector-Jacobian product), chunked."""
@@ -135,7 +145,7 @@ def double_backward_hvp(model, x, y, v: torch.Tensor, chunk: int = 64) -> torch.
     vs = [t.view_as(p) for t, p in zip(torch.split(v, [p.numel() for p in params]), params)]
     out = [torch.zeros_like(p) for p in params]
     for s in range(0, x.shape[0], chunk):
-        loss = F.cross_entropy(model(x[s:s + chunk]), y[s:s + chunk], reduction="sum")
+        loss = F.cross_entropy(model(x[s : s + chunk]), y[s : s + chunk], reduction="sum")
         g = torch.autograd.grad(loss, params, create_graph=True)
         hv = torch.autograd.grad(g, params, grad_outputs=vs)
         for o, h in zip(out, hv):
@@ -148,7 +158,7 @@ class CachedHVP:
     a replayed HVP is charged the seconds it took when computed."""
 
     def __init__(self, obj: Objective):
-        self.fn, self.cache = obj.hvp, {}     # the bound method (obj.hvp may later be set to self)
+        self.fn, self.cache = obj.hvp, {}  # the bound method (obj.hvp may later be set to self)
         self.reset()
 
     def reset(self):
@@ -172,6 +182,7 @@ class CachedHVP:
 
 # --- part 1 ----------------------------------------------------------------------------------------
 
+
 def part_cost(model, data: Data, n64: int, repeat: int) -> dict:
     res = {}
     for dt, n in ((torch.float32, data.x.shape[0]), (torch.float64, n64)):
@@ -182,8 +193,14 @@ def part_cost(model, data: Data, n64: int, repeat: int) -> dict:
         r = 1 if dt == torch.float64 else repeat
         tg, _ = best_seconds(obj.grad, r)
         th, hv = best_seconds(lambda: obj.hvp(v), r)
-        row = {"dtype": str(dt).replace("torch.", ""), "n": n, "grad_s": tg, "hvp_s": th, "hvp_over_grad": th / tg,
-               "repeat": r}
+        row = {
+            "dtype": str(dt).replace("torch.", ""),
+            "n": n,
+            "grad_s": tg,
+            "hvp_s": th,
+            "hvp_over_grad": th / tg,
+            "repeat": r,
+        }
         if dt == torch.float32:
             m = copy.deepcopy(model).to(dt).eval()
             x, y = obj.inputs, obj.targets
@@ -195,6 +212,7 @@ def part_cost(model, data: Data, n64: int, repeat: int) -> dict:
 
 
 # --- part 2 ----------------------------------------------------------------------------------------
+
 
 def train_model(model, data: Data, steps: int, seed: int) -> dict:
     """``steps`` SGD steps (lr 0.05, batch 128) as dnn.train does them; returns per-step seconds."""
@@ -218,6 +236,7 @@ def train_model(model, data: Data, steps: int, seed: int) -> dict:
 def pyhessian_top(model, x, y, seed: int, tol: float) -> dict:
     try:
         import pyhessian  # noqa: F401
+
         phmod = sys.modules["pyhessian.hessian"]
     except ImportError as err:
         return {"error": f"pyhessian not importable: {err}"}
@@ -227,8 +246,10 @@ def pyhessian_top(model, x, y, seed: int, tol: float) -> dict:
     def counted(gradsH, params, v):
         count["n"] += 1
         return real(gradsH, params, v)
+
     m = copy.deepcopy(model).float().eval()
     import warnings
+
     warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
     phmod.hessian_vector_product = counted
     try:
@@ -243,32 +264,54 @@ def pyhessian_top(model, x, y, seed: int, tol: float) -> dict:
     return {"value": float(vals[0]), "n_hvp": count["n"], "seconds": t2 - t1, "setup_s": t1 - t0}
 
 
-def part_iterations(obj: Objective, hvp: CachedHVP, model, seeds: list[int], ref_tol: float, ref_iter: int,
-                    tol: float) -> dict:
+def part_iterations(
+    obj: Objective, hvp: CachedHVP, model, seeds: list[int], ref_tol: float, ref_iter: int, tol: float
+) -> dict:
     th0 = obj.theta0
     hvp.reset()
     t0 = time.perf_counter()
     ref = eigen.lanczos_top(hvp, th0, k=1, tol=ref_tol, max_iter=ref_iter, seed=0)
     ref_s = time.perf_counter() - t0
     lam = float(ref.values[0])
-    out = {"reference": {"value": lam, "n_hvp": ref.n_matvec, "converged": ref.converged, "tol": ref_tol,
-                         "rel_residual": float(ref.residuals[0] / abs(lam)), "seconds": ref_s, "dtype": "float32"},
-           "runs": [], "sweep": []}
+    out = {
+        "reference": {
+            "value": lam,
+            "n_hvp": ref.n_matvec,
+            "converged": ref.converged,
+            "tol": ref_tol,
+            "rel_residual": float(ref.residuals[0] / abs(lam)),
+            "seconds": ref_s,
+            "dtype": "float32",
+        },
+        "runs": [],
+        "sweep": [],
+    }
     for s in seeds:
         hvp.reset()
         t0 = time.perf_counter()
         lz = eigen.lanczos_top(hvp, th0, k=1, tol=tol, max_iter=100, seed=s)
         wall = time.perf_counter() - t0
         replayed = hvp.calls - hvp.computed
-        lz_s = wall + hvp.replayed_s          # wall holds the computed HVPs; replayed ones at their measured time
-        row = {"seed": s, "lanczos": {"value": float(lz.values[0]), "n_hvp": lz.n_matvec,
-                                      "rel_err": abs(float(lz.values[0]) - lam) / abs(lam), "seconds": lz_s,
-                                      "replayed": replayed}}
+        lz_s = wall + hvp.replayed_s  # wall holds the computed HVPs; replayed ones at their measured time
+        row = {
+            "seed": s,
+            "lanczos": {
+                "value": float(lz.values[0]),
+                "n_hvp": lz.n_matvec,
+                "rel_err": abs(float(lz.values[0]) - lam) / abs(lam),
+                "seconds": lz_s,
+                "replayed": replayed,
+            },
+        }
         hvp.reset()
         t0 = time.perf_counter()
         pv, _, pn = eigen.power_iteration(obj.hvp, th0, tol=tol, max_iter=100, seed=s)
-        row["power"] = {"value": pv, "n_hvp": pn, "rel_err": abs(pv - lam) / abs(lam),
-                        "seconds": time.perf_counter() - t0}
+        row["power"] = {
+            "value": pv,
+            "n_hvp": pn,
+            "rel_err": abs(pv - lam) / abs(lam),
+            "seconds": time.perf_counter() - t0,
+        }
         ph = pyhessian_top(model, obj.inputs.float(), obj.targets, s, tol)
         if "value" in ph:
             ph["rel_err"] = abs(ph["value"] - lam) / abs(lam)
@@ -286,10 +329,11 @@ def part_iterations(obj: Objective, hvp: CachedHVP, model, seeds: list[int], ref
 
 # --- part 3 ----------------------------------------------------------------------------------------
 
+
 def part_overhead(obj: Objective, hvp: CachedHVP, model, step_s: float, n_train: int) -> dict:
     cfg = TrainConfig(model="simplecnn", lr=0.05, batch=128, probes=("lanczos", "covariance"))
     ctx = probes_mod.ProbeContext(cfg=cfg, model=model, objective=obj, step=0, n_train=n_train)
-    obj.hvp = hvp                      # instance attribute: the probes' HVPs go through the cache
+    obj.hvp = hvp  # instance attribute: the probes' HVPs go through the cache
     hvp.reset()
     times = {}
     try:
@@ -302,19 +346,35 @@ def part_overhead(obj: Objective, hvp: CachedHVP, model, step_s: float, n_train:
     finally:
         del obj.hvp
     replayed = calls - computed
-    lanczos_s = (t1 - t0) + replayed_s      # computed HVPs are in the wall time; replayed ones at their measured time
-    times = {"lanczos_s": lanczos_s, "lanczos_n_hvp": m["lanczos_n_hvp"], "lanczos_replayed": replayed,
-             "lanczos_converged": m["lanczos_converged"], "lambda_H": [m[f"lambda_H_{i + 1}"] for i in range(cfg.top_k)],
-             "covariance_s": t2 - t1, "lambda_K": mc["lambda_K"], "trace_ratio": mc["trace_ratio"],
-             "top_k": cfg.top_k, "L": cfg.cov_batches, "M": cfg.cov_batch, "tol": cfg.lanczos_tol}
+    lanczos_s = (t1 - t0) + replayed_s  # computed HVPs are in the wall time; replayed ones at their measured time
+    times = {
+        "lanczos_s": lanczos_s,
+        "lanczos_n_hvp": m["lanczos_n_hvp"],
+        "lanczos_replayed": replayed,
+        "lanczos_converged": m["lanczos_converged"],
+        "lambda_H": [m[f"lambda_H_{i + 1}"] for i in range(cfg.top_k)],
+        "covariance_s": t2 - t1,
+        "lambda_K": mc["lambda_K"],
+        "trace_ratio": mc["trace_ratio"],
+        "top_k": cfg.top_k,
+        "L": cfg.cov_batches,
+        "M": cfg.cov_batch,
+        "tol": cfg.lanczos_tol,
+    }
     probe_s = lanczos_s + (t2 - t1)
     epoch_s = STEPS_PER_EPOCH * step_s
-    times.update(probe_s=probe_s, step_s=step_s, epoch_train_s=epoch_s, overhead=probe_s / epoch_s,
-                 probe_in_steps=probe_s / step_s)
+    times.update(
+        probe_s=probe_s,
+        step_s=step_s,
+        epoch_train_s=epoch_s,
+        overhead=probe_s / epoch_s,
+        probe_in_steps=probe_s / step_s,
+    )
     return times
 
 
 # --- main --------------------------------------------------------------------------------------------
+
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -340,88 +400,149 @@ def main(argv=None) -> dict:
 
     data = Data(find_data(args.data), n)
     model = build_model("simplecnn", channels_last=True, seed=0)
-    print(f"SimpleCNN width 1, channels_last; {data.source}; torch {torch.__version__} on {THREADS} threads, "
-          f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; {os.cpu_count()} CPUs; "
-          f"load average {load0[0]:.2f} at start", flush=True)
+    print(
+        f"SimpleCNN width 1, channels_last; {data.source}; torch {torch.__version__} on {THREADS} threads, "
+        f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; {os.cpu_count()} CPUs; "
+        f"load average {load0[0]:.2f} at start",
+        flush=True,
+    )
 
     # 1. cost (at initialisation)
     cost = part_cost(model, data, n64, repeat)
     print("\n1. one HVP vs one full gradient (model at initialisation, chunks of 64, best of repeats after a warm-up)")
-    print(f"{'dtype':<9}{'n':>6}{'repeat':>7}{'grad s':>9}{'HVP s':>9}{'HVP/grad':>10}{'dbl-bwd s':>11}{'dbl/grad':>10}")
+    print(
+        f"{'dtype':<9}{'n':>6}{'repeat':>7}{'grad s':>9}{'HVP s':>9}{'HVP/grad':>10}{'dbl-bwd s':>11}{'dbl/grad':>10}"
+    )
     for r in cost.values():
-        db = (f"{r['double_backward_s']:>11.2f}{r['double_backward_over_grad']:>10.2f}" if "double_backward_s" in r
-              else f"{'-':>11}{'-':>10}")
-        print(f"{r['dtype']:<9}{r['n']:>6}{r['repeat']:>7}{r['grad_s']:>9.2f}{r['hvp_s']:>9.2f}{r['hvp_over_grad']:>10.2f}{db}")
+        db = (
+            f"{r['double_backward_s']:>11.2f}{r['double_backward_over_grad']:>10.2f}"
+            if "double_backward_s" in r
+            else f"{'-':>11}{'-':>10}"
+        )
+        print(
+            f"{r['dtype']:<9}{r['n']:>6}{r['repeat']:>7}{r['grad_s']:>9.2f}{r['hvp_s']:>9.2f}{r['hvp_over_grad']:>10.2f}{db}"
+        )
     c32 = cost["float32"]
-    print(f"double-backward (reverse-over-reverse) vs Objective.hvp (forward-over-reverse), float32: relative "
-          f"difference {c32['double_backward_rel_diff']:.2e}; target HVP <= 3x gradient: "
-          f"{'met' if c32['hvp_over_grad'] <= 3 else 'NOT met'} ({c32['hvp_over_grad']:.2f}x)", flush=True)
+    print(
+        f"double-backward (reverse-over-reverse) vs Objective.hvp (forward-over-reverse), float32: relative "
+        f"difference {c32['double_backward_rel_diff']:.2e}; target HVP <= 3x gradient: "
+        f"{'met' if c32['hvp_over_grad'] <= 3 else 'NOT met'} ({c32['hvp_over_grad']:.2f}x)",
+        flush=True,
+    )
 
     # 2. iterations
     tr = train_model(model, data, steps, seed=0)
     obj = Objective(model, data.x, data.y, dtype=torch.float32)
     hvp = CachedHVP(obj)
-    print(f"\n2. HVPs to lambda_max after {steps} SGD steps (lr 0.05, batch 128; mean batch loss "
-          f"{tr['loss_first']:.3f} -> {tr['loss_last']:.3f}); float32 objective on the {n} examples "
-          f"(float64 is too slow here, see 1.)", flush=True)
+    print(
+        f"\n2. HVPs to lambda_max after {steps} SGD steps (lr 0.05, batch 128; mean batch loss "
+        f"{tr['loss_first']:.3f} -> {tr['loss_last']:.3f}); float32 objective on the {n} examples "
+        f"(float64 is too slow here, see 1.)",
+        flush=True,
+    )
     it = part_iterations(obj, hvp, model, seeds, args.ref_tol, args.ref_iter, 1e-3)
     ref = it["reference"]
     lam = ref["value"]
-    print(f"reference lanczos_top(k=1, tol={ref['tol']:g}, max_iter={args.ref_iter}, seed 0): lambda_max = {lam:.6f}, "
-          f"{ref['n_hvp']} HVPs, converged {ref['converged']}, relative residual {ref['rel_residual']:.1e}, "
-          f"{ref['seconds']:.1f} s")
-    print(f"{'seed':>4}  {'method':<34}{'lambda_max':>12}{'rel err':>10}{'HVPs':>6}{'seconds':>9}{'HVPs / PyHessian':>18}")
+    print(
+        f"reference lanczos_top(k=1, tol={ref['tol']:g}, max_iter={args.ref_iter}, seed 0): lambda_max = {lam:.6f}, "
+        f"{ref['n_hvp']} HVPs, converged {ref['converged']}, relative residual {ref['rel_residual']:.1e}, "
+        f"{ref['seconds']:.1f} s"
+    )
+    print(
+        f"{'seed':>4}  {'method':<34}{'lambda_max':>12}{'rel err':>10}{'HVPs':>6}{'seconds':>9}{'HVPs / PyHessian':>18}"
+    )
     for row in it["runs"]:
         ph = row["pyhessian"]
         nph = ph.get("n_hvp")
-        for key, label in (("lanczos", "lanczos_top(k=1, tol=1e-3)"), ("pyhessian", "pyhessian eigenvalues(tol=1e-3)"),
-                           ("power", "dnn.eigen.power_iteration(tol=1e-3)")):
+        for key, label in (
+            ("lanczos", "lanczos_top(k=1, tol=1e-3)"),
+            ("pyhessian", "pyhessian eigenvalues(tol=1e-3)"),
+            ("power", "dnn.eigen.power_iteration(tol=1e-3)"),
+        ):
             r = row[key]
             if "error" in r:
                 print(f"{row['seed']:>4}  {label:<34}{r['error']}")
                 continue
             ratio = f"{r['n_hvp'] / nph:>18.2f}" if nph else f"{'-':>18}"
-            note = f"  ({r['replayed']} HVPs replayed from the reference, charged at measured time)" if r.get("replayed") else ""
+            note = (
+                f"  ({r['replayed']} HVPs replayed from the reference, charged at measured time)"
+                if r.get("replayed")
+                else ""
+            )
             if key == "pyhessian":
                 note = f"  (+{r['setup_s']:.1f} s setup: forward + create_graph backward of all {n})"
-            print(f"{row['seed']:>4}  {label:<34}{r['value']:>12.6f}{r['rel_err']:>10.1e}{r['n_hvp']:>6}"
-                  f"{r['seconds']:>9.1f}{ratio}{note}")
-    print("Lanczos seed-0 tolerance sweep (replayed from the reference run): " +
-          "; ".join(f"tol {s['tol']:g}: {s['n_hvp']} HVPs, rel err {s['rel_err']:.1e}" for s in it["sweep"]))
+            print(
+                f"{row['seed']:>4}  {label:<34}{r['value']:>12.6f}{r['rel_err']:>10.1e}{r['n_hvp']:>6}"
+                f"{r['seconds']:>9.1f}{ratio}{note}"
+            )
+    print(
+        "Lanczos seed-0 tolerance sweep (replayed from the reference run): "
+        + "; ".join(f"tol {s['tol']:g}: {s['n_hvp']} HVPs, rel err {s['rel_err']:.1e}" for s in it["sweep"])
+    )
     good = [s for s in it["sweep"] if s["rel_err"] < 1e-3]
     if good:
         best = min(good, key=lambda s: s["n_hvp"])
-        print(f"fewest Lanczos HVPs with rel err < 1e-3 (seed 0): {best['n_hvp']} (tol {best['tol']:g}, rel err "
-              f"{best['rel_err']:.1e})")
+        print(
+            f"fewest Lanczos HVPs with rel err < 1e-3 (seed 0): {best['n_hvp']} (tol {best['tol']:g}, rel err "
+            f"{best['rel_err']:.1e})"
+        )
     lz_ok = [r for r in it["runs"] if "n_hvp" in r["pyhessian"]]
     if lz_ok:
         ratios = [r["lanczos"]["n_hvp"] / r["pyhessian"]["n_hvp"] for r in lz_ok]
         errs = [r["lanczos"]["rel_err"] for r in it["runs"]]
-        print(f"target Lanczos rel. err <= 1e-3 with <= 1/3 of PyHessian's HVPs: HVP ratio "
-              f"{', '.join(f'{x:.2f}' for x in ratios)}, rel err max {max(errs):.1e}: "
-              f"{'met' if max(ratios) <= 1 / 3 and max(errs) <= 1e-3 else 'NOT met'}", flush=True)
+        print(
+            f"target Lanczos rel. err <= 1e-3 with <= 1/3 of PyHessian's HVPs: HVP ratio "
+            f"{', '.join(f'{x:.2f}' for x in ratios)}, rel err max {max(errs):.1e}: "
+            f"{'met' if max(ratios) <= 1 / 3 and max(errs) <= 1e-3 else 'NOT met'}",
+            flush=True,
+        )
 
     # 3. overhead
-    step_s = float(np.median(tr["step_s"][min(10, steps // 3):]))
+    step_s = float(np.median(tr["step_s"][min(10, steps // 3) :]))
     ov = part_overhead(obj, hvp, model, step_s, 50000)
-    print(f"\n3. tracking overhead at the papers' schedule: one probe set per epoch (top-{ov['top_k']} Lanczos "
-          f"tol {ov['tol']:g}, cold start + K from L = {ov['L']} batches of M = {ov['M']}) on {n} examples (~5% of "
-          f"CIFAR-10's 50,000), float32; {STEPS_PER_EPOCH} steps of batch 128 per epoch")
-    print(f"  SGD step (batch 128, float32, channels_last, augmented): {1e3 * step_s:.0f} ms (median of "
-          f"{len(tr['step_s']) - min(10, steps // 3)} steps) -> epoch {ov['epoch_train_s']:.1f} s")
-    print(f"  Lanczos top-{ov['top_k']}: {ov['lanczos_n_hvp']} HVPs ({ov['lanczos_replayed']} replayed from part 2's "
-          f"cache, charged at measured time), converged {ov['lanczos_converged']}, {ov['lanczos_s']:.1f} s; "
-          f"covariance: {ov['covariance_s']:.1f} s; probe set {ov['probe_s']:.1f} s = {ov['probe_in_steps']:.0f} SGD steps")
-    print(f"  overhead = probe time per epoch / training time per epoch = {ov['overhead']:.2f} "
-          f"({100 * ov['overhead']:.0f}%)")
+    print(
+        f"\n3. tracking overhead at the papers' schedule: one probe set per epoch (top-{ov['top_k']} Lanczos "
+        f"tol {ov['tol']:g}, cold start + K from L = {ov['L']} batches of M = {ov['M']}) on {n} examples (~5% of "
+        f"CIFAR-10's 50,000), float32; {STEPS_PER_EPOCH} steps of batch 128 per epoch"
+    )
+    print(
+        f"  SGD step (batch 128, float32, channels_last, augmented): {1e3 * step_s:.0f} ms (median of "
+        f"{len(tr['step_s']) - min(10, steps // 3)} steps) -> epoch {ov['epoch_train_s']:.1f} s"
+    )
+    print(
+        f"  Lanczos top-{ov['top_k']}: {ov['lanczos_n_hvp']} HVPs ({ov['lanczos_replayed']} replayed from part 2's "
+        f"cache, charged at measured time), converged {ov['lanczos_converged']}, {ov['lanczos_s']:.1f} s; "
+        f"covariance: {ov['covariance_s']:.1f} s; probe set {ov['probe_s']:.1f} s = "
+        f"{ov['probe_in_steps']:.0f} SGD steps"
+    )
+    print(
+        f"  overhead = probe time per epoch / training time per epoch = {ov['overhead']:.2f} "
+        f"({100 * ov['overhead']:.0f}%)"
+    )
     load1 = os.getloadavg()
     total = time.perf_counter() - t_all
-    print(f"\nload average {load0[0]:.2f} at start, {load1[0]:.2f} at end (2 CPUs; other jobs share this machine); "
-          f"total {total:.0f} s")
-    result = {"config": {"n": n, "n64": n64, "repeat": repeat, "train_steps": steps, "seeds": seeds,
-                         "data": data.source, "threads": THREADS, "loadavg": [load0[0], load1[0]],
-                         "torch": torch.__version__, "total_s": total},
-              "cost": cost, "training": tr, "iterations": it, "overhead": ov}
+    print(
+        f"\nload average {load0[0]:.2f} at start, {load1[0]:.2f} at end (2 CPUs; other jobs share this machine); "
+        f"total {total:.0f} s"
+    )
+    result = {
+        "config": {
+            "n": n,
+            "n64": n64,
+            "repeat": repeat,
+            "train_steps": steps,
+            "seeds": seeds,
+            "data": data.source,
+            "threads": THREADS,
+            "loadavg": [load0[0], load1[0]],
+            "torch": torch.__version__,
+            "total_s": total,
+        },
+        "cost": cost,
+        "training": tr,
+        "iterations": it,
+        "overhead": ov,
+    }
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2, default=float)

@@ -87,7 +87,7 @@ def np_grouped(H, u, idx):
     ex, tr = ex[o], tr[o]
     bounds = np.searchsorted(ex, np.arange(N + 1))
     for i in range(N):
-        r = tr[bounds[i]:bounds[i + 1]]
+        r = tr[bounds[i] : bounds[i + 1]]
         g[r] += u[r] @ H[i]  # H_i symmetric
     return g
 
@@ -125,7 +125,7 @@ def t_grouped(H, u, idx):
     tr = tr[o]
     bounds = torch.searchsorted(ex, torch.arange(N + 1)).tolist()
     for i in range(N):
-        r = tr[bounds[i]:bounds[i + 1]]
+        r = tr[bounds[i] : bounds[i + 1]]
         g[r] += u[r] @ H[i]
     return g
 
@@ -141,8 +141,10 @@ def t_padded(H, u, idx):
     return torch.bmm(Up, H)[ex, slot].reshape(R, S, D).sum(dim=1)
 
 
-BASELINES = {"numpy": {"gather": np_gather, "grouped": np_grouped, "padded": np_padded},
-             "torch": {"gather": t_gather, "grouped": t_grouped, "padded": t_padded}}
+BASELINES = {
+    "numpy": {"gather": np_gather, "grouped": np_grouped, "padded": np_padded},
+    "torch": {"gather": t_gather, "grouped": t_grouped, "padded": t_padded},
+}
 
 
 def run_baseline(lib: str, hvp, H, eta: float, n_steps: int):
@@ -168,8 +170,11 @@ def check_baselines(H: np.ndarray) -> None:
     ref = np.einsum("rkab,rb->ra", H[idx[:64]], u[:64])
     for lib, forms in BASELINES.items():
         for name, hvp in forms.items():
-            out = hvp(H, u, idx) if lib == "numpy" else hvp(torch.from_numpy(H), torch.from_numpy(u),
-                                                             torch.from_numpy(idx)).numpy()
+            out = (
+                hvp(H, u, idx)
+                if lib == "numpy"
+                else hvp(torch.from_numpy(H), torch.from_numpy(u), torch.from_numpy(idx)).numpy()
+            )
             assert np.allclose(out[:64], ref, rtol=1e-12, atol=1e-12), (lib, name)
 
 
@@ -212,22 +217,36 @@ def main(argv=None) -> dict:
     t_np = min(r["seconds"] for r in rows if r["impl"].startswith("numpy"))
     t_torch = min(r["seconds"] for r in rows if r["impl"].startswith("torch"))
     print(f"\nD={D} N={N} S={S} R={R} T={n_steps}  ({flops / 1e9:.1f} GFLOP of Hessian-vector products)")
-    print(f"{'implementation':<16}{'threads':>8}{'seconds':>10}{'steps/s':>11}{'GFLOP/s':>9}"
-          f"{'% matmul':>10}{'x numpy':>9}{'x torch':>9}")
+    print(
+        f"{'implementation':<16}{'threads':>8}{'seconds':>10}{'steps/s':>11}{'GFLOP/s':>9}"
+        f"{'% matmul':>10}{'x numpy':>9}{'x torch':>9}"
+    )
     for r in rows:
-        r.update(steps_per_s=R * n_steps / r["seconds"], gflops=flops / r["seconds"] / 1e9,
-                 vs_numpy=t_np / r["seconds"], vs_torch=t_torch / r["seconds"])
+        r.update(
+            steps_per_s=R * n_steps / r["seconds"],
+            gflops=flops / r["seconds"] / 1e9,
+            vs_numpy=t_np / r["seconds"],
+            vs_torch=t_torch / r["seconds"],
+        )
         r["pct_matmul"] = 100 * r["gflops"] / roof
-        print(f"{r['impl']:<16}{r['threads']:>8}{r['seconds']:>10.2f}{r['steps_per_s']:>11.3g}"
-              f"{r['gflops']:>9.2f}{r['pct_matmul']:>9.1f}%{r['vs_numpy']:>9.2f}{r['vs_torch']:>9.2f}")
-    print(f"\nseconds are for R x T trajectory-steps (steps/s counts trajectory-steps); numba: best of 2 "
-          f"full runs; numpy and torch: best of 2 timings of {base_steps} steps, scaled to T = {n_steps}.")
+        print(
+            f"{r['impl']:<16}{r['threads']:>8}{r['seconds']:>10.2f}{r['steps_per_s']:>11.3g}"
+            f"{r['gflops']:>9.2f}{r['pct_matmul']:>9.1f}%{r['vs_numpy']:>9.2f}{r['vs_torch']:>9.2f}"
+        )
+    print(
+        f"\nseconds are for R x T trajectory-steps (steps/s counts trajectory-steps); numba: best of 2 "
+        f"full runs; numpy and torch: best of 2 timings of {base_steps} steps, scaled to T = {n_steps}."
+    )
     print(f"numba seconds include simulate()'s setup (initial points, range basis): {setup:.2f} s at T = 0.")
     print("x numpy / x torch: against the fastest numpy and the fastest torch formulation above.")
     print(f"numba 1 vs {THREADS} threads (4 runs) bitwise identical: {bitwise}")
-    result = {"config": {"D": D, "N": N, "S": S, "R": R, "T": n_steps, "baseline_steps": base_steps},
-              "matmul_gflops": roof, "numba_setup_seconds": setup, "rows": rows,
-              "numba_bitwise_across_threads": bitwise}
+    result = {
+        "config": {"D": D, "N": N, "S": S, "R": R, "T": n_steps, "baseline_steps": base_steps},
+        "matmul_gflops": roof,
+        "numba_setup_seconds": setup,
+        "rows": rows,
+        "numba_bitwise_across_threads": bitwise,
+    }
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2)

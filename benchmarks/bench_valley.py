@@ -74,6 +74,7 @@ def best_seconds(fn, repeat: int) -> tuple[float, object]:
 
 # --- vectorised baselines -------------------------------------------------------------------------
 
+
 def numpy_run(R: int, T: int, eta: float, scale: float, x0, seed: int = 0) -> dict:
     """T steps of the exp-toy + sgd step for R trajectories at once (numpy, in place)."""
     rng = np.random.default_rng(seed)
@@ -86,7 +87,7 @@ def numpy_run(R: int, T: int, eta: float, scale: float, x0, seed: int = 0) -> di
     GB = np.empty((4, R))
     acc = np.zeros((4, R))
     status = np.full(R, -1)
-    live = None                                    # float mask once a trajectory has stopped (slow path)
+    live = None  # float mask once a trajectory has stopped (slow path)
     frozen = np.full((4, R), np.nan)
     for t in range(T + 1):
         # exps shared by gradient, lambda and noise std: e0 = exp(-t3 - t4), e3 = exp(-(t3 - t4)^2)
@@ -97,9 +98,9 @@ def numpy_run(R: int, T: int, eta: float, scale: float, x0, seed: int = 0) -> di
         np.multiply(d, d, out=a)
         np.negative(a, out=a)
         np.exp(a, out=e3)
-        np.multiply(e0, -4.0, out=lam0)            # lambda_1 = 8 - 4 e0
+        np.multiply(e0, -4.0, out=lam0)  # lambda_1 = 8 - 4 e0
         lam0 += 8.0
-        np.multiply(e3, 2.0, out=lam1)             # lambda_2 = 2 e3
+        np.multiply(e3, 2.0, out=lam1)  # lambda_2 = 2 e3
         # the kernel's checks: lambda_i > 0 and |x_d| < 1e100 (NaN fails both: min/max propagate it)
         if not (LAM.min() > 0.0 and P.max() < 1e100 and P.min() > -1e100):
             bad = ~((LAM > 0.0).all(axis=0) & (np.abs(P) < 1e100).all(axis=0))
@@ -107,10 +108,10 @@ def numpy_run(R: int, T: int, eta: float, scale: float, x0, seed: int = 0) -> di
                 bad &= live > 0
             status[bad] = t
             frozen[:, bad] = P[:, bad]
-            P[:, bad] = np.asarray(x0, dtype=float)[:, None]   # park them at a valid point, frozen below
+            P[:, bad] = np.asarray(x0, dtype=float)[:, None]  # park them at a valid point, frozen below
             live = np.ones(R) if live is None else live
             live[bad] = 0.0
-            np.exp(-(t3 + t4), out=e0)             # lambda etc. again at the parked points
+            np.exp(-(t3 + t4), out=e0)  # lambda etc. again at the parked points
             np.subtract(t3, t4, out=d)
             np.exp(-d * d, out=e3)
             np.multiply(e0, -4.0, out=lam0)
@@ -119,12 +120,12 @@ def numpy_run(R: int, T: int, eta: float, scale: float, x0, seed: int = 0) -> di
         if t == T:
             break
         rng.standard_normal(out=Z)
-        np.multiply(LAM, scale, out=SD)            # sd_i = sqrt(scale lambda_i)
+        np.multiply(LAM, scale, out=SD)  # sd_i = sqrt(scale lambda_i)
         np.sqrt(SD, out=SD)
         SD *= Z
-        np.multiply(P[:2], LAM, out=GB[:2])        # g_1 = lambda_1 t1, g_2 = lambda_2 t2
+        np.multiply(P[:2], LAM, out=GB[:2])  # g_1 = lambda_1 t1, g_2 = lambda_2 t2
         GB[:2] += SD
-        np.multiply(t1, t1, out=a)                 # g_3,4 = 2 e0 t1^2 -/+ (t3 - t4) lambda_2 t2^2
+        np.multiply(t1, t1, out=a)  # g_3,4 = 2 e0 t1^2 -/+ (t3 - t4) lambda_2 t2^2
         a *= e0
         a += a
         np.multiply(t2, t2, out=PG[0])
@@ -134,7 +135,7 @@ def numpy_run(R: int, T: int, eta: float, scale: float, x0, seed: int = 0) -> di
         np.add(a, PG[0], out=GB[3])
         if live is not None:
             GB *= live
-        np.multiply(P[:2], P[:2], out=PG)          # window sums, every step (burn-in 0)
+        np.multiply(P[:2], P[:2], out=PG)  # window sums, every step (burn-in 0)
         if live is not None:
             PG *= live
         acc[:2] += PG
@@ -156,6 +157,7 @@ def numpy_run(R: int, T: int, eta: float, scale: float, x0, seed: int = 0) -> di
 def torch_run(R: int, T: int, eta: float, scale: float, x0, seed: int = 0) -> dict:
     """The numpy step in torch (CPU, float64); stops raise (the slow path is numpy's)."""
     import torch
+
     gen = torch.Generator().manual_seed(seed)
     P = torch.tensor(np.tile(np.asarray(x0, dtype=float)[:, None], (1, R)))
     t1, t2, t3, t4 = P
@@ -191,6 +193,7 @@ def torch_run(R: int, T: int, eta: float, scale: float, x0, seed: int = 0) -> di
 
 
 # --- micro-benchmarks of the step's operations (numba, blocks in prange) ----------------------------
+
 
 @njit(parallel=True, cache=False)
 def _mb_base(x, out):
@@ -274,10 +277,18 @@ def _mb_addchain(n):
 def micro_benchmarks(n_blocks: int, n: int, repeat: int) -> dict:
     """ns per operation (aggregate over the threads in use) for each kind, at 1 and THREADS threads."""
     rng = np.random.default_rng(0)
-    inputs = {"exp": -5.0 * rng.random((n_blocks, n)), "log": 1.0 - rng.random((n_blocks, n)),
-              "sqrt": 1.0 + 10.0 * rng.random((n_blocks, n))}
-    fns = {"exp": (_mb_exp, 1), "log": (_mb_log, 1), "sqrt": (_mb_sqrt, 1), "normal": (_mb_normal, 1),
-           "flop": (_mb_flops, 24)}
+    inputs = {
+        "exp": -5.0 * rng.random((n_blocks, n)),
+        "log": 1.0 - rng.random((n_blocks, n)),
+        "sqrt": 1.0 + 10.0 * rng.random((n_blocks, n)),
+    }
+    fns = {
+        "exp": (_mb_exp, 1),
+        "log": (_mb_log, 1),
+        "sqrt": (_mb_sqrt, 1),
+        "normal": (_mb_normal, 1),
+        "flop": (_mb_flops, 24),
+    }
     out = np.empty(n_blocks)
     res = {}
     for k in sorted({1, THREADS}):
@@ -290,7 +301,7 @@ def micro_benchmarks(n_blocks: int, n: int, repeat: int) -> dict:
             fn(x, out)
             sec, _ = best_seconds(lambda: fn(x, out), repeat)
             if name not in ("flop",):
-                sec = max(sec - base, 0.0)      # minus the loop's own load + dependent add
+                sec = max(sec - base, 0.0)  # minus the loop's own load + dependent add
             res.setdefault(name, {})[k] = sec / (n_blocks * n * per_iter) * 1e9
     numba.set_num_threads(THREADS)
     return res
@@ -334,9 +345,12 @@ class _StepCounter(ast.NodeVisitor):
 
     @staticmethod
     def _invariant(node) -> bool:
-        return all(isinstance(n, (ast.Constant, ast.operator, ast.unaryop, ast.expr_context, ast.Load))
-                   or (isinstance(n, ast.Name) and n.id == "scale")
-                   or isinstance(n, (ast.BinOp, ast.UnaryOp)) for n in ast.walk(node))
+        return all(
+            isinstance(n, (ast.Constant, ast.operator, ast.unaryop, ast.expr_context, ast.Load))
+            or (isinstance(n, ast.Name) and n.id == "scale")
+            or isinstance(n, (ast.BinOp, ast.UnaryOp))
+            for n in ast.walk(node)
+        )
 
     def visit_Call(self, node):
         f = node.func
@@ -368,12 +382,12 @@ class _StepCounter(ast.NodeVisitor):
         self.generic_visit(node)
 
     def visit_Subscript(self, node):
-        self.visit(node.value)                     # index arithmetic is integer/address work: skipped
+        self.visit(node.value)  # index arithmetic is integer/address work: skipped
 
     def visit_If(self, node):
         text = ast.unparse(node.test)
         if "record_every" in text or "code" in text or "n_total" in text:
-            return                                 # rare branches
+            return  # rare branches
         self.generic_visit(node)
 
     def visit_For(self, node):
@@ -395,8 +409,11 @@ class _StepCounter(ast.NodeVisitor):
 def step_counts(src: str, D: int) -> dict:
     tree = ast.parse(src)
     funcs = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
-    tloop = next(n for n in ast.walk(funcs["run"]) if isinstance(n, ast.For) and isinstance(n.target, ast.Name)
-                 and n.target.id == "t")
+    tloop = next(
+        n
+        for n in ast.walk(funcs["run"])
+        if isinstance(n, ast.For) and isinstance(n.target, ast.Name) and n.target.id == "t"
+    )
     c = _StepCounter({k: v for k, v in funcs.items() if k != "run"}, D)
     for stmt in tloop.body:
         c.visit(stmt)
@@ -435,12 +452,17 @@ def compile_cache_times() -> dict:
 
 # --- main --------------------------------------------------------------------------------------------
 
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="R = 1024, T = 1000, fewer repeats (smoke run)")
     p.add_argument("--trajectories", type=int, help=f"R (default {R_FULL})")
     p.add_argument("--steps", type=int, help=f"T (default {T_FULL})")
-    p.add_argument("--repeat", type=int, help="rounds of timed runs, all implementations in turn (best is kept; default 3, quick 1)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        help="rounds of timed runs, all implementations in turn (best is kept; default 3, quick 1)",
+    )
     p.add_argument("--no-torch", action="store_true", help="skip the torch baseline")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -459,15 +481,17 @@ def main(argv=None) -> dict:
         def go():
             numba.set_num_threads(k)
             return simulate(land, noise, ETA, steps=T, burn_in=0, trajectories=R, seed=SEED, record_every=T)
+
         return go
 
     impls = {("numba kernel", k): numba_at(k) for k in ((THREADS, 1) if THREADS > 1 else (1,))}
     impls[("numpy vectorised", 1)] = lambda: numpy_run(R, T, ETA, SCALE_, x0, seed=SEED)
     if not args.no_torch:
         import torch
-        torch.set_num_threads(1)      # elementwise ops on R = 4096 are below torch's parallel grain anyway
+
+        torch.set_num_threads(1)  # elementwise ops on R = 4096 are below torch's parallel grain anyway
         impls[("torch vectorised", 1)] = lambda: torch_run(R, T, ETA, SCALE_, x0, seed=SEED)
-    simulate(land, noise, ETA, steps=10, trajectories=8, seed=SEED)      # compile or load the cache
+    simulate(land, noise, ETA, steps=10, trajectories=8, seed=SEED)  # compile or load the cache
     numpy_run(R, 2, ETA, SCALE_, x0)
     if not args.no_torch:
         torch_run(R, 2, ETA, SCALE_, x0)
@@ -479,8 +503,10 @@ def main(argv=None) -> dict:
     numba.set_num_threads(THREADS)
     rows = [{"impl": impl, "threads": k, "seconds": best[(impl, k)]} for impl, k in impls]
     a, b = out[("numba kernel", THREADS)], out[("numba kernel", 1)]
-    bitwise = all(np.array_equal(np.asarray(x).view(np.uint64), np.asarray(y).view(np.uint64))
-                  for x, y in ((a.rec, b.rec), (a.acc, b.acc), (a.status, b.status)))
+    bitwise = all(
+        np.array_equal(np.asarray(x).view(np.uint64), np.asarray(y).view(np.uint64))
+        for x, y in ((a.rec, b.rec), (a.acc, b.acc), (a.status, b.status))
+    )
     nb, npr, tr = a, out[("numpy vectorised", 1)], out.get(("torch vectorised", 1))
     load1 = os.getloadavg()
 
@@ -496,8 +522,12 @@ def main(argv=None) -> dict:
         for q in ref:
             m1, s1 = mean_se(ref[q])
             m2, s2 = mean_se(other[q])
-            checks[f"{name} {q}"] = {"numba": m1, "other": m2, "z": (m2 - m1) / math.hypot(s1, s2),
-                                     "se": math.hypot(s1, s2)}
+            checks[f"{name} {q}"] = {
+                "numba": m1,
+                "other": m2,
+                "z": (m2 - m1) / math.hypot(s1, s2),
+                "se": math.hypot(s1, s2),
+            }
 
     # machine limit
     src = kernel_source(land, noise)
@@ -512,34 +542,49 @@ def main(argv=None) -> dict:
 
     # --- report ---
     t_np = next(r["seconds"] for r in rows if r["impl"] == "numpy vectorised")
-    print(f"{LANDSCAPE} + {NOISE} noise (scale {SCALE_}), eta = {ETA}, D = {D}, R = {R}, T = {T}, burn-in 0, "
-          f"record_every = T; {os.cpu_count()} CPUs; load average {load0[0]:.2f} before, {load1[0]:.2f} after")
+    print(
+        f"{LANDSCAPE} + {NOISE} noise (scale {SCALE_}), eta = {ETA}, D = {D}, R = {R}, T = {T}, burn-in 0, "
+        f"record_every = T; {os.cpu_count()} CPUs; load average {load0[0]:.2f} before, {load1[0]:.2f} after"
+    )
     print(f"\n{'implementation':<18}{'threads':>8}{'seconds':>9}{'ns/traj-step':>14}{'x numpy':>9}")
     for r in rows:
         r["ns_per_traj_step"] = r["seconds"] / n_ts * 1e9
         r["vs_numpy"] = t_np / r["seconds"]
-        print(f"{r['impl']:<18}{r['threads']:>8}{r['seconds']:>9.2f}{r['ns_per_traj_step']:>14.1f}"
-              f"{r['vs_numpy']:>9.2f}")
-    print(f"(best of {repeat} rounds, implementations in turn; numba after a warm-up call, its seconds include "
-          f"simulate's setup; numpy and torch run their elementwise ops on one thread)")
-    print(f"numba {THREADS} vs 1 threads: records, window sums and status bitwise identical: {bitwise}; "
-          f"completed {int(ok.sum())}/{R}")
+        print(
+            f"{r['impl']:<18}{r['threads']:>8}{r['seconds']:>9.2f}{r['ns_per_traj_step']:>14.1f}{r['vs_numpy']:>9.2f}"
+        )
+    print(
+        f"(best of {repeat} rounds, implementations in turn; numba after a warm-up call, its seconds include "
+        f"simulate's setup; numpy and torch run their elementwise ops on one thread)"
+    )
+    print(
+        f"numba {THREADS} vs 1 threads: records, window sums and status bitwise identical: {bitwise}; "
+        f"completed {int(ok.sum())}/{R}"
+    )
     for name, c in checks.items():
-        print(f"agreement {name:<16} numba {c['numba']:.6g}  other {c['other']:.6g}  "
-              f"difference {c['z']:+.2f} standard errors")
+        print(
+            f"agreement {name:<16} numba {c['numba']:.6g}  other {c['other']:.6g}  "
+            f"difference {c['z']:+.2f} standard errors"
+        )
 
-    print(f"\nmachine limit: operation costs (numba micro-benchmarks, ns per operation, aggregate over threads;"
-          f" cycles at {mhz:.0f} MHz from {mhz_src}; a 3-cycle dependent-add chain gives {mhz_chain:.0f} MHz)")
+    print(
+        f"\nmachine limit: operation costs (numba micro-benchmarks, ns per operation, aggregate over threads;"
+        f" cycles at {mhz:.0f} MHz from {mhz_src}; a 3-cycle dependent-add chain gives {mhz_chain:.0f} MHz)"
+    )
     ks = sorted(mb["exp"])
     hdr = "".join(f"{f'ns ({k} thr)':>12}" for k in ks)
     print(f"{'operation':<18}{'count/step':>11}{hdr}{'cycles (1)':>12}{'ns/step (1)':>13}")
     for c in counts:
         name = cost_names[c]
         vals = "".join(f"{mb[name][k]:>12.2f}" for k in ks)
-        print(f"{c if c != 'arith' else 'arith (flop)':<18}{counts[c]:>11}{vals}"
-              f"{mb[name][1] * mhz / 1e3:>12.1f}{counts[c] * mb[name][1]:>13.1f}")
-    print(f"\n{'':<18}{'threads':>8}{'measured ns':>13}{'cycles':>9}{'estimate ns':>13}{'cycles':>9}"
-          f"{'estimate/measured':>19}")
+        print(
+            f"{c if c != 'arith' else 'arith (flop)':<18}{counts[c]:>11}{vals}"
+            f"{mb[name][1] * mhz / 1e3:>12.1f}{counts[c] * mb[name][1]:>13.1f}"
+        )
+    print(
+        f"\n{'':<18}{'threads':>8}{'measured ns':>13}{'cycles':>9}{'estimate ns':>13}{'cycles':>9}"
+        f"{'estimate/measured':>19}"
+    )
     limit = []
     for r in rows:
         if r["impl"] != "numba kernel":
@@ -548,23 +593,55 @@ def main(argv=None) -> dict:
         est = estimate[k]
         meas = r["ns_per_traj_step"]
         cyc = lambda ns: ns * mhz / 1e3 * (k if k > 1 else 1)  # noqa: E731  core-cycles per trajectory-step
-        limit.append({"threads": k, "measured_ns": meas, "estimate_ns": est, "measured_core_cycles": cyc(meas),
-                      "estimate_core_cycles": cyc(est), "pct": 100 * est / meas})
-        print(f"{'numba per traj-step':<18}{k:>8}{meas:>13.1f}{cyc(meas):>9.0f}{est:>13.1f}{cyc(est):>9.0f}"
-              f"{100 * est / meas:>18.0f}%")
-    print("(ns per trajectory-step is wall time / (R T); cycles are core-cycles: ns x MHz x threads; the estimate "
-          "is sum over operations of count x cost, scalar costs since the kernel is scalar per trajectory)")
+        limit.append(
+            {
+                "threads": k,
+                "measured_ns": meas,
+                "estimate_ns": est,
+                "measured_core_cycles": cyc(meas),
+                "estimate_core_cycles": cyc(est),
+                "pct": 100 * est / meas,
+            }
+        )
+        print(
+            f"{'numba per traj-step':<18}{k:>8}{meas:>13.1f}{cyc(meas):>9.0f}{est:>13.1f}{cyc(est):>9.0f}"
+            f"{100 * est / meas:>18.0f}%"
+        )
+    print(
+        "(ns per trajectory-step is wall time / (R T); cycles are core-cycles: ns x MHz x threads; the estimate "
+        "is sum over operations of count x cost, scalar costs since the kernel is scalar per trajectory)"
+    )
 
     print("\ncompile cache (fresh interpreter, $VALLEYSIM_CACHE empty, then the same cache again):")
     for label, c in cache.items():
-        print(f"  {label:<5} import {c['import']:.2f} s, first simulate (R=8, T=10) {c['first_call']:.2f} s, "
-              f"whole process {c['process']:.2f} s")
+        print(
+            f"  {label:<5} import {c['import']:.2f} s, first simulate (R=8, T=10) {c['first_call']:.2f} s, "
+            f"whole process {c['process']:.2f} s"
+        )
 
-    result = {"config": {"landscape": LANDSCAPE, "noise": NOISE, "scale": SCALE_, "eta": ETA, "R": R, "T": T,
-                         "repeat": repeat, "threads": THREADS, "loadavg": [load0[0], load1[0]]},
-              "rows": rows, "bitwise_across_threads": bitwise, "agreement": checks, "counts": counts,
-              "op_costs_ns": mb, "cpu_mhz": mhz, "cpu_mhz_source": mhz_src, "addchain_mhz": mhz_chain,
-              "limit": limit, "compile_cache": cache}
+    result = {
+        "config": {
+            "landscape": LANDSCAPE,
+            "noise": NOISE,
+            "scale": SCALE_,
+            "eta": ETA,
+            "R": R,
+            "T": T,
+            "repeat": repeat,
+            "threads": THREADS,
+            "loadavg": [load0[0], load1[0]],
+        },
+        "rows": rows,
+        "bitwise_across_threads": bitwise,
+        "agreement": checks,
+        "counts": counts,
+        "op_costs_ns": mb,
+        "cpu_mhz": mhz,
+        "cpu_mhz_source": mhz_src,
+        "addchain_mhz": mhz_chain,
+        "limit": limit,
+        "compile_cache": cache,
+    }
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2, default=float)

@@ -67,7 +67,7 @@ class _Spelled(argparse.Action):
             raise argparse.ArgumentError(None, f"argument {option_string}: {err}") from None
 
 
-TYPES = {"int": T.count, "float": T.positive}      # by annotation (others: str); OPTIONS overrides
+TYPES = {"int": T.count, "float": T.positive}  # by annotation (others: str); OPTIONS overrides
 OPTIONS = {
     "lr": dict(flags=("--eta", "--lr"), action=_Spelled, metavar="ETA"),
     "momentum": dict(type=T.nonnegative),
@@ -83,7 +83,7 @@ OPTIONS = {
     "probe_acc": dict(type=T.comma_list(T.fraction, "accuracies in (0, 1]", empty=True)),
     "channels_last": dict(choices=("auto", "on", "off"), default="auto"),
 }
-FROM_OPTION = {"channels_last": {"auto": None, "on": True, "off": False}.get}   # option value -> field value
+FROM_OPTION = {"channels_last": {"auto": None, "on": True, "off": False}.get}  # option value -> field value
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
@@ -95,7 +95,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
         if f.type == "bool":
             name = f"no-{name}" if f.default else name
             kw.update(action="store_false" if f.default else "store_true")
-        elif not isinstance(f.default, tuple):              # tuples: comma lists (OPTIONS)
+        elif not isinstance(f.default, tuple):  # tuples: comma lists (OPTIONS)
             kw.update(type=TYPES.get(f.type.removesuffix(" | None")))
         kw.update(OPTIONS.get(f.name, {}))
         p.add_argument(*kw.pop("flags", (f"--{name}",)), **kw)
@@ -104,24 +104,39 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 def add_parser(sub) -> None:
     d = sub.add_parser("dnn", help="measurements on real networks (PyTorch)")
     dsub = d.add_subparsers(dest="dnn_command", required=True)
-    t = dsub.add_parser("train", help="train on CIFAR-10 with probes on a schedule (resumable)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = dsub.add_parser(
+        "train",
+        help="train on CIFAR-10 with probes on a schedule (resumable)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     t.add_argument("--data", default=None, help="CIFAR-10 path (default $VALLEYSIM_DATA)")
-    t.add_argument("--label-order", default="auto", help="label-order .npz restoring the original order "
-                   "('auto': the one beside the data, 'none': class-major order)")
-    t.add_argument("--out", type=T.out_dir, required=True, help="run directory (config.json, metrics.jsonl, checkpoint.pt)")
+    t.add_argument(
+        "--label-order",
+        default="auto",
+        help="label-order .npz restoring the original order "
+        "('auto': the one beside the data, 'none': class-major order)",
+    )
+    t.add_argument(
+        "--out", type=T.out_dir, required=True, help="run directory (config.json, metrics.jsonl, checkpoint.pt)"
+    )
     add_config_options(t)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=cmd_train)
 
-    c = dsub.add_parser("crosscheck", help="toy predictions (R1, R2, R5) next to real CIFAR-10 runs: a "
-                        "Markdown report with tables and figures (resumable)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c = dsub.add_parser(
+        "crosscheck",
+        help="toy predictions (R1, R2, R5) next to real CIFAR-10 runs: a "
+        "Markdown report with tables and figures (resumable)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     c.add_argument("--data", default=None, help="CIFAR-10 path (default $VALLEYSIM_DATA)")
     c.add_argument("--label-order", default="auto", help="as for dnn train")
-    c.add_argument("--preset", default="quick", help="quick (2-core CPU, ~45 min) or paper (the papers' "
-                   "settings; meant for a GPU)")
-    c.add_argument("--out", type=T.out_dir, required=True, help="study directory (runs/, report.md, summary.json, figures)")
+    c.add_argument(
+        "--preset", default="quick", help="quick (2-core CPU, ~45 min) or paper (the papers' settings; meant for a GPU)"
+    )
+    c.add_argument(
+        "--out", type=T.out_dir, required=True, help="study directory (runs/, report.md, summary.json, figures)"
+    )
     c.add_argument("--device", default="cpu")
     c.add_argument("--no-toy", action="store_true", help="skip the calibrated R2 toy simulations")
     c.add_argument("--no-progress", action="store_true")
@@ -129,22 +144,35 @@ def add_parser(sub) -> None:
 
 
 def config_from_args(a) -> TrainConfig:
-    return TrainConfig(**{f.name: FROM_OPTION.get(f.name, lambda v: v)(getattr(a, f.name))
-                          for f in dataclasses.fields(TrainConfig)})
+    return TrainConfig(
+        **{f.name: FROM_OPTION.get(f.name, lambda v: v)(getattr(a, f.name)) for f in dataclasses.fields(TrainConfig)}
+    )
 
 
 def cmd_train(a) -> int:
     from dnn.data import load_cifar10
     from dnn.train import train
 
-    cfg = config_from_args(a)                           # checks every value and the device
+    cfg = config_from_args(a)  # checks every value and the device
     order = None if a.label_order == "none" else a.label_order
     images, labels = load_cifar10(a.data, "train", label_order=order)
     store = train(cfg, a.out, images, labels, progress=not a.no_progress)
     rows = store.rows()
     last = rows[-1] if rows else {}
-    keys = ("step", "epoch", "measure_loss", "measure_acc", "lambda_max", "trace_hessian", "lambda_K",
-            "trace_K", "trace_ratio", "alpha_star", "stability_factor", "diverged")
+    keys = (
+        "step",
+        "epoch",
+        "measure_loss",
+        "measure_acc",
+        "lambda_max",
+        "trace_hessian",
+        "lambda_K",
+        "trace_K",
+        "trace_ratio",
+        "alpha_star",
+        "stability_factor",
+        "diverged",
+    )
     print(dumps({k: last[k] for k in keys if k in last}), file=sys.stdout)
     print(f"{len(rows)} rows in {store.metrics_path}")
     return 0
@@ -161,10 +189,24 @@ def cmd_crosscheck(a) -> int:
     check_device(a.device)
     preset = dataclasses.replace(PRESETS[a.preset])
     images, labels = load_cifar10(a.data, "train", label_order=None if a.label_order == "none" else a.label_order)
-    summary = run_crosscheck(preset, a.out, images, labels, progress=not a.no_progress, toy=not a.no_toy,
-                             device=a.device)
-    print(to_markdown(summary["comparison"], ["label", "max_lambda_max", "lambda_star", "toy_max", "q_at_max",
-                                              "max_lambda_K", "max_trace_ratio", "break_even_epoch"]))
+    summary = run_crosscheck(
+        preset, a.out, images, labels, progress=not a.no_progress, toy=not a.no_toy, device=a.device
+    )
+    print(
+        to_markdown(
+            summary["comparison"],
+            [
+                "label",
+                "max_lambda_max",
+                "lambda_star",
+                "toy_max",
+                "q_at_max",
+                "max_lambda_K",
+                "max_trace_ratio",
+                "break_even_epoch",
+            ],
+        )
+    )
     print(to_markdown(summary["orderings"], ["grid", "quantity", "tau", "agrees"]))
     print(f"report: {a.out}/report.md")
     return 0

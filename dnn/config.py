@@ -15,13 +15,14 @@ from valleysim.errors import UserInputError, check_int_range, check_positive, ch
 __all__ = ["OPTIMIZERS", "TrainConfig"]
 
 OPTIMIZERS = ("sgd", "nsgd", "gd", "gd-noise")
-FLOAT32_SAFE = 1e30      # learning rates and other step factors torch's float32 optimiser can hold
-MAX_WIDTH = 1e4          # width multipliers beyond it overflow layer sizes long before they could fit
+FLOAT32_SAFE = 1e30  # learning rates and other step factors torch's float32 optimiser can hold
+MAX_WIDTH = 1e4  # width multipliers beyond it overflow layer sizes long before they could fit
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a run (stored in config.json; a resumed run must match)."""
+
     model: str = "simplecnn"
     width: float = 1.0
     optimizer: str = "sgd"
@@ -31,20 +32,20 @@ class TrainConfig:
     weight_decay: float = 0.0
     epochs: int = 1
     max_steps: int | None = None
-    n_train: int | None = None          # first n training examples (canonical order); None: all
+    n_train: int | None = None  # first n training examples (canonical order); None: all
     augment: bool = True
     nsgd_gamma: float = 0.01
     nsgd_k: int = 5
     nsgd_every: int = 100
-    noise_std: float = 0.0              # gd-noise: sigma per coordinate
+    noise_std: float = 0.0  # gd-noise: sigma per coordinate
     probes: tuple[str, ...] = ("lanczos",)
-    probe_every: int = 0                # steps; 0: off
+    probe_every: int = 0  # steps; 0: off
     probe_epochs: bool = True
     probe_acc: tuple[float, ...] = ()
     acc_window: int = 50
     measure_fraction: float = 0.05
     measure_size: int | None = None
-    measure_dtype: str = "float32"      # float64 for validation (3-5x slower on CPU)
+    measure_dtype: str = "float32"  # float64 for validation (3-5x slower on CPU)
     bn: str = "eval"
     top_k: int = 5
     lanczos_tol: float = 1e-3
@@ -54,10 +55,10 @@ class TrainConfig:
     cov_batch: int = 128
     loss_change_batches: int = 10
     seed: int = 0
-    init_from: str | None = None        # a model state_dict (.pt) to start from instead of the seeded init
+    init_from: str | None = None  # a model state_dict (.pt) to start from instead of the seeded init
     device: str = "cpu"
-    channels_last: bool | None = None   # None: on for SimpleCNN / VGG (3x3 convs ~2x faster), off for
-                                        # ResNet-32 (slower step, MACHINE-NOTES) and the MLP
+    channels_last: bool | None = None  # None: on for SimpleCNN / VGG (3x3 convs ~2x faster), off for
+    # ResNet-32 (slower step, MACHINE-NOTES) and the MLP
 
     def __post_init__(self):
         from dnn.models import MODELS
@@ -75,15 +76,29 @@ class TrainConfig:
             raise UserInputError(f"unknown probe(s) {', '.join(unknown)}; choose from {', '.join(PROBES)}")
         check_positive(self.lr, "learning rate --lr")
         check_device(self.device)
-        for name, value in (("lr", self.lr), ("weight_decay", self.weight_decay), ("noise_std", self.noise_std),
-                            ("nsgd_gamma x lr", self.nsgd_gamma * self.lr)):
+        for name, value in (
+            ("lr", self.lr),
+            ("weight_decay", self.weight_decay),
+            ("noise_std", self.noise_std),
+            ("nsgd_gamma x lr", self.nsgd_gamma * self.lr),
+        ):
             if not value <= FLOAT32_SAFE:
-                raise UserInputError(f"{name} must be <= {FLOAT32_SAFE:g} (the optimiser works in float32); "
-                                     f"got {value!r}")
+                raise UserInputError(
+                    f"{name} must be <= {FLOAT32_SAFE:g} (the optimiser works in float32); got {value!r}"
+                )
         if not (isinstance(self.width, (int, float)) and 0 < self.width <= MAX_WIDTH):
             raise UserInputError(f"width must be in (0, {MAX_WIDTH:g}]; got {self.width!r}")
-        for name in ("batch", "epochs", "acc_window", "top_k", "nsgd_every", "lanczos_max_iter",
-                     "hutchinson_samples", "cov_batch", "loss_change_batches"):
+        for name in (
+            "batch",
+            "epochs",
+            "acc_window",
+            "top_k",
+            "nsgd_every",
+            "lanczos_max_iter",
+            "hutchinson_samples",
+            "cov_batch",
+            "loss_change_batches",
+        ):
             check_int_range(getattr(self, name), name, 1)
         check_int_range(self.cov_batches, "cov_batches (a covariance needs two gradients)", 2)
         check_int_range(self.probe_every, "probe_every (steps; 0: off)", 0)
@@ -99,17 +114,21 @@ class TrainConfig:
         if self.optimizer == "nsgd":
             check_positive(self.nsgd_gamma, "nsgd_gamma")
             if self.nsgd_k > self.top_k:
-                raise UserInputError(f"NSGD K = {self.nsgd_k} is larger than the eigenpairs computed "
-                                     f"(top_k = {self.top_k}); raise --top-k or lower --nsgd-k")
+                raise UserInputError(
+                    f"NSGD K = {self.nsgd_k} is larger than the eigenpairs computed "
+                    f"(top_k = {self.top_k}); raise --top-k or lower --nsgd-k"
+                )
         if self.optimizer == "gd-noise" and self.noise_std <= 0:
             raise UserInputError("gd-noise needs --noise-std > 0")
         if self.bn == "batch" and self.model.endswith("-bn") and {"curvature", "covariance"} & set(self.probes):
-            raise UserInputError("the curvature and covariance probes need independent examples: use --bn eval "
-                                 "with a BatchNorm model")
+            raise UserInputError(
+                "the curvature and covariance probes need independent examples: use --bn eval with a BatchNorm model"
+            )
         needs_eigvecs = {"step", "curvature"} & set(self.probes)
         if needs_eigvecs and "lanczos" not in self.probes:
-            raise UserInputError(f"probe(s) {', '.join(sorted(needs_eigvecs))} need the top eigenvectors: "
-                                 "add 'lanczos' to --probes")
+            raise UserInputError(
+                f"probe(s) {', '.join(sorted(needs_eigvecs))} need the top eigenvectors: add 'lanczos' to --probes"
+            )
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -49,13 +49,17 @@ from valleysim.errors import UserInputError, check_int_range
 from valleysim.theory import variance_factor
 
 __all__ = [
-    "mini_batch_indices", "mini_batch_gradients", "covariance_from_gram",
-    "gradient_covariance", "exact_covariance",
+    "mini_batch_indices",
+    "mini_batch_gradients",
+    "covariance_from_gram",
+    "gradient_covariance",
+    "exact_covariance",
 ]
 
 
-def mini_batch_indices(n: int, n_batches: int = 25, batch_size: int = 128, *, seed: int = 0,
-                       replace: bool = False) -> torch.Tensor:
+def mini_batch_indices(
+    n: int, n_batches: int = 25, batch_size: int = 128, *, seed: int = 0, replace: bool = False
+) -> torch.Tensor:
     """(L, M) int64 indices into ``range(n)``, from ``numpy.random.default_rng(seed)``.
 
     ``replace=False``: each batch is a uniform M-subset; the L batches are disjoint (the first L M
@@ -69,14 +73,21 @@ def mini_batch_indices(n: int, n_batches: int = 25, batch_size: int = 128, *, se
     if replace:
         idx = rng.integers(0, n, size=(L, M))
     elif L * M <= n:
-        idx = rng.permutation(n)[:L * M].reshape(L, M)
+        idx = rng.permutation(n)[: L * M].reshape(L, M)
     else:
         idx = np.stack([rng.choice(n, size=M, replace=False) for _ in range(L)])
     return torch.as_tensor(idx, dtype=torch.long)
 
 
-def mini_batch_gradients(objective, n_batches: int = 25, batch_size: int = 128, *, seed: int = 0,
-                         theta: torch.Tensor | None = None, replace: bool = False) -> torch.Tensor:
+def mini_batch_gradients(
+    objective,
+    n_batches: int = 25,
+    batch_size: int = 128,
+    *,
+    seed: int = 0,
+    theta: torch.Tensor | None = None,
+    replace: bool = False,
+) -> torch.Tensor:
     """(L, P) mean gradients g_B = (1/M) sum_{i in B} g_i of the batches of :func:`mini_batch_indices`
     (``objective.n`` examples), at ``theta`` (default ``objective.theta0``)."""
     idx = mini_batch_indices(objective.n, n_batches, batch_size, seed=seed, replace=replace)
@@ -88,16 +99,16 @@ def _spectrum(D: torch.Tensor, scale: float, k: int) -> dict:
     L, P = D.shape
     D = D.to(torch.float64)
     small_is_gram = L <= P
-    S = (D @ D.T) if small_is_gram else (D.T @ D)          # (L, L) or (P, P), the smaller one
+    S = (D @ D.T) if small_is_gram else (D.T @ D)  # (L, L) or (P, P), the smaller one
     S = 0.5 * (S + S.T) * scale
-    mu, U = np.linalg.eigh(S.cpu().numpy())                  # ascending
+    mu, U = np.linalg.eigh(S.cpu().numpy())  # ascending
     order = np.argsort(mu)[::-1]
     mu, U = np.clip(mu[order], 0.0, None), U[:, order]
     trace = float(scale * (D * D).sum())
     kk = min(k, mu.size)
     mu, U = mu[:kk], torch.as_tensor(np.ascontiguousarray(U[:, :kk]), dtype=torch.float64, device=D.device)
     if small_is_gram:
-        V = (D.T @ U).T                                      # (k', P), row j = D^T u_j
+        V = (D.T @ U).T  # (k', P), row j = D^T u_j
         norms = V.norm(dim=1, keepdim=True)
         tol = max(L, P) * np.finfo(np.float64).eps * (float(mu[0]) if mu.size else 0.0)
         null = torch.as_tensor(mu <= tol, device=D.device)
@@ -107,12 +118,18 @@ def _spectrum(D: torch.Tensor, scale: float, k: int) -> dict:
         null = torch.as_tensor(mu <= tol, device=D.device)
         V = torch.where(null[:, None], torch.zeros_like(U.T), U.T).contiguous()
     lam = float(mu[0]) if mu.size else 0.0
-    return {"lambda_K": lam, "trace_K": trace, "trace_ratio": trace / lam if lam > 0 else math.nan,
-            "eigenvalues_K": mu.copy(), "eigenvectors_K": V}
+    return {
+        "lambda_K": lam,
+        "trace_K": trace,
+        "trace_ratio": trace / lam if lam > 0 else math.nan,
+        "eigenvalues_K": mu.copy(),
+        "eigenvectors_K": V,
+    }
 
 
-def covariance_from_gram(G_batches: torch.Tensor, g_full: torch.Tensor, batch_size: int,
-                         n_total: int | None = None, k: int = 5) -> dict:
+def covariance_from_gram(
+    G_batches: torch.Tensor, g_full: torch.Tensor, batch_size: int, n_total: int | None = None, k: int = 5
+) -> dict:
     """Summaries of K_hat = C_M / c(M, N) from L mini-batch gradients.
 
     G_batches (L, P): mean gradients of L batches of size M = ``batch_size``; g_full (P,): the full
@@ -134,14 +151,23 @@ def covariance_from_gram(G_batches: torch.Tensor, g_full: torch.Tensor, batch_si
     if n_total is not None and check_int_range(M, "batch_size", 1, check_int_range(n_total, "n_total", 1)) == n_total:
         raise UserInputError(
             f"batch_size must be < n_total = {n_total} for batches drawn without replacement (a batch of all "
-            f"examples has g_B = g, so it carries no information on K); got {M}")
+            f"examples has g_B = g, so it carries no information on K); got {M}"
+        )
     c = variance_factor(M, M, "with_replacement") if n_total is None else variance_factor(M, n_total)
     D = G_batches.to(torch.float64) - g_full.to(device=G_batches.device, dtype=torch.float64)
     return _spectrum(D, 1.0 / (L * c), k)
 
 
-def gradient_covariance(objective, n_batches: int = 25, batch_size: int = 128, *, seed: int = 0,
-                        theta: torch.Tensor | None = None, k: int = 5, replace: bool = False) -> dict:
+def gradient_covariance(
+    objective,
+    n_batches: int = 25,
+    batch_size: int = 128,
+    *,
+    seed: int = 0,
+    theta: torch.Tensor | None = None,
+    k: int = 5,
+    replace: bool = False,
+) -> dict:
     """The paper's estimate of K (App. B): L = ``n_batches`` seeded mini-batch gradients of size M =
     ``batch_size`` (:func:`mini_batch_gradients`), centred by the full gradient g of the objective's
     N examples, through :func:`covariance_from_gram` with the factor of the sampling used

@@ -31,17 +31,20 @@ from valleysim.stats import slope_through_origin
 
 __all__ = ["Preset", "PRESETS", "plan", "run_crosscheck"]
 
-PAPER_REFERENCE = ("Jastrzebski et al. (break-even point), SimpleCNN on CIFAR-10: max lambda_K^1 = 0.87 at "
-                   "eta = 0.1 vs 3.01 at eta = 0.01; max Tr(K)/lambda_K^1 = 14.29 vs 10.69 (Sec. 4.2).")
+PAPER_REFERENCE = (
+    "Jastrzebski et al. (break-even point), SimpleCNN on CIFAR-10: max lambda_K^1 = 0.87 at "
+    "eta = 0.1 vs 3.01 at eta = 0.01; max Tr(K)/lambda_K^1 = 14.29 vs 10.69 (Sec. 4.2)."
+)
 
 
 @dataclass(frozen=True)
 class Preset:
     """What the cross-check runs. Grids share the (lr_fixed, batch_fixed) point."""
+
     name: str
     model: str = "simplecnn"
     width: float = 1.0
-    n_train: int | None = None          # first n examples of the training set (None: all 50,000)
+    n_train: int | None = None  # first n examples of the training set (None: all 50,000)
     lr_grid: tuple[float, ...] = (0.01, 0.05, 0.1)
     batch_fixed: int = 128
     batch_grid: tuple[int, ...] = (32, 128, 512)
@@ -50,7 +53,7 @@ class Preset:
     max_steps: int | None = None
     probe_every: int = 100
     max_acc: float = 0.6
-    measure_size: int | None = None     # None: 5% of the training set
+    measure_size: int | None = None  # None: 5% of the training set
     top_k: int = 5
     lanczos_tol: float = 1e-3
     cov_batches: int = 25
@@ -74,23 +77,56 @@ class Preset:
 PRESETS = {
     # 2-core CPU, about 45 minutes: 5,000 training examples, 256 measurement examples, top-1 Lanczos
     # at a loose residual tolerance (value still ~1e-4 accurate), <= 300 steps per SGD run.
-    "quick": Preset(name="quick", n_train=5000, lr_grid=(0.01, 0.03, 0.1), lr_fixed=0.03,
-                    batch_grid=(32, 128, 512), epochs=8, max_steps=300, probe_every=25, measure_size=256,
-                    top_k=1, lanczos_tol=1e-2, gd_n_train=500, gd_lrs=(0.1,), gd_steps=150,
-                    gd_probe_every=30, r5_pretrain_steps=3000, r5_steps=600, r5_probe_every=150, r5_top_k=10,
-                    note="5,000 training examples, 256 measurement examples, top-1 Lanczos (tol 1e-2), "
-                         "<= 300 steps per SGD run (probes every 25), GD on 500 examples for 150 steps"),
+    "quick": Preset(
+        name="quick",
+        n_train=5000,
+        lr_grid=(0.01, 0.03, 0.1),
+        lr_fixed=0.03,
+        batch_grid=(32, 128, 512),
+        epochs=8,
+        max_steps=300,
+        probe_every=25,
+        measure_size=256,
+        top_k=1,
+        lanczos_tol=1e-2,
+        gd_n_train=500,
+        gd_lrs=(0.1,),
+        gd_steps=150,
+        gd_probe_every=30,
+        r5_pretrain_steps=3000,
+        r5_steps=600,
+        r5_probe_every=150,
+        r5_top_k=10,
+        note="5,000 training examples, 256 measurement examples, top-1 Lanczos (tol 1e-2), "
+        "<= 300 steps per SGD run (probes every 25), GD on 500 examples for 150 steps",
+    ),
     # the papers' settings (meant for a GPU): all 50,000 examples, 5% measurement set, top-5 Lanczos
-    "paper": Preset(name="paper", note="the papers' settings: 50,000 examples, 5% measurement set, "
-                    "L = 25, M = 128, top-5 Lanczos, 10 epochs"),
+    "paper": Preset(
+        name="paper",
+        note="the papers' settings: 50,000 examples, 5% measurement set, L = 25, M = 128, top-5 Lanczos, 10 epochs",
+    ),
 }
 
 
 def _train_config(p: Preset, **kw) -> TrainConfig:
-    base = dict(model=p.model, width=p.width, n_train=p.n_train, epochs=p.epochs, max_steps=p.max_steps,
-                probes=("lanczos", "covariance", "curvature"), probe_every=p.probe_every, probe_epochs=True,
-                probe_acc=(p.max_acc,), measure_size=p.measure_size, top_k=p.top_k, lanczos_tol=p.lanczos_tol,
-                cov_batches=p.cov_batches, cov_batch=p.cov_batch, augment=p.augment, seed=p.seed)
+    base = dict(
+        model=p.model,
+        width=p.width,
+        n_train=p.n_train,
+        epochs=p.epochs,
+        max_steps=p.max_steps,
+        probes=("lanczos", "covariance", "curvature"),
+        probe_every=p.probe_every,
+        probe_epochs=True,
+        probe_acc=(p.max_acc,),
+        measure_size=p.measure_size,
+        top_k=p.top_k,
+        lanczos_tol=p.lanczos_tol,
+        cov_batches=p.cov_batches,
+        cov_batch=p.cov_batch,
+        augment=p.augment,
+        seed=p.seed,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -99,22 +135,70 @@ def plan(p: Preset, out: Path) -> dict[str, list[tuple[str, TrainConfig]]]:
     """{"sgd": [...], "gd": [...], "r5_pretrain": [...], "r5": [...]} of (run name, config)."""
     points = sorted({(lr, p.batch_fixed) for lr in p.lr_grid} | {(p.lr_fixed, b) for b in p.batch_grid})
     sgd = [(f"sgd_lr{lr:g}_S{b}", _train_config(p, lr=lr, batch=b)) for lr, b in points]
-    gd = [(f"gd_lr{lr:g}", _train_config(p, optimizer="gd", lr=lr, n_train=p.gd_n_train, batch=min(256, p.gd_n_train),
-                                         epochs=p.gd_steps, max_steps=p.gd_steps, probe_every=p.gd_probe_every,
-                                         probe_epochs=False, probe_acc=(), probes=("lanczos",),
-                                         measure_size=p.gd_n_train,   # the loss GD minimises
-                                         augment=False))
-          for lr in p.gd_lrs]
-    r5_common = dict(model="mlp", width=1.0, n_train=p.r5_n, measure_size=p.r5_n, augment=False,
-                     probe_epochs=False, probe_acc=(), top_k=p.r5_top_k, lanczos_tol=1e-3)
-    pre = TrainConfig(**{**r5_common, "lr": p.r5_pretrain_lr, "batch": min(50, p.r5_n), "epochs": p.r5_pretrain_steps,
-                         "max_steps": p.r5_pretrain_steps, "probes": (), "probe_every": 0, "seed": p.seed})
+    gd = [
+        (
+            f"gd_lr{lr:g}",
+            _train_config(
+                p,
+                optimizer="gd",
+                lr=lr,
+                n_train=p.gd_n_train,
+                batch=min(256, p.gd_n_train),
+                epochs=p.gd_steps,
+                max_steps=p.gd_steps,
+                probe_every=p.gd_probe_every,
+                probe_epochs=False,
+                probe_acc=(),
+                probes=("lanczos",),
+                measure_size=p.gd_n_train,  # the loss GD minimises
+                augment=False,
+            ),
+        )
+        for lr in p.gd_lrs
+    ]
+    r5_common = dict(
+        model="mlp",
+        width=1.0,
+        n_train=p.r5_n,
+        measure_size=p.r5_n,
+        augment=False,
+        probe_epochs=False,
+        probe_acc=(),
+        top_k=p.r5_top_k,
+        lanczos_tol=1e-3,
+    )
+    pre = TrainConfig(
+        **{
+            **r5_common,
+            "lr": p.r5_pretrain_lr,
+            "batch": min(50, p.r5_n),
+            "epochs": p.r5_pretrain_steps,
+            "max_steps": p.r5_pretrain_steps,
+            "probes": (),
+            "probe_every": 0,
+            "seed": p.seed,
+        }
+    )
     init = str(out / "runs" / "r5_pretrain" / "model.pt")
-    r5 = [(f"r5_lr{lr:g}_S{b}", TrainConfig(**{**r5_common, "lr": lr, "batch": b, "epochs": p.r5_steps,
-                                               "max_steps": p.r5_steps, "probes": ("negative",),
-                                               "probe_every": p.r5_probe_every, "init_from": init,
-                                               "seed": p.seed}))
-          for lr, b in p.r5_points]
+    r5 = [
+        (
+            f"r5_lr{lr:g}_S{b}",
+            TrainConfig(
+                **{
+                    **r5_common,
+                    "lr": lr,
+                    "batch": b,
+                    "epochs": p.r5_steps,
+                    "max_steps": p.r5_steps,
+                    "probes": ("negative",),
+                    "probe_every": p.r5_probe_every,
+                    "init_from": init,
+                    "seed": p.seed,
+                }
+            ),
+        )
+        for lr, b in p.r5_points
+    ]
     return {"sgd": sgd, "gd": gd, "r5_pretrain": [("r5_pretrain", pre)], "r5": r5}
 
 
@@ -125,6 +209,7 @@ def _run(name, cfg, out, images, labels, progress) -> list[dict]:
 
 def _save_final_model(run_dir: Path, dest: Path) -> None:
     import torch
+
     if not dest.exists():
         ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
         tmp = dest.with_suffix(".tmp")
@@ -132,8 +217,16 @@ def _save_final_model(run_dir: Path, dest: Path) -> None:
         tmp.replace(dest)
 
 
-def run_crosscheck(preset: str | Preset, out: str | Path, images: np.ndarray, labels: np.ndarray, *,
-                   progress: bool = True, toy: bool = True, device: str = "cpu") -> dict:
+def run_crosscheck(
+    preset: str | Preset,
+    out: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    progress: bool = True,
+    toy: bool = True,
+    device: str = "cpu",
+) -> dict:
     """Runs (or resumes) the study and writes ``out/report.md``, ``out/summary.json``, figures.
 
     ``images`` uint8 (N, H, W, C) training images, ``labels`` (N,). Returns the summary dict.
@@ -166,9 +259,16 @@ def run_crosscheck(preset: str | Preset, out: str | Path, images: np.ndarray, la
     orderings = P.conjecture_orderings(table)
     gd_table = [_gd_summary(r) for r in gd]
     r5_table, r5_fit = _r5_summary(r5, burn_in=p.r5_steps // 3)
-    summary = dict(preset=dataclasses.asdict(p), comparison=table, orderings=orderings, gd=gd_table,
-                   r5=r5_table, r5_fit=r5_fit, r5_pretrain_loss=pre_rows[-1].get("measure_loss") if pre_rows else None,
-                   paper_reference=PAPER_REFERENCE)
+    summary = dict(
+        preset=dataclasses.asdict(p),
+        comparison=table,
+        orderings=orderings,
+        gd=gd_table,
+        r5=r5_table,
+        r5_fit=r5_fit,
+        r5_pretrain_loss=pre_rows[-1].get("measure_loss") if pre_rows else None,
+        paper_reference=PAPER_REFERENCE,
+    )
     _figures(out, sgd, table, gd, r5_table, r5_fit)
     (out / "summary.json").write_text(dumps(_without_rows(summary), indent=1))
     (out / "report.md").write_text(_report(p, summary))
@@ -179,13 +279,17 @@ def _gd_summary(run: dict) -> dict:
     rows = [r for r in run["rows"] if r.get("lambda_max") is not None]
     lam = np.array([r["lambda_max"] for r in rows], float)
     two = 2.0 / run["eta"]
-    late = lam[len(lam) // 2:] if lam.size else lam
-    return dict(label=run["label"], eta=run["eta"], two_over_eta=two,
-                max_lambda_max=float(lam.max()) if lam.size else math.nan,
-                late_median_lambda_max=float(np.median(late)) if late.size else math.nan,
-                late_over_two_over_eta=float(np.median(late) / two) if late.size else math.nan,
-                first_step_above_90pct=next((r["step"] for r in rows if r["lambda_max"] >= 0.9 * two), None),
-                diverged=any(r.get("reason") == "diverged" for r in run["rows"]))
+    late = lam[len(lam) // 2 :] if lam.size else lam
+    return dict(
+        label=run["label"],
+        eta=run["eta"],
+        two_over_eta=two,
+        max_lambda_max=float(lam.max()) if lam.size else math.nan,
+        late_median_lambda_max=float(np.median(late)) if late.size else math.nan,
+        late_over_two_over_eta=float(np.median(late) / two) if late.size else math.nan,
+        first_step_above_90pct=next((r["step"] for r in rows if r["lambda_max"] >= 0.9 * two), None),
+        diverged=any(r.get("reason") == "diverged" for r in run["rows"]),
+    )
 
 
 def _r5_summary(runs: list[dict], burn_in: int) -> tuple[list[dict], dict]:
@@ -198,16 +302,31 @@ def _r5_summary(runs: list[dict], burn_in: int) -> tuple[list[dict], dict]:
     for run in runs:
         for r in run["rows"]:
             if r.get("step", 0) >= burn_in and r.get("neg_eig_sum") is not None:
-                pts.append(dict(label=run["label"], eta=run["eta"], S=run["S"], step=r["step"],
-                                loss=r["measure_loss"], neg_eig_sum=r["neg_eig_sum"], lambda_min=r["lambda_min"]))
+                pts.append(
+                    dict(
+                        label=run["label"],
+                        eta=run["eta"],
+                        S=run["S"],
+                        step=r["step"],
+                        loss=r["measure_loss"],
+                        neg_eig_sum=r["neg_eig_sum"],
+                        lambda_min=r["lambda_min"],
+                    )
+                )
     if len(pts) < 3:
         return pts, dict(n=len(pts))
     x = np.array([q["loss"] for q in pts])
     y = np.array([q["neg_eig_sum"] for q in pts])
     fit = slope_through_origin(x, y, [q["label"] for q in pts])
     r = float(np.corrcoef(x, y)[0, 1]) if x.std() > 0 and y.std() > 0 else math.nan
-    return pts, dict(n=fit["n"], n_runs=fit["n_clusters"], slope_through_origin=fit["slope"],
-                     slope_se=fit["slope_se"], slope_se_naive=fit["slope_se_naive"], pearson_r=r)
+    return pts, dict(
+        n=fit["n"],
+        n_runs=fit["n_clusters"],
+        slope_through_origin=fit["slope"],
+        slope_se=fit["slope_se"],
+        slope_se_naive=fit["slope_se_naive"],
+        pearson_r=r,
+    )
 
 
 def _without_rows(v):
@@ -221,6 +340,7 @@ def _without_rows(v):
 
 def _figures(out: Path, sgd, table, gd, r5_pts, r5_fit) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -231,7 +351,7 @@ def _figures(out: Path, sgd, table, gd, r5_pts, r5_fit) -> None:
         if not rows:
             continue
         ep = [r["epoch"] for r in rows]
-        line, = axes[0].plot(ep, [r["lambda_max"] for r in rows], label=run["label"])
+        (line,) = axes[0].plot(ep, [r["lambda_max"] for r in rows], label=run["label"])
         lam_star = by_label.get(run["label"], {}).get("lambda_star", math.nan)
         if lam_star is not None and math.isfinite(lam_star) and lam_star > 0:
             axes[0].axhline(lam_star, color=line.get_color(), ls="--", lw=0.8)
@@ -257,12 +377,17 @@ def _figures(out: Path, sgd, table, gd, r5_pts, r5_fit) -> None:
         axes[0].plot(lim, lim, "k:", lw=0.8)
         for t in ok:
             axes[0].annotate(t["label"].replace("sgd_", ""), (t["lambda_star"], t["max_lambda_max"]), fontsize=6)
-        axes[0].set(xscale="log", yscale="log", xlabel="predicted lambda*(eta, S)", ylabel="curvature",
-                    title="maxima vs break-even prediction")
+        axes[0].set(
+            xscale="log",
+            yscale="log",
+            xlabel="predicted lambda*(eta, S)",
+            ylabel="curvature",
+            title="maxima vs break-even prediction",
+        )
         axes[0].legend(fontsize=7)
     for g in gd:
         rows = [r for r in g["rows"] if r.get("lambda_max") is not None]
-        line, = axes[1].plot([r["step"] for r in rows], [r["lambda_max"] for r in rows], label=g["label"])
+        (line,) = axes[1].plot([r["step"] for r in rows], [r["lambda_max"] for r in rows], label=g["label"])
         axes[1].axhline(2 / g["eta"], color=line.get_color(), ls="--", lw=0.8)
     axes[1].set(title="full-batch GD: lambda_max and 2/eta", xlabel="step")
     if gd:
@@ -272,32 +397,72 @@ def _figures(out: Path, sgd, table, gd, r5_pts, r5_fit) -> None:
         if r5_fit.get("slope_through_origin") is not None:
             xs = np.linspace(0, max(q["loss"] for q in r5_pts), 10)
             axes[2].plot(xs, r5_fit["slope_through_origin"] * xs, "k--", lw=0.8)
-    axes[2].set(title="R5: sum of negative eigenvalues vs loss (MLP)", xlabel="training loss",
-                ylabel="sum of negative eigenvalues")
+    axes[2].set(
+        title="R5: sum of negative eigenvalues vs loss (MLP)",
+        xlabel="training loss",
+        ylabel="sum of negative eigenvalues",
+    )
     fig.tight_layout()
     fig.savefig(out / "predictions.png", dpi=110)
     plt.close(fig)
 
 
 def _report(p: Preset, s: dict) -> str:
-    cols = ["label", "eta", "S", "max_lambda_max", "lambda_star", "max_over_lambda_star", "two_over_eta",
-            "toy_max", "q_at_max", "q_median_after", "max_lambda_K", "max_trace_ratio", "alpha",
-            "break_even_step", "break_even_epoch", "break_even_train_acc"]
+    cols = [
+        "label",
+        "eta",
+        "S",
+        "max_lambda_max",
+        "lambda_star",
+        "max_over_lambda_star",
+        "two_over_eta",
+        "toy_max",
+        "q_at_max",
+        "q_median_after",
+        "max_lambda_K",
+        "max_trace_ratio",
+        "alpha",
+        "break_even_step",
+        "break_even_epoch",
+        "break_even_train_acc",
+    ]
     cols = [c for c in cols if any(c in t for t in s["comparison"])]
-    lines = [f"# Cross-check: toy theory vs SimpleCNN on CIFAR-10 (preset `{p.name}`)", "",
-             f"Settings: {p.note or dataclasses.asdict(p)}. Model {p.model}; early phase and maxima up to the "
-             f"first probe with running training accuracy >= {p.max_acc:g} (or the break-even probe).", "",
-             "## Measured vs predicted, per run", "", P.to_markdown(s["comparison"], cols), "",
-             "lambda_star: R2's break-even curvature 2/eta - alpha c(S, N) from the run's own alpha = "
-             "lambda_K / lambda_H; q: R1's stability factor along e_H^1 (1 = the mean-square edge); toy_max: "
-             "the R2 toy calibrated to the run's early phase, simulated at the same (eta, S, N).", "",
-             "## Conjecture orderings (Kendall tau-b between the noise knob and the measured maximum)", "",
-             P.to_markdown(s["orderings"], ["grid", "fixed", "quantity", "conjecture", "predicted_sign", "tau",
-                                            "p_value", "n", "agrees"]), "",
-             f"Paper: {PAPER_REFERENCE}", "",
-             "## Full-batch GD (edge of stability)", "", P.to_markdown(s["gd"]) if s["gd"] else "(none)", "",
-             "## R5: negative eigenvalues against the loss (MLP on a small subset)", "",
-             f"Pre-training loss: {s['r5_pretrain_loss']}. Fit: {dumps(s['r5_fit'])}", "",
-             P.to_markdown(s["r5"], ["label", "step", "loss", "neg_eig_sum", "lambda_min"]) if s["r5"] else "(none)",
-             "", "![](trajectories.png)", "", "![](predictions.png)", ""]
+    lines = [
+        f"# Cross-check: toy theory vs SimpleCNN on CIFAR-10 (preset `{p.name}`)",
+        "",
+        f"Settings: {p.note or dataclasses.asdict(p)}. Model {p.model}; early phase and maxima up to the "
+        f"first probe with running training accuracy >= {p.max_acc:g} (or the break-even probe).",
+        "",
+        "## Measured vs predicted, per run",
+        "",
+        P.to_markdown(s["comparison"], cols),
+        "",
+        "lambda_star: R2's break-even curvature 2/eta - alpha c(S, N) from the run's own alpha = "
+        "lambda_K / lambda_H; q: R1's stability factor along e_H^1 (1 = the mean-square edge); toy_max: "
+        "the R2 toy calibrated to the run's early phase, simulated at the same (eta, S, N).",
+        "",
+        "## Conjecture orderings (Kendall tau-b between the noise knob and the measured maximum)",
+        "",
+        P.to_markdown(
+            s["orderings"],
+            ["grid", "fixed", "quantity", "conjecture", "predicted_sign", "tau", "p_value", "n", "agrees"],
+        ),
+        "",
+        f"Paper: {PAPER_REFERENCE}",
+        "",
+        "## Full-batch GD (edge of stability)",
+        "",
+        P.to_markdown(s["gd"]) if s["gd"] else "(none)",
+        "",
+        "## R5: negative eigenvalues against the loss (MLP on a small subset)",
+        "",
+        f"Pre-training loss: {s['r5_pretrain_loss']}. Fit: {dumps(s['r5_fit'])}",
+        "",
+        P.to_markdown(s["r5"], ["label", "step", "loss", "neg_eig_sum", "lambda_min"]) if s["r5"] else "(none)",
+        "",
+        "![](trajectories.png)",
+        "",
+        "![](predictions.png)",
+        "",
+    ]
     return "\n".join(lines)

@@ -49,14 +49,24 @@ import torch
 from valleysim.errors import UserInputError
 
 __all__ = [
-    "CIFAR10_CLASSES", "CIFAR10_MEAN", "CIFAR10_STD", "ACCEPTED_LAYOUTS",
-    "resolve_data_path", "default_cache_dir", "load_cifar10", "channel_stats",
-    "to_float_nchw", "Normalize", "RandomCropFlip", "normalize", "random_crop_flip",
-    "batches", "measurement_subset",
+    "CIFAR10_CLASSES",
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "ACCEPTED_LAYOUTS",
+    "resolve_data_path",
+    "default_cache_dir",
+    "load_cifar10",
+    "channel_stats",
+    "to_float_nchw",
+    "Normalize",
+    "RandomCropFlip",
+    "normalize",
+    "random_crop_flip",
+    "batches",
+    "measurement_subset",
 ]
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
-                   "dog", "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 _CLASS_INDEX = {name: i for i, name in enumerate(CIFAR10_CLASSES)}
 
 #: Per-channel mean / std of the original CIFAR-10 training images on the 0-1 scale (population std
@@ -81,13 +91,15 @@ _SHAPE = (32, 32, 3)
 
 # --------------------------------------------------------------------------- paths and layouts
 
+
 def resolve_data_path(path: str | os.PathLike | None = None) -> Path:
     """``path``, else ``$VALLEYSIM_DATA``; it must exist. Never downloads anything."""
     if path is None or str(path) == "":
         path = os.environ.get("VALLEYSIM_DATA") or None
     if path is None:
-        raise UserInputError("no CIFAR-10 data path: pass a path (--data PATH) or set VALLEYSIM_DATA; "
-                             + ACCEPTED_LAYOUTS)
+        raise UserInputError(
+            "no CIFAR-10 data path: pass a path (--data PATH) or set VALLEYSIM_DATA; " + ACCEPTED_LAYOUTS
+        )
     p = Path(path).expanduser()
     if not p.exists():
         raise UserInputError(f"CIFAR-10 data path {str(p)!r} does not exist; " + ACCEPTED_LAYOUTS)
@@ -135,15 +147,17 @@ def _detect(p: Path, split: str) -> tuple[str, Path]:
         for name in _ARCHIVE_NAMES:
             if _is_tar(p / name):
                 return "tar", p / name
-        raise UserInputError(f"CIFAR-10 data directory {str(p)!r} is in an unknown layout (no pickled "
-                             f"batches, no '{split}/<class>/' image folders, no {' or '.join(_ARCHIVE_NAMES)}); "
-                             + ACCEPTED_LAYOUTS)
+        raise UserInputError(
+            f"CIFAR-10 data directory {str(p)!r} is in an unknown layout (no pickled "
+            f"batches, no '{split}/<class>/' image folders, no {' or '.join(_ARCHIVE_NAMES)}); " + ACCEPTED_LAYOUTS
+        )
     if _is_tar(p):
         return "tar", p
     raise UserInputError(f"CIFAR-10 data file {str(p)!r} is not a tar archive; " + ACCEPTED_LAYOUTS)
 
 
 # --------------------------------------------------------------------------- decoding
+
 
 def _decode_image(data: bytes, name: str = "?") -> np.ndarray:
     """Decodes one image file (JPEG/PNG bytes) to ``uint8`` (32, 32, 3) RGB."""
@@ -192,7 +206,8 @@ def _assemble(files: list[tuple[int, str]], read, order: np.ndarray | None, wher
         if labels.ndim != 1 or len(want) != 10 or not np.array_equal(want, counts):
             raise UserInputError(
                 f"label-order file does not match {where}: it has per-class counts {want.tolist()}, "
-                f"the image folders have {counts.tolist()}")
+                f"the image folders have {counts.tolist()}"
+            )
     # positions[c] = indices in the output of class c's files, in file order
     images = np.empty((n,) + _SHAPE, dtype=np.uint8)
     for c, names in by_class.items():
@@ -209,8 +224,10 @@ def _load_image_dir(d: Path, split: str, order):
             continue
         label = _CLASS_INDEX.get(cdir.name)
         if label is None:
-            raise UserInputError(f"unknown class folder {str(cdir)!r}; class folders must be the CIFAR-10 "
-                                 f"classes {', '.join(CIFAR10_CLASSES)}")
+            raise UserInputError(
+                f"unknown class folder {str(cdir)!r}; class folders must be the CIFAR-10 "
+                f"classes {', '.join(CIFAR10_CLASSES)}"
+            )
         for f in cdir.iterdir():
             if f.is_file() and f.name.lower().endswith(_IMAGE_EXT) and not f.name.startswith("."):
                 files.append((label, str(f)))
@@ -251,8 +268,9 @@ def _parse_batch(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     data = np.asarray(data, dtype=np.uint8)
     labels = np.asarray(labels, dtype=np.int64)
     if data.ndim != 2 or data.shape[1] != 3072 or labels.shape != (data.shape[0],):
-        raise UserInputError(f"CIFAR-10 batch {name!r} has data {data.shape} and labels {labels.shape}; "
-                             "expected (n, 3072) and (n,)")
+        raise UserInputError(
+            f"CIFAR-10 batch {name!r} has data {data.shape} and labels {labels.shape}; expected (n, 3072) and (n,)"
+        )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise UserInputError(f"CIFAR-10 batch {name!r} has labels outside 0..9")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # CHW rows -> NHWC
@@ -272,8 +290,10 @@ def _load_pickle_dir(d: Path, split: str, order):
     for name in _BATCH_FILES[split]:
         f = d / name
         if not f.is_file():
-            raise UserInputError(f"CIFAR-10 batches directory {str(d)!r} lacks {name!r} "
-                                 f"(needs {', '.join(_BATCH_FILES[split])} for split {split!r}); " + ACCEPTED_LAYOUTS)
+            raise UserInputError(
+                f"CIFAR-10 batches directory {str(d)!r} lacks {name!r} "
+                f"(needs {', '.join(_BATCH_FILES[split])} for split {split!r}); " + ACCEPTED_LAYOUTS
+            )
         parsed.append(_parse_batch(f.read_bytes(), str(f)))
     return _concat_batches(parsed, order)
 
@@ -299,16 +319,20 @@ def _load_tar(p: Path, split: str, order):
     if batch_raw:
         missing = [b for b in _BATCH_FILES[split] if b not in batch_raw]
         if missing:
-            raise UserInputError(f"tar {str(p)!r} lacks the pickled batches {missing} for split {split!r}; "
-                                 + ACCEPTED_LAYOUTS)
+            raise UserInputError(
+                f"tar {str(p)!r} lacks the pickled batches {missing} for split {split!r}; " + ACCEPTED_LAYOUTS
+            )
         return _concat_batches([_parse_batch(batch_raw[b], f"{p}:{b}") for b in _BATCH_FILES[split]], order)
     if not files:
-        raise UserInputError(f"tar {str(p)!r} has no members '{split}/<class>/<n>.jpg|png' and no pickled "
-                             f"batches ({', '.join(_BATCH_FILES[split])}); " + ACCEPTED_LAYOUTS)
+        raise UserInputError(
+            f"tar {str(p)!r} has no members '{split}/<class>/<n>.jpg|png' and no pickled "
+            f"batches ({', '.join(_BATCH_FILES[split])}); " + ACCEPTED_LAYOUTS
+        )
     return _assemble(files, image_raw.pop, order, f"tar {str(p)!r}")
 
 
 # --------------------------------------------------------------------------- label order
+
 
 def _resolve_label_order(label_order, split: str, source: Path) -> np.ndarray | None:
     """None, 'auto' (``cifar10-original-label-order.npz`` beside the source if present), a path to an
@@ -340,12 +364,15 @@ def _resolve_label_order(label_order, split: str, source: Path) -> np.ndarray | 
     else:
         arr = np.asarray(label_order)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer) or (arr.size and (arr.min() < 0 or arr.max() > 9)):
-        raise UserInputError(f"label order for {split!r} must be a 1-D integer array with values 0..9; "
-                             f"got shape {arr.shape}, dtype {arr.dtype}")
+        raise UserInputError(
+            f"label order for {split!r} must be a 1-D integer array with values 0..9; "
+            f"got shape {arr.shape}, dtype {arr.dtype}"
+        )
     return arr.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- cache
+
 
 def _source_identity(kind: str, loc: Path) -> list:
     if kind == "image-dir":
@@ -356,8 +383,11 @@ def _source_identity(kind: str, loc: Path) -> list:
                 ident.append([str(f.relative_to(loc)), st.st_size, st.st_mtime_ns])
         return [str(loc.resolve()), ident]
     if kind == "pickle-dir":
-        return [str(loc.resolve())] + [[n, (loc / n).stat().st_size, (loc / n).stat().st_mtime_ns]
-                                       for n in sorted(os.listdir(loc)) if (loc / n).is_file()]
+        return [str(loc.resolve())] + [
+            [n, (loc / n).stat().st_size, (loc / n).stat().st_mtime_ns]
+            for n in sorted(os.listdir(loc))
+            if (loc / n).is_file()
+        ]
     st = loc.stat()
     return [str(loc.resolve()), st.st_size, st.st_mtime_ns]
 
@@ -377,8 +407,13 @@ def _read_cache(f: Path, key: str):
             images, labels = z["images"], z["labels"]
     except Exception:  # noqa: BLE001 - a partial / corrupt cache is ignored
         return None
-    if (images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != _SHAPE
-            or labels.dtype != np.int64 or labels.shape != (images.shape[0],)):
+    if (
+        images.dtype != np.uint8
+        or images.ndim != 4
+        or images.shape[1:] != _SHAPE
+        or labels.dtype != np.int64
+        or labels.shape != (images.shape[0],)
+    ):
         return None
     return images, labels
 
@@ -407,8 +442,13 @@ def _write_cache(f: Path, key: str, images: np.ndarray, labels: np.ndarray) -> b
 
 # --------------------------------------------------------------------------- public loader
 
-def load_cifar10(path: str | os.PathLike | None = None, split: str = "train", label_order=None,
-                 cache_dir: str | os.PathLike | None | bool = None) -> tuple[np.ndarray, np.ndarray]:
+
+def load_cifar10(
+    path: str | os.PathLike | None = None,
+    split: str = "train",
+    label_order=None,
+    cache_dir: str | os.PathLike | None | bool = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Loads one CIFAR-10 split: ``(images uint8 (N, 32, 32, 3) NHWC RGB, labels int64 (N,))``.
 
     ``path``: any accepted layout (see the module docstring), default ``$VALLEYSIM_DATA``.
@@ -448,6 +488,7 @@ def load_cifar10(path: str | os.PathLike | None = None, split: str = "train", la
 
 # --------------------------------------------------------------------------- statistics and transforms
 
+
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
     """Per-channel mean and (population) std on the 0-1 scale of ``uint8`` NHWC images, exact
     integer sums (no float accumulation error)."""
@@ -461,7 +502,7 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, float, float], tuple
     s = np.zeros(3, np.int64)
     s2 = np.zeros(3, np.int64)
     for i in range(0, n, 1 << 20):
-        c = flat[i:i + (1 << 20)].astype(np.int64)
+        c = flat[i : i + (1 << 20)].astype(np.int64)
         s += c.sum(0)
         s2 += (c * c).sum(0)
     mean = s / n
@@ -483,8 +524,9 @@ class Normalize:
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
         if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
-            raise UserInputError(f"normalisation needs one mean and one std > 0 per channel; "
-                                 f"got mean {self.mean}, std {self.std}")
+            raise UserInputError(
+                f"normalisation needs one mean and one std > 0 per channel; got mean {self.mean}, std {self.std}"
+            )
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != len(self.mean):
@@ -519,11 +561,11 @@ class RandomCropFlip:
         self.last_params = (i, j, f)
         xp = torch.nn.functional.pad(x, (p, p, p, p)) if p else x
         dev = x.device
-        rows = (i[:, None] + torch.arange(H)[None, :]).to(dev)                       # (B, H)
+        rows = (i[:, None] + torch.arange(H)[None, :]).to(dev)  # (B, H)
         cols = j[:, None] + torch.arange(W)[None, :]
-        cols = torch.where(f[:, None], cols.flip(1), cols).to(dev)                    # (B, W)
+        cols = torch.where(f[:, None], cols.flip(1), cols).to(dev)  # (B, W)
         b = torch.arange(B, device=dev)[:, None, None]
-        out = xp[b, :, rows[:, :, None], cols[:, None, :]]                            # (B, H, W, C)
+        out = xp[b, :, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
         return out.permute(0, 3, 1, 2)
 
 
@@ -537,12 +579,22 @@ def random_crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int =
     return RandomCropFlip(padding, flip)(x, generator)
 
 
-def batches(images, labels, batch_size: int, generator: torch.Generator | None = None, *,
-            augment: bool = True, shuffle: bool = True, drop_last: bool = False,
-            mean=None, std=None, padding: int = 4, dtype: torch.dtype = torch.float32,
-            device: str | torch.device = "cpu",
-            memory_format: torch.memory_format = torch.contiguous_format
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    images,
+    labels,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    *,
+    augment: bool = True,
+    shuffle: bool = True,
+    drop_last: bool = False,
+    mean=None,
+    std=None,
+    padding: int = 4,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """One epoch of ``(x (B, 3, 32, 32) float, y (B,) int64)`` batches from ``uint8`` NHWC images.
 
     Order: ``torch.randperm(N, generator)`` if ``shuffle``, else the stored order. ``augment``:
@@ -553,8 +605,9 @@ def batches(images, labels, batch_size: int, generator: torch.Generator | None =
     imgs = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
     labs = torch.as_tensor(np.asarray(labels)) if not isinstance(labels, torch.Tensor) else labels
     if imgs.ndim != 4 or imgs.shape[-1] != 3 or labs.shape != (imgs.shape[0],):
-        raise UserInputError(f"batches needs images (N, H, W, 3) and labels (N,); got "
-                             f"{tuple(imgs.shape)} and {tuple(labs.shape)}")
+        raise UserInputError(
+            f"batches needs images (N, H, W, 3) and labels (N,); got {tuple(imgs.shape)} and {tuple(labs.shape)}"
+        )
     n = imgs.shape[0]
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise UserInputError(f"batch size must be an integer >= 1; got {batch_size!r}")
@@ -568,8 +621,8 @@ def batches(images, labels, batch_size: int, generator: torch.Generator | None =
     perm = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = (n // batch_size) * batch_size if drop_last else n
     for s in range(0, stop, batch_size):
-        idx = perm[s:s + batch_size]
-        xb = imgs[idx].permute(0, 3, 1, 2)                                            # uint8 NCHW view
+        idx = perm[s : s + batch_size]
+        xb = imgs[idx].permute(0, 3, 1, 2)  # uint8 NCHW view
         if aug is not None:
             xb = aug(xb, generator)
         xb = xb.to(device=device, dtype=dtype) / 255.0

@@ -31,7 +31,11 @@ from valleysim.errors import UserInputError, check_int_range, check_positive
 from valleysim.stats import mean_se
 
 __all__ = [
-    "Eigenpairs", "lanczos_top", "power_iteration", "hutchinson_trace", "dense_matrix",
+    "Eigenpairs",
+    "lanczos_top",
+    "power_iteration",
+    "hutchinson_trace",
+    "dense_matrix",
     "frobenius_from_top",
 ]
 
@@ -67,8 +71,10 @@ class Eigenpairs:
 
 # --------------------------------------------------------------------------- helpers
 
-def _resolve(dim_or_like: int | torch.Tensor, dtype: torch.dtype | None,
-             device: torch.device | str | None) -> tuple[int, torch.dtype, torch.device]:
+
+def _resolve(
+    dim_or_like: int | torch.Tensor, dtype: torch.dtype | None, device: torch.device | str | None
+) -> tuple[int, torch.dtype, torch.device]:
     """``(P, dtype, device)`` from an int or a like-tensor (explicit arguments win)."""
     if isinstance(dim_or_like, torch.Tensor):
         P = int(dim_or_like.numel())
@@ -85,8 +91,7 @@ def _resolve(dim_or_like: int | torch.Tensor, dtype: torch.dtype | None,
     return P, dt, dev
 
 
-def _randn(n: int, P: int, seed: int, dtype: torch.dtype, device: torch.device,
-           offset: int = 0) -> torch.Tensor:
+def _randn(n: int, P: int, seed: int, dtype: torch.dtype, device: torch.device, offset: int = 0) -> torch.Tensor:
     """``(n, P)`` standard normal rows from a CPU generator seeded ``seed`` (then ``offset`` more)."""
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed) + 7919 * int(offset))
@@ -96,8 +101,7 @@ def _randn(n: int, P: int, seed: int, dtype: torch.dtype, device: torch.device,
 def _apply(matvec: MatVec, v: torch.Tensor) -> torch.Tensor:
     w = matvec(v)
     if not isinstance(w, torch.Tensor) or w.shape != v.shape:
-        raise ValueError(f"matvec must return a tensor of shape {tuple(v.shape)}; "
-                         f"got {getattr(w, 'shape', type(w))}")
+        raise ValueError(f"matvec must return a tensor of shape {tuple(v.shape)}; got {getattr(w, 'shape', type(w))}")
     return w.to(dtype=v.dtype, device=v.device)
 
 
@@ -115,8 +119,9 @@ def _orth_against(W: torch.Tensor, Q: torch.Tensor | None) -> tuple[torch.Tensor
     return W, C + C2
 
 
-def _orthonormal_rows(W: torch.Tensor, Q: torch.Tensor | None, drop_tol: float
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _orthonormal_rows(
+    W: torch.Tensor, Q: torch.Tensor | None, drop_tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Orthonormal basis ``Z (r, P)`` of the rows of ``W (b, P)`` (already orthogonal to ``Q``).
 
     Returns ``(Z, B, R)``: ``W ~= B^T Z`` with ``B (r, b)``, dropping directions whose singular value
@@ -128,14 +133,14 @@ def _orthonormal_rows(W: torch.Tensor, Q: torch.Tensor | None, drop_tol: float
     if b == 0:
         return W, W.new_zeros((0, 0)), W.new_zeros((0, 0))
     # W^T = U S Vh  (thin SVD via the small Gram matrix would lose accuracy: use QR then SVD of R)
-    Qt, R = torch.linalg.qr(W.T, mode="reduced")                  # W^T = Qt R, Qt (P, b)
-    U, S, Vh = torch.linalg.svd(R)                                  # R = U diag(S) Vh
+    Qt, R = torch.linalg.qr(W.T, mode="reduced")  # W^T = Qt R, Qt (P, b)
+    U, S, Vh = torch.linalg.svd(R)  # R = U diag(S) Vh
     keep = S > drop_tol
     r = int(keep.sum())
     if r == 0:
         return W.new_zeros((0, W.shape[1])), W.new_zeros((0, b)), R
-    Z = (Qt @ U[:, :r]).T.contiguous()                               # (r, P)
-    B = S[:r, None] * Vh[:r]                                         # (r, b)  W^T ~= Z^T B
+    Z = (Qt @ U[:, :r]).T.contiguous()  # (r, P)
+    B = S[:r, None] * Vh[:r]  # (r, b)  W^T ~= Z^T B
     if Q is not None and Q.shape[0] > 0:
         eps = torch.finfo(W.dtype).eps
         if float((Q @ Z.T).abs().max()) > math.sqrt(eps):
@@ -145,6 +150,7 @@ def _orthonormal_rows(W: torch.Tensor, Q: torch.Tensor | None, drop_tol: float
 
 
 # --------------------------------------------------------------------------- Lanczos
+
 
 def _top_ritz(T: np.ndarray, k: int, bw: int) -> tuple[np.ndarray, np.ndarray, float]:
     """Top ``min(k, m)`` eigenpairs (ascending) of the banded symmetric ``T (m, m)`` and ``max|eig|``.
@@ -159,17 +165,26 @@ def _top_ritz(T: np.ndarray, k: int, bw: int) -> tuple[np.ndarray, np.ndarray, f
         ab[u - d, d:] = np.diagonal(T, d)
     kk = min(k, m)
     theta, S = scipy.linalg.eig_banded(ab, lower=False, select="i", select_range=(m - kk, m - 1))
-    lo = scipy.linalg.eig_banded(ab, lower=False, eigvals_only=True, select="i",
-                                 select_range=(0, 0))
+    lo = scipy.linalg.eig_banded(ab, lower=False, eigvals_only=True, select="i", select_range=(0, 0))
     scale = float(max(abs(theta[-1]), abs(lo[0])))
     return theta, S, scale
 
 
-def lanczos_top(matvec: MatVec, dim_or_like: int | torch.Tensor, k: int, *, tol: float = 1e-3,
-                max_iter: int = 100, init: torch.Tensor | None = None, seed: int = 0,
-                dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                exact_residuals: bool = False, block_size: int = 1,
-                init_noise: float = 1e-3) -> Eigenpairs:
+def lanczos_top(
+    matvec: MatVec,
+    dim_or_like: int | torch.Tensor,
+    k: int,
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    init: torch.Tensor | None = None,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+    exact_residuals: bool = False,
+    block_size: int = 1,
+    init_noise: float = 1e-3,
+) -> Eigenpairs:
     """Top-``k`` (algebraically largest) eigenpairs of a symmetric ``A`` by (block) Lanczos.
 
     Krylov basis ``Q (m, P)`` (orthonormal rows) built from a start block ``Q_0 (b, P)``::
@@ -273,7 +288,7 @@ def lanczos_top(matvec: MatVec, dim_or_like: int | torch.Tensor, k: int, *, tol:
             if k <= Z.shape[0] < max_iter:
                 out = _block_lanczos(Q0=Z, max_mv=Z.shape[0], **run)
                 used = out[3]
-                Z = out[1]                                        # its top-k Ritz vectors
+                Z = out[1]  # its top-k Ritz vectors
             if out is None or not out[4]:
                 # phase 2: Lanczos from the normalised sum of those vectors + small seeded noise
                 x = Z.sum(0)
@@ -289,13 +304,20 @@ def lanczos_top(matvec: MatVec, dim_or_like: int | torch.Tensor, k: int, *, tol:
             r_i = _apply(matvec, V[i]) - float(vals[i]) * V[i]
             res[i] = float(r_i.norm())
         n_mv += V.shape[0]
-    return Eigenpairs(values=vals, vectors=V, residuals=res, n_matvec=n_mv,
-                      converged=bool(converged and V.shape[0] == k), residual_bounds=bnds,
-                      residuals_exact=bool(exact_residuals))
+    return Eigenpairs(
+        values=vals,
+        vectors=V,
+        residuals=res,
+        n_matvec=n_mv,
+        converged=bool(converged and V.shape[0] == k),
+        residual_bounds=bnds,
+        residuals_exact=bool(exact_residuals),
+    )
 
 
-def _block_lanczos(matvec: MatVec, Q0: torch.Tensor, k: int, tol: float, max_mv: int, seed: int
-                   ) -> tuple[np.ndarray, torch.Tensor, np.ndarray, int, bool]:
+def _block_lanczos(
+    matvec: MatVec, Q0: torch.Tensor, k: int, tol: float, max_mv: int, seed: int
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray, int, bool]:
     """Block Lanczos from orthonormal rows ``Q0 (b, P)`` (see :func:`lanczos_top`).
 
     Returns ``(values desc (k',), vectors (k', P), bounds (k',), n_matvec, converged)``,
@@ -308,11 +330,11 @@ def _block_lanczos(matvec: MatVec, Q0: torch.Tensor, k: int, tol: float, max_mv:
 
     cap = min(max_mv, P) + Qj.shape[0]
     Qbuf = torch.empty((min(cap, max(4 * Qj.shape[0], 32)), P), dtype=dt, device=dev)
-    m = 0                                   # rows of the basis in use
-    T = np.zeros((0, 0))                    # projected matrix (block tridiagonal)
-    blocks: list[tuple[int, int]] = []      # (start, stop) rows of each block
+    m = 0  # rows of the basis in use
+    T = np.zeros((0, 0))  # projected matrix (block tridiagonal)
+    blocks: list[tuple[int, int]] = []  # (start, stop) rows of each block
     refills = 0
-    bw = max(Qj.shape[0] - 1, 1)            # bandwidth of T
+    bw = max(Qj.shape[0] - 1, 1)  # bandwidth of T
     theta = S = None
     bounds_all = None
     converged = False
@@ -334,9 +356,9 @@ def _block_lanczos(matvec: MatVec, Q0: torch.Tensor, k: int, tol: float, max_mv:
         b = s1 - s0
         if theta is not None and n_mv + b > max_mv:
             break
-        AQ = torch.stack([_apply(matvec, Qbuf[i]) for i in range(s0, s1)])   # (b, P)
+        AQ = torch.stack([_apply(matvec, Qbuf[i]) for i in range(s0, s1)])  # (b, P)
         n_mv += b
-        W, C = _orth_against(AQ, Qbuf[:m])                                   # C (m, b)
+        W, C = _orth_against(AQ, Qbuf[:m])  # C (m, b)
         Cn = C.detach().cpu().double().numpy()
         if not np.all(np.isfinite(Cn)):
             raise ValueError("matvec returned non-finite values")
@@ -346,15 +368,14 @@ def _block_lanczos(matvec: MatVec, Q0: torch.Tensor, k: int, tol: float, max_mv:
         D = Cn[s0:s1]
         Tn[s0:s1, s0:s1] = 0.5 * (D + D.T)
         T = Tn
-        theta, S, scale = _top_ritz(T, k, bw)                                # ascending, top k
+        theta, S, scale = _top_ritz(T, k, bw)  # ascending, top k
         Wnorm = float(W.norm())
         drop = max(eps ** (2 / 3) * scale, torch.finfo(dt).tiny)
         Znew, B, Rfull = _orthonormal_rows(W, Qbuf[:m], drop_tol=drop)
-        Bn = B.detach().cpu().double().numpy()                               # (r, b)
+        Bn = B.detach().cpu().double().numpy()  # (r, b)
         # residual bounds ||W^T s_{last,i}|| = ||R s_{last,i}|| for all Ritz pairs (before deflation)
-        Rn = Rfull.detach().cpu().double().numpy()                           # (b, b)
-        bounds_all = (np.linalg.norm(Rn @ S[s0:s1, :], axis=0) if Wnorm > 0
-                      else np.zeros(theta.shape[0]))
+        Rn = Rfull.detach().cpu().double().numpy()  # (b, b)
+        bounds_all = np.linalg.norm(Rn @ S[s0:s1, :], axis=0) if Wnorm > 0 else np.zeros(theta.shape[0])
         if m >= k:
             denom = np.maximum(np.abs(theta), 1e-8 * scale)
             denom = np.where(denom > 0, denom, 1.0)
@@ -362,7 +383,7 @@ def _block_lanczos(matvec: MatVec, Q0: torch.Tensor, k: int, tol: float, max_mv:
                 converged = True
                 break
         if m >= P:
-            converged = True          # the basis spans the space: Ritz pairs are exact
+            converged = True  # the basis spans the space: Ritz pairs are exact
             break
         if Znew.shape[0] == 0:
             # invariant subspace: continue with fresh random directions orthogonal to Q
@@ -389,23 +410,29 @@ def _block_lanczos(matvec: MatVec, Q0: torch.Tensor, k: int, tol: float, max_mv:
     assert theta is not None and S is not None and bounds_all is not None
     mt = S.shape[0]
     top = np.arange(theta.shape[0] - 1, -1, -1)
-    Sk = torch.as_tensor(S[:, top].T.copy(), dtype=dt, device=dev)           # (k', mt)
+    Sk = torch.as_tensor(S[:, top].T.copy(), dtype=dt, device=dev)  # (k', mt)
     V = Sk @ Qbuf[:mt]
-    return (theta[top].astype(np.float64), V, bounds_all[top].astype(np.float64), n_mv,
-            converged)
+    return (theta[top].astype(np.float64), V, bounds_all[top].astype(np.float64), n_mv, converged)
 
 
 # --------------------------------------------------------------------------- power iteration
+
 
 def _pyhessian_normalization(v: torch.Tensor) -> torch.Tensor:
     """PyHessian's ``normalization``: ``v / (||v|| + 1e-6)``."""
     return v / (float(v.norm()) + 1e-6)
 
 
-def power_iteration(matvec: MatVec, dim_or_like: int | torch.Tensor, *, tol: float = 1e-3,
-                    max_iter: int = 100, seed: int = 0, dtype: torch.dtype | None = None,
-                    device: torch.device | str | None = None
-                    ) -> tuple[float, torch.Tensor, int]:
+def power_iteration(
+    matvec: MatVec,
+    dim_or_like: int | torch.Tensor,
+    *,
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[float, torch.Tensor, int]:
     """PyHessian's ``hessian.eigenvalue(maxIter=max_iter, tol=tol, top_n=1)``, faithfully.
 
     ``v`` = normalised Gaussian; then up to ``max_iter`` times::
@@ -446,10 +473,18 @@ def power_iteration(matvec: MatVec, dim_or_like: int | torch.Tensor, *, tol: flo
 
 # --------------------------------------------------------------------------- trace
 
-def hutchinson_trace(matvec: MatVec, dim_or_like: int | torch.Tensor, *, n_samples: int = 100,
-                     seed: int = 0, distribution: str = "rademacher",
-                     deflate: Eigenpairs | None = None, dtype: torch.dtype | None = None,
-                     device: torch.device | str | None = None) -> tuple[float, float, int]:
+
+def hutchinson_trace(
+    matvec: MatVec,
+    dim_or_like: int | torch.Tensor,
+    *,
+    n_samples: int = 100,
+    seed: int = 0,
+    distribution: str = "rademacher",
+    deflate: Eigenpairs | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[float, float, int]:
     """Hutchinson estimate of ``tr A``: ``mean_s z_s^T A z_s`` over ``n_samples`` probes.
 
     ``z`` has i.i.d. Rademacher (+-1) or standard Gaussian entries (``E z z^T = I``), drawn from a
@@ -500,9 +535,14 @@ def hutchinson_trace(matvec: MatVec, dim_or_like: int | torch.Tensor, *, n_sampl
 
 # --------------------------------------------------------------------------- small helpers
 
-def dense_matrix(matvec: MatVec, dim_or_like: int | torch.Tensor, *,
-                 dtype: torch.dtype | None = None,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+
+def dense_matrix(
+    matvec: MatVec,
+    dim_or_like: int | torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """``(P, P)`` matrix with columns ``A e_i`` (``P`` matvecs; a test oracle for tiny ``P``)."""
     P, dt, dev = _resolve(dim_or_like, dtype, device)
     I = torch.eye(P, dtype=dt, device=dev)

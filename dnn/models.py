@@ -109,8 +109,12 @@ class SimpleCNN(nn.Module):
             return layers
 
         self.features = nn.Sequential(
-            *block(c, c1), *block(c1, c1), nn.MaxPool2d(2),
-            *block(c1, c2), *block(c2, c2), nn.MaxPool2d(2),
+            *block(c, c1),
+            *block(c1, c1),
+            nn.MaxPool2d(2),
+            *block(c1, c2),
+            *block(c2, c2),
+            nn.MaxPool2d(2),
         )
         flat = c2 * (h // 4) * (w // 4)
         self.classifier = nn.Sequential(
@@ -214,7 +218,7 @@ class ResNet32(nn.Module):
             elif isinstance(m, FixupBasicBlock):
                 nn.init.kaiming_normal_(m.conv1.weight, mode="fan_out", nonlinearity="relu")
                 with torch.no_grad():
-                    m.conv1.weight.mul_(RESNET32_NUM_BRANCHES ** -0.5)
+                    m.conv1.weight.mul_(RESNET32_NUM_BRANCHES**-0.5)
                 nn.init.zeros_(m.conv2.weight)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
@@ -284,8 +288,12 @@ class MLP(nn.Module):
         d = math.prod(input_shape)
         h1, h2 = _scaled(300, width), _scaled(100, width)
         self.net = nn.Sequential(
-            nn.Flatten(), nn.Linear(d, h1), nn.ReLU(inplace=False), nn.Linear(h1, h2),
-            nn.ReLU(inplace=False), nn.Linear(h2, num_classes),
+            nn.Flatten(),
+            nn.Linear(d, h1),
+            nn.ReLU(inplace=False),
+            nn.Linear(h1, h2),
+            nn.ReLU(inplace=False),
+            nn.Linear(h2, num_classes),
         )
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -316,8 +324,9 @@ def _check_input_shape(name: str, input_shape: Sequence[int] | None) -> tuple[in
     if conv:
         min_hw = {"simplecnn": 4, "vgg11": 32, "resnet32": 1}[name.removesuffix("-bn")]
         if shape[1] < min_hw or shape[2] < min_hw:
-            raise UserInputError(f"input_shape for {name} needs H and W >= {min_hw} "
-                                 f"(it max-pools to at least 1x1); got {input_shape!r}")
+            raise UserInputError(
+                f"input_shape for {name} needs H and W >= {min_hw} (it max-pools to at least 1x1); got {input_shape!r}"
+            )
     return shape
 
 
@@ -352,8 +361,9 @@ def build_model(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UserInputError(f"seed must be an integer >= 0; got {seed!r}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise UserInputError(f"dtype must be a floating-point torch dtype (torch.float32, torch.float64); "
-                             f"got {dtype!r}")
+        raise UserInputError(
+            f"dtype must be a floating-point torch dtype (torch.float32, torch.float64); got {dtype!r}"
+        )
     shape = _check_input_shape(name, input_shape)
     base, bn = name.removesuffix("-bn"), name.endswith("-bn")
 
@@ -373,8 +383,9 @@ def build_model(
     return model
 
 
-def footprint(name: str, *, num_classes: int = 10, input_shape: Sequence[int] | None = None,
-              width: float = 1.0) -> tuple[int, int]:
+def footprint(
+    name: str, *, num_classes: int = 10, input_shape: Sequence[int] | None = None, width: float = 1.0
+) -> tuple[int, int]:
     """(parameters, activation numbers per example) of ``build_model(name, ...)``, counted on the meta
     device: nothing is allocated, so it is safe for sizes that would not fit."""
     acts = [0]

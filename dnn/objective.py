@@ -76,15 +76,25 @@ class Objective:
     and chunks are whole groups).
     """
 
-    def __init__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, *,
-                 dtype: torch.dtype = torch.float64, device: str | torch.device | None = None,
-                 bn: str = "eval", bn_batch: int = 128, chunk: int = 64):
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        dtype: torch.dtype = torch.float64,
+        device: str | torch.device | None = None,
+        bn: str = "eval",
+        bn_batch: int = 128,
+        chunk: int = 64,
+    ):
         if bn not in BN_POLICIES:
             raise UserInputError(f"bn policy must be one of {', '.join(BN_POLICIES)}, got {bn!r}")
         if inputs.shape[0] != targets.shape[0] or inputs.shape[0] < 1:
             raise UserInputError(
                 f"inputs and targets must hold the same number (>= 1) of examples, got "
-                f"{inputs.shape[0]} and {targets.shape[0]}")
+                f"{inputs.shape[0]} and {targets.shape[0]}"
+            )
         if chunk < 1 or bn_batch < 1:
             raise UserInputError(f"chunk and bn_batch must be >= 1, got {chunk} and {bn_batch}")
         device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -95,7 +105,7 @@ class Objective:
         self.chunk = max(1, chunk // bn_batch) * bn_batch if (bn == "batch" and self.has_bn) else chunk
         self.model = copy.deepcopy(model).to(device=device, dtype=dtype)
         self.model.train(bn == "batch")
-        if bn == "batch":   # batch statistics always, and no running-statistics update to undo
+        if bn == "batch":  # batch statistics always, and no running-statistics update to undo
             for mod in self.model.modules():
                 if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                     mod.track_running_stats = False
@@ -118,7 +128,8 @@ class Objective:
         data (cheaper than a new Objective at every probe). Returns self."""
         params = dict(model.named_parameters())
         self.theta0 = torch.cat([params[k].detach().reshape(-1) for k in self.names]).to(
-            device=self.device, dtype=self.dtype)
+            device=self.device, dtype=self.dtype
+        )
         src = dict(model.named_buffers())
         self.buffers = {k: _cast(src[k], self.device, self.dtype) for k in self.buffers}
         return self
@@ -147,8 +158,12 @@ class Objective:
     def _logits(self, params: dict, x: torch.Tensor) -> torch.Tensor:
         """Logits (m, classes) of one chunk; batch statistics per ``bn_batch`` group."""
         if self.bn == "batch" and self.has_bn:
-            return torch.cat([functional_call(self.model, (params, self.buffers), (x[s:s + self.bn_batch],))
-                              for s in range(0, x.shape[0], self.bn_batch)])
+            return torch.cat(
+                [
+                    functional_call(self.model, (params, self.buffers), (x[s : s + self.bn_batch],))
+                    for s in range(0, x.shape[0], self.bn_batch)
+                ]
+            )
         return functional_call(self.model, (params, self.buffers), (x,))
 
     def _losses(self, params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -159,11 +174,11 @@ class Objective:
         if idx is None:
             n = self.n
             for s in range(0, n, self.chunk):
-                yield self.inputs[s:s + self.chunk], self.targets[s:s + self.chunk]
+                yield self.inputs[s : s + self.chunk], self.targets[s : s + self.chunk]
         else:
             idx = torch.as_tensor(idx, device=self.device, dtype=torch.long)
             for s in range(0, idx.numel(), self.chunk):
-                j = idx[s:s + self.chunk]
+                j = idx[s : s + self.chunk]
                 yield self.inputs[j], self.targets[j]
 
     def _count(self, idx) -> int:
@@ -234,6 +249,7 @@ class Objective:
 
         def one(t, x, y):
             return self._losses(self.unflatten(t), x[None], y[None])[0]
+
         return torch.cat([vmap(grad(one), in_dims=(None, 0, 0))(th, x, y) for x, y in self._chunks(idx)])
 
     def per_example_curvature(self, v: torch.Tensor, theta=None, idx=None) -> torch.Tensor:
@@ -243,10 +259,12 @@ class Objective:
         v = v.to(device=self.device, dtype=self.dtype)
         out = []
         for x, y in self._chunks(idx):
+
             def losses(t):
                 return self._losses(self.unflatten(t), x, y)
 
             def directional(t):
                 return jvp(losses, (t,), (v,))[1]
+
             out.append(jvp(directional, (th,), (v,))[1])
         return torch.cat(out)

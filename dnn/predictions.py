@@ -43,9 +43,19 @@ from valleysim.errors import UserInputError, check_batch_size, check_int_range, 
 from valleysim.stats import mean_se
 from valleysim.theory import break_even_curvature, eta_star_1d, stability_factor, variance_factor
 
-__all__ = ["stability_factors", "break_even_point", "early_phase_end", "alpha_ratio",
-           "predicted_break_even_curvature", "run_maxima", "conjecture_orderings", "calibrate_toy",
-           "comparison_table", "to_markdown", "CONJECTURE_SIGNS"]
+__all__ = [
+    "stability_factors",
+    "break_even_point",
+    "early_phase_end",
+    "alpha_ratio",
+    "predicted_break_even_curvature",
+    "run_maxima",
+    "conjecture_orderings",
+    "calibrate_toy",
+    "comparison_table",
+    "to_markdown",
+    "CONJECTURE_SIGNS",
+]
 
 #: predicted sign of Kendall's tau between the noise knob (eta, or 1/S) and each measured maximum:
 #: Conj. 1 -- max lambda_H^1, max lambda_K^1 fall with more noise; Conj. 2 -- max Tr K / lambda_K^1 rises.
@@ -54,6 +64,7 @@ _CONJECTURE = {"max_lambda_max": "1", "max_lambda_K": "1", "max_trace_ratio": "2
 
 
 # --------------------------------------------------------------------------------------------- input
+
 
 def _check_run(eta, S, N) -> tuple[float, int, int]:
     eta = check_positive(eta, "eta")
@@ -99,13 +110,15 @@ def _first(mask: np.ndarray) -> int | None:
 
 # --------------------------------------------------------------------------------------------- R1, R2
 
+
 def stability_factors(rows, eta, S, N) -> np.ndarray:
     """(n_rows,) R1's q_t = (1 - eta lambda_t)^2 + eta^2 c(S, N) s_t^2 per probe, lambda_t =
     ``curvature_mean``, s_t^2 = ``curvature_var`` (``theory.stability_factor``); NaN where missing."""
     eta, S, N = _check_run(eta, S, N)
     _, cols = _rows(rows, ("curvature_mean", "curvature_var"))
-    return np.asarray(stability_factor(eta, cols["curvature_mean"], cols["curvature_var"],
-                                       variance_factor(S, N)), dtype=float)
+    return np.asarray(
+        stability_factor(eta, cols["curvature_mean"], cols["curvature_var"], variance_factor(S, N)), dtype=float
+    )
 
 
 def predicted_break_even_curvature(eta, S, N, alpha) -> float:
@@ -124,8 +137,17 @@ def predicted_break_even_curvature(eta, S, N, alpha) -> float:
     return float(break_even_curvature(eta, variance_factor(S, N), a))
 
 
-def break_even_point(rows, eta, S, N, *, criterion: str = "stability", q_threshold: float = 0.95,
-                     lambda_star: float | None = None, fraction: float = 1.0) -> dict:
+def break_even_point(
+    rows,
+    eta,
+    S,
+    N,
+    *,
+    criterion: str = "stability",
+    q_threshold: float = 0.95,
+    lambda_star: float | None = None,
+    fraction: float = 1.0,
+) -> dict:
     """The first probe at which the run reaches the break-even point.
 
     criterion="stability": first probe with q_t >= q_threshold (``stability_factors``), lambda_t > 0
@@ -158,8 +180,7 @@ def break_even_point(rows, eta, S, N, *, criterion: str = "stability", q_thresho
     if i is None:
         return dict(dict.fromkeys(keys), reached=False, criterion=criterion)
     r = rows[i]
-    out = {"reached": True, "criterion": criterion, "index": i, "step": r["step"],
-           "stability_factor": float(q[i])}
+    out = {"reached": True, "criterion": criterion, "index": i, "step": r["step"], "stability_factor": float(q[i])}
     for k in ("epoch", "train_acc_running", "measure_acc", "lambda_max"):
         out[k] = None if r.get(k) is None else float(r[k])
     return out
@@ -191,19 +212,34 @@ def alpha_ratio(rows, eta, S, N, *, max_acc: float | None = None, q_threshold: f
     """
     rows, cols = _rows(rows, ("lambda_max", "lambda_K"))
     ph = early_phase_end(rows, eta, S, N, max_acc=max_acc, q_threshold=q_threshold)
-    lh, lk = cols["lambda_max"][:ph["end"] + 1], cols["lambda_K"][:ph["end"] + 1]
+    lh, lk = cols["lambda_max"][: ph["end"] + 1], cols["lambda_K"][: ph["end"] + 1]
     ok = np.isfinite(lh) & np.isfinite(lk) & (lh > 0)
     a = lk[ok] / lh[ok]
     out = {"n": int(a.size), "phase_end": ph["end"], "phase_reason": ph["reason"]}
     if a.size == 0:
-        return dict(out, alpha=math.nan, alpha_q25=math.nan, alpha_q75=math.nan, alpha_iqr=math.nan,
-                    alpha_min=math.nan, alpha_max=math.nan)
+        return dict(
+            out,
+            alpha=math.nan,
+            alpha_q25=math.nan,
+            alpha_q75=math.nan,
+            alpha_iqr=math.nan,
+            alpha_min=math.nan,
+            alpha_max=math.nan,
+        )
     q25, med, q75 = np.percentile(a, [25, 50, 75])
-    return dict(out, alpha=float(med), alpha_q25=float(q25), alpha_q75=float(q75), alpha_iqr=float(q75 - q25),
-                alpha_min=float(a.min()), alpha_max=float(a.max()))
+    return dict(
+        out,
+        alpha=float(med),
+        alpha_q25=float(q25),
+        alpha_q75=float(q75),
+        alpha_iqr=float(q75 - q25),
+        alpha_min=float(a.min()),
+        alpha_max=float(a.max()),
+    )
 
 
 # --------------------------------------------------------------------------------------------- conjectures
+
 
 def run_maxima(rows, *, max_acc: float | None = None) -> dict:
     """{max_lambda_max, max_lambda_K, max_trace_ratio, max_trace_K, n}: nan-max over the probes up to
@@ -216,7 +252,7 @@ def run_maxima(rows, *, max_acc: float | None = None) -> dict:
         end = end if i is None else i
     out = {"n": end + 1}
     for k in ("lambda_max", "lambda_K", "trace_ratio", "trace_K"):
-        v = _opt(rows[:end + 1], k)
+        v = _opt(rows[: end + 1], k)
         v = v[np.isfinite(v)]
         out["max_" + k] = float(v.max()) if v.size else math.nan
     return out
@@ -270,13 +306,25 @@ def conjecture_orderings(runs: Sequence[dict], quantities: Sequence[str] = tuple
                 continue
             tau, p = _kendall(knob[ok], y[ok])
             sign = CONJECTURE_SIGNS[q]
-            out.append({"grid": grid, "fixed": fixed, "knob": knob_name, "quantity": q,
-                        "conjecture": _CONJECTURE[q], "predicted_sign": sign, "tau": tau, "p_value": p,
-                        "n": int(ok.sum()), "agrees": bool(np.isfinite(tau) and tau * sign > 0)})
+            out.append(
+                {
+                    "grid": grid,
+                    "fixed": fixed,
+                    "knob": knob_name,
+                    "quantity": q,
+                    "conjecture": _CONJECTURE[q],
+                    "predicted_sign": sign,
+                    "tau": tau,
+                    "p_value": p,
+                    "n": int(ok.sum()),
+                    "agrees": bool(np.isfinite(tau) and tau * sign > 0),
+                }
+            )
     return out
 
 
 # --------------------------------------------------------------------------------------------- calibrated toy
+
 
 def _slope_se(t: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """Least squares y = b0 + g t: (g, SE(g), b0); SE NaN with fewer than 3 points."""
@@ -290,9 +338,21 @@ def _slope_se(t: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     return g, float(math.sqrt(np.sum(resid**2) / (t.size - 2) / sxx)), b0
 
 
-def calibrate_toy(rows, eta, S, N, *, max_acc: float | None = None, q_threshold: float = 0.95,
-                  trajectories: int = 16, steps: int | None = None, max_steps: int = 200_000,
-                  offset: float = 1e-3, landscape_seed: int = 0, seed: int = 0) -> dict:
+def calibrate_toy(
+    rows,
+    eta,
+    S,
+    N,
+    *,
+    max_acc: float | None = None,
+    q_threshold: float = 0.95,
+    trajectories: int = 16,
+    steps: int | None = None,
+    max_steps: int = 200_000,
+    offset: float = 1e-3,
+    landscape_seed: int = 0,
+    seed: int = 0,
+) -> dict:
     """Fit R2's sharpening toy (``valleysim.break_even.SharpeningLandscape``, one sharp direction) to the
     early phase of a network run, simulate it at the same (eta, S, N), and return its predictions.
 
@@ -332,13 +392,17 @@ def calibrate_toy(rows, eta, S, N, *, max_acc: float | None = None, q_threshold:
     t, lam = cols["step"][sl], cols["lambda_max"][sl]
     ok = np.isfinite(t) & np.isfinite(lam) & (lam > 0)
     if ok.sum() < 2 or np.unique(t[ok]).size < 2:
-        raise UserInputError("rows: the early phase needs >= 2 probes at distinct steps with lambda_max > 0 "
-                             f"to fit a sharpening rate; got {int(ok.sum())}")
+        raise UserInputError(
+            "rows: the early phase needs >= 2 probes at distinct steps with lambda_max > 0 "
+            f"to fit a sharpening rate; got {int(ok.sum())}"
+        )
     t0 = float(t[ok][0])
     g, g_se, b0 = _slope_se(t[ok] - t0, np.log(lam[ok]))
     if not g > 0:
-        raise UserInputError(f"rows: lambda_max does not grow over the early phase (fitted rate {g:.3g} per step); "
-                             "the sharpening toy cannot be calibrated")
+        raise UserInputError(
+            f"rows: lambda_max does not grow over the early phase (fitted rate {g:.3g} per step); "
+            "the sharpening toy cannot be calibrated"
+        )
     m, v = cols["curvature_mean"][sl], cols["curvature_var"][sl]
     okc = np.isfinite(m) & np.isfinite(v) & (m != 0)
     if not okc.any():
@@ -348,47 +412,80 @@ def calibrate_toy(rows, eta, S, N, *, max_acc: float | None = None, q_threshold:
     a0 = math.exp(b0)
     sigma = math.sqrt(s2)
     c = variance_factor(S, N)
-    land0 = bes.SharpeningLandscape.make(n_examples=N, sigma=sigma, offset=offset, beta=0.0, a0=(a0,),
-                                         rates=(1.0,), landscape_seed=landscape_seed)
+    land0 = bes.SharpeningLandscape.make(
+        n_examples=N, sigma=sigma, offset=offset, beta=0.0, a0=(a0,), rates=(1.0,), landscape_seed=landscape_seed
+    )
     q0 = bes.frozen_q(land0, eta, S, 0.0)
     floor = float(np.asarray(bes.frozen_second_moment(land0, eta, S, 0.0, np.inf))) if q0 < 1 else math.inf
     beta = g / eta + 0.5 * a0 * (float(land0.B[0]) + floor)
     lam_star = bes.predicted_break_even(eta, S, N, sigma)
-    out = {"eta": eta, "S": S, "N": N, "variance_factor": c, "rate": g, "rate_se": g_se, "lambda_0": a0,
-           "sigma2": s2, "sigma2_q25": s2q25, "sigma2_q75": s2q75, "n_fit": int(ok.sum()), "t0": t0,
-           "phase_end": ph["end"], "phase_reason": ph["reason"], "beta": beta, "a0": a0, "sigma": sigma,
-           "offset": float(offset), "rates": 1.0, "q_at_start": q0,
-           "toy_lambda_star": lam_star, "toy_alpha_equivalent": s2 * lam_star}
+    out = {
+        "eta": eta,
+        "S": S,
+        "N": N,
+        "variance_factor": c,
+        "rate": g,
+        "rate_se": g_se,
+        "lambda_0": a0,
+        "sigma2": s2,
+        "sigma2_q25": s2q25,
+        "sigma2_q75": s2q75,
+        "n_fit": int(ok.sum()),
+        "t0": t0,
+        "phase_end": ph["end"],
+        "phase_reason": ph["reason"],
+        "beta": beta,
+        "a0": a0,
+        "sigma": sigma,
+        "offset": float(offset),
+        "rates": 1.0,
+        "q_at_start": q0,
+        "toy_lambda_star": lam_star,
+        "toy_alpha_equivalent": s2 * lam_star,
+    }
     if not (math.isfinite(floor) and q0 < 1):
-        return dict(out, error="the toy is mean-square unstable at the starting curvature (q(a0) >= 1)",
-                    toy_max_curvature=math.nan, toy_settled_curvature=math.nan)
-    land = bes.SharpeningLandscape.make(n_examples=N, sigma=sigma, offset=offset, beta=beta, a0=(a0,),
-                                        rates=(1.0,), landscape_seed=landscape_seed)
+        return dict(
+            out,
+            error="the toy is mean-square unstable at the starting curvature (q(a0) >= 1)",
+            toy_max_curvature=math.nan,
+            toy_settled_curvature=math.nan,
+        )
+    land = bes.SharpeningLandscape.make(
+        n_examples=N, sigma=sigma, offset=offset, beta=beta, a0=(a0,), rates=(1.0,), landscape_seed=landscape_seed
+    )
     n_steps = min(bes.default_steps(land, eta, S), max_steps) if steps is None else check_int_range(steps, "steps", 1)
     run = bes.simulate(land, eta, S, steps=n_steps, trajectories=trajectories, seed=seed)
     good = run.ok
     out.update(toy_steps=n_steps, toy_trajectories=trajectories, toy_diverged=int((~good).sum()))
     if not good.any():
-        return dict(out, error="every toy trajectory diverged", toy_max_curvature=math.nan,
-                    toy_settled_curvature=math.nan)
+        return dict(
+            out, error="every toy trajectory diverged", toy_max_curvature=math.nan, toy_settled_curvature=math.nan
+        )
     be = bes.break_even_per_trajectory(run.curvature()[good], run.record_every)
     hit = be["reached"]
     mx, se = mean_se(run.max_curvature[good])
-    out.update(toy_max_curvature=mx, toy_max_curvature_se=se,
-               toy_step_of_max=t0 + float(np.median(run.step_of_max[good])),
-               toy_reached=int(hit.sum()),
-               toy_settled_curvature=float(np.mean(be["plateau"][hit])) if hit.any() else math.nan,
-               toy_break_even_step=t0 + float(np.median(be["steps"][hit])) if hit.any() else math.nan)
+    out.update(
+        toy_max_curvature=mx,
+        toy_max_curvature_se=se,
+        toy_step_of_max=t0 + float(np.median(run.step_of_max[good])),
+        toy_reached=int(hit.sum()),
+        toy_settled_curvature=float(np.mean(be["plateau"][hit])) if hit.any() else math.nan,
+        toy_break_even_step=t0 + float(np.median(be["steps"][hit])) if hit.any() else math.nan,
+    )
     if not hit.all():
-        out["toy_note"] = (f"{int((~hit).sum())} of {hit.size} toy trajectories did not reach break-even in the "
-                           f"first half of {n_steps} steps (settled values average the rest; none: NaN)")
+        out["toy_note"] = (
+            f"{int((~hit).sum())} of {hit.size} toy trajectories did not reach break-even in the "
+            f"first half of {n_steps} steps (settled values average the rest; none: NaN)"
+        )
     return out
 
 
 # --------------------------------------------------------------------------------------------- table
 
-def comparison_table(runs: Sequence[dict], *, toy: bool = True, q_threshold: float = 0.95,
-                     toy_kwargs: dict | None = None) -> list[dict]:
+
+def comparison_table(
+    runs: Sequence[dict], *, toy: bool = True, q_threshold: float = 0.95, toy_kwargs: dict | None = None
+) -> list[dict]:
     """One row per run: measured next to predicted.
 
     ``runs``: dicts {rows, eta, S (or batch), N, optional label, optional max_acc (early-phase
@@ -415,31 +512,46 @@ def comparison_table(runs: Sequence[dict], *, toy: bool = True, q_threshold: flo
         al = alpha_ratio(rows, eta, S, N, max_acc=max_acc, q_threshold=q_threshold)
         be = break_even_point(rows, eta, S, N, q_threshold=q_threshold)
         q = stability_factors(rows, eta, S, N)
-        lmax = _column(rows, "lambda_max")[:mx["n"]]                # the probes run_maxima looked at
+        lmax = _column(rows, "lambda_max")[: mx["n"]]  # the probes run_maxima looked at
         i_max = int(np.nanargmax(lmax)) if np.isfinite(lmax).any() else None
-        after = q[be["index"] + 1:] if be["reached"] else np.array([])
+        after = q[be["index"] + 1 :] if be["reached"] else np.array([])
         after = after[np.isfinite(after)]
         lam_star = predicted_break_even_curvature(eta, S, N, al["alpha"]) if math.isfinite(al["alpha"]) else math.nan
-        row = {"label": run.get("label", f"eta={eta:g} S={S}"), "eta": eta, "S": S, "N": N,
-               "max_lambda_max": mx["max_lambda_max"], "max_lambda_K": mx["max_lambda_K"],
-               "max_trace_ratio": mx["max_trace_ratio"], "alpha": al["alpha"], "alpha_iqr": al["alpha_iqr"],
-               "lambda_star": lam_star, "two_over_eta": 2.0 / eta,
-               "max_over_lambda_star": mx["max_lambda_max"] / lam_star if lam_star and math.isfinite(lam_star)
-               else math.nan,
-               "q_at_max": float(q[i_max]) if i_max is not None else math.nan,
-               "q_median_after": float(np.median(after)) if after.size else math.nan,
-               "break_even_step": be["step"], "break_even_epoch": be["epoch"],
-               "break_even_train_acc": be["train_acc_running"], "break_even_measure_acc": be["measure_acc"]}
+        row = {
+            "label": run.get("label", f"eta={eta:g} S={S}"),
+            "eta": eta,
+            "S": S,
+            "N": N,
+            "max_lambda_max": mx["max_lambda_max"],
+            "max_lambda_K": mx["max_lambda_K"],
+            "max_trace_ratio": mx["max_trace_ratio"],
+            "alpha": al["alpha"],
+            "alpha_iqr": al["alpha_iqr"],
+            "lambda_star": lam_star,
+            "two_over_eta": 2.0 / eta,
+            "max_over_lambda_star": mx["max_lambda_max"] / lam_star
+            if lam_star and math.isfinite(lam_star)
+            else math.nan,
+            "q_at_max": float(q[i_max]) if i_max is not None else math.nan,
+            "q_median_after": float(np.median(after)) if after.size else math.nan,
+            "break_even_step": be["step"],
+            "break_even_epoch": be["epoch"],
+            "break_even_train_acc": be["train_acc_running"],
+            "break_even_measure_acc": be["measure_acc"],
+        }
         if toy:
             try:
                 cal = calibrate_toy(rows, eta, S, N, max_acc=max_acc, q_threshold=q_threshold, **(toy_kwargs or {}))
             except UserInputError as e:
                 cal = {"error": str(e)}
-            row.update(toy_max=cal.get("toy_max_curvature", math.nan),
-                       toy_settled=cal.get("toy_settled_curvature", math.nan),
-                       toy_lambda_star=cal.get("toy_lambda_star", math.nan),
-                       toy_rate=cal.get("rate", math.nan), toy_sigma2=cal.get("sigma2", math.nan),
-                       toy_error=cal.get("error"))
+            row.update(
+                toy_max=cal.get("toy_max_curvature", math.nan),
+                toy_settled=cal.get("toy_settled_curvature", math.nan),
+                toy_lambda_star=cal.get("toy_lambda_star", math.nan),
+                toy_rate=cal.get("rate", math.nan),
+                toy_sigma2=cal.get("sigma2", math.nan),
+                toy_error=cal.get("error"),
+            )
         table.append(row)
     return table
 

@@ -36,30 +36,40 @@ __all__ = ["PROBES", "ProbeContext", "run_probes", "top_eigenpairs"]
 
 @dataclass
 class ProbeContext:
-    cfg: Any                      # dnn.train.TrainConfig (lr, batch, top_k, seeds, sample counts)
-    model: torch.nn.Module        # read only (bn_scale_norm)
-    objective: Objective          # loaded with the model's current parameters
+    cfg: Any  # dnn.train.TrainConfig (lr, batch, top_k, seeds, sample counts)
+    model: torch.nn.Module  # read only (bn_scale_norm)
+    objective: Objective  # loaded with the model's current parameters
     state: dict = field(default_factory=dict)
-    walk: Any = None              # dnn.walk_metrics.WalkTracker
+    walk: Any = None  # dnn.walk_metrics.WalkTracker
     step: int = 0
-    n_train: int | None = None    # size of the training set (for c(S, N)); default: measurement set
-    pairs: Any = None             # this probe time's Lanczos Eigenpairs (set by the lanczos probe)
+    n_train: int | None = None  # size of the training set (for c(S, N)); default: measurement set
+    pairs: Any = None  # this probe time's Lanczos Eigenpairs (set by the lanczos probe)
 
 
 def top_eigenpairs(objective: Objective, cfg, init=None, k: int | None = None) -> eigen.Eigenpairs:
     """Top-k Hessian eigenpairs of the measurement loss (Lanczos, warm-started from ``init``)."""
     init = None if init is None else init.to(objective.device, objective.dtype)
-    return eigen.lanczos_top(objective.hvp, objective.theta0, k or cfg.top_k, tol=cfg.lanczos_tol,
-                             max_iter=cfg.lanczos_max_iter, init=init, seed=cfg.seed)
+    return eigen.lanczos_top(
+        objective.hvp,
+        objective.theta0,
+        k or cfg.top_k,
+        tol=cfg.lanczos_tol,
+        max_iter=cfg.lanczos_max_iter,
+        init=init,
+        seed=cfg.seed,
+    )
 
 
 def _lanczos(ctx: ProbeContext) -> dict:
     pairs = top_eigenpairs(ctx.objective, ctx.cfg, ctx.state.get("eigvecs"))
     ctx.pairs = pairs
     ctx.state["eigvecs"] = pairs.vectors.detach().cpu()
-    out = {"lambda_max": float(pairs.values[0]), "lanczos_n_hvp": pairs.n_matvec,
-           "lanczos_converged": bool(pairs.converged),
-           "lanczos_max_rel_residual": float(np.max(pairs.residuals / np.abs(pairs.values)))}
+    out = {
+        "lambda_max": float(pairs.values[0]),
+        "lanczos_n_hvp": pairs.n_matvec,
+        "lanczos_converged": bool(pairs.converged),
+        "lanczos_max_rel_residual": float(np.max(pairs.residuals / np.abs(pairs.values))),
+    }
     out.update({f"lambda_H_{i + 1}": float(v) for i, v in enumerate(pairs.values)})
     out.update(step_probes.frobenius_top(pairs.values))
     return out
@@ -69,18 +79,32 @@ def _negative(ctx: ProbeContext) -> dict:
     """The most negative Hessian eigenvalues: Lanczos top-k of -H (R5: their sum against the loss).
     neg_eig_sum = sum of the negative ones among the k found (k = cfg.top_k), lambda_min."""
     obj = ctx.objective
-    pairs = eigen.lanczos_top(lambda v: -obj.hvp(v), obj.theta0, ctx.cfg.top_k, tol=ctx.cfg.lanczos_tol,
-                              max_iter=ctx.cfg.lanczos_max_iter, init=ctx.state.get("eigvecs_neg"),
-                              seed=ctx.cfg.seed + 1)
+    pairs = eigen.lanczos_top(
+        lambda v: -obj.hvp(v),
+        obj.theta0,
+        ctx.cfg.top_k,
+        tol=ctx.cfg.lanczos_tol,
+        max_iter=ctx.cfg.lanczos_max_iter,
+        init=ctx.state.get("eigvecs_neg"),
+        seed=ctx.cfg.seed + 1,
+    )
     ctx.state["eigvecs_neg"] = pairs.vectors.detach().cpu()
     values = -pairs.values
-    return {"lambda_min": float(values[0]), "neg_eig_sum": float(np.sum(np.minimum(values, 0.0))),
-            "negative_n_hvp": pairs.n_matvec}
+    return {
+        "lambda_min": float(values[0]),
+        "neg_eig_sum": float(np.sum(np.minimum(values, 0.0))),
+        "negative_n_hvp": pairs.n_matvec,
+    }
 
 
 def _trace(ctx: ProbeContext) -> dict:
-    est, se, n = eigen.hutchinson_trace(ctx.objective.hvp, ctx.objective.theta0, deflate=ctx.pairs,
-                                        n_samples=ctx.cfg.hutchinson_samples, seed=ctx.cfg.seed + ctx.step)
+    est, se, n = eigen.hutchinson_trace(
+        ctx.objective.hvp,
+        ctx.objective.theta0,
+        deflate=ctx.pairs,
+        n_samples=ctx.cfg.hutchinson_samples,
+        seed=ctx.cfg.seed + ctx.step,
+    )
     return {"trace_hessian": est, "trace_hessian_se": se, "trace_n_hvp": n}
 
 
@@ -92,11 +116,11 @@ def _covariance(ctx: ProbeContext) -> dict:
     obj, m = ctx.objective, min(ctx.cfg.cov_batch, ctx.objective.n - 1)
     G = covariance.mini_batch_gradients(obj, ctx.cfg.cov_batches, m, seed=ctx.cfg.seed + ctx.step)
     res = covariance.covariance_from_gram(G, obj.grad(), m, obj.n, k=5)
-    ctx.state["eigvecs_K"] = res["eigenvectors_K"].detach().cpu()     # top-5 of K, kept with the checkpoint
+    ctx.state["eigvecs_K"] = res["eigenvectors_K"].detach().cpu()  # top-5 of K, kept with the checkpoint
     out = {k: float(res[k]) for k in ("lambda_K", "trace_K", "trace_ratio")}
     out.update({f"lambda_K_{i + 1}": float(v) for i, v in enumerate(res["eigenvalues_K"])})
     V5 = res["eigenvectors_K"][:5]
-    if V5.shape[0] == 5 and bool((V5.norm(dim=1) > 0).all()):       # zero rows: K's rank < 5
+    if V5.shape[0] == 5 and bool((V5.norm(dim=1) > 0).all()):  # zero rows: K's rank < 5
         ratios = [step_probes.gradient_alignment(g, V5)["grad_norm_ratio_top5"] for g in G]
         out["grad_norm_ratio_top5"] = float(np.mean(ratios))
     return out
@@ -108,8 +132,12 @@ def _step(ctx: ProbeContext) -> dict:
     (sharpest-directions Sec. 3.2), the mean |cos(g_b, e_i)| (Sec. 3.3), and alpha* for the step
     -eta g_1 (break-even-point.txt Sec. 4: the smallest alpha with L(theta - alpha eta g_1) >= 1.2 L)."""
     E = ctx.state["eigvecs"].to(ctx.objective.device, ctx.objective.dtype)
-    G = covariance.mini_batch_gradients(ctx.objective, ctx.cfg.loss_change_batches,
-                                        min(ctx.cfg.batch, ctx.objective.n - 1), seed=ctx.cfg.seed + ctx.step)
+    G = covariance.mini_batch_gradients(
+        ctx.objective,
+        ctx.cfg.loss_change_batches,
+        min(ctx.cfg.batch, ctx.objective.n - 1),
+        seed=ctx.cfg.seed + ctx.step,
+    )
     out = dict(step_probes.alpha_star(ctx.objective, G[0], ctx.cfg.lr))
     out.update(step_probes.loss_change_along_top(ctx.objective, E[0], G, ctx.cfg.lr))
     cos = [step_probes.gradient_alignment(g, E) for g in G]
@@ -123,8 +151,7 @@ def _curvature(ctx: ProbeContext) -> dict:
     out = step_probes.per_example_curvature_stats(ctx.objective, e1)
     n = ctx.n_train or ctx.objective.n
     c = theory.variance_factor(min(ctx.cfg.batch, n), n)
-    out["stability_factor"] = float(theory.stability_factor(ctx.cfg.lr, out["curvature_mean"],
-                                                            out["curvature_var"], c))
+    out["stability_factor"] = float(theory.stability_factor(ctx.cfg.lr, out["curvature_mean"], out["curvature_var"], c))
     return out
 
 
@@ -133,8 +160,13 @@ def _walk(ctx: ProbeContext) -> dict:
 
 
 PROBES: dict[str, Callable[[ProbeContext], dict]] = {
-    "lanczos": _lanczos, "trace": _trace, "covariance": _covariance,
-    "step": _step, "curvature": _curvature, "walk": _walk, "negative": _negative,
+    "lanczos": _lanczos,
+    "trace": _trace,
+    "covariance": _covariance,
+    "step": _step,
+    "curvature": _curvature,
+    "walk": _walk,
+    "negative": _negative,
 }
 
 

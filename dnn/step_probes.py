@@ -39,11 +39,21 @@ from valleysim.nsgd.directions import ALPHAS
 from valleysim.stats import mean_se
 from valleysim.walk.metrics import GRAD_ATOL
 
-__all__ = ["ALPHAS", "alpha_key", "loss_change_along_top", "alpha_star", "gradient_alignment",
-           "per_example_curvature_stats", "frobenius_top", "bn_scale_norm", "nsgd_direction"]
+__all__ = [
+    "ALPHAS",
+    "alpha_key",
+    "loss_change_along_top",
+    "alpha_star",
+    "gradient_alignment",
+    "per_example_curvature_stats",
+    "frobenius_top",
+    "bn_scale_norm",
+    "nsgd_direction",
+]
 
 
 # ------------------------------------------------------------------ input checks
+
 
 def check_vector(x, name: str, dim: int | None = None) -> torch.Tensor:
     """``x`` as a (P,) tensor (``dim`` = P if given); UserInputError naming ``name`` otherwise."""
@@ -84,8 +94,10 @@ def alpha_key(alpha: float) -> str:
 
 # ------------------------------------------------------------------ probes
 
-def loss_change_along_top(objective, eigvec, batch_grads, eta: float, alphas: Sequence[float] = ALPHAS,
-                          theta=None) -> dict:
+
+def loss_change_along_top(
+    objective, eigvec, batch_grads, eta: float, alphas: Sequence[float] = ALPHAS, theta=None
+) -> dict:
     """Loss change of a step along the sharpest direction, per multiple alpha of the SGD step.
 
     eigvec e (P,) (normalised here; sign irrelevant), batch_grads G (B, P) mini-batch gradients at
@@ -104,7 +116,7 @@ def loss_change_along_top(objective, eigvec, batch_grads, eta: float, alphas: Se
     if not alphas:
         raise UserInputError("alphas must hold at least one step multiple")
     L0 = objective.loss(th)
-    proj = (G @ e).tolist()                      # e.g_b, (B,)
+    proj = (G @ e).tolist()  # e.g_b, (B,)
     out = {}
     for a in alphas:
         d = np.array([objective.loss(th - (a * eta * p) * e) - L0 for p in proj])
@@ -114,9 +126,18 @@ def loss_change_along_top(objective, eigvec, batch_grads, eta: float, alphas: Se
     return out
 
 
-def alpha_star(objective, direction, eta: float, theta=None, threshold: float = 1.2, *,
-               alpha_min: float = 2.0 ** -6, alpha_max: float = 2.0 ** 8, factor: float = 2.0,
-               rtol: float = 1e-3) -> dict:
+def alpha_star(
+    objective,
+    direction,
+    eta: float,
+    theta=None,
+    threshold: float = 1.2,
+    *,
+    alpha_min: float = 2.0**-6,
+    alpha_max: float = 2.0**8,
+    factor: float = 2.0,
+    rtol: float = 1e-3,
+) -> dict:
     """Break-even-point step-length proxy alpha* (break-even-point.txt l. 109).
 
     alpha* = min { alpha > 0 : L(theta - alpha eta d) >= threshold L(theta) },  threshold = 1.2 (20 %),
@@ -197,10 +218,9 @@ def gradient_alignment(grad, eigvecs) -> dict:
     cos = (E @ g).abs() / (en * gn) if not small else torch.full_like(en, float("nan"))
     out = {f"cos_g_e{i + 1}": float(c) for i, c in enumerate(cos.tolist())}
     if E.shape[0] >= 5:
-        Q, _ = torch.linalg.qr(E[:5].T)          # (P, 5) orthonormal columns spanning e_1..e_5
+        Q, _ = torch.linalg.qr(E[:5].T)  # (P, 5) orthonormal columns spanning e_1..e_5
         g5 = float(torch.linalg.vector_norm(Q.T @ g))
-        out["grad_norm_ratio_top5"] = (float("nan") if small else
-                                       float("inf") if g5 == 0.0 else gn / g5)
+        out["grad_norm_ratio_top5"] = float("nan") if small else float("inf") if g5 == 0.0 else gn / g5
     return out
 
 

@@ -32,8 +32,10 @@ def read_rows(path: str | Path) -> list[dict]:
     records, damaged, _ = read_jsonl(path)
     damaged += [i for i, r in records if not isinstance(r, dict)]
     if damaged:
-        raise UserInputError(f"{path}: line {', '.join(map(str, sorted(damaged)))} damaged (not a JSON row); the "
-                             "run cannot be resumed safely: move the directory away and rerun")
+        raise UserInputError(
+            f"{path}: line {', '.join(map(str, sorted(damaged)))} damaged (not a JSON row); the "
+            "run cannot be resumed safely: move the directory away and rerun"
+        )
     return [r for _, r in records]
 
 
@@ -52,12 +54,14 @@ class RunStore:
         config = json.loads(dumps(config, sort_keys=True))
         if self.config_path.exists():
             old = read_json(self.config_path)
-            diff = sorted(k for k in set(old) | set(config)
-                          if old.get(k) != config.get(k) and k not in self.RESUMABLE_KEYS)
+            diff = sorted(
+                k for k in set(old) | set(config) if old.get(k) != config.get(k) and k not in self.RESUMABLE_KEYS
+            )
             if diff:
                 raise UserInputError(
                     f"{self.dir} holds a run with a different configuration (differs in: {', '.join(diff)}); "
-                    "use a new --out directory or the same options to resume")
+                    "use a new --out directory or the same options to resume"
+                )
         else:
             atomic_write(self.config_path, dumps(config, indent=1, sort_keys=True).encode())
         self.config = config
@@ -89,18 +93,22 @@ class RunStore:
         the metrics to its rows."""
         if not self.checkpoint_path.exists():
             if self.metrics_path.exists():
-                self.metrics_path.unlink()     # rows without any checkpoint: start over
+                self.metrics_path.unlink()  # rows without any checkpoint: start over
             self.n_rows = 0
             return None
         try:
             ck = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
         except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-            raise UserInputError(f"{self.checkpoint_path} cannot be read ({type(err).__name__}: {err}); move the "
-                                 "run directory away and rerun") from None
+            raise UserInputError(
+                f"{self.checkpoint_path} cannot be read ({type(err).__name__}: {err}); move the "
+                "run directory away and rerun"
+            ) from None
         rows = read_rows(self.metrics_path)[: ck["n_rows"]]
         if len(rows) < ck["n_rows"]:
-            raise UserInputError(f"{self.metrics_path} has fewer rows ({len(rows)}) than its checkpoint "
-                                 f"accounts for ({ck['n_rows']}): the run directory was modified")
+            raise UserInputError(
+                f"{self.metrics_path} has fewer rows ({len(rows)}) than its checkpoint "
+                f"accounts for ({ck['n_rows']}): the run directory was modified"
+            )
         write_jsonl(self.metrics_path, rows)
         self.n_rows = len(rows)
         return ck["state"]

@@ -82,8 +82,16 @@ def _model_data(images, mean, std, channels_last: bool, idx=None) -> torch.Tenso
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
-def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndarray, *,
-          progress: bool = True, input_shape=None, num_classes: int = 10) -> RunStore:
+def train(
+    cfg: TrainConfig,
+    out: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    progress: bool = True,
+    input_shape=None,
+    num_classes: int = 10,
+) -> RunStore:
     """Trains (or resumes) the run ``cfg`` in ``out`` on ``images`` uint8 (N, H, W, C), ``labels`` (N,).
 
     Returns the store; rows via ``store.rows()``. Resumes from ``out/checkpoint.pt`` if present.
@@ -97,14 +105,21 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
     device = check_device(cfg.device)
     input_shape = input_shape or (images.shape[3], images.shape[1], images.shape[2])
     params, acts = footprint(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width)
-    check_fits(train_bytes(cfg, params, acts), f"training {cfg.model} at width {cfg.width:g} ({params:,} "
-               f"parameters, batch {cfg.batch})")
+    check_fits(
+        train_bytes(cfg, params, acts),
+        f"training {cfg.model} at width {cfg.width:g} ({params:,} parameters, batch {cfg.batch})",
+    )
     store = RunStore(out, cfg.as_dict())
     mean, std = channel_stats(images)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else \
-        cfg.model.startswith(("simplecnn", "vgg"))
-    model = build_model(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width,
-                        seed=cfg.seed, channels_last=channels_last).to(device)
+    channels_last = cfg.channels_last if cfg.channels_last is not None else cfg.model.startswith(("simplecnn", "vgg"))
+    model = build_model(
+        cfg.model,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        width=cfg.width,
+        seed=cfg.seed,
+        channels_last=channels_last,
+    ).to(device)
     if cfg.init_from is not None:
         if not Path(cfg.init_from).is_file():
             raise UserInputError(f"init_from: no such file {cfg.init_from}")
@@ -118,11 +133,30 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
 
     midx = measurement_subset(n, cfg.measure_fraction, seed=cfg.seed, size=cfg.measure_size)
     mdtype = torch.float64 if cfg.measure_dtype == "float64" else torch.float32
-    objective = Objective(model, _model_data(images, mean, std, channels_last, midx), torch.as_tensor(labels[midx]),
-                          dtype=mdtype, device=device, bn=cfg.bn, bn_batch=cfg.batch)
-    state = dict(step=0, epoch=0, batch_in_epoch=0, acc_hist=[], fired=[], probe_state={},
-                 nsgd_vectors=None, nsgd_step=None, walk=None, wall=0.0, probe_time=0.0, done=False,
-                 last_loss=float("nan"))
+    objective = Objective(
+        model,
+        _model_data(images, mean, std, channels_last, midx),
+        torch.as_tensor(labels[midx]),
+        dtype=mdtype,
+        device=device,
+        bn=cfg.bn,
+        bn_batch=cfg.batch,
+    )
+    state = dict(
+        step=0,
+        epoch=0,
+        batch_in_epoch=0,
+        acc_hist=[],
+        fired=[],
+        probe_state={},
+        nsgd_vectors=None,
+        nsgd_step=None,
+        walk=None,
+        wall=0.0,
+        probe_time=0.0,
+        done=False,
+        last_loss=float("nan"),
+    )
     ck = store.load_checkpoint(map_location=device)
     if ck is not None:
         model.load_state_dict(ck["model"])
@@ -130,8 +164,11 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
         state = ck["state"]
     if state["done"]:
         return store
-    walk = WalkTracker.from_state(state["walk"]) if state["walk"] is not None else \
-        WalkTracker(objective.load(model).theta0.clone())
+    walk = (
+        WalkTracker.from_state(state["walk"])
+        if state["walk"] is not None
+        else WalkTracker(objective.load(model).theta0.clone())
+    )
     acc_hist = deque(state["acc_hist"], maxlen=cfg.acc_window)
     full_x = full_y = None
     if cfg.optimizer in ("gd", "gd-noise"):
@@ -143,19 +180,37 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
 
     def probe(reason: str):
         t0 = time.perf_counter()
-        train_time = (t0 - t_start) - state["probe_time"]        # wall time so far minus earlier probes
+        train_time = (t0 - t_start) - state["probe_time"]  # wall time so far minus earlier probes
         objective.load(model)
-        ctx = probes_mod.ProbeContext(cfg=cfg, model=model, objective=objective, state=state["probe_state"],
-                                      walk=walk, step=state["step"], n_train=n)
+        ctx = probes_mod.ProbeContext(
+            cfg=cfg,
+            model=model,
+            objective=objective,
+            state=state["probe_state"],
+            walk=walk,
+            step=state["step"],
+            n_train=n,
+        )
         metrics = probes_mod.run_probes(cfg.probes, ctx)
-        row = dict(cfg.as_dict(), step=state["step"], epoch=state["step"] / steps_per_epoch, reason=reason,
-                   train_loss_batch=state["last_loss"],
-                   train_acc_running=float(np.mean(acc_hist)) if acc_hist else float("nan"),
-                   measure_loss=objective.loss(), measure_acc=objective.accuracy(), **metrics)
+        row = dict(
+            cfg.as_dict(),
+            step=state["step"],
+            epoch=state["step"] / steps_per_epoch,
+            reason=reason,
+            train_loss_batch=state["last_loss"],
+            train_acc_running=float(np.mean(acc_hist)) if acc_hist else float("nan"),
+            measure_loss=objective.loss(),
+            measure_acc=objective.accuracy(),
+            **metrics,
+        )
         state["probe_time"] += time.perf_counter() - t0
         state["wall"] = time.perf_counter() - t_start
-        row.update(train_time_s=train_time, probe_time_s=state["probe_time"], probes=",".join(cfg.probes),
-                   probe_acc=list(cfg.probe_acc))
+        row.update(
+            train_time_s=train_time,
+            probe_time_s=state["probe_time"],
+            probes=",".join(cfg.probes),
+            probe_acc=list(cfg.probe_acc),
+        )
         state["last_probe"] = state["step"]
         store.append(row)
         checkpoint()
@@ -170,14 +225,25 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
             stream = iter([(full_x, full_y)])
         else:
             gen = torch.Generator().manual_seed(seed_for(cfg.seed, 1, epoch))
-            stream = batches(images, labels, cfg.batch, gen, augment=cfg.augment, mean=mean, std=std,
-                             device=device, memory_format=torch.channels_last if channels_last
-                             else torch.contiguous_format)
+            stream = batches(
+                images,
+                labels,
+                cfg.batch,
+                gen,
+                augment=cfg.augment,
+                mean=mean,
+                std=std,
+                device=device,
+                memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+            )
             for _ in range(state["batch_in_epoch"]):
                 next(stream)
         for xb, yb in stream:
-            theta_before = (walk.theta_after if walk.theta_after is not None else walk.theta_init) \
-                if "walk" in cfg.probes else None        # the parameters now: what the last update left
+            theta_before = (
+                (walk.theta_after if walk.theta_after is not None else walk.theta_init)
+                if "walk" in cfg.probes
+                else None
+            )  # the parameters now: what the last update left
             model.train()
             opt.zero_grad(set_to_none=False)
             if cfg.optimizer in ("gd", "gd-noise"):
@@ -189,9 +255,18 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
                 loss, correct = float(loss_t.detach()), float((logits.argmax(1) == yb).float().mean())
             if not math.isfinite(loss):
                 state["wall"] = time.perf_counter() - t_start
-                store.append(dict(cfg.as_dict(), step=state["step"], epoch=state["step"] / steps_per_epoch,
-                                  reason="diverged", diverged=state["step"], train_loss_batch=loss,
-                                  probes=",".join(cfg.probes), probe_acc=list(cfg.probe_acc)))
+                store.append(
+                    dict(
+                        cfg.as_dict(),
+                        step=state["step"],
+                        epoch=state["step"] / steps_per_epoch,
+                        reason="diverged",
+                        diverged=state["step"],
+                        train_loss_batch=loss,
+                        probes=",".join(cfg.probes),
+                        probe_acc=list(cfg.probe_acc),
+                    )
+                )
                 state["done"] = True
                 checkpoint()
                 bar.close()
@@ -223,11 +298,15 @@ def train(cfg: TrainConfig, out: str | Path, images: np.ndarray, labels: np.ndar
                 probe("+".join(due))
             if state["step"] >= total_steps:
                 break
-        else:   # the epoch ran to its end
+        else:  # the epoch ran to its end
             state["epoch"] += 1
             state["batch_in_epoch"] = 0
-            if (cfg.probe_epochs and steps_per_epoch > 1 and state["step"] < total_steps
-                    and state.get("last_probe") != state["step"]):           # GD: every step is an epoch
+            if (
+                cfg.probe_epochs
+                and steps_per_epoch > 1
+                and state["step"] < total_steps
+                and state.get("last_probe") != state["step"]
+            ):  # GD: every step is an epoch
                 probe("epoch")
     state["done"] = True
     checkpoint()
@@ -240,11 +319,11 @@ def _full_gradient(model, x, y, chunk: int) -> tuple[float, float]:
     n = x.shape[0]
     total, correct = 0.0, 0
     for s in range(0, n, chunk):
-        logits = model(x[s:s + chunk])
-        loss = F.cross_entropy(logits, y[s:s + chunk], reduction="sum") / n
+        logits = model(x[s : s + chunk])
+        loss = F.cross_entropy(logits, y[s : s + chunk], reduction="sum") / n
         loss.backward()
         total += float(loss.detach())
-        correct += int((logits.argmax(1) == y[s:s + chunk]).sum())
+        correct += int((logits.argmax(1) == y[s : s + chunk]).sum())
     return total, correct / n
 
 
@@ -257,8 +336,8 @@ def _modify_gradient(cfg: TrainConfig, model, objective: Objective, state: dict)
     if cfg.optimizer == "nsgd":
         if state["nsgd_step"] is None or state["step"] - state["nsgd_step"] >= cfg.nsgd_every:
             probed = state["probe_state"].get("eigvecs")
-            if state.get("last_probe") == state["step"] and probed is not None:   # the lanczos probe just ran here
-                E = probed[:cfg.nsgd_k]
+            if state.get("last_probe") == state["step"] and probed is not None:  # the lanczos probe just ran here
+                E = probed[: cfg.nsgd_k]
             else:
                 objective.load(model)
                 E = probes_mod.top_eigenpairs(objective, cfg, state["nsgd_vectors"], k=cfg.nsgd_k).vectors

@@ -21,8 +21,9 @@ __all__ = ["segment_walk_metrics", "cos_consecutive", "distance_from_init", "Wal
 
 def _same_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str):
     if a.shape != b.shape:
-        raise UserInputError(f"{name_a} and {name_b} must have the same shape, got "
-                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        raise UserInputError(
+            f"{name_a} and {name_b} must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
 
 
 def segment_walk_metrics(objective, theta_prev, theta_next, n_interp: int = N_INTERP) -> dict:
@@ -43,7 +44,7 @@ def segment_walk_metrics(objective, theta_prev, theta_next, n_interp: int = N_IN
     check_int_range(n_interp, "n_interp", 1)
     a = check_vector(theta_prev, "theta_prev", objective.dim)
     b = check_vector(theta_next, "theta_next", objective.dim)
-    ref = getattr(objective, "theta0", None)   # interpolate in the objective's dtype/device
+    ref = getattr(objective, "theta0", None)  # interpolate in the objective's dtype/device
     if isinstance(ref, torch.Tensor):
         a, b = a.to(ref), b.to(ref)
     alphas = interpolation_alphas(int(n_interp))
@@ -52,9 +53,14 @@ def segment_walk_metrics(objective, theta_prev, theta_next, n_interp: int = N_IN
         th = a if j == 0 else b if j == len(alphas) - 1 else (1.0 - float(al)) * a + float(al) * b
         losses.append(objective.loss(th))
     m = segment_metrics(losses)
-    return {"floor": float(m["floor"]), "height": float(m["height"]), "barrier": float(m["barrier"]),
-            "barrier_size": float(m["barrier_size"]), "loss_prev": float(losses[0]),
-            "loss_next": float(losses[-1])}
+    return {
+        "floor": float(m["floor"]),
+        "height": float(m["height"]),
+        "barrier": float(m["barrier"]),
+        "barrier_size": float(m["barrier_size"]),
+        "loss_prev": float(losses[0]),
+        "loss_next": float(losses[-1]),
+    }
 
 
 def cos_consecutive(g_prev, g_next) -> dict:
@@ -93,10 +99,10 @@ class WalkTracker:
     def __init__(self, theta_init):
         self.theta_init = check_vector(theta_init, "theta_init").detach().clone()
         self.dim = self.theta_init.shape[0]
-        self.theta_before = None   # parameters before the last update
-        self.theta_after = None    # parameters after the last update
-        self.g_last = None         # gradient of the last update
-        self.cos_last = float("nan")   # cos(g of the update before the last, g_last); nan after one update
+        self.theta_before = None  # parameters before the last update
+        self.theta_after = None  # parameters after the last update
+        self.g_last = None  # gradient of the last update
+        self.cos_last = float("nan")  # cos(g of the update before the last, g_last); nan after one update
         self.steps = 0
 
     def update(self, theta_before, theta_after, step_gradient) -> None:
@@ -105,8 +111,7 @@ class WalkTracker:
         tb = check_vector(theta_before, "theta_before", self.dim)
         ta = check_vector(theta_after, "theta_after", self.dim)
         g = check_vector(step_gradient, "step_gradient", self.dim).detach()
-        self.cos_last = (cos_consecutive(self.g_last, g)["cos_consecutive"] if self.g_last is not None
-                         else float("nan"))
+        self.cos_last = cos_consecutive(self.g_last, g)["cos_consecutive"] if self.g_last is not None else float("nan")
         self.theta_before, self.theta_after = tb.detach().clone(), ta.detach().clone()
         self.g_last = g.clone()
         self.steps += 1
@@ -118,8 +123,12 @@ class WalkTracker:
         segment keys and the cosine are nan and the distance is 0."""
         if self.steps == 0:
             nan = float("nan")
-            return {**dict.fromkeys(("floor", "height", "barrier", "barrier_size", "loss_prev", "loss_next",
-                                     "cos_consecutive"), nan), "distance_from_init": 0.0}
+            return {
+                **dict.fromkeys(
+                    ("floor", "height", "barrier", "barrier_size", "loss_prev", "loss_next", "cos_consecutive"), nan
+                ),
+                "distance_from_init": 0.0,
+            }
         out = segment_walk_metrics(objective, self.theta_before, self.theta_after, n_interp)
         out["cos_consecutive"] = self.cos_last
         out.update(distance_from_init(self.theta_after, self.theta_init))

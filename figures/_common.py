@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402,F401  (re-exported for the scripts
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:          # run as `python figures/x.py` from a checkout without installing
+if str(ROOT) not in sys.path:  # run as `python figures/x.py` from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from valleysim import argtypes as T  # noqa: E402
@@ -88,7 +88,9 @@ def stopped_note(summaries: list[dict]) -> str:
         return "stopped trajectories: none"
     return "stopped trajectories: " + "; ".join(
         f"eta={s['eta']:g} S={s.get('batch')}: {s['stopped']}/{s['trajectories']} "
-        f"(first at step {s['first_stop_step']}: {s['first_stop_reason']})" for s in bad)
+        f"(first at step {s['first_stop_step']}: {s['first_stop_reason']})"
+        for s in bad
+    )
 
 
 class Timer:

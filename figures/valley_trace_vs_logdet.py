@@ -62,18 +62,22 @@ def equilibration(run, last: int = 10) -> dict:
     X = run.coords[run.completed][:, -last:]
     n = run.land.n
     W = predictions(run, X[:, :, n:])["W"]
-    return {"theta2_over_W": (X[:, :, :n] ** 2).mean(axis=(0, 1)) / W.mean(axis=(0, 1)),
-            "eta_lambda_end": run.eta * run.land.eval_lambdas(X).mean(axis=(0, 1))}
+    return {
+        "theta2_over_W": (X[:, :, :n] ** 2).mean(axis=(0, 1)) / W.mean(axis=(0, 1)),
+        "eta_lambda_end": run.eta * run.land.eval_lambdas(X).mean(axis=(0, 1)),
+    }
 
 
 def drift_rates(land, x0, c, sigma, eta):
     """Leading-order per-step drift of T and logdet at x0 for sgd (scale c) and isotropic (sigma) noise."""
     lam, g = land.eval_lambdas(x0), land.eval_grad_lambdas(x0)
-    A = np.einsum("ik,jk->ij", g, g)                  # grad lambda_i . grad lambda_j
+    A = np.einsum("ik,jk->ij", g, g)  # grad lambda_i . grad lambda_j
     rates = {}
     for name, W in (("sgd", eta * c / 2 * np.ones_like(lam)), ("isotropic", eta * sigma / (2 * lam))):
-        rates[name] = {"trace": -0.5 * eta * float(W @ A @ np.ones_like(lam)),
-                       "logdet": -0.5 * eta * float(W @ A @ (1 / lam))}
+        rates[name] = {
+            "trace": -0.5 * eta * float(W @ A @ np.ones_like(lam)),
+            "logdet": -0.5 * eta * float(W @ A @ (1 / lam)),
+        }
     return rates
 
 
@@ -90,11 +94,25 @@ def main(argv=None) -> int:
     inits = [s for s in args.inits.split(";") if s]
     eta = args.eta
 
-    fig, axes = C.plt.subplots(len(inits), 2, figsize=(11, 3.9 * len(inits)), constrained_layout=True,
-                               squeeze=False)
-    data, rows, sums = {"settings": {"landscape": "exp-toy", "eta": eta, "S": args.batch, "M": args.dataset_size,
-                                     "burn_in": burn_in, "steps": steps, "trajectories": R,
-                                     "record_every": rec_every, "seed": args.seed}, "inits": {}}, [], []
+    fig, axes = C.plt.subplots(len(inits), 2, figsize=(11, 3.9 * len(inits)), constrained_layout=True, squeeze=False)
+    data, rows, sums = (
+        {
+            "settings": {
+                "landscape": "exp-toy",
+                "eta": eta,
+                "S": args.batch,
+                "M": args.dataset_size,
+                "burn_in": burn_in,
+                "steps": steps,
+                "trajectories": R,
+                "record_every": rec_every,
+                "seed": args.seed,
+            },
+            "inits": {},
+        },
+        [],
+        [],
+    )
     for row, init in enumerate(inits):
         land = catalogue("exp-toy").with_init(init)
         x0 = np.asarray(land.init)
@@ -110,23 +128,47 @@ def main(argv=None) -> int:
         # lowers logdet faster iff sigma > c * (sum |g_i|^2 / lam_i) / (sum |g_i|^2 / lam_i^2) (g_1 . g_2 = 0 here)
         sig_hi = c * (Aw + Bw) / (Aw / lam0[0] + Bw / lam0[1])
         sig_lo = c * (Aw / lam0[0] + Bw / lam0[1]) / (Aw / lam0[0] ** 2 + Bw / lam0[1] ** 2)
-        entry = {"init": init, "lambda0": lam0, "grad_lambda0": g, "c": c, "sigma_isotropic": sigma,
-                 "claim_window_sigma": [sig_lo, sig_hi], "leading_rates_at_start": rates, "noises": {}}
-        print(f"\nexp-toy start {init}: lambda = {np.round(lam0, 4).tolist()}, |grad lambda_i|^2 = "
-              f"{[round(Aw, 4), round(Bw, 4)]}; c = {c:.4g}, isotropic sigma = c T0/2 = {sigma:.4g}; "
-              f"claim holds at the start iff {sig_lo:.4g} < sigma < {sig_hi:.4g}")
+        entry = {
+            "init": init,
+            "lambda0": lam0,
+            "grad_lambda0": g,
+            "c": c,
+            "sigma_isotropic": sigma,
+            "claim_window_sigma": [sig_lo, sig_hi],
+            "leading_rates_at_start": rates,
+            "noises": {},
+        }
+        print(
+            f"\nexp-toy start {init}: lambda = {np.round(lam0, 4).tolist()}, |grad lambda_i|^2 = "
+            f"{[round(Aw, 4), round(Bw, 4)]}; c = {c:.4g}, isotropic sigma = c T0/2 = {sigma:.4g}; "
+            f"claim holds at the start iff {sig_lo:.4g} < sigma < {sig_hi:.4g}"
+        )
         for k, (name, noise) in enumerate((("sgd", sgd), ("isotropic", iso))):
-            run = simulate(land, noise, eta, steps=steps, burn_in=burn_in, trajectories=R,
-                                  seed=args.seed + 10 * row + k, record_every=rec_every)
+            run = simulate(
+                land,
+                noise,
+                eta,
+                steps=steps,
+                burn_in=burn_in,
+                trajectories=R,
+                seed=args.seed + 10 * row + k,
+                record_every=rec_every,
+            )
             s = summarise(run)
             s["eta"], s["batch"] = eta, f"{init} {name}"
             sums.append(s)
-            xhat0 = np.nanmean(run.coords[run.completed][:, 0, land.n:], axis=0)
+            xhat0 = np.nanmean(run.coords[run.completed][:, 0, land.n :], axis=0)
             mf = mean_field_path(run, xhat0)
             eq = equilibration(run)
             e = {"completed": s["completed"], "stopped": s["stopped"], "summary": s}
-            r = {"init": init, "noise": name, "completed": s["completed"], "stopped": s["stopped"],
-                 "theta2_over_W_end": eq["theta2_over_W"].tolist(), "eta_lambda_end": eq["eta_lambda_end"].tolist()}
+            r = {
+                "init": init,
+                "noise": name,
+                "completed": s["completed"],
+                "stopped": s["stopped"],
+                "theta2_over_W_end": eq["theta2_over_W"].tolist(),
+                "eta_lambda_end": eq["eta_lambda_end"].tolist(),
+            }
             for j, obs in enumerate(("trace", "logdet")):
                 st, mean, se = ensemble_band(run, obs)
                 pred = predicted_path(run, obs)
@@ -135,13 +177,22 @@ def main(argv=None) -> int:
                 col = COLORS[name]
                 ax.plot(st, mean, color=col, lw=1.5, label=f"{name} (simulated, 2 SE band)")
                 ax.fill_between(st, mean - 2 * se, mean + 2 * se, color=col, alpha=0.25, lw=0)
-                ax.plot(st, pred, "--", color=col, lw=1, alpha=0.9,
-                        label=f"{name}: drift integrated along trajectories")
+                ax.plot(
+                    st, pred, "--", color=col, lw=1, alpha=0.9, label=f"{name}: drift integrated along trajectories"
+                )
                 ax.plot(st, mf[obs], ":", color=col, lw=2, label=f"{name}: mean-field ODE")
-                r.update({f"{obs}_start": mean[0], f"{obs}_end": mean[-1], f"{obs}_end_se": se[-1],
-                          f"d{obs}": s[f"{obs}_drift_per_step"] * steps, f"d{obs}_se": s[f"{obs}_drift_stderr"] * steps,
-                          f"d{obs}_pred_path": pred[-1] - pred[0], f"d{obs}_mean_field": mf[obs][-1] - mf[obs][0],
-                          f"d{obs}_leading_start": rates[name][obs] * steps})
+                r.update(
+                    {
+                        f"{obs}_start": mean[0],
+                        f"{obs}_end": mean[-1],
+                        f"{obs}_end_se": se[-1],
+                        f"d{obs}": s[f"{obs}_drift_per_step"] * steps,
+                        f"d{obs}_se": s[f"{obs}_drift_stderr"] * steps,
+                        f"d{obs}_pred_path": pred[-1] - pred[0],
+                        f"d{obs}_mean_field": mf[obs][-1] - mf[obs][0],
+                        f"d{obs}_leading_start": rates[name][obs] * steps,
+                    }
+                )
             entry["noises"][name] = e
             rows.append(r)
         for j, obs in enumerate(("trace", "logdet")):
@@ -153,12 +204,27 @@ def main(argv=None) -> int:
         data["inits"][init] = entry
 
     print()
-    print(C.table(rows, [("init", "start", "s"), ("noise", "noise", "s"), ("trace_end", "T end", ".4f"),
-                         ("trace_end_se", "SE", ".1e"), ("dtrace", "dT", ".4f"), ("dtrace_se", "SE", ".1e"),
-                         ("dtrace_pred_path", "dT path-th", ".4f"), ("dtrace_mean_field", "dT ODE", ".4f"),
-                         ("logdet_end", "logdet end", ".4f"), ("logdet_end_se", "SE", ".1e"),
-                         ("dlogdet", "dlogdet", ".4f"), ("dlogdet_se", "SE", ".1e"),
-                         ("dlogdet_pred_path", "dld path-th", ".4f"), ("dlogdet_mean_field", "dld ODE", ".4f")]))
+    print(
+        C.table(
+            rows,
+            [
+                ("init", "start", "s"),
+                ("noise", "noise", "s"),
+                ("trace_end", "T end", ".4f"),
+                ("trace_end_se", "SE", ".1e"),
+                ("dtrace", "dT", ".4f"),
+                ("dtrace_se", "SE", ".1e"),
+                ("dtrace_pred_path", "dT path-th", ".4f"),
+                ("dtrace_mean_field", "dT ODE", ".4f"),
+                ("logdet_end", "logdet end", ".4f"),
+                ("logdet_end_se", "SE", ".1e"),
+                ("dlogdet", "dlogdet", ".4f"),
+                ("dlogdet_se", "SE", ".1e"),
+                ("dlogdet_pred_path", "dld path-th", ".4f"),
+                ("dlogdet_mean_field", "dld ODE", ".4f"),
+            ],
+        )
+    )
     for init in inits:
         a, b = [next(r for r in rows if r["init"] == init and r["noise"] == nm) for nm in ("sgd", "isotropic")]
         t_ok = a["dtrace"] < b["dtrace"]
@@ -168,27 +234,44 @@ def main(argv=None) -> int:
         ratio = {nm: r["dtrace"] / r["dlogdet"] for nm, r in (("sgd", a), ("isotropic", b))}
         # scale-free form of the claim: sgd drifts theta_hat along -grad T, isotropic along -grad logdet, so
         # (Cauchy-Schwarz) dT/dlogdet is larger under sgd whatever the two noise scales are
-        g_T, g_L = [np.asarray(data["inits"][init]["grad_lambda0"]).T @ w for w in
-                    (np.ones(2), 1 / np.asarray(data["inits"][init]["lambda0"]))]
+        g_T, g_L = [
+            np.asarray(data["inits"][init]["grad_lambda0"]).T @ w
+            for w in (np.ones(2), 1 / np.asarray(data["inits"][init]["lambda0"]))
+        ]
         ratio_pred = {"sgd": float(g_T @ g_T / (g_T @ g_L)), "isotropic": float(g_T @ g_L / (g_L @ g_L))}
-        data["inits"][init]["claim"] = {"sgd_lowers_trace_more": t_ok, "z_trace": zt,
-                                        "isotropic_lowers_logdet_more": l_ok, "z_logdet": zl,
-                                        "dT_per_dlogdet": ratio, "dT_per_dlogdet_predicted_at_start": ratio_pred,
-                                        "ratio_ordering_holds": ratio["sgd"] > ratio["isotropic"]}
-        print(f"start {init}: at equal total noise power, SGD lowers the trace more: {t_ok} (z = {zt:.1f}); "
-              f"isotropic lowers log det more: {l_ok} (z = {zl:.1f})")
-        print(f"   scale-free: dT/dlogdet sgd {ratio['sgd']:.3f} (start theory {ratio_pred['sgd']:.3f}) > isotropic "
-              f"{ratio['isotropic']:.3f} (start theory {ratio_pred['isotropic']:.3f}): "
-              f"{ratio['sgd'] > ratio['isotropic']}")
-        print(f"   <theta_j^2>/W_jj at the end: sgd {np.round(a['theta2_over_W_end'], 2).tolist()}, isotropic "
-              f"{np.round(b['theta2_over_W_end'], 2).tolist()}; eta lambda_2 at the end: sgd "
-              f"{a['eta_lambda_end'][1]:.1e}, isotropic {b['eta_lambda_end'][1]:.1e}")
-    print("Where <theta_2^2>/W_22 << 1 (isotropic noise drives lambda_2 -> 0, relaxation time 1/(eta lambda_2) grows "
-          "past the window) theta_2 is out of equilibrium and both predictions (dashed, dotted) overshoot the "
-          "simulated drift; the equal-power comparison depends on the noise scales (claim window above).")
+        data["inits"][init]["claim"] = {
+            "sgd_lowers_trace_more": t_ok,
+            "z_trace": zt,
+            "isotropic_lowers_logdet_more": l_ok,
+            "z_logdet": zl,
+            "dT_per_dlogdet": ratio,
+            "dT_per_dlogdet_predicted_at_start": ratio_pred,
+            "ratio_ordering_holds": ratio["sgd"] > ratio["isotropic"],
+        }
+        print(
+            f"start {init}: at equal total noise power, SGD lowers the trace more: {t_ok} (z = {zt:.1f}); "
+            f"isotropic lowers log det more: {l_ok} (z = {zl:.1f})"
+        )
+        print(
+            f"   scale-free: dT/dlogdet sgd {ratio['sgd']:.3f} (start theory {ratio_pred['sgd']:.3f}) > isotropic "
+            f"{ratio['isotropic']:.3f} (start theory {ratio_pred['isotropic']:.3f}): "
+            f"{ratio['sgd'] > ratio['isotropic']}"
+        )
+        print(
+            f"   <theta_j^2>/W_jj at the end: sgd {np.round(a['theta2_over_W_end'], 2).tolist()}, isotropic "
+            f"{np.round(b['theta2_over_W_end'], 2).tolist()}; eta lambda_2 at the end: sgd "
+            f"{a['eta_lambda_end'][1]:.1e}, isotropic {b['eta_lambda_end'][1]:.1e}"
+        )
+    print(
+        "Where <theta_2^2>/W_22 << 1 (isotropic noise drives lambda_2 -> 0, relaxation time 1/(eta lambda_2) grows "
+        "past the window) theta_2 is out of equilibrium and both predictions (dashed, dotted) overshoot the "
+        "simulated drift; the equal-power comparison depends on the noise scales (claim window above)."
+    )
     print(C.stopped_note(sums))
-    fig.suptitle(f"exp-toy, η = {eta:g}, SGD noise c(S={args.batch}, M={args.dataset_size}) vs isotropic noise of "
-                 f"equal total power at the start; R = {R}, burn-in {burn_in}")
+    fig.suptitle(
+        f"exp-toy, η = {eta:g}, SGD noise c(S={args.batch}, M={args.dataset_size}) vs isotropic noise of "
+        f"equal total power at the start; R = {R}, burn-in {burn_in}"
+    )
     data["table"], data["stopped"] = rows, C.stopped_note(sums)
     C.save(fig, args.out, "valley_trace_vs_logdet", data, timer)
     return 0

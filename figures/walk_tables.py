@@ -23,8 +23,17 @@ import numpy as np
 from valleysim.walk import TRACE_FIELDS, WalkLandscape, per_bin, simulate, summarise
 
 F = {name: j for j, name in enumerate(TRACE_FIELDS)}
-KEYS = ("height", "cos", "distance", "progress", "barriers_total", "final_loss", "flat_norm",
-        "floor_rise_fraction", "wall_amplitude")
+KEYS = (
+    "height",
+    "cos",
+    "distance",
+    "progress",
+    "barriers_total",
+    "final_loss",
+    "flat_norm",
+    "floor_rise_fraction",
+    "wall_amplitude",
+)
 
 
 def _row(s: dict, **extra) -> dict:
@@ -50,24 +59,48 @@ def main(argv=None) -> int:
 
     def run(opt, eta, S=None, **kw):
         seed[0] += 1
-        return simulate(land, eta, optimizer=opt, steps=T, trajectories=1 if opt == "gd" else R, batch_size=S,
-                             seed=seed[0], n_bins=4, **kw)
+        return simulate(
+            land,
+            eta,
+            optimizer=opt,
+            steps=T,
+            trajectories=1 if opt == "gd" else R,
+            batch_size=S,
+            seed=seed[0],
+            n_bins=4,
+            **kw,
+        )
 
-    print(f"landscape: N={land.N}, wall curvature at the floor k={k:.4f}, D={land.D}; T={T} steps, "
-          f"R={R} trajectories, 4 windows of {T // 4} steps\n")
+    print(
+        f"landscape: N={land.N}, wall curvature at the floor k={k:.4f}, D={land.D}; T={T} steps, "
+        f"R={R} trajectories, 4 windows of {T // 4} steps\n"
+    )
     data: dict = {"landscape": land.params, "floor_curvature": k, "steps": T, "trajectories": R}
 
     # --- T1: barriers crossed per window ---
-    t1_cases = [("sgd", 2.0, 4), ("sgd", 2.0, 1), ("sgd", 1.0, 4), ("gd-noise", 2.0, 4), ("gd-noise", 2.0, 1),
-                ("gd", 2.0, None), ("gd", 1.0, None)]
+    t1_cases = [
+        ("sgd", 2.0, 4),
+        ("sgd", 2.0, 1),
+        ("sgd", 1.0, 4),
+        ("gd-noise", 2.0, 4),
+        ("gd-noise", 2.0, 1),
+        ("gd", 2.0, None),
+        ("gd", 1.0, None),
+    ]
     t1 = []
     for opt, eta, S in t1_cases:
         r = run(opt, eta, S)
         pb = per_bin(r)
-        t1.append({"optimizer": opt, "eta": eta, "batch": S,
-                   **{f"w{j + 1}": pb["barriers"][j][0] for j in range(4)},
-                   **{f"w{j + 1}_se": pb["barriers"][j][1] for j in range(4)},
-                   "progress": summarise(r)["progress"]})
+        t1.append(
+            {
+                "optimizer": opt,
+                "eta": eta,
+                "batch": S,
+                **{f"w{j + 1}": pb["barriers"][j][0] for j in range(4)},
+                **{f"w{j + 1}_se": pb["barriers"][j][1] for j in range(4)},
+                "progress": summarise(r)["progress"],
+            }
+        )
     print("T1  barriers crossed per window of", T // 4, "steps (mean per trajectory)")
     print(_text_table(t1, ["w1", "w2", "w3", "w4"], "progress"))
     data["table1_barriers"] = t1
@@ -77,9 +110,15 @@ def main(argv=None) -> int:
     for eta in (1.0, 1.5, 2.0, 2.5):
         r = run("sgd", eta, 4)
         pb = per_bin(r)
-        t2.append({"optimizer": "sgd", "eta": eta, "batch": 4,
-                   **{f"w{j + 1}": pb["height"][j][0] for j in range(4)},
-                   **{f"w{j + 1}_se": pb["height"][j][1] for j in range(4)}})
+        t2.append(
+            {
+                "optimizer": "sgd",
+                "eta": eta,
+                "batch": 4,
+                **{f"w{j + 1}": pb["height"][j][0] for j in range(4)},
+                **{f"w{j + 1}_se": pb["height"][j][1] for j in range(4)},
+            }
+        )
     print("\nT2  average height above the valley floor per window, SGD S=4")
     print(_text_table(t2, ["w1", "w2", "w3", "w4"]))
     data["table2_height"] = t2
@@ -92,9 +131,12 @@ def main(argv=None) -> int:
             grid.append(_row(summarise(run("sgd", eta, S))))
         grid.append(_row(summarise(run("gd", eta)), batch=land.N))
     data["table3_grid"] = grid
-    for key, name in (("height", "height above floor"), ("cos", "cos(g_{t-1}, g_t)"),
-                      ("distance", "distance from init ||theta_T - theta_0||"),
-                      ("progress", "progress along the valley y_T - y_0")):
+    for key, name in (
+        ("height", "height above floor"),
+        ("cos", "cos(g_{t-1}, g_t)"),
+        ("distance", "distance from init ||theta_T - theta_0||"),
+        ("progress", "progress along the valley y_T - y_0"),
+    ):
         print(f"\nT3  {name}: rows eta, columns S (last column GD, S = N = {land.N})")
         head = f"{'eta':>6} {'eta k':>6}" + "".join(f"{'S=' + str(S):>17}" for S in (*Ss, land.N))
         print(head)
@@ -104,25 +146,58 @@ def main(argv=None) -> int:
             print(f"{eta:>6g} {eta * k:>6.3g}" + "".join(f"{_pm(r[key], r[key + '_se']):>17}" for r in cells))
 
     # --- T4: GD damping ---
-    quad = WalkLandscape.make(n_examples=1, k_spread=0.0, offset_std=0.0, slope=0.0, slope_std=0.0,
-                              width=math.inf, barrier=0.0, n_flat=0)
+    quad = WalkLandscape.make(
+        n_examples=1, k_spread=0.0, offset_std=0.0, slope=0.0, slope_std=0.0, width=math.inf, barrier=0.0, n_flat=0
+    )
     t4 = []
     for ek in (0.5, 0.9, 1.5, 1.9):
         r = simulate(quad, ek, optimizer="gd", steps=30, trajectories=1, n_rec=1)
         cos = r.traces[0, 1:, F["cos"]]
-        t4.append({"wall": "quadratic", "eta_k": ek, "cos_mean": float(np.nanmean(cos)),
-                   "cos_predicted": float(np.sign(1 - ek)), "x_30": float(r.theta_end[0, 0]),
-                   "x_30_predicted": (1 - ek) ** 30, "height": summarise(r)["height"], "progress": 0.0})
+        t4.append(
+            {
+                "wall": "quadratic",
+                "eta_k": ek,
+                "cos_mean": float(np.nanmean(cos)),
+                "cos_predicted": float(np.sign(1 - ek)),
+                "x_30": float(r.theta_end[0, 0]),
+                "x_30_predicted": (1 - ek) ** 30,
+                "height": summarise(r)["height"],
+                "progress": 0.0,
+            }
+        )
     for eta in (1.0, 2.0, 2.5, 3.0, 3.5):
-        s = summarise(run("gd", eta), window="all")        # GD stops at a minimum when eta k < 2: whole run
-        t4.append({"wall": "saturating (default)", "eta_k": eta * k, "cos_mean": s["cos"], "cos_predicted": None,
-                   "x_30": None, "x_30_predicted": None, "height": s["height"], "progress": s["progress"]})
+        s = summarise(run("gd", eta), window="all")  # GD stops at a minimum when eta k < 2: whole run
+        t4.append(
+            {
+                "wall": "saturating (default)",
+                "eta_k": eta * k,
+                "cos_mean": s["cos"],
+                "cos_predicted": None,
+                "x_30": None,
+                "x_30_predicted": None,
+                "height": s["height"],
+                "progress": s["progress"],
+            }
+        )
     print("\nT4  GD damping (R7): cos(g_{t-1}, g_t) of GD")
-    print(C.table(t4, [("eta_k", "eta k", ".3g"), ("cos_mean", "cos", ".4f"), ("cos_predicted", "predicted", ".0f"),
-                       ("x_30", "x_30", ".3e"), ("x_30_predicted", "(1-eta k)^30", ".3e"),
-                       ("height", "height", ".4f"), ("progress", "progress", ".2f")]))
-    print("    rows 1-4: quadratic wall, 30 steps; rows 5-9: default landscape, whole run (GD bounces between "
-          "the walls for eta k > 2,\n    stops in front of the first barrier below)")
+    print(
+        C.table(
+            t4,
+            [
+                ("eta_k", "eta k", ".3g"),
+                ("cos_mean", "cos", ".4f"),
+                ("cos_predicted", "predicted", ".0f"),
+                ("x_30", "x_30", ".3e"),
+                ("x_30_predicted", "(1-eta k)^30", ".3e"),
+                ("height", "height", ".4f"),
+                ("progress", "progress", ".2f"),
+            ],
+        )
+    )
+    print(
+        "    rows 1-4: quadratic wall, 30 steps; rows 5-9: default landscape, whole run (GD bounces between "
+        "the walls for eta k > 2,\n    stops in front of the first barrier below)"
+    )
     data["table4_gd_damping"] = t4
 
     # --- T5: SGD vs GD + isotropic noise ---
@@ -141,11 +216,24 @@ def main(argv=None) -> int:
             traj["gd"] = r
     traj["gd-bounce"] = run("gd", 2.5, n_rec=1)
     print("\nT5  SGD vs GD + isotropic noise with SGD's noise power at the start (same eta, S) vs GD")
-    print(C.table(t5, [("eta", "eta", "g"), ("batch", "S", "g"), ("optimizer", "optimizer", ""),
-                       ("progress", "progress", ".2f"), ("progress_se", "± SE", ".2f"),
-                       ("height", "height", ".4f"), ("barriers_total", "barriers", ".2f"),
-                       ("distance", "distance", ".2f"), ("flat_norm", "|z_T|", ".3f"),
-                       ("final_loss", "final loss", ".3f"), ("cos", "cos", ".3f")]))
+    print(
+        C.table(
+            t5,
+            [
+                ("eta", "eta", "g"),
+                ("batch", "S", "g"),
+                ("optimizer", "optimizer", ""),
+                ("progress", "progress", ".2f"),
+                ("progress_se", "± SE", ".2f"),
+                ("height", "height", ".4f"),
+                ("barriers_total", "barriers", ".2f"),
+                ("distance", "distance", ".2f"),
+                ("flat_norm", "|z_T|", ".3f"),
+                ("final_loss", "final loss", ".3f"),
+                ("cos", "cos", ".3f"),
+            ],
+        )
+    )
     data["table5_sgd_vs_isotropic"] = t5
 
     # --- figure ---
@@ -153,25 +241,51 @@ def main(argv=None) -> int:
     a = ax[0, 0]
     for S in Ss:
         rows = [r for r in grid if r["batch"] == S]
-        a.errorbar([r["eta"] for r in rows], [r["height"] for r in rows], [2 * r["height_se"] for r in rows],
-                   marker="o", capsize=3, label=f"S={S}")
+        a.errorbar(
+            [r["eta"] for r in rows],
+            [r["height"] for r in rows],
+            [2 * r["height_se"] for r in rows],
+            marker="o",
+            capsize=3,
+            label=f"S={S}",
+        )
     a.set(xlabel="eta", ylabel="mean height above the floor", title="height grows with eta (and with 1/S)")
     a.legend(fontsize=8)
     a = ax[0, 1]
     for eta in etas:
         rows = [r for r in grid if r["eta"] == eta]
-        a.errorbar([r["batch"] for r in rows], [r["cos"] for r in rows], [2 * r["cos_se"] for r in rows],
-                   marker="o", capsize=3, label=f"eta={eta} (eta k={eta * k:.2f})")
-    a.set(xscale="log", xlabel="batch size S (S = N: GD)", ylabel="mean cos(g_{t-1}, g_t)",
-          title="cosine of consecutive gradients")
+        a.errorbar(
+            [r["batch"] for r in rows],
+            [r["cos"] for r in rows],
+            [2 * r["cos_se"] for r in rows],
+            marker="o",
+            capsize=3,
+            label=f"eta={eta} (eta k={eta * k:.2f})",
+        )
+    a.set(
+        xscale="log",
+        xlabel="batch size S (S = N: GD)",
+        ylabel="mean cos(g_{t-1}, g_t)",
+        title="cosine of consecutive gradients",
+    )
     a.legend(fontsize=8)
     a = ax[0, 2]
     for eta in etas:
         rows = [r for r in grid if r["eta"] == eta]
-        a.errorbar([r["batch"] for r in rows], [r["distance"] for r in rows], [2 * r["distance_se"] for r in rows],
-                   marker="o", capsize=3, label=f"eta={eta}")
-    a.set(xscale="log", xlabel="batch size S (S = N: GD)", ylabel="||theta_T - theta_0||",
-          title=f"distance from init after {T} steps")
+        a.errorbar(
+            [r["batch"] for r in rows],
+            [r["distance"] for r in rows],
+            [2 * r["distance_se"] for r in rows],
+            marker="o",
+            capsize=3,
+            label=f"eta={eta}",
+        )
+    a.set(
+        xscale="log",
+        xlabel="batch size S (S = N: GD)",
+        ylabel="||theta_T - theta_0||",
+        title=f"distance from init after {T} steps",
+    )
     a.legend(fontsize=8)
     a = ax[1, 0]
     colors = {"sgd": "C0", "gd-noise": "C3", "gd": "k"}
@@ -179,12 +293,13 @@ def main(argv=None) -> int:
         if opt not in colors:
             continue
         for j in range(r.traces.shape[0]):
-            a.plot(r.traces[j, :, F["y"]], color=colors[opt], lw=1, alpha=0.8,
-                   label=f"{opt}" if j == 0 else None)
+            a.plot(r.traces[j, :, F["y"]], color=colors[opt], lw=1, alpha=0.8, label=f"{opt}" if j == 0 else None)
     a.set(xlabel="step", ylabel="y (along the valley)", title="eta=2, S=4: SGD vs GD + isotropic noise vs GD")
     a.legend(fontsize=8)
-    for a, opt, title in ((ax[1, 1], "gd-bounce", f"GD eta=2.5 (eta k={2.5 * k:.2f})"),
-                          (ax[1, 2], "sgd", "SGD eta=2, S=4")):
+    for a, opt, title in (
+        (ax[1, 1], "gd-bounce", f"GD eta=2.5 (eta k={2.5 * k:.2f})"),
+        (ax[1, 2], "sgd", "SGD eta=2, S=4"),
+    ):
         r = traj[opt]
         n = min(40, T)
         L = r.interp[0, :n]
@@ -193,8 +308,11 @@ def main(argv=None) -> int:
         a.plot(xs.ravel(), L.ravel(), color="C0", lw=0.8, label="full loss along the segments")
         a.plot(np.arange(n), L[:, 0], "o", ms=3, color="C0")
         a.plot(np.arange(n) + 0.5, r.traces[0, :n, F["floor"]], "--", color="C1", label="valley floor")
-        a.set(xlabel="iteration (10 interpolated points between iterates)", ylabel="full-batch loss",
-              title=f"{title}: interpolation, first {n} steps")
+        a.set(
+            xlabel="iteration (10 interpolated points between iterates)",
+            ylabel="full-batch loss",
+            title=f"{title}: interpolation, first {n} steps",
+        )
         a.legend(fontsize=8)
     fig.tight_layout()
     C.save(fig, args.out, "walk_tables", data, timer)
@@ -202,13 +320,16 @@ def main(argv=None) -> int:
 
 
 def _text_table(rows, cols, extra=None) -> str:
-    head = f"{'optimizer':>10} {'eta':>5} {'S':>4}" + "".join(f"{c:>20}" for c in cols) + \
-        (f"{extra:>12}" if extra else "")
+    head = (
+        f"{'optimizer':>10} {'eta':>5} {'S':>4}" + "".join(f"{c:>20}" for c in cols) + (f"{extra:>12}" if extra else "")
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['optimizer']:>10} {r['eta']:>5g} {str(r['batch'] or 'N'):>4}"
-                     + "".join(f"{_pm(r[c], r[c + '_se'], '.4g'):>20}" for c in cols)
-                     + (f"{r[extra]:>12.2f}" if extra else ""))
+        lines.append(
+            f"{r['optimizer']:>10} {r['eta']:>5g} {str(r['batch'] or 'N'):>4}"
+            + "".join(f"{_pm(r[c], r[c + '_se'], '.4g'):>20}" for c in cols)
+            + (f"{r[extra]:>12.2f}" if extra else "")
+        )
     return "\n".join(lines)
 
 

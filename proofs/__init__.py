@@ -7,10 +7,10 @@ expressions by name) and renders a Markdown section (``report()``).
 """
 
 MODULES = (
-    "proofs.sgd_second_moment",   # R1
-    "proofs.break_even",          # R2
-    "proofs.gd_damping",          # R7
-    "proofs.degenerate_valley",   # R3, R4, R5
-    "proofs.gauss_newton",        # R6
-    "proofs.nsgd",                # R8
+    "proofs.sgd_second_moment",  # R1
+    "proofs.break_even",  # R2
+    "proofs.gd_damping",  # R7
+    "proofs.degenerate_valley",  # R3, R4, R5
+    "proofs.gauss_newton",  # R6
+    "proofs.nsgd",  # R8
 )

@@ -9,8 +9,16 @@ from __future__ import annotations
 import sympy as sp
 
 #: LaTeX names for the project's plain-ASCII symbol names.
-LATEX_NAMES = {"eta": r"\eta", "lam": r"\lambda", "s2": "s^{2}", "alpha": r"\alpha", "psi": r"\psi",
-               "lam_max": r"\lambda_{\max}", "rho_LinvQ": r"\rho(L^{-1} Q)", "x": "x"}
+LATEX_NAMES = {
+    "eta": r"\eta",
+    "lam": r"\lambda",
+    "s2": "s^{2}",
+    "alpha": r"\alpha",
+    "psi": r"\psi",
+    "lam_max": r"\lambda_{\max}",
+    "rho_LinvQ": r"\rho(L^{-1} Q)",
+    "x": "x",
+}
 
 
 class ProofError(AssertionError):
@@ -40,8 +48,9 @@ def check_true(cond, why: str = "") -> None:
 
 
 def tex(expr) -> str:
-    return sp.latex(expr, symbol_names={s: LATEX_NAMES[s.name] for s in getattr(expr, "free_symbols", ())
-                                        if s.name in LATEX_NAMES})
+    return sp.latex(
+        expr, symbol_names={s: LATEX_NAMES[s.name] for s in getattr(expr, "free_symbols", ()) if s.name in LATEX_NAMES}
+    )
 
 
 def section(title: str, assumptions: list[str], steps: list[str], formulas: dict) -> str:

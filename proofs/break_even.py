@@ -13,14 +13,14 @@ import sympy as sp
 from proofs._util import check, check_true, section
 from proofs.sgd_second_moment import N, S, c, eta, lam, s2, stability_factor, variance_factor_without_replacement
 
-alpha = sp.Symbol("alpha", nonnegative=True)   # lam_K >= 0 (K is PSD) and lam_H > 0
+alpha = sp.Symbol("alpha", nonnegative=True)  # lam_K >= 0 (K is PSD) and lam_H > 0
 psi = sp.Symbol("psi", real=True, nonzero=True)
 
-s2_assumed = sp.solve(sp.Eq(psi**2 * s2, alpha * lam), s2)[0]          # lam_K = psi^2 s2 = alpha lam
+s2_assumed = sp.solve(sp.Eq(psi**2 * s2, alpha * lam), s2)[0]  # lam_K = psi^2 s2 = alpha lam
 q_break_even = stability_factor.subs(s2, s2_assumed)
 _roots = [r for r in sp.solve(sp.Eq(q_break_even, 1), lam) if r != 0]
-break_even_curvature_psi = _roots[0]                                    # general distance psi
-break_even_curvature = break_even_curvature_psi.subs(psi, 1)            # the paper's psi = 1
+break_even_curvature_psi = _roots[0]  # general distance psi
+break_even_curvature = break_even_curvature_psi.subs(psi, 1)  # the paper's psi = 1
 c_of_S = variance_factor_without_replacement
 d_lambda_d_eta = sp.diff(break_even_curvature, eta)
 d_lambda_d_S = sp.simplify(sp.diff(break_even_curvature.subs(c, c_of_S), S))
@@ -43,7 +43,7 @@ def check_derivation() -> None:
 
 
 def check_monotonicity() -> None:
-    ep, ap, m = sp.symbols("eta alpha m", positive=True)     # N = 1 + m > 1
+    ep, ap, m = sp.symbols("eta alpha m", positive=True)  # N = 1 + m > 1
     check(d_lambda_d_eta, -2 / eta**2, "d lambda*/d eta")
     check_true(d_lambda_d_eta.subs(eta, ep).is_negative, "lambda* decreases with eta")
     dc = sp.diff(c_of_S, S)
@@ -63,8 +63,10 @@ def check_paper() -> None:
     # Eq. 4 agrees with lambda*; its concluding sentence ("for a larger S or smaller eta,
     # lambda* is lower") has both signs reversed: see check_monotonicity.
     check(PAPER_EQ4, break_even_curvature.subs(c, c_of_S), "Eq. 4 equals lambda* (psi = 1)")
-    check_true(sp.diff(break_even_curvature_psi, psi).subs({alpha: 1, c: 1, psi: 1}) != 0,
-               "lambda* depends on psi: psi = 1 is not without loss of generality")
+    check_true(
+        sp.diff(break_even_curvature_psi, psi).subs({alpha: 1, c: 1, psi: 1}) != 0,
+        "lambda* depends on psi: psi = 1 is not without loss of generality",
+    )
     # Sec. 3 writes f(psi) = sum_i (psi - psi*)^2 H_i: its curvature is 2 N lam, not lam;
     # App. A's (1/(2N)) sum_i (psi - psi*)^2 H_i has curvature lam.
     h, pstar, p = sp.symbols("h1:4", real=True), sp.Symbol("psistar"), sp.Symbol("p")
@@ -89,7 +91,7 @@ def check_paper() -> None:
 
 sigma = sp.Symbol("sigma", positive=True)
 _prop_roots = [r for r in sp.solve(sp.Eq(stability_factor.subs(s2, sigma**2 * lam**2), 1), lam) if r != 0]
-break_even_curvature_proportional = _prop_roots[0]   # per-example curvatures lam (1 + sigma xi_i): s2 = sigma^2 lam^2
+break_even_curvature_proportional = _prop_roots[0]  # per-example curvatures lam (1 + sigma xi_i): s2 = sigma^2 lam^2
 
 
 def check_proportional_spread() -> None:
@@ -99,8 +101,11 @@ def check_proportional_spread() -> None:
     check(sp.diff(break_even_curvature_proportional, eta) * eta**2 * (1 + c * sigma**2), -2, "decreases with eta")
     check(break_even_curvature_proportional.subs(c, c_of_S.subs(S, N)), 2 / eta, "full batch: 2/eta")
     # the same point in the paper's parametrisation: lam_K = psi^2 sigma^2 lam^2 = alpha lam with alpha = sigma^2 lam*
-    check(break_even_curvature_psi.subs({psi: 1, alpha: sigma**2 * break_even_curvature_proportional}),
-          break_even_curvature_proportional, "= 2/eta - alpha c with alpha = sigma^2 lambda*")
+    check(
+        break_even_curvature_psi.subs({psi: 1, alpha: sigma**2 * break_even_curvature_proportional}),
+        break_even_curvature_proportional,
+        "= 2/eta - alpha c with alpha = sigma^2 lambda*",
+    )
 
 
 def derive() -> dict:
@@ -108,9 +113,13 @@ def derive() -> dict:
     check_monotonicity()
     check_paper()
     check_proportional_spread()
-    return {"break_even_curvature": break_even_curvature, "break_even_curvature_psi": break_even_curvature_psi,
-            "d_lambda_d_eta": d_lambda_d_eta, "d_lambda_d_S": d_lambda_d_S,
-            "break_even_curvature_proportional_spread": break_even_curvature_proportional}
+    return {
+        "break_even_curvature": break_even_curvature,
+        "break_even_curvature_psi": break_even_curvature_psi,
+        "d_lambda_d_eta": d_lambda_d_eta,
+        "d_lambda_d_S": d_lambda_d_S,
+        "break_even_curvature_proportional_spread": break_even_curvature_proportional,
+    }
 
 
 ASSUMPTIONS = [

@@ -17,8 +17,8 @@ from proofs.sgd_second_moment import N as N_
 from proofs.sgd_second_moment import S as S_
 from proofs.sgd_second_moment import variance_factor_without_replacement
 
-NEX = 3                                           # examples
-x = sp.symbols("x1:3", real=True)                 # two parameters
+NEX = 3  # examples
+x = sp.symbols("x1:3", real=True)  # two parameters
 p = [sp.Function(f"p{k + 1}")(*x) for k in range(NEX)]
 ell = [-sp.log(pk) for pk in p]
 L_mean = sum(ell) / NEX
@@ -49,8 +49,14 @@ def check_decomposition() -> None:
         check(lpp * grad(p[k]) * grad(p[k]).T, gl[k] * gl[k].T, "l'' grad p grad p^T = grad l grad l^T")
     check(H, G + second_term, "H = G - (1/N) sum hess p_k / p_k")
     # walk-with-sgd Eq. 3: H = C + (1/N) sum dl/dp hess p, with their C = G (uncentred)
-    walk_eq3 = G + sum((sp.diff(-sp.log(sp.Symbol("q")), sp.Symbol("q")).subs(sp.Symbol("q"), pk) * sp.hessian(pk, x)
-                        for pk in p), sp.zeros(2, 2)) / NEX
+    walk_eq3 = (
+        G
+        + sum(
+            (sp.diff(-sp.log(sp.Symbol("q")), sp.Symbol("q")).subs(sp.Symbol("q"), pk) * sp.hessian(pk, x) for pk in p),
+            sp.zeros(2, 2),
+        )
+        / NEX
+    )
     check(H, walk_eq3, "walk-with-sgd Eq. 3 holds with C = G")
     check(K, G - gbar * gbar.T, "K = G - g g^T")
     check(H, K + gbar * gbar.T + second_term, "H = K + g g^T - (1/N) sum hess p_k / p_k")
@@ -75,8 +81,10 @@ def check_minima() -> None:
     """Values at a point: P_k = p_k, gp_k = grad p_k, hp_k = hess p_k."""
     P = sp.symbols("P1:4", positive=True)
     gp = [sp.Matrix(sp.symbols(f"gp{k + 1}_1:3", real=True)) for k in range(NEX)]
-    hp = [sp.Matrix(2, 2, lambda i, j, k=k: sp.Symbol(f"hp{k + 1}_{min(i, j) + 1}{max(i, j) + 1}", real=True))
-          for k in range(NEX)]
+    hp = [
+        sp.Matrix(2, 2, lambda i, j, k=k: sp.Symbol(f"hp{k + 1}_{min(i, j) + 1}{max(i, j) + 1}", real=True))
+        for k in range(NEX)
+    ]
     Gp = sum(((gp[k] / P[k]) * (gp[k] / P[k]).T for k in range(NEX)), sp.zeros(2, 2)) / NEX
     second = -sum((hp[k] / P[k] for k in range(NEX)), sp.zeros(2, 2)) / NEX
     # perfectly fitted: p_k = 1 is the maximum of p_k <= 1, so grad p_k = 0 and hess p_k is NSD
@@ -85,7 +93,7 @@ def check_minima() -> None:
     check((Gp + second).subs(fit), -sum(hp, sp.zeros(2, 2)) / NEX, "perfect fit: H = -(1/N) sum hess p_k (PSD)")
     # concrete: p_k = exp(-(a_k . x)^2) has its maximum 1 at x = 0; there H = (2/N) sum a_k a_k^T, G = 0
     a = [sp.Matrix([1, 0]), sp.Matrix([1, 2]), sp.Matrix([0, 1])]
-    pk = [sp.exp(-((ak.T * sp.Matrix(x))[0]) ** 2) for ak in a]
+    pk = [sp.exp(-(((ak.T * sp.Matrix(x))[0]) ** 2)) for ak in a]
     Lc = sum(-sp.log(e) for e in pk) / NEX
     at0 = {x[0]: 0, x[1]: 0}
     Hc = sp.hessian(Lc, x).subs(at0)
@@ -111,8 +119,11 @@ def check_minima() -> None:
     # the Fisher identity: labels drawn from the model (sum_y p_y = 1) make the second term vanish on average
     q1 = sp.Function("q")(*x)
     py = [q1, 1 - q1]
-    check(sum((py[y] * sp.hessian(py[y], x) / py[y] for y in range(2)), sp.zeros(2, 2)), sp.zeros(2, 2),
-          "E_y~p [hess p_y / p_y] = hess sum_y p_y = 0")
+    check(
+        sum((py[y] * sp.hessian(py[y], x) / py[y] for y in range(2)), sp.zeros(2, 2)),
+        sp.zeros(2, 2),
+        "E_y~p [hess p_y / p_y] = hess sum_y p_y = 0",
+    )
     EyH = sum((py[y] * sp.hessian(-sp.log(py[y]), x) for y in range(2)), sp.zeros(2, 2))
     EyG = sum((py[y] * grad(-sp.log(py[y])) * grad(-sp.log(py[y])).T for y in range(2)), sp.zeros(2, 2))
     check(EyH, EyG, "E_y~p H_y = E_y~p G_y (Fisher information)")
@@ -122,9 +133,11 @@ def derive() -> dict:
     check_decomposition()
     check_batch_covariance()
     check_minima()
-    return {"hess_l_1": sp.ImmutableMatrix(sp.hessian(ell[0], x)),
-            "grad_l_1 grad_l_1^T": sp.ImmutableMatrix(gl[0] * gl[0].T),
-            "-hess_p_1 / p_1 (the second term, per example)": sp.ImmutableMatrix(-sp.hessian(p[0], x) / p[0])}
+    return {
+        "hess_l_1": sp.ImmutableMatrix(sp.hessian(ell[0], x)),
+        "grad_l_1 grad_l_1^T": sp.ImmutableMatrix(gl[0] * gl[0].T),
+        "-hess_p_1 / p_1 (the second term, per example)": sp.ImmutableMatrix(-sp.hessian(p[0], x) / p[0]),
+    }
 
 
 ASSUMPTIONS = [

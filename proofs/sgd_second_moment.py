@@ -26,6 +26,7 @@ SCHEMES = ("without_replacement", "with_replacement")
 
 # --- Step 1: the batch-weight lemma and the variance factor c(S, N) -------------------------------
 
+
 def weight_moments(scheme: str):
     """(E[w_i], E[w_i^2], E[w_i w_j] for i != j) of the weights in h_B = sum_i w_i h_i."""
     if scheme == "without_replacement":  # w_i = 1_i / S and 1_i^2 = 1_i; count S-subsets
@@ -95,8 +96,8 @@ def check_variance_factor() -> None:
 # --- Step 2: 1-D second moment ------------------------------------------------------------------
 
 psi, h_B = sp.symbols("psi h_B", real=True)
-psi_next = psi - eta * sp.diff(h_B * psi**2 / 2, psi)          # one SGD step on L_B = h_B psi^2 / 2
-step_factor = sp.factor(psi_next / psi)                        # X = 1 - eta h_B, affine in h_B
+psi_next = psi - eta * sp.diff(h_B * psi**2 / 2, psi)  # one SGD step on L_B = h_B psi^2 / 2
+step_factor = sp.factor(psi_next / psi)  # X = 1 - eta h_B, affine in h_B
 # E[X^2] = E[X]^2 + Var[X]; E[X] = X(lam) (affine), Var[X] = (dX/dh_B)^2 Var[h_B] = eta^2 c s2
 stability_factor = step_factor.subs(h_B, lam) ** 2 + sp.diff(step_factor, h_B) ** 2 * c * s2
 _roots = [r for r in sp.solve(sp.Eq(stability_factor, 1), eta) if r != 0]
@@ -129,6 +130,7 @@ def check_one_dimensional() -> None:
 
 
 # --- Step 3: D dimensions ----------------------------------------------------------------------
+
 
 def sym_matrix(name: str, d: int = 2) -> sp.Matrix:
     return sp.Matrix(d, d, lambda i, j: sp.Symbol(f"{name}_{min(i, j)}{max(i, j)}", real=True))
@@ -181,14 +183,19 @@ def check_matrix_map() -> None:
     for sch in SCHEMES:
         # expectation through the weight moments: E[H_B] = H, E[H_B Sig H_B] = sum m_ij H_i Sig H_j
         m1, m2, m11 = (m.subs(N, n) for m in weight_moments(sch))
-        pair = sum((((m2 if i == j else m11) * Hs[i] * Sig * Hs[j]) for i in range(n) for j in range(n)),
-                   sp.zeros(2, 2))
+        pair = sum(
+            (((m2 if i == j else m11) * Hs[i] * Sig * Hs[j]) for i in range(n) for j in range(n)), sp.zeros(2, 2)
+        )
         first = sum((m1 * (Hi * Sig + Sig * Hi) for Hi in Hs), sp.zeros(2, 2))
         cc = variance_factor[sch].subs(N, n)
         check(Sig - eta * first + eta**2 * pair, T_op(Sig, Hs, eta, cc), f"T(eta) from the lemma ({sch})")
         for s in (1, 2):  # exact enumeration of all batches
-            enum = mean_matrix([(I2 - eta * mean_matrix([Hs[i] for i in B])) * Sig
-                                * (I2 - eta * mean_matrix([Hs[i] for i in B])) for B in _batches(n, s, sch)])
+            enum = mean_matrix(
+                [
+                    (I2 - eta * mean_matrix([Hs[i] for i in B])) * Sig * (I2 - eta * mean_matrix([Hs[i] for i in B]))
+                    for B in _batches(n, s, sch)
+                ]
+            )
             check(enum, T_op(Sig, Hs, eta, cc.subs(S, s)), f"T(eta) by enumeration S={s} ({sch})")
     # T(eta) - I = eta (eta Q - L); so T Sigma = Sigma  <=>  Q Sigma = (1/eta) L Sigma
     check(T_op(Sig, Hs) - Sig, eta * (eta * Q_op(Sig, Hs) - L_op(Sig, Hs)), "T - I = eta (eta Q - L)")
@@ -225,11 +232,14 @@ def check_necessary_conditions() -> None:
 
 # --- Step 3b: random reshuffling (an epoch map, not a one-step map) ---------------------------------
 
+
 def epoch_factor_1d(hs, s: int, e=eta):
     """1-D reshuffling: E_pi[prod_b (1 - eta h_{B_b})^2] over all permutations, k = N // s batches."""
     n = len(hs)
-    prods = [sp.Mul(*[(1 - e * sum(hs[i] for i in p[b * s:(b + 1) * s]) / s) ** 2 for b in range(n // s)])
-             for p in itertools.permutations(range(n))]
+    prods = [
+        sp.Mul(*[(1 - e * sum(hs[i] for i in p[b * s : (b + 1) * s]) / s) ** 2 for b in range(n // s)])
+        for p in itertools.permutations(range(n))
+    ]
     return _avg(prods)
 
 
@@ -240,7 +250,7 @@ def check_reshuffle() -> None:
     for b in range(2):
         counts = {}
         for p in perms:
-            key = frozenset(p[2 * b:2 * b + 2])
+            key = frozenset(p[2 * b : 2 * b + 2])
             counts[key] = counts.get(key, 0) + 1
         check_true(len(counts) == 6 and set(counts.values()) == {4}, f"batch {b} is a uniform 2-subset")
     # S = 1: every epoch visits each example once, so the epoch factor is deterministic
@@ -250,19 +260,25 @@ def check_reshuffle() -> None:
     by_parts = _avg(sp.Mul(*[(1 - eta * (h[i] + h[j]) / 2) ** 2 for i, j in pt]) for pt in parts)
     check(epoch_factor_1d(h, 2), by_parts, "N = 4, S = 2: mean over pair partitions")
     mean_h = sum(h) / 4
-    q_one = stability_factor.subs({lam: mean_h, s2: _avg((hi - mean_h) ** 2 for hi in h),
-                                   c: variance_factor_without_replacement.subs({N: 4, S: 2})})
+    q_one = stability_factor.subs(
+        {
+            lam: mean_h,
+            s2: _avg((hi - mean_h) ** 2 for hi in h),
+            c: variance_factor_without_replacement.subs({N: 4, S: 2}),
+        }
+    )
     check_true(sp.expand(epoch_factor_1d(h, 2) - q_one**2) != 0, "epoch factor differs from q^2")
 
 
 # --- Step 4: almost-sure (Lyapunov) exponent -----------------------------------------------------
+
 
 def lyapunov_exponent(e, batch_curvatures):
     """gamma = E_B[log|1 - eta h_B|] over equally likely batch curvatures h_B."""
     return _avg(sp.log(sp.Abs(1 - e * hb)) for hb in batch_curvatures)
 
 
-lyapunov_bound = sp.log(stability_factor) / 2   # gamma <= (1/2) log q by Jensen
+lyapunov_bound = sp.log(stability_factor) / 2  # gamma <= (1/2) log q by Jensen
 
 
 def check_lyapunov() -> None:
@@ -272,16 +288,26 @@ def check_lyapunov() -> None:
         traj = psi_next.subs({h_B: hb, psi: traj}, simultaneous=True)
     check(traj, p0 * sp.Mul(*[(1 - eta * hb) for hb in hs]), "psi_T is a product")
     # Jensen, exactly: prod_B X_B^2 <= q^{#B} (AM-GM on the X_B^2) <=> gamma <= (1/2) log q
-    cases = [([1, 3], 1, "without_replacement"), ([0, 1, 5], 2, "without_replacement"),
-             ([2, 2, 3, 7], 2, "with_replacement"), ([1, 4, 6], 2, "with_replacement")]
+    cases = [
+        ([1, 3], 1, "without_replacement"),
+        ([0, 1, 5], 2, "without_replacement"),
+        ([2, 2, 3, 7], 2, "with_replacement"),
+        ([1, 4, 6], 2, "with_replacement"),
+    ]
     for data, s, sch in cases:
         hbs = [sp.Rational(sum(data[i] for i in B), s) for B in _batches(len(data), s, sch)]
         for e in (sp.Rational(1, 3), sp.Rational(1, 2), sp.Rational(17, 20), 1, sp.Rational(3, 2)):
             xs2 = [(1 - e * hb) ** 2 for hb in hbs]
             q = _avg(xs2)
             m = sp.Rational(sum(data), len(data))
-            qc = stability_factor.subs({eta: e, lam: m, c: variance_factor[sch].subs({N: len(data), S: s}),
-                                        s2: _avg((sp.Integer(v) - m) ** 2 for v in data)})
+            qc = stability_factor.subs(
+                {
+                    eta: e,
+                    lam: m,
+                    c: variance_factor[sch].subs({N: len(data), S: s}),
+                    s2: _avg((sp.Integer(v) - m) ** 2 for v in data),
+                }
+            )
             check(q, qc, "enumerated q equals stability_factor")
             check_true(sp.Mul(*xs2) <= q ** len(xs2), f"Jensen/AM-GM {data} eta={e}")
     # mean-square unstable but almost surely stable: h = (1, 3), S = 1, eta = 17/20
@@ -294,6 +320,7 @@ def check_lyapunov() -> None:
 
 # --- public -------------------------------------------------------------------------------------
 
+
 def derive() -> dict:
     check_variance_factor()
     check_one_dimensional()
@@ -301,12 +328,17 @@ def derive() -> dict:
     check_necessary_conditions()
     check_reshuffle()
     check_lyapunov()
-    return {"variance_factor_without_replacement": variance_factor_without_replacement,
-            "variance_factor_with_replacement": variance_factor_with_replacement,
-            "stability_factor": stability_factor, "eta_star_1d": eta_star_1d,
-            "second_moment_map": second_moment_map, "eta_star_general": eta_star_general,
-            "eta_bound_sharpness": eta_bound_sharpness, "eta_bound_noise": eta_bound_noise,
-            "lyapunov_bound": lyapunov_bound}
+    return {
+        "variance_factor_without_replacement": variance_factor_without_replacement,
+        "variance_factor_with_replacement": variance_factor_with_replacement,
+        "stability_factor": stability_factor,
+        "eta_star_1d": eta_star_1d,
+        "second_moment_map": second_moment_map,
+        "eta_star_general": eta_star_general,
+        "eta_bound_sharpness": eta_bound_sharpness,
+        "eta_bound_noise": eta_bound_noise,
+        "lyapunov_bound": lyapunov_bound,
+    }
 
 
 ASSUMPTIONS = [
@@ -359,5 +391,9 @@ STEPS = [
 
 
 def report() -> str:
-    return section("R1 Mean-square stability of SGD on per-example quadratics (`proofs.sgd_second_moment`)",
-                   ASSUMPTIONS, STEPS, derive())
+    return section(
+        "R1 Mean-square stability of SGD on per-example quadratics (`proofs.sgd_second_moment`)",
+        ASSUMPTIONS,
+        STEPS,
+        derive(),
+    )

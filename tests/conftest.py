@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-settings.register_profile("valleysim", deadline=None, max_examples=40, derandomize=True,
-                          suppress_health_check=[HealthCheck.too_slow])
-settings.register_profile("explore", deadline=None, max_examples=400,
-                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile(
+    "valleysim", deadline=None, max_examples=40, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("explore", deadline=None, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("valleysim")
 
 
@@ -23,6 +23,7 @@ settings.load_profile("valleysim")
 def torch_one_thread():
     """One torch thread for the module (tiny tensors: faster, and steady when xdist runs 2 workers)."""
     import torch
+
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -42,22 +43,26 @@ def cli(capsys):
             code = exc.code
         captured = capsys.readouterr()
         return code, captured.out, captured.err
+
     return run
 
 
-VALLEYSIM = [sys.executable, "-m", "valleysim"]   # the command as a user runs it, in a separate process
+VALLEYSIM = [sys.executable, "-m", "valleysim"]  # the command as a user runs it, in a separate process
 
 
 @pytest.fixture
 def installed(tmp_path):
     """The valleysim command in its own process, in ``tmp_path``: installed(*argv) -> CompletedProcess
     (text stdout / stderr); ``installed.popen(*argv)`` gives the raw Popen (byte pipes)."""
-    def run(*argv, timeout: float = 300):
-        return subprocess.run([*VALLEYSIM, *map(str, argv)], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=timeout)
 
-    run.popen = lambda *argv: subprocess.Popen([*VALLEYSIM, *map(str, argv)], cwd=tmp_path,
-                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def run(*argv, timeout: float = 300):
+        return subprocess.run(
+            [*VALLEYSIM, *map(str, argv)], cwd=tmp_path, capture_output=True, text=True, timeout=timeout
+        )
+
+    run.popen = lambda *argv: subprocess.Popen(
+        [*VALLEYSIM, *map(str, argv)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     return run
 
 
@@ -69,12 +74,18 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def figure(tmp_path):
     """A figure script in its own process: figure(name, *argv) runs ``figures/<name>.py --quick --out
     tmp_path *argv``, checks that it wrote a PNG, and returns its JSON data (its stdout: ``figure.stdout``)."""
+
     def run(name: str, *argv) -> dict:
-        res = subprocess.run([sys.executable, str(FIGURES / f"{name}.py"), "--quick", "--out", str(tmp_path),
-                              *map(str, argv)], capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [sys.executable, str(FIGURES / f"{name}.py"), "--quick", "--out", str(tmp_path), *map(str, argv)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
         run.stdout = res.stdout
         png = tmp_path / f"{name}.png"
         assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == PNG
         return json.loads((tmp_path / f"{name}.json").read_text())
+
     return run

@@ -24,17 +24,27 @@ import importlib
 from valleysim._lazy import lazy_exports
 
 SUBPACKAGES = ("quadratic", "valley", "break_even", "walk", "nsgd")
-_exported, _names = lazy_exports(__name__, {
-    "quadratic": ("PerExampleQuadratic", "generate", "load_hessians", "least_squares", "MomentMap", "stability_report"),
-    "valley": ("ValleyLandscape", "catalogue", "make_noise"),
-    "break_even": ("SharpeningLandscape", "predicted_break_even"),
-    "walk": ("WalkLandscape",),
-    "nsgd": ("SharpValley", "make_valley"),
-    "theory": ("variance_factor", "stability_factor", "eta_star_1d", "break_even_curvature"),
-    "stats": ("mean_se",),
-    "errors": ("UserInputError",),
-    "runner": ("run_sweep",),
-})
+_exported, _names = lazy_exports(
+    __name__,
+    {
+        "quadratic": (
+            "PerExampleQuadratic",
+            "generate",
+            "load_hessians",
+            "least_squares",
+            "MomentMap",
+            "stability_report",
+        ),
+        "valley": ("ValleyLandscape", "catalogue", "make_noise"),
+        "break_even": ("SharpeningLandscape", "predicted_break_even"),
+        "walk": ("WalkLandscape",),
+        "nsgd": ("SharpValley", "make_valley"),
+        "theory": ("variance_factor", "stability_factor", "eta_star_1d", "break_even_curvature"),
+        "stats": ("mean_se",),
+        "errors": ("UserInputError",),
+        "runner": ("run_sweep",),
+    },
+)
 __all__ = [*SUBPACKAGES, *_names]
 
 

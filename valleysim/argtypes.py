@@ -15,7 +15,7 @@ import numpy as np
 
 from valleysim.errors import UserInputError, check_out_dir
 
-SEED_MAX = 2**63 - 1      # seeds travel to the numba kernels as int64
+SEED_MAX = 2**63 - 1  # seeds travel to the numba kernels as int64
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -64,7 +64,7 @@ def _integer(text: str, lo: int, hi: int | None) -> int:
     try:
         v = int(s)
     except ValueError:
-        f = _number(s)                                     # '1e6' is a count too
+        f = _number(s)  # '1e6' is a count too
         if not math.isfinite(f) or f != int(f):
             raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
         v = int(f)
@@ -76,14 +76,16 @@ def _integer(text: str, lo: int, hi: int | None) -> int:
 
 def integer(lo: int = 1, hi: int | None = None):
     """A type for integers in [lo, hi] (hi None: unbounded); '1e6' and '1_000_000' are accepted."""
+
     def parse(text: str) -> int:
         return _integer(text, lo, hi)
+
     parse.__name__ = f"integer_{lo}_{hi}"
     return parse
 
 
-count = integer(1)                 # sizes, steps, trajectories: >= 1
-natural = integer(0)               # >= 0 (0 meaning "off" where documented)
+count = integer(1)  # sizes, steps, trajectories: >= 1
+natural = integer(0)  # >= 0 (0 meaning "off" where documented)
 
 
 def out_dir(text: str) -> Path:
@@ -102,6 +104,7 @@ def seed(text: str) -> int:
 def comma_list(item, allowed: str = "numbers", empty: bool = False):
     """A type for 'a,b,c': each entry read by ``item`` (a type above, or ``str``); at least one entry
     unless ``empty`` ('' is then the empty tuple)."""
+
     def parse(text: str) -> tuple:
         parts = [s.strip() for s in str(text).split(",") if s.strip()]
         if not parts and not empty:
@@ -111,20 +114,23 @@ def comma_list(item, allowed: str = "numbers", empty: bool = False):
             try:
                 out.append(item(s))
             except argparse.ArgumentTypeError:
-                raise argparse.ArgumentTypeError(f"must be a comma list of {allowed}; got {text!r} "
-                                                 f"(entry {s!r})") from None
+                raise argparse.ArgumentTypeError(
+                    f"must be a comma list of {allowed}; got {text!r} (entry {s!r})"
+                ) from None
         return tuple(out)
+
     parse.__name__ = f"comma_list_{getattr(item, '__name__', 'item')}"
     return parse
 
 
-MAX_GRID = 10_000        # points per grid axis
+MAX_GRID = 10_000  # points per grid axis
 
 
 def grid(text: str) -> tuple[float, ...]:
     """'min:max:count' (count log-spaced values, 0 < min <= max) or a comma list of finite numbers > 0."""
-    allowed = (f"'min:max:count' (log-spaced, 0 < min <= max, 1 <= count <= {MAX_GRID}) or a comma list of "
-               "finite numbers > 0")
+    allowed = (
+        f"'min:max:count' (log-spaced, 0 < min <= max, 1 <= count <= {MAX_GRID}) or a comma list of finite numbers > 0"
+    )
     try:
         if ":" in str(text):
             a, b, n = (s.strip() for s in str(text).split(":"))

@@ -90,8 +90,7 @@ def check_out_dir(path, what: str = "--out") -> Path:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
-        raise UserInputError(f"{what} {str(p)!r} is not writable ({exc.strerror or exc} in {str(parent)!r})") \
-            from None
+        raise UserInputError(f"{what} {str(p)!r} is not writable ({exc.strerror or exc} in {str(parent)!r})") from None
     return p
 
 
@@ -105,13 +104,15 @@ def report_errors(fn, *args, prog: str = "valleysim") -> int:
     except UserInputError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
-    except BrokenPipeError:              # the reader of stdout went away (`| head`): stop quietly
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
     except MemoryError:
-        print(f"{prog}: error: out of memory (the sizes passed the estimate before the run but not the run; "
-              "lower them)", file=sys.stderr)
+        print(
+            f"{prog}: error: out of memory (the sizes passed the estimate before the run but not the run; lower them)",
+            file=sys.stderr,
+        )
         return 1
     except OSError as err:
         where = f" ({err.filename})" if err.filename else ""

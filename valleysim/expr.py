@@ -32,22 +32,39 @@ import sympy as sp
 
 from valleysim.errors import UserInputError
 
-MAX_LENGTH = 2000       # characters
-MAX_NODES = 600         # syntax-tree nodes
-MAX_DEPTH = 40          # nesting of operations
-MAX_POWER = 64          # |numeric exponent| on a symbolic base (degree of what expand() may face)
-MAX_DIGITS = 400        # decimal digits of an exact number built from powers of numbers
+MAX_LENGTH = 2000  # characters
+MAX_NODES = 600  # syntax-tree nodes
+MAX_DEPTH = 40  # nesting of operations
+MAX_POWER = 64  # |numeric exponent| on a symbolic base (degree of what expand() may face)
+MAX_DIGITS = 400  # decimal digits of an exact number built from powers of numbers
 
 #: name -> (sympy function, allowed argument counts). Each prints to numba-compilable code.
 FUNCTIONS = {
-    "exp": (sp.exp, (1,)), "log": (sp.log, (1, 2)), "sqrt": (sp.sqrt, (1,)), "cbrt": (sp.cbrt, (1,)),
-    "Abs": (sp.Abs, (1,)), "abs": (sp.Abs, (1,)), "sign": (sp.sign, (1,)), "Heaviside": (sp.Heaviside, (1,)),
-    "Max": (sp.Max, (2,)), "Min": (sp.Min, (2,)),
-    "sin": (sp.sin, (1,)), "cos": (sp.cos, (1,)), "tan": (sp.tan, (1,)),
-    "asin": (sp.asin, (1,)), "acos": (sp.acos, (1,)), "atan": (sp.atan, (1,)), "atan2": (sp.atan2, (2,)),
-    "sinh": (sp.sinh, (1,)), "cosh": (sp.cosh, (1,)), "tanh": (sp.tanh, (1,)),
-    "asinh": (sp.asinh, (1,)), "acosh": (sp.acosh, (1,)), "atanh": (sp.atanh, (1,)),
-    "erf": (sp.erf, (1,)), "erfc": (sp.erfc, (1,)),
+    "exp": (sp.exp, (1,)),
+    "log": (sp.log, (1, 2)),
+    "sqrt": (sp.sqrt, (1,)),
+    "cbrt": (sp.cbrt, (1,)),
+    "Abs": (sp.Abs, (1,)),
+    "abs": (sp.Abs, (1,)),
+    "sign": (sp.sign, (1,)),
+    "Heaviside": (sp.Heaviside, (1,)),
+    "Max": (sp.Max, (2,)),
+    "Min": (sp.Min, (2,)),
+    "sin": (sp.sin, (1,)),
+    "cos": (sp.cos, (1,)),
+    "tan": (sp.tan, (1,)),
+    "asin": (sp.asin, (1,)),
+    "acos": (sp.acos, (1,)),
+    "atan": (sp.atan, (1,)),
+    "atan2": (sp.atan2, (2,)),
+    "sinh": (sp.sinh, (1,)),
+    "cosh": (sp.cosh, (1,)),
+    "tanh": (sp.tanh, (1,)),
+    "asinh": (sp.asinh, (1,)),
+    "acosh": (sp.acosh, (1,)),
+    "atanh": (sp.atanh, (1,)),
+    "erf": (sp.erf, (1,)),
+    "erfc": (sp.erfc, (1,)),
 }
 CONSTANTS = {"pi": sp.pi, "E": sp.E}
 RESERVED = frozenset(FUNCTIONS) | frozenset(CONSTANTS)
@@ -58,23 +75,42 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 
 # what a rejected node is, in words
 _DESCRIBE = {
-    ast.Attribute: "attribute access (.)", ast.Subscript: "subscripts ([])", ast.Lambda: "lambda",
-    ast.Compare: "comparisons", ast.BoolOp: "and/or", ast.IfExp: "if-else", ast.NamedExpr: ":=",
-    ast.List: "lists", ast.Tuple: "tuples", ast.Set: "sets", ast.Dict: "dicts", ast.ListComp: "comprehensions",
-    ast.SetComp: "comprehensions", ast.DictComp: "comprehensions", ast.GeneratorExp: "comprehensions",
-    ast.JoinedStr: "strings", ast.Starred: "*args", ast.Await: "await", ast.Yield: "yield",
-    ast.YieldFrom: "yield", ast.Slice: "slices",
+    ast.Attribute: "attribute access (.)",
+    ast.Subscript: "subscripts ([])",
+    ast.Lambda: "lambda",
+    ast.Compare: "comparisons",
+    ast.BoolOp: "and/or",
+    ast.IfExp: "if-else",
+    ast.NamedExpr: ":=",
+    ast.List: "lists",
+    ast.Tuple: "tuples",
+    ast.Set: "sets",
+    ast.Dict: "dicts",
+    ast.ListComp: "comprehensions",
+    ast.SetComp: "comprehensions",
+    ast.DictComp: "comprehensions",
+    ast.GeneratorExp: "comprehensions",
+    ast.JoinedStr: "strings",
+    ast.Starred: "*args",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield",
+    ast.Slice: "slices",
 }
 
 
 def check_name(name: str, what: str) -> str:
     """``name`` as a declared symbol name: ASCII identifier, <= 64 chars, not keyword/dunder/reserved."""
     if not _NAME.match(name) or keyword.iskeyword(name) or keyword.issoftkeyword(name):
-        raise UserInputError(f"{what}: names must be ASCII identifiers (letters, digits, _; at most 64 "
-                             f"characters, not a Python keyword); got {name!r}")
+        raise UserInputError(
+            f"{what}: names must be ASCII identifiers (letters, digits, _; at most 64 "
+            f"characters, not a Python keyword); got {name!r}"
+        )
     if name.startswith("__") or name in RESERVED:
-        raise UserInputError(f"{what}: {name!r} is reserved (dunder names, functions {', '.join(FUNCTIONS)}, "
-                             f"constants {', '.join(CONSTANTS)}); choose another name")
+        raise UserInputError(
+            f"{what}: {name!r} is reserved (dunder names, functions {', '.join(FUNCTIONS)}, "
+            f"constants {', '.join(CONSTANTS)}); choose another name"
+        )
     return name
 
 
@@ -91,9 +127,11 @@ class _Builder:
     def fail(self, node, reason: str):
         col = getattr(node, "col_offset", None)
         where = f" at column {col + 1}" if col is not None else ""
-        raise UserInputError(f"{self.what}: {reason}{where} in {_short(self.text)}; allowed: numbers, "
-                             f"{self._allowed_names()}, + - * / **, parentheses and the functions "
-                             f"{', '.join(FUNCTIONS)}")
+        raise UserInputError(
+            f"{self.what}: {reason}{where} in {_short(self.text)}; allowed: numbers, "
+            f"{self._allowed_names()}, + - * / **, parentheses and the functions "
+            f"{', '.join(FUNCTIONS)}"
+        )
 
     def _allowed_names(self) -> str:
         names = sorted(self.names)
@@ -184,8 +222,9 @@ def parse_expression(text, symbols, what: str = "expression") -> sp.Expr:
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as exc:
-        raise UserInputError(f"{what} is not a valid expression ({exc.msg}, column {exc.offset}) in "
-                             f"{_short(text)}") from None
+        raise UserInputError(
+            f"{what} is not a valid expression ({exc.msg}, column {exc.offset}) in {_short(text)}"
+        ) from None
     except (ValueError, RecursionError, MemoryError) as exc:
         raise UserInputError(f"{what} cannot be read ({type(exc).__name__}) in {_short(text)}") from None
     n_nodes = sum(1 for _ in ast.walk(tree))

@@ -47,8 +47,10 @@ def read_json(path) -> dict:
     try:
         value = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise UserInputError(f"{p} is damaged (not valid JSON at line {err.lineno}, column {err.colno}: "
-                             f"{err.msg}); delete it or choose another directory") from None
+        raise UserInputError(
+            f"{p} is damaged (not valid JSON at line {err.lineno}, column {err.colno}: "
+            f"{err.msg}); delete it or choose another directory"
+        ) from None
     except UnicodeDecodeError:
         raise UserInputError(f"{p} is damaged (not UTF-8 text); delete it or choose another directory") from None
     if not isinstance(value, dict):
@@ -84,7 +86,7 @@ def read_jsonl(path) -> tuple[list[tuple[int, object]], list[int], bool]:
         return [], [], False
     raw = p.read_bytes()
     torn = not raw.endswith(b"\n") and len(raw) > 0
-    lines = raw.split(b"\n")[:-1]                       # complete lines only
+    lines = raw.split(b"\n")[:-1]  # complete lines only
     records, damaged = [], []
     for i, line in enumerate(lines, start=1):
         if not line.strip():

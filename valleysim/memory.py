@@ -14,8 +14,8 @@ from pathlib import Path
 
 from valleysim.errors import UserInputError
 
-USABLE = 0.8            # share of the available memory one run may plan to use
-F64 = 8                 # bytes per float64 / int64
+USABLE = 0.8  # share of the available memory one run may plan to use
+F64 = 8  # bytes per float64 / int64
 
 
 def available_bytes() -> int:
@@ -55,5 +55,7 @@ def check_fits(nbytes: float, what: str) -> None:
     """UserInputError if ``nbytes`` (an estimate) exceeds USABLE x the available memory."""
     avail = available_bytes()
     if nbytes > USABLE * avail:
-        raise UserInputError(f"{what} needs about {human(nbytes)} of memory; this machine has "
-                             f"{human(avail)} available (at most {USABLE:.0%} of it is planned for one run)")
+        raise UserInputError(
+            f"{what} needs about {human(nbytes)} of memory; this machine has "
+            f"{human(avail)} available (at most {USABLE:.0%} of it is planned for one run)"
+        )

@@ -85,7 +85,7 @@ def _ziggurat_tables(n: int = _ZIG_LAYERS) -> tuple[np.ndarray, np.ndarray]:
     from scipy.optimize import brentq
     from scipy.special import erfc
 
-    f = lambda x: np.exp(-0.5 * x * x)                        # noqa: E731
+    f = lambda x: np.exp(-0.5 * x * x)  # noqa: E731
 
     def edges(r):
         v = r * f(r) + np.sqrt(np.pi / 2) * erfc(r / np.sqrt(2))
@@ -93,9 +93,9 @@ def _ziggurat_tables(n: int = _ZIG_LAYERS) -> tuple[np.ndarray, np.ndarray]:
         for _ in range(n - 2):
             y = f(X[-1]) + v / X[-1]
             if y >= 1.0:
-                return X, v, -1.0                             # r too small: the layers overshoot the peak
+                return X, v, -1.0  # r too small: the layers overshoot the peak
             X.append(np.sqrt(-2.0 * np.log(y)))
-        return X, v, X[-1] * (1.0 - f(X[-1])) - v             # top layer area minus v
+        return X, v, X[-1] * (1.0 - f(X[-1])) - v  # top layer area minus v
 
     r = brentq(lambda r: edges(r)[2], 3.0, 4.0, xtol=1e-15)
     X = np.array(edges(r)[0] + [0.0])
@@ -117,14 +117,14 @@ def normal(state):
         bits = next_u64(state)
         i = np.int64((bits >> uint64(3)) & uint64(255))
         z = np.float64(bits >> uint64(12)) * (1.0 / 4503599627370496.0) * _ZIG_X[i]
-        sign = 1.0 - 2.0 * np.float64((bits >> uint64(11)) & uint64(1))      # branch-free: the sign is a coin
+        sign = 1.0 - 2.0 * np.float64((bits >> uint64(11)) & uint64(1))  # branch-free: the sign is a coin
         if z < _ZIG_X[i + 1]:
-            return sign * z                                   # inside the layer's rectangle below the curve
-        if i == 0:                                            # the tail beyond r (Marsaglia 1964)
+            return sign * z  # inside the layer's rectangle below the curve
+        if i == 0:  # the tail beyond r (Marsaglia 1964)
             while True:
                 x = -math.log(1.0 - uniform(state)) / _ZIG_R
                 y = -math.log(1.0 - uniform(state))
                 if 2.0 * y > x * x:
                     return sign * (_ZIG_R + x)
         if _ZIG_F[i] + uniform(state) * (_ZIG_F[i + 1] - _ZIG_F[i]) < math.exp(-0.5 * z * z):
-            return sign * z                                   # in the wedge, under the curve
+            return sign * z  # in the wedge, under the curve

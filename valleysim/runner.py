@@ -54,8 +54,10 @@ def load_store(store: str | Path) -> dict[str, dict]:
     if damaged or torn:
         write_jsonl(path, kept)
         if damaged:
-            warn(f"{path}: dropped {len(damaged)} damaged line(s) (line {', '.join(map(str, sorted(damaged)))}); "
-                 "their points are computed again")
+            warn(
+                f"{path}: dropped {len(damaged)} damaged line(s) (line {', '.join(map(str, sorted(damaged)))}); "
+                "their points are computed again"
+            )
     return done
 
 
@@ -66,13 +68,22 @@ def _single_threaded_worker() -> None:
 
 def default_executor(max_workers: int | None = None) -> ProcessPoolExecutor:
     """A pool of ``max_workers`` (default: all cores) fresh single-threaded processes."""
-    return ProcessPoolExecutor(max_workers=max_workers or os.cpu_count() or 1,
-                               mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_single_threaded_worker)
+    return ProcessPoolExecutor(
+        max_workers=max_workers or os.cpu_count() or 1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_single_threaded_worker,
+    )
 
 
-def run_sweep(fn: Callable[[dict], dict], points: list[dict], store: str | Path, *,
-              executor: Executor | None = None, progress: bool = True, desc: str = "sweep") -> list[dict]:
+def run_sweep(
+    fn: Callable[[dict], dict],
+    points: list[dict],
+    store: str | Path,
+    *,
+    executor: Executor | None = None,
+    progress: bool = True,
+    desc: str = "sweep",
+) -> list[dict]:
     """Evaluate ``fn(point)`` for every point not yet in ``store``; return all results in order.
 
     points: JSON-serialisable dicts (duplicates are evaluated once).
@@ -94,8 +105,10 @@ def run_sweep(fn: Callable[[dict], dict], points: list[dict], store: str | Path,
         try:
             futures = {pool.submit(fn, p): k for k, p in todo.items()}
             error = None
-            with open(path, "a", encoding="utf-8") as fh, \
-                    tqdm(total=len(points), initial=len(points) - len(todo), desc=desc, disable=not progress) as bar:
+            with (
+                open(path, "a", encoding="utf-8") as fh,
+                tqdm(total=len(points), initial=len(points) - len(todo), desc=desc, disable=not progress) as bar,
+            ):
                 for fut in as_completed(futures):
                     key = futures[fut]
                     try:
@@ -109,7 +122,7 @@ def run_sweep(fn: Callable[[dict], dict], points: list[dict], store: str | Path,
                     fh.write(line + "\n")
                     fh.flush()
                     os.fsync(fh.fileno())
-                    done[key] = json.loads(line)["result"]      # as a resumed sweep will read it back
+                    done[key] = json.loads(line)["result"]  # as a resumed sweep will read it back
                     bar.update()
             if error is not None:
                 raise error

@@ -57,13 +57,17 @@ def slope_through_origin(x, y, clusters) -> dict:
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     labels = np.asarray(clusters)
     if x.shape != y.shape or x.ndim != 1 or labels.shape != x.shape:
-        raise ValueError(f"x, y, clusters must be (n,) arrays of one length; got {x.shape}, {y.shape}, "
-                         f"{labels.shape}")
+        raise ValueError(f"x, y, clusters must be (n,) arrays of one length; got {x.shape}, {y.shape}, {labels.shape}")
     n = x.size
     sxx = float(x @ x)
     if n < 2 or sxx == 0:
-        return {"slope": math.nan, "slope_se": math.nan, "slope_se_naive": math.nan, "n": n,
-                "n_clusters": int(np.unique(labels).size)}
+        return {
+            "slope": math.nan,
+            "slope_se": math.nan,
+            "slope_se_naive": math.nan,
+            "n": n,
+            "n_clusters": int(np.unique(labels).size),
+        }
     b = float(x @ y) / sxx
     e = y - b * x
     naive = math.sqrt(float(e @ e) / (n - 1) / sxx)

@@ -17,10 +17,33 @@ import pytest
 from valleysim.runner import load_store, run_sweep
 
 HUGE = "1e12"
-QUICK_VALLEY = ["valley", "--loss", "abs-toy", "--eta", "0.01", "--noise-scale", "1", "--steps", "20",
-                "--burn-in", "20", "--trajectories", "8"]
-QUICK_PHASE = ["phase-diagram", "--etas", "0.1,1", "--batch-sizes", "1,2", "--trajectories", "4", "--steps", "10",
-               "--quiet"]
+QUICK_VALLEY = [
+    "valley",
+    "--loss",
+    "abs-toy",
+    "--eta",
+    "0.01",
+    "--noise-scale",
+    "1",
+    "--steps",
+    "20",
+    "--burn-in",
+    "20",
+    "--trajectories",
+    "8",
+]
+QUICK_PHASE = [
+    "phase-diagram",
+    "--etas",
+    "0.1,1",
+    "--batch-sizes",
+    "1,2",
+    "--trajectories",
+    "4",
+    "--steps",
+    "10",
+    "--quiet",
+]
 
 CASES = [
     # sizes that cannot fit: refused with the estimate, before allocating
@@ -56,7 +79,10 @@ CASES = [
     (["stability", "--eta", "0.5", "--batch", "4", "--landscape-seed", "-1"], "argument --landscape-seed"),
     (["stability", "--eta", "0.5", "--batch", "4", "--seed", "-99999999999999999999"], "argument --seed"),
     (["stability", "--eta", "0.5", "--batch", "4", "--seed", str(2**63)], "argument --seed"),
-    (["stability", "--eta", "0.5", "--batch", "4", "--steps", "1"], "argument --steps/--n-steps: must be an integer >= 2"),
+    (
+        ["stability", "--eta", "0.5", "--batch", "4", "--steps", "1"],
+        "argument --steps/--n-steps: must be an integer >= 2",
+    ),
     (QUICK_PHASE + ["--batch-sizes", "nan", "--out", "pd"], "argument --batch-sizes: must be"),
     (QUICK_PHASE + ["--batch-sizes", "inf", "--out", "pd"], "argument --batch-sizes: must be"),
     (QUICK_PHASE + ["--batch-sizes", "1.5", "--out", "pd"], "--batch-sizes must be integers"),
@@ -70,7 +96,10 @@ CASES = [
     (["break-even", "--eta", "0.1", "--batch", "8", "--beta", "1e308"], "beta must be"),
     (["break-even", "--eta", "0.1", "--batch", "8", "--offset", "1e308"], "offset must be"),
     (["break-even", "--eta", "0.1", "--batch", "8", "--a0", "1e308"], "a0[0] must be"),
-    (["break-even", "--eta", "0.1", "--batch", "8", "--rates", "nan"], "argument --rates: must be a comma list of numbers >= 0"),
+    (
+        ["break-even", "--eta", "0.1", "--batch", "8", "--rates", "nan"],
+        "argument --rates: must be a comma list of numbers >= 0",
+    ),
     (["break-even", "--eta", "0.1", "--batch", "8", "--seed", "-1"], "argument --seed"),
     (["nsgd", "--batch", "0"], "argument --batch"),
     (["nsgd", "--batch", "101"], "batch size S must be in 1..100"),
@@ -91,8 +120,22 @@ CASES = [
     (QUICK_VALLEY + ["--init", "t3=nan"], "--init value for t3"),
     (QUICK_VALLEY + ["--init", "t3=1e400"], "--init value for t3"),
     (QUICK_VALLEY + ["--init", "t3"], "--init items must look like name=value"),
-    (QUICK_VALLEY + ["--loss", "t1**2*t3", "--nondegenerate", "t1", "--degenerate", "t3", "--init", "t3=1",
-                     "--noise", "designed:lam9"], "unknown name 'lam9'"),
+    (
+        QUICK_VALLEY
+        + [
+            "--loss",
+            "t1**2*t3",
+            "--nondegenerate",
+            "t1",
+            "--degenerate",
+            "t3",
+            "--init",
+            "t3=1",
+            "--noise",
+            "designed:lam9",
+        ],
+        "unknown name 'lam9'",
+    ),
     (["dnn", "train", "--out", "r", "--lr", "0"], "argument --lr"),
     (["dnn", "train", "--out", "r", "--measure-fraction", "nan"], "argument --measure-fraction"),
     (["dnn", "train", "--out", "r", "--measure-fraction", "2"], "argument --measure-fraction"),
@@ -151,14 +194,17 @@ def test_bad_input_is_one_named_line_and_writes_nothing(workdir, cli, argv, mess
 def test_unwritable_directories_are_refused(workdir, cli):
     import tempfile
 
-    target = Path("/sys/valleysim-out")                 # read-only for every user, root included
+    target = Path("/sys/valleysim-out")  # read-only for every user, root included
     try:
         with tempfile.TemporaryFile(dir="/sys"):
             pytest.skip("/sys is writable on this machine: no read-only place to test against")
     except OSError:
         pass
-    for argv in (QUICK_PHASE + ["--out", str(target)], QUICK_VALLEY + ["--plot", str(target)],
-                 ["dnn", "train", "--out", str(target)]):
+    for argv in (
+        QUICK_PHASE + ["--out", str(target)],
+        QUICK_VALLEY + ["--plot", str(target)],
+        ["dnn", "train", "--out", str(target)],
+    ):
         code, _, err = cli(*argv)
         assert code == 2 and "is not writable" in err and err.count("\n") == 1, err
 
@@ -170,8 +216,9 @@ def test_hessians_with_huge_finite_values_are_refused(workdir, cli):
 
 
 def test_unwritable_kernel_cache_falls_back_with_a_warning(workdir, cli, monkeypatch):
-    monkeypatch.setenv("VALLEYSIM_CACHE", str(workdir / "afile"))   # under a file: cannot be created
+    monkeypatch.setenv("VALLEYSIM_CACHE", str(workdir / "afile"))  # under a file: cannot be created
     from valleysim.valley import codegen as valley_codegen
+
     monkeypatch.setattr(valley_codegen, "_FALLBACK", [])
     code, out, err = cli(*QUICK_VALLEY)
     assert code == 0 and "trace drift" in out
@@ -180,16 +227,18 @@ def test_unwritable_kernel_cache_falls_back_with_a_warning(workdir, cli, monkeyp
 
 def test_the_installed_command_reports_cleanly(tmp_path, installed):
     """The same rules through a real process (what a user runs): a traceback would show here."""
-    for argv, message in ((["stability", "--kind", "dense", "--dim", "20000", "--eta", "0.5", "--batch", "4"],
-                           "needs about"),
-                          (["nsgd", "--batch", "0"], "argument --batch"),
-                          (["dnn", "train", "--out", "r", "--device", "cuda:7"], "--device cuda:7")):
+    for argv, message in (
+        (["stability", "--kind", "dense", "--dim", "20000", "--eta", "0.5", "--batch", "4"], "needs about"),
+        (["nsgd", "--batch", "0"], "argument --batch"),
+        (["dnn", "train", "--out", "r", "--device", "cuda:7"], "--device cuda:7"),
+    ):
         proc = installed(*argv, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------ stores
+
 
 def _square(point):
     return {"y": point["x"] ** 2, "nan": float("nan"), "inf": float("inf")}
@@ -204,16 +253,16 @@ def test_sweep_store_writes_null_and_recomputes_damaged_lines(tmp_path, capsys):
         first = run_sweep(_square, points, store, executor=ex, progress=False)
     text = store.read_text()
     assert "NaN" not in text and "Infinity" not in text
-    assert all(json.loads(line)["result"]["nan"] is None for line in text.splitlines())   # strict JSON
-    assert first[2] == {"y": 4, "nan": None, "inf": None}                 # as a resumed sweep reads it
+    assert all(json.loads(line)["result"]["nan"] is None for line in text.splitlines())  # strict JSON
+    assert first[2] == {"y": 4, "nan": None, "inf": None}  # as a resumed sweep reads it
     lines = text.splitlines(keepends=True)
-    lost = sorted(json.loads(lines[i])["point"]["x"] for i in (2, 4))     # completion order, not point order
-    lines[2] = '{"point": {"x": 2}, "res'                + "\n"          # damaged in the middle
-    lines[4] = "[1, 2]\n"                                                   # valid JSON, not a record
-    store.write_text("".join(lines) + '{"point": {"x"')                     # and a torn last line
+    lost = sorted(json.loads(lines[i])["point"]["x"] for i in (2, 4))  # completion order, not point order
+    lines[2] = '{"point": {"x": 2}, "res' + "\n"  # damaged in the middle
+    lines[4] = "[1, 2]\n"  # valid JSON, not a record
+    store.write_text("".join(lines) + '{"point": {"x"')  # and a torn last line
     assert len(load_store(store)) == 4
     assert "dropped 2 damaged line(s) (line 3, 5)" in capsys.readouterr().err
-    assert len(store.read_text().splitlines()) == 4                          # rewritten without them
+    assert len(store.read_text().splitlines()) == 4  # rewritten without them
     calls = []
 
     class Counting(ThreadPoolExecutor):
@@ -233,7 +282,7 @@ def test_damaged_sweep_config_is_named(workdir, cli):
     Path("pd/config.json").write_text('{"scheme": "without_replacement",\n "n_traj": 4,, }')
     code, _, err = cli(*args)
     assert code == 2 and "config.json is damaged (not valid JSON at line 2" in err and err.count("\n") == 1
-    Path("pd/config.json").write_text("[1, 2]")                              # valid JSON, not a config
+    Path("pd/config.json").write_text("[1, 2]")  # valid JSON, not a config
     code, _, err = cli(*args)
     assert code == 2 and "config.json is damaged (not a JSON object)" in err and err.count("\n") == 1
 
@@ -245,7 +294,7 @@ def test_damaged_run_files_are_named(tmp_path):
     st = RunStore(tmp_path, {"a": 1})
     for i in range(3):
         st.append({"step": i, "loss": float("inf")})
-    assert read_rows(st.metrics_path)[0]["loss"] is None                    # one encoding: null
+    assert read_rows(st.metrics_path)[0]["loss"] is None  # one encoding: null
     lines = st.metrics_path.read_text().splitlines(keepends=True)
     st.metrics_path.write_text(lines[0] + "{oops\n" + lines[2])
     with pytest.raises(UserInputError, match="metrics.jsonl: line 2 damaged"):
@@ -260,15 +309,20 @@ def test_damaged_run_files_are_named(tmp_path):
         st.load_checkpoint()
 
 
-@pytest.mark.parametrize("exc, code, message", [(MemoryError(), 1, "out of memory"),
-                                                (OSError(28, "No space left on device", "out/x"), 1,
-                                                 "No space left on device (out/x)"),
-                                                (KeyboardInterrupt(), 130, "interrupted")])
+@pytest.mark.parametrize(
+    "exc, code, message",
+    [
+        (MemoryError(), 1, "out of memory"),
+        (OSError(28, "No space left on device", "out/x"), 1, "No space left on device (out/x)"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
 def test_the_machine_failing_a_run_is_one_line_too(capsys, exc, code, message):
     from valleysim.errors import report_errors
 
     def run():
         raise exc
+
     assert report_errors(run) == code
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
@@ -277,7 +331,7 @@ def test_the_machine_failing_a_run_is_one_line_too(capsys, exc, code, message):
 def test_a_closed_stdout_stops_quietly(installed):
     """`valleysim ... | head`: the reader goes away; no error line, exit 141 (SIGPIPE's shell code)."""
     proc = installed.popen("walk", "--steps", "50", "--trajectories", "4", "--json")
-    proc.stdout.close()                                   # gone before the first line is written
+    proc.stdout.close()  # gone before the first line is written
     with proc.stderr:
         err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and err == ""

@@ -15,7 +15,9 @@ def test_stability_json_one_dimensional(tmp_path, capsys, eta):
     path = tmp_path / "H.npy"
     np.save(path, h)
     S = 2
-    assert main(["stability", "--hessians", str(path), "--batch", str(S), "--eta", str(eta), "--json", "--simulate"]) == 0
+    assert (
+        main(["stability", "--hessians", str(path), "--batch", str(S), "--eta", str(eta), "--json", "--simulate"]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
     c = variance_factor(S, h.size)
     q_factor = (1 - eta * h.mean()) ** 2 + eta**2 * c * h.var()  # exact 1-D recursion by hand
@@ -30,11 +32,14 @@ def test_stability_json_one_dimensional(tmp_path, capsys, eta):
     assert abs(out["simulated_growth_rate"] - out["predicted_growth_rate"]) < 5 * out["simulated_growth_rate_se"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--eta=-1", "--batch", "2"], "argument --eta: must be a finite number > 0"),
-    (["--eta", "0.1", "--batch", "99"], "batch size S must be in 1..32"),
-    (["--eta", "0.1", "--batch", "2", "--hessians", "/nonexistent.npy"], "not found"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--eta=-1", "--batch", "2"], "argument --eta: must be a finite number > 0"),
+        (["--eta", "0.1", "--batch", "99"], "batch size S must be in 1..32"),
+        (["--eta", "0.1", "--batch", "2", "--hessians", "/nonexistent.npy"], "not found"),
+    ],
+)
 def test_user_errors_exit_2_without_traceback(installed, args, message):
     res = installed("stability", *args)
     assert res.returncode == 2
@@ -42,12 +47,15 @@ def test_user_errors_exit_2_without_traceback(installed, args, message):
     assert "Traceback" not in res.stderr
 
 
-@pytest.mark.parametrize("array, message", [
-    (np.full((4, 2), np.nan), "finite"),
-    (np.array([[[1.0, 2.0], [0.0, 1.0]]] * 3), "symmetric"),
-    (-np.ones((5, 2)), "positive semi-definite"),
-    (np.ones((2, 3, 3, 3)), "shape"),
-])
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.full((4, 2), np.nan), "finite"),
+        (np.array([[[1.0, 2.0], [0.0, 1.0]]] * 3), "symmetric"),
+        (-np.ones((5, 2)), "positive semi-definite"),
+        (np.ones((2, 3, 3, 3)), "shape"),
+    ],
+)
 def test_bad_hessian_files_are_named(tmp_path, installed, array, message):
     path = tmp_path / "bad.npy"
     np.save(path, array)

@@ -45,22 +45,113 @@ def test_no_options_give_the_default_config(workdir):
 
 def test_every_field_can_be_set(workdir):
     (workdir / "init.pt").write_bytes(b"")
-    argv = ["--model", "vgg11-bn", "--width", "0.5", "--optimizer", "nsgd", "--eta", "0.2", "--batch", "64",
-            "--momentum", "0.9", "--weight-decay", "5e-4", "--epochs", "3", "--max-steps", "40",
-            "--n-train", "1000", "--no-augment", "--nsgd-gamma", "0.5", "--nsgd-k", "2", "--nsgd-every", "20",
-            "--noise-std", "0.1", "--probes", "lanczos, trace,step", "--probe-every", "10", "--no-probe-epochs",
-            "--probe-acc", "0.5,0.8", "--acc-window", "20", "--measure-fraction", "0.1", "--measure-size", "256",
-            "--measure-dtype", "float64", "--bn", "batch", "--top-k", "3", "--lanczos-tol", "1e-4",
-            "--lanczos-max-iter", "50", "--hutchinson-samples", "20", "--cov-batches", "10", "--cov-batch", "32",
-            "--loss-change-batches", "4", "--seed", "7", "--init-from", "init.pt", "--device", "cpu:0",
-            "--channels-last", "on"]
-    expected = dict(model="vgg11-bn", width=0.5, optimizer="nsgd", lr=0.2, batch=64, momentum=0.9,
-                    weight_decay=5e-4, epochs=3, max_steps=40, n_train=1000, augment=False, nsgd_gamma=0.5,
-                    nsgd_k=2, nsgd_every=20, noise_std=0.1, probes=("lanczos", "trace", "step"), probe_every=10,
-                    probe_epochs=False, probe_acc=(0.5, 0.8), acc_window=20, measure_fraction=0.1,
-                    measure_size=256, measure_dtype="float64", bn="batch", top_k=3, lanczos_tol=1e-4,
-                    lanczos_max_iter=50, hutchinson_samples=20, cov_batches=10, cov_batch=32,
-                    loss_change_batches=4, seed=7, init_from="init.pt", device="cpu:0", channels_last=True)
+    argv = [
+        "--model",
+        "vgg11-bn",
+        "--width",
+        "0.5",
+        "--optimizer",
+        "nsgd",
+        "--eta",
+        "0.2",
+        "--batch",
+        "64",
+        "--momentum",
+        "0.9",
+        "--weight-decay",
+        "5e-4",
+        "--epochs",
+        "3",
+        "--max-steps",
+        "40",
+        "--n-train",
+        "1000",
+        "--no-augment",
+        "--nsgd-gamma",
+        "0.5",
+        "--nsgd-k",
+        "2",
+        "--nsgd-every",
+        "20",
+        "--noise-std",
+        "0.1",
+        "--probes",
+        "lanczos, trace,step",
+        "--probe-every",
+        "10",
+        "--no-probe-epochs",
+        "--probe-acc",
+        "0.5,0.8",
+        "--acc-window",
+        "20",
+        "--measure-fraction",
+        "0.1",
+        "--measure-size",
+        "256",
+        "--measure-dtype",
+        "float64",
+        "--bn",
+        "batch",
+        "--top-k",
+        "3",
+        "--lanczos-tol",
+        "1e-4",
+        "--lanczos-max-iter",
+        "50",
+        "--hutchinson-samples",
+        "20",
+        "--cov-batches",
+        "10",
+        "--cov-batch",
+        "32",
+        "--loss-change-batches",
+        "4",
+        "--seed",
+        "7",
+        "--init-from",
+        "init.pt",
+        "--device",
+        "cpu:0",
+        "--channels-last",
+        "on",
+    ]
+    expected = dict(
+        model="vgg11-bn",
+        width=0.5,
+        optimizer="nsgd",
+        lr=0.2,
+        batch=64,
+        momentum=0.9,
+        weight_decay=5e-4,
+        epochs=3,
+        max_steps=40,
+        n_train=1000,
+        augment=False,
+        nsgd_gamma=0.5,
+        nsgd_k=2,
+        nsgd_every=20,
+        noise_std=0.1,
+        probes=("lanczos", "trace", "step"),
+        probe_every=10,
+        probe_epochs=False,
+        probe_acc=(0.5, 0.8),
+        acc_window=20,
+        measure_fraction=0.1,
+        measure_size=256,
+        measure_dtype="float64",
+        bn="batch",
+        top_k=3,
+        lanczos_tol=1e-4,
+        lanczos_max_iter=50,
+        hutchinson_samples=20,
+        cov_batches=10,
+        cov_batch=32,
+        loss_change_batches=4,
+        seed=7,
+        init_from="init.pt",
+        device="cpu:0",
+        channels_last=True,
+    )
     assert list(expected) == FIELDS
     assert all(expected[f.name] != f.default for f in dataclasses.fields(TrainConfig))
     got = _config(*argv).as_dict()
@@ -72,27 +163,37 @@ def test_eta_and_lr_are_the_same_option(workdir):
     assert _config("--lr", "0.1") == _config("--eta", "0.1") == TrainConfig(lr=0.1)
 
 
-@pytest.mark.parametrize("argv, field, value", [
-    ([], "augment", True), (["--no-augment"], "augment", False),
-    ([], "probe_epochs", True), (["--no-probe-epochs"], "probe_epochs", False),
-    ([], "channels_last", None), (["--channels-last", "auto"], "channels_last", None),
-    (["--channels-last", "on"], "channels_last", True), (["--channels-last", "off"], "channels_last", False),
-])
+@pytest.mark.parametrize(
+    "argv, field, value",
+    [
+        ([], "augment", True),
+        (["--no-augment"], "augment", False),
+        ([], "probe_epochs", True),
+        (["--no-probe-epochs"], "probe_epochs", False),
+        ([], "channels_last", None),
+        (["--channels-last", "auto"], "channels_last", None),
+        (["--channels-last", "on"], "channels_last", True),
+        (["--channels-last", "off"], "channels_last", False),
+    ],
+)
 def test_flags_and_the_tri_state(workdir, argv, field, value):
     assert getattr(_config(*argv), field) is value
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--lanczos-tol", "-1"], "argument --lanczos-tol: must be a finite number > 0"),
-    (["--acc-window", "0"], "argument --acc-window: must be an integer >= 1"),
-    (["--lanczos-max-iter", "1.5"], "argument --lanczos-max-iter: must be an integer"),
-    (["--loss-change-batches", "0"], "argument --loss-change-batches: must be an integer >= 1"),
-    (["--init-from", "missing.pt"], "argument --init-from: no such file 'missing.pt'"),
-    (["--channels-last", "maybe"], "argument --channels-last: invalid choice: 'maybe'"),
-    (["--eta", "0"], "argument --eta: must be a finite number > 0"),
-    (["--lr", "-1"], "argument --lr: must be a finite number > 0"),
-    (["--probe-every", "-1"], "argument --probe-every: must be an integer >= 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--lanczos-tol", "-1"], "argument --lanczos-tol: must be a finite number > 0"),
+        (["--acc-window", "0"], "argument --acc-window: must be an integer >= 1"),
+        (["--lanczos-max-iter", "1.5"], "argument --lanczos-max-iter: must be an integer"),
+        (["--loss-change-batches", "0"], "argument --loss-change-batches: must be an integer >= 1"),
+        (["--init-from", "missing.pt"], "argument --init-from: no such file 'missing.pt'"),
+        (["--channels-last", "maybe"], "argument --channels-last: invalid choice: 'maybe'"),
+        (["--eta", "0"], "argument --eta: must be a finite number > 0"),
+        (["--lr", "-1"], "argument --lr: must be a finite number > 0"),
+        (["--probe-every", "-1"], "argument --probe-every: must be an integer >= 0"),
+    ],
+)
 def test_a_bad_value_is_one_line_naming_the_flag(workdir, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         main(["dnn", "train", "--out", "r", *argv])
@@ -106,8 +207,10 @@ def test_a_bad_probe_acc_names_the_flag_and_the_entry(workdir, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["dnn", "train", "--out", "r", "--probe-acc", "0.5,2"])
     assert exc.value.code == 2
-    assert capsys.readouterr().err.startswith("valleysim dnn train: error: argument --probe-acc: must be a comma "
-                                              "list of accuracies in (0, 1]; got '0.5,2' (entry '2')")
+    assert capsys.readouterr().err.startswith(
+        "valleysim dnn train: error: argument --probe-acc: must be a comma "
+        "list of accuracies in (0, 1]; got '0.5,2' (entry '2')"
+    )
 
 
 def test_the_parser_does_not_import_torch():

@@ -18,8 +18,13 @@ def finite(*xs) -> bool:
 def test_trace_eta2(figure):
     d = figure("valley_trace_eta2", "--seed", 3)
     f = d["fits"]
-    assert finite(f["wls_eta2_eta3"]["a"], f["wls_eta2_eta3"]["a_se"], f["predicted_slope_leading_start"],
-                  f["wls_origin_corrected"]["slope"], f["wls_origin_corrected"]["slope_se"])
+    assert finite(
+        f["wls_eta2_eta3"]["a"],
+        f["wls_eta2_eta3"]["a_se"],
+        f["predicted_slope_leading_start"],
+        f["wls_origin_corrected"]["slope"],
+        f["wls_origin_corrected"]["slope_se"],
+    )
     assert all(finite(p["dT"], p["dT_se"], p["dT_pred_exact"]) for p in d["points"])
     # loose: the slope has the predicted sign and size (the quick run has R = 256)
     assert 0.8 < f["wls_origin_corrected"]["slope"] / f["predicted_slope_leading_start"] < 1.2
@@ -40,8 +45,13 @@ def test_negative_eigenvalues(figure):
     d = figure("valley_negative_eigenvalues", "--seed", 3)
     for land in d["landscapes"].values():
         f = land["fit"]
-        assert finite(f["wls_origin"]["slope"], f["wls_origin"]["slope_se"], f["predicted_slope_mean"],
-                      f["ratio_over_pred_vs_loss"]["a"], f["ratio_over_pred_vs_loss"]["a_se"])
+        assert finite(
+            f["wls_origin"]["slope"],
+            f["wls_origin"]["slope_se"],
+            f["predicted_slope_mean"],
+            f["ratio_over_pred_vs_loss"]["a"],
+            f["ratio_over_pred_vs_loss"]["a_se"],
+        )
         for p in land["points"]:
             assert finite(p["loss"], p["neg"], p["ratio"], p["ratio_se"], p["pred"])
             assert p["neg"] < 0 < p["loss"]

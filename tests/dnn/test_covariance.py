@@ -58,13 +58,15 @@ def assert_matches_dense(res, C: torch.Tensor, k: int, rtol=1e-10):
     # eigenvectors up to sign (the test spectra are simple), and C v = lambda v
     overlap = np.abs(np.einsum("kp,pk->k", E.numpy(), V))
     np.testing.assert_allclose(overlap, 1.0, atol=1e-8)
-    torch.testing.assert_close(E @ C, torch.as_tensor(res["eigenvalues_K"].copy())[:, None] * E,
-                               rtol=0, atol=1e-9 * scale)
+    torch.testing.assert_close(
+        E @ C, torch.as_tensor(res["eigenvalues_K"].copy())[:, None] * E, rtol=0, atol=1e-9 * scale
+    )
 
 
 # --------------------------------------------------------------------------- covariance_from_gram
 
-@pytest.mark.parametrize("L,P", [(7, 12), (20, 5)])          # the L x L side and the P x P side
+
+@pytest.mark.parametrize("L,P", [(7, 12), (20, 5)])  # the L x L side and the P x P side
 @pytest.mark.parametrize("n_total", [None, 40])
 def test_covariance_from_gram_equals_dense_eigh(L, P, n_total):
     gen = torch.Generator().manual_seed(L * P)
@@ -80,11 +82,11 @@ def test_covariance_from_gram_equals_dense_eigh(L, P, n_total):
 def test_covariance_from_gram_k_above_rank_and_zero_spread():
     gen = torch.Generator().manual_seed(0)
     G = torch.randn(3, 10, dtype=torch.float64, generator=gen)
-    res = covariance_from_gram(G, G.mean(0), 2, k=5)            # centred by its own mean: rank 2
-    assert res["eigenvalues_K"].shape == (3,)                   # min(k, L)
+    res = covariance_from_gram(G, G.mean(0), 2, k=5)  # centred by its own mean: rank 2
+    assert res["eigenvalues_K"].shape == (3,)  # min(k, L)
     assert res["eigenvalues_K"][2] == pytest.approx(0.0, abs=1e-12)
-    assert torch.all(res["eigenvectors_K"][2] == 0)            # null direction: undefined -> zeros
-    same = covariance_from_gram(G[[0, 0]], G[0], 2, k=1)       # every batch gradient equals g
+    assert torch.all(res["eigenvectors_K"][2] == 0)  # null direction: undefined -> zeros
+    same = covariance_from_gram(G[[0, 0]], G[0], 2, k=1)  # every batch gradient equals g
     assert same["lambda_K"] == 0.0 and same["trace_K"] == 0.0 and math.isnan(same["trace_ratio"])
 
 
@@ -97,7 +99,8 @@ def test_covariance_from_gram_refuses_full_batches():
 
 # --------------------------------------------------------------------------- exact_covariance
 
-@pytest.mark.parametrize("n,hidden", [(9, 4), (60, 2)])       # n < P = 39 and n > P = 21
+
+@pytest.mark.parametrize("n,hidden", [(9, 4), (60, 2)])  # n < P = 39 and n > P = 21
 def test_exact_covariance_equals_loop_of_per_example_gradients(n, hidden):
     obj = make_objective(n, hidden=hidden, chunk=4)
     theta = obj.theta0 + 0.3 * torch.randn(obj.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
@@ -107,6 +110,7 @@ def test_exact_covariance_equals_loop_of_per_example_gradients(n, hidden):
 
 
 # --------------------------------------------------------------------------- exact identities by enumeration
+
 
 def test_enumerating_all_batches_recovers_K_exactly():
     """Averaging over every possible batch turns E[(g_B - g)(g_B - g)^T] into an exact finite sum:
@@ -137,6 +141,7 @@ def test_enumerating_all_batches_recovers_K_exactly():
 
 # --------------------------------------------------------------------------- Monte Carlo unbiasedness
 
+
 class PerExampleMeans:
     """The part of the Objective interface the estimator uses, with batch gradients as means of
     precomputed per-example gradients (exact under bn="eval"; checked against obj.grad below)."""
@@ -152,19 +157,28 @@ class PerExampleMeans:
 def test_per_example_means_stand_in_for_the_objective():
     obj = make_objective(12, seed=3)
     fast = PerExampleMeans(obj)
-    idx = mini_batch_indices(12, 4, 3, seed=0, replace=True)      # repeated indices count twice
-    torch.testing.assert_close(mini_batch_gradients(fast, 4, 3, seed=0, replace=True),
-                               mini_batch_gradients(obj, 4, 3, seed=0, replace=True), rtol=1e-12, atol=1e-15)
+    idx = mini_batch_indices(12, 4, 3, seed=0, replace=True)  # repeated indices count twice
+    torch.testing.assert_close(
+        mini_batch_gradients(fast, 4, 3, seed=0, replace=True),
+        mini_batch_gradients(obj, 4, 3, seed=0, replace=True),
+        rtol=1e-12,
+        atol=1e-15,
+    )
     torch.testing.assert_close(fast.grad(idx=idx[0]), obj.grad(idx=idx[0]), rtol=1e-12, atol=1e-15)
     a, b = gradient_covariance(fast, 5, 2, seed=4, k=2), gradient_covariance(obj, 5, 2, seed=4, k=2)
     assert a["trace_K"] == pytest.approx(b["trace_K"], rel=1e-10)
     np.testing.assert_allclose(a["eigenvalues_K"], b["eigenvalues_K"], rtol=1e-10)
 
 
-@pytest.mark.parametrize("M,L,replace", [(2, 5, False),   # disjoint subsets (L M = 10 <= 12)
-                                         (4, 5, False),   # independent subsets (L M = 20 > 12)
-                                         (1, 4, True),    # M = 1 (c = 1 either way)
-                                         (3, 4, True)])   # i.i.d. indices
+@pytest.mark.parametrize(
+    "M,L,replace",
+    [
+        (2, 5, False),  # disjoint subsets (L M = 10 <= 12)
+        (4, 5, False),  # independent subsets (L M = 20 > 12)
+        (1, 4, True),  # M = 1 (c = 1 either way)
+        (3, 4, True),
+    ],
+)  # i.i.d. indices
 def test_trace_estimate_is_unbiased(M, L, replace):
     """mean over R = 300 seeds of trace_K is within 5 standard errors of the exact Tr K.
     The R estimates are i.i.d. with finite variance, so by the CLT the z-score is ~N(0, 1): a false
@@ -173,29 +187,34 @@ def test_trace_estimate_is_unbiased(M, L, replace):
     without-replacement cases, measured at z ~ -8 and ~ -26, and asserted to be rejected (z < -5)."""
     obj = make_objective(12, seed=3)
     truth = exact_covariance(obj, k=1)["trace_K"]
-    fast = PerExampleMeans(obj)                  # same batch gradients, without autograd per call
+    fast = PerExampleMeans(obj)  # same batch gradients, without autograd per call
     R = 300
     est = np.array([gradient_covariance(fast, L, M, seed=s, k=1, replace=replace)["trace_K"] for s in range(R)])
     se = est.std(ddof=1) / math.sqrt(R)
     z = (est.mean() - truth) / se
     assert abs(z) < 5, (est.mean(), truth, se)
-    assert se < 0.05 * truth                                       # the check is sharp enough
-    if not replace:      # power: the same batches with the with-replacement factor 1/M are rejected
-        naive = np.array([covariance_from_gram(mini_batch_gradients(fast, L, M, seed=s), fast.grad(), M,
-                                               k=1)["trace_K"] for s in range(R)])
+    assert se < 0.05 * truth  # the check is sharp enough
+    if not replace:  # power: the same batches with the with-replacement factor 1/M are rejected
+        naive = np.array(
+            [
+                covariance_from_gram(mini_batch_gradients(fast, L, M, seed=s), fast.grad(), M, k=1)["trace_K"]
+                for s in range(R)
+            ]
+        )
         assert (naive.mean() - truth) / (naive.std(ddof=1) / math.sqrt(R)) < -5
 
 
 # --------------------------------------------------------------------------- sampling, reproducibility
 
+
 def test_indices_disjoint_or_independent_and_seeded():
     a = mini_batch_indices(20, 4, 5, seed=7)
     assert a.shape == (4, 5) and a.dtype == torch.long
-    assert len(set(a.flatten().tolist())) == 20                    # L M <= n: disjoint
-    b = mini_batch_indices(20, 5, 8, seed=7)                       # L M > n: subsets, not disjoint
+    assert len(set(a.flatten().tolist())) == 20  # L M <= n: disjoint
+    b = mini_batch_indices(20, 5, 8, seed=7)  # L M > n: subsets, not disjoint
     assert all(len(set(r.tolist())) == 8 for r in b)
     assert len(set(b.flatten().tolist())) < 40
-    r = mini_batch_indices(5, 3, 9, seed=1, replace=True)          # with replacement: M > n allowed
+    r = mini_batch_indices(5, 3, 9, seed=1, replace=True)  # with replacement: M > n allowed
     assert r.shape == (3, 9) and int(r.min()) >= 0 and int(r.max()) < 5
     assert torch.equal(mini_batch_indices(20, 4, 5, seed=7), a)
     assert not torch.equal(mini_batch_indices(20, 4, 5, seed=8), a)
@@ -213,11 +232,13 @@ def test_seeded_reproducibility_and_batch_gradients():
     assert gradient_covariance(obj, 3, 4, seed=12, k=2)["trace_K"] != r1["trace_K"]
     # theta is honoured
     th = obj.theta0 + 0.1
-    torch.testing.assert_close(mini_batch_gradients(obj, 3, 4, seed=11, theta=th),
-                               torch.stack([obj.grad(th, idx=b) for b in idx]))
+    torch.testing.assert_close(
+        mini_batch_gradients(obj, 3, 4, seed=11, theta=th), torch.stack([obj.grad(th, idx=b) for b in idx])
+    )
 
 
 # --------------------------------------------------------------------------- errors
+
 
 def test_errors_name_the_parameter():
     obj = make_objective(8)
@@ -228,7 +249,7 @@ def test_errors_name_the_parameter():
     with pytest.raises(UserInputError, match="batch_size"):
         gradient_covariance(obj, 3, 9)
     with pytest.raises(UserInputError, match="batch_size"):
-        gradient_covariance(obj, 3, 8)                             # M = N without replacement: c = 0
+        gradient_covariance(obj, 3, 8)  # M = N without replacement: c = 0
     with pytest.raises(UserInputError, match="k"):
         gradient_covariance(obj, 3, 2, k=0)
     with pytest.raises(UserInputError, match="k"):

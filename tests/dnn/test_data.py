@@ -28,6 +28,7 @@ SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 # --------------------------------------------------------------------------- synthetic data
 
+
 def smooth_images(n: int, seed: int) -> np.ndarray:
     """Smooth (JPEG-friendly) but distinct 32x32 RGB images."""
     rng = np.random.default_rng(seed)
@@ -59,7 +60,11 @@ def folder_contents(split: str = "test", ext: str = "png", seed: int = 0):
     files, imgs, labs = {}, [], []
     rng_seed = seed
     for cls in sorted(FOLDER_SPEC, key=D.CIFAR10_CLASSES.index):
-        pics = noise_images(len(FOLDER_SPEC[cls]), rng_seed) if ext == "png" else smooth_images(len(FOLDER_SPEC[cls]), rng_seed)
+        pics = (
+            noise_images(len(FOLDER_SPEC[cls]), rng_seed)
+            if ext == "png"
+            else smooth_images(len(FOLDER_SPEC[cls]), rng_seed)
+        )
         rng_seed += 1
         for num, pic in zip(FOLDER_SPEC[cls], pics):
             files[f"{split}/{cls}/{num:04d}.{ext}"] = encode(pic, ext)
@@ -87,6 +92,7 @@ def write_tar(path: Path, files: dict, prefix: str = "") -> Path:
 
 
 # --------------------------------------------------------------------------- layouts and labels
+
 
 def test_image_folder_directory_labels_by_class_name_png_exact(tmp_path):
     files, imgs, labs = folder_contents("test", "png")
@@ -193,9 +199,11 @@ def test_pickle_with_foreign_global_is_refused(tmp_path):
 
 # --------------------------------------------------------------------------- cache
 
+
 def _forbid_decoding(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("decoder called although the cache should have been used")
+
     monkeypatch.setattr(D, "_decode_image", boom)
 
 
@@ -238,11 +246,11 @@ def test_partial_or_corrupt_cache_is_ignored_and_rewritten(tmp_path, monkeypatch
     x1, y1 = D.load_cifar10(tar, "test", cache_dir=cache)
     (entry,) = cache.iterdir()
     raw = entry.read_bytes()
-    if damage == "truncate":      # as if killed while writing in place
+    if damage == "truncate":  # as if killed while writing in place
         entry.write_bytes(raw[: len(raw) // 2])
     elif damage == "garbage":
         entry.write_bytes(b"\x00" * 1000)
-    else:                         # a valid npz with other content under this name
+    else:  # a valid npz with other content under this name
         np.savez(entry, images=np.zeros((9, 32, 32, 3), np.uint8), labels=np.zeros(9, np.int64), key=np.array("x"))
     calls = []
     real = D._decode_image
@@ -267,6 +275,7 @@ def test_env_vars_give_data_path_and_cache_dir(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- bad input
+
 
 def test_bad_inputs_raise_user_input_error_naming_the_problem(tmp_path, monkeypatch):
     monkeypatch.delenv("VALLEYSIM_DATA", raising=False)
@@ -310,6 +319,7 @@ def test_bad_inputs_raise_user_input_error_naming_the_problem(tmp_path, monkeypa
 
 # --------------------------------------------------------------------------- transforms
 
+
 def test_augmentation_is_crop_of_zero_padded_image_and_flip():
     x = torch.as_tensor(noise_images(16, 1)).permute(0, 3, 1, 2)  # uint8 NCHW
     aug = D.RandomCropFlip(padding=4)
@@ -319,14 +329,19 @@ def test_augmentation_is_crop_of_zero_padded_image_and_flip():
     i, j, f = aug.last_params
     assert f.any() and (~f).any()  # both cases occur with this seed
     for b in range(16):
-        crop = xp[b, :, i[b]:i[b] + 32, j[b]:j[b] + 32]
+        crop = xp[b, :, i[b] : i[b] + 32, j[b] : j[b] + 32]
         if f[b]:
             crop = crop.flip(-1)
         assert torch.equal(out[b], crop)
     # independently of last_params: every output is one of the 81 crops x 2 flips of the padded image
     for b in range(4):
-        hits = [(di, dj, fl) for di in range(9) for dj in range(9) for fl in (0, 1)
-                if torch.equal(out[b], (lambda c: c.flip(-1) if fl else c)(xp[b, :, di:di + 32, dj:dj + 32]))]
+        hits = [
+            (di, dj, fl)
+            for di in range(9)
+            for dj in range(9)
+            for fl in (0, 1)
+            if torch.equal(out[b], (lambda c: c.flip(-1) if fl else c)(xp[b, :, di : di + 32, dj : dj + 32]))
+        ]
         assert hits, b
     # determinism by seed; a different seed differs
     again = aug(x, torch.Generator().manual_seed(0))
@@ -351,9 +366,20 @@ def test_batches_shapes_determinism_normalisation():
     assert not all(torch.equal(a[0], b[0]) for a, b in zip(out, other))
     assert len(list(D.batches(imgs, labs, 4, g(3), drop_last=True))) == 2
     # no shuffle, no augment: exactly (x/255 - mean)/std in NCHW
-    (xb, yb), = D.batches(imgs, labs, 10, None, augment=False, shuffle=False, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.5),
-                          dtype=torch.float64)
-    want = (imgs.transpose(0, 3, 1, 2) / 255.0 - np.array([0.5, 0.4, 0.3])[:, None, None]) / np.array([0.2, 0.25, 0.5])[:, None, None]
+    ((xb, yb),) = D.batches(
+        imgs,
+        labs,
+        10,
+        None,
+        augment=False,
+        shuffle=False,
+        mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.25, 0.5),
+        dtype=torch.float64,
+    )
+    want = (imgs.transpose(0, 3, 1, 2) / 255.0 - np.array([0.5, 0.4, 0.3])[:, None, None]) / np.array([0.2, 0.25, 0.5])[
+        :, None, None
+    ]
     np.testing.assert_allclose(xb.numpy(), want, rtol=0, atol=1e-12)
     np.testing.assert_array_equal(yb.numpy(), labs)
     with pytest.raises(UserInputError, match="Generator"):
@@ -393,6 +419,7 @@ def test_measurement_subset_fixed_and_seeded():
 
 
 # --------------------------------------------------------------------------- the real shared copy
+
 
 def test_real_shared_cifar10_test_split(tmp_path):
     tar, order_file = SHARED / "cifar10-jpeg.tar", SHARED / "cifar10-original-label-order.npz"

@@ -35,7 +35,7 @@ def spectral(lam: np.ndarray, seed: int = 0) -> torch.Tensor:
     Q = orthogonal(lam.size, seed)
     A = torch.tensor((Q * lam) @ Q.T, dtype=F64)
     order = np.argsort(-lam, kind="stable")
-    A.oracle = (lam[order], Q[:, order])              # type: ignore[attr-defined]
+    A.oracle = (lam[order], Q[:, order])  # type: ignore[attr-defined]
     return A
 
 
@@ -91,6 +91,7 @@ def check_pairs(e: Eigenpairs, A: torch.Tensor, k: int, tol: float, gap_ok: np.n
 
 
 # --------------------------------------------------------------------------- Lanczos accuracy
+
 
 @pytest.mark.parametrize("kind", ["psd", "indefinite"])
 @pytest.mark.parametrize("k", [1, 4])
@@ -214,6 +215,7 @@ def test_seed_reproducibility():
 
 # --------------------------------------------------------------------------- Lanczos vs power
 
+
 def test_lanczos_far_fewer_matvecs_than_power_iteration():
     """lam1 = 100, lam2 = 95: matvecs to reach relative eigenvalue error 1e-7.
 
@@ -249,6 +251,7 @@ def test_lanczos_far_fewer_matvecs_than_power_iteration():
 
 # --------------------------------------------------------------------------- warm start
 
+
 def test_warm_start_needs_fewer_matvecs():
     """Eigenvectors of A0 as ``init`` for A1 = A0 + 1e-3 ||A0|| E (a nearby checkpoint)."""
     P, k = 300, 5
@@ -270,7 +273,7 @@ def test_warm_start_needs_fewer_matvecs():
         check_pairs(cold, A1, k, tol)
         counts[tol] = (cold.n_matvec, warm.n_matvec)
         assert warm.n_matvec < 0.7 * cold.n_matvec, counts
-    assert counts[1e-3][1] == k            # Rayleigh-Ritz on span(init) already meets tol 1e-3
+    assert counts[1e-3][1] == k  # Rayleigh-Ritz on span(init) already meets tol 1e-3
     # the eigenvectors of the same operator: k matvecs
     same = lanczos_top(Counted(A0), like(P), k, tol=1e-6, init=prev.vectors)
     assert same.converged and same.n_matvec == k
@@ -282,13 +285,13 @@ def test_warm_start_needs_fewer_matvecs():
     one = lanczos_top(Counted(A1), like(P), 1, tol=1e-6, max_iter=P, init=prev.vectors[0])
     assert one.converged and one.n_matvec < lanczos_top(Counted(A1), like(P), 1, tol=1e-6).n_matvec
     # block start variant (block_size > 1) works too
-    blk = lanczos_top(Counted(A1), like(P), k, tol=1e-3, max_iter=P, init=prev.vectors,
-                      block_size=k)
+    blk = lanczos_top(Counted(A1), like(P), k, tol=1e-3, max_iter=P, init=prev.vectors, block_size=k)
     assert blk.converged and blk.n_matvec == k
     check_pairs(blk, A1, k, 1e-3)
 
 
 # --------------------------------------------------------------------------- power iteration
+
 
 def test_power_iteration_stopping_rule():
     P, tol = 100, 1e-3
@@ -302,10 +305,9 @@ def test_power_iteration_stopping_rule():
 
     val, vec, n = power_iteration(mv, like(P), tol=tol, max_iter=1000)
     assert n == len(quotients) >= 2
-    rel = [abs(quotients[i - 1] - quotients[i]) / (abs(quotients[i - 1]) + 1e-6)
-           for i in range(1, n)]
+    rel = [abs(quotients[i - 1] - quotients[i]) / (abs(quotients[i - 1]) + 1e-6) for i in range(1, n)]
     assert rel[-1] < tol and all(r >= tol for r in rel[:-1])
-    assert val == quotients[-2]                        # PyHessian keeps the previous value
+    assert val == quotients[-2]  # PyHessian keeps the previous value
     w = A @ vec  # vector: the last normalised A v, norm 1 up to the 1e-6 of PyHessian
     assert abs(float(vec.norm()) - 1.0) < 1e-5 and float(w @ vec) > 0.9
     # max_iter caps the matvecs
@@ -314,6 +316,7 @@ def test_power_iteration_stopping_rule():
 
 
 # --------------------------------------------------------------------------- Hutchinson
+
 
 @pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
 def test_hutchinson_unbiased_and_se(distribution: str):
@@ -324,25 +327,23 @@ def test_hutchinson_unbiased_and_se(distribution: str):
     ses = []
     for seed in range(5):
         mv = Counted(A)
-        est, se, n = hutchinson_trace(mv, like(P), n_samples=100, seed=seed,
-                                      distribution=distribution)
+        est, se, n = hutchinson_trace(mv, like(P), n_samples=100, seed=seed, distribution=distribution)
         assert n == 100 == mv.n
         assert abs(est - tr) < 4 * se
         ses.append(se)
-    _, se_big, _ = hutchinson_trace(Counted(A), like(P), n_samples=1600, seed=0,
-                                    distribution=distribution)
-    ratio = se_big / float(np.mean(ses))              # expected 1/sqrt(16) = 0.25
+    _, se_big, _ = hutchinson_trace(Counted(A), like(P), n_samples=1600, seed=0, distribution=distribution)
+    ratio = se_big / float(np.mean(ses))  # expected 1/sqrt(16) = 0.25
     assert 0.18 < ratio < 0.34, ratio
     # SE matches the known variance: Rademacher 2 sum_{i!=j} A_ij^2, Gaussian 2 ||A||_F^2
     An = A.numpy()
-    var = 2 * (np.sum(An**2) - (np.sum(np.diag(An)**2) if distribution == "rademacher" else 0.0))
+    var = 2 * (np.sum(An**2) - (np.sum(np.diag(An) ** 2) if distribution == "rademacher" else 0.0))
     assert se_big == pytest.approx(math.sqrt(var / 1600), rel=0.1)
 
 
 def test_hutchinson_deflated_unbiased_smaller_se():
     P = 100
     lam = np.random.default_rng(10).uniform(-1.0, 1.0, P)
-    lam[:3] = [60.0, 40.0, 25.0]                          # dominant top eigenvalues
+    lam[:3] = [60.0, 40.0, 25.0]  # dominant top eigenvalues
     A = spectral(lam, seed=11)
     tr = float(lam.sum())
     top = lanczos_top(Counted(A), like(P), 3, tol=1e-3)
@@ -363,6 +364,7 @@ def test_hutchinson_deflated_unbiased_smaller_se():
 
 # --------------------------------------------------------------------------- small helpers
 
+
 def test_dense_matrix_and_frobenius():
     A = spectral(np.array([2.0, -1.0, 0.5, 0.0]), seed=2)
     mv = Counted(A)
@@ -378,11 +380,19 @@ def test_dense_matrix_and_frobenius():
 
 # --------------------------------------------------------------------------- errors
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(k=0), "k"), (dict(k=11), "k"), (dict(k=2, tol=0.0), "tol"),
-    (dict(k=2, tol=-1.0), "tol"), (dict(k=2, max_iter=0), "max_iter"),
-    (dict(k=2, block_size=0), "block_size"), (dict(k=2, init=torch.zeros(3, 4)), "init"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(k=0), "k"),
+        (dict(k=11), "k"),
+        (dict(k=2, tol=0.0), "tol"),
+        (dict(k=2, tol=-1.0), "tol"),
+        (dict(k=2, max_iter=0), "max_iter"),
+        (dict(k=2, block_size=0), "block_size"),
+        (dict(k=2, init=torch.zeros(3, 4)), "init"),
+    ],
+)
 def test_lanczos_errors_name_parameter(kwargs, name):
     A = spectral(np.linspace(1.0, 0.1, 10))
     with pytest.raises(UserInputError, match=rf"^{name}\b"):

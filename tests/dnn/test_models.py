@@ -64,8 +64,20 @@ def test_default_input_shapes():
 
 def test_param_count_simplecnn():
     # the brief's formula: two 32-filter convs, two 64-filter convs, 64*8*8 -> 128 -> 10
-    want = (3 * 32 * 9 + 32 + 32 * 32 * 9 + 32 + 32 * 64 * 9 + 64 + 64 * 64 * 9 + 64
-            + 64 * 8 * 8 * 128 + 128 + 128 * 10 + 10)
+    want = (
+        3 * 32 * 9
+        + 32
+        + 32 * 32 * 9
+        + 32
+        + 32 * 64 * 9
+        + 64
+        + 64 * 64 * 9
+        + 64
+        + 64 * 8 * 8 * 128
+        + 128
+        + 128 * 10
+        + 10
+    )
     assert want == 591_274
     assert _nparams(build_model("simplecnn")) == want
     bn = 2 * (32 + 32 + 64 + 64)  # gamma and beta per channel
@@ -112,7 +124,9 @@ def test_param_count_vgg11():
 
 def test_param_count_mlp():
     assert _nparams(build_model("mlp")) == 784 * 300 + 300 + 300 * 100 + 100 + 100 * 10 + 10
-    assert _nparams(build_model("mlp", input_shape=(3, 4, 5), num_classes=3)) == _lin(60, 300) + _lin(300, 100) + _lin(100, 3)
+    assert _nparams(build_model("mlp", input_shape=(3, 4, 5), num_classes=3)) == _lin(60, 300) + _lin(300, 100) + _lin(
+        100, 3
+    )
 
 
 def test_width_scales_counts():
@@ -196,12 +210,10 @@ def test_channels_last_matches_contiguous(name):
     x = _x(name, dtype=torch.float64)
     ref.eval(), cl.eval()  # BN in eval mode (running stats) so both see the same statistics
     with torch.no_grad():
-        torch.testing.assert_close(cl(x.contiguous(memory_format=torch.channels_last)), ref(x),
-                                   rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(cl(x.contiguous(memory_format=torch.channels_last)), ref(x), rtol=1e-10, atol=1e-12)
     ref.train(), cl.train()
     with torch.no_grad():
-        torch.testing.assert_close(cl(x.contiguous(memory_format=torch.channels_last)), ref(x),
-                                   rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(cl(x.contiguous(memory_format=torch.channels_last)), ref(x), rtol=1e-10, atol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,7 +228,7 @@ def test_fixup_init_structure():
         assert torch.count_nonzero(b.conv2.weight) == 0
         w = b.conv1.weight
         fan_out = w.shape[0] * 9
-        want_std = (2 / fan_out) ** 0.5 * 15 ** -0.5
+        want_std = (2 / fan_out) ** 0.5 * 15**-0.5
         assert 0.6 * want_std < w.std().item() < 1.4 * want_std
         assert b.scale.item() == 1.0 and b.bias1a.item() == b.bias2b.item() == 0.0
     assert torch.count_nonzero(m.fc.weight) > 0  # fc NOT zero (deviation from Fixup, documented)
@@ -305,6 +317,6 @@ def test_per_example_grads_match_loop(name):
     per_ex = vmap(grad(loss_fn), in_dims=(None, 0, 0))(params, x, y)
     for i in range(len(x)):
         model.zero_grad()
-        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
         for k, p in model.named_parameters():
             torch.testing.assert_close(per_ex[k][i], p.grad, rtol=1e-10, atol=1e-12)

@@ -23,12 +23,13 @@ def reference_logits(net, x, bn, group):
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.track_running_stats, m.running_mean, m.running_var = False, None, None
-    return net, torch.cat([net(x[s:s + group].double()) for s in range(0, len(x), group)])
+    return net, torch.cat([net(x[s : s + group].double()) for s in range(0, len(x), group)])
 
 
 def reference_hessian(obj):
     return torch.autograd.functional.hessian(
-        lambda t: obj._losses(obj.unflatten(t), obj.inputs, obj.targets).mean(), obj.theta0)
+        lambda t: obj._losses(obj.unflatten(t), obj.inputs, obj.targets).mean(), obj.theta0
+    )
 
 
 @pytest.mark.parametrize("bn", ["eval", "batch"])
@@ -71,13 +72,13 @@ def test_per_example_gradients_and_curvature():
     G = obj.per_example_grads()
     assert G.shape == (7, obj.dim)
     for i in range(7):
-        gi = Objective(net, x[i:i + 1], y[i:i + 1]).grad()
+        gi = Objective(net, x[i : i + 1], y[i : i + 1]).grad()
         torch.testing.assert_close(G[i], gi, rtol=1e-12, atol=1e-15)
     torch.testing.assert_close(G.mean(0), obj.grad(), rtol=1e-12, atol=1e-15)
     v = torch.randn(obj.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     c = obj.per_example_curvature(v)
     for i in range(7):
-        Hi = reference_hessian(Objective(net, x[i:i + 1], y[i:i + 1]))
+        Hi = reference_hessian(Objective(net, x[i : i + 1], y[i : i + 1]))
         assert float(c[i]) == pytest.approx(float(v @ Hi @ v), rel=1e-10, abs=1e-12)
     assert float(c.mean()) == pytest.approx(float(v @ obj.hvp(v)), rel=1e-10)
 

@@ -12,19 +12,21 @@ from valleysim.errors import UserInputError
 
 
 def _rows(steps, **cols):
-    return [dict(step=int(s), **{k: (v[i] if np.ndim(v) else v) for k, v in cols.items()})
-            for i, s in enumerate(steps)]
+    return [dict(step=int(s), **{k: (v[i] if np.ndim(v) else v) for k, v in cols.items()}) for i, s in enumerate(steps)]
 
 
 # --------------------------------------------------------------------------------------------- R1 factor
+
 
 def test_stability_factors_hand_computed():
     # eta = 0.1, S = 10, N = 100: c = (100 - 10) / (10 * 99) = 1/11
     rows = _rows([0, 10, 20], curvature_mean=[2.0, 10.0, 19.0], curvature_var=[4.0, 110.0, 0.0])
     q = P.stability_factors(rows, 0.1, 10, 100)
-    expected = [(1 - 0.2) ** 2 + 0.01 * 4.0 / 11,      # 0.64 + 0.00363636...
-                (1 - 1.0) ** 2 + 0.01 * 110.0 / 11,    # 0 + 0.1
-                (1 - 1.9) ** 2 + 0.0]                  # 0.81
+    expected = [
+        (1 - 0.2) ** 2 + 0.01 * 4.0 / 11,  # 0.64 + 0.00363636...
+        (1 - 1.0) ** 2 + 0.01 * 110.0 / 11,  # 0 + 0.1
+        (1 - 1.9) ** 2 + 0.0,
+    ]  # 0.81
     assert q == pytest.approx([0.64 + 0.04 / 11, 0.1, 0.81], rel=1e-12)
     assert q == pytest.approx(expected, rel=1e-12)
 
@@ -36,13 +38,21 @@ def test_stability_factor_full_batch_has_no_noise_term():
 
 # --------------------------------------------------------------------------------------------- break-even point
 
+
 def _series():
     # lambda grows; s^2 = 0 and GD-like c irrelevant: q = (1 - eta lam)^2 with eta = 0.1
     lam = np.array([1.0, 3.0, 5.0, 8.0, 10.0, 19.9, 20.5, 19.0, 20.1])
     steps = np.arange(lam.size) * 100
     acc = np.linspace(0.1, 0.9, lam.size)
-    return _rows(steps, curvature_mean=lam, curvature_var=0.0, lambda_max=lam, epoch=steps / 50.0,
-                 train_acc_running=acc, measure_acc=acc - 0.05)
+    return _rows(
+        steps,
+        curvature_mean=lam,
+        curvature_var=0.0,
+        lambda_max=lam,
+        epoch=steps / 50.0,
+        train_acc_running=acc,
+        measure_acc=acc - 0.05,
+    )
 
 
 def test_break_even_point_first_probe_over_threshold():
@@ -83,18 +93,19 @@ def test_break_even_point_ignores_flat_side():
 def test_early_phase_end_break_even_or_accuracy():
     rows = _series()
     assert P.early_phase_end(rows, 0.1, 64, 64)["end"] == 5
-    ph = P.early_phase_end(rows, 0.1, 64, 64, max_acc=0.35)    # acc 0.1, 0.2, 0.3, 0.4: index 3
+    ph = P.early_phase_end(rows, 0.1, 64, 64, max_acc=0.35)  # acc 0.1, 0.2, 0.3, 0.4: index 3
     assert ph["end"] == 3 and ph["reason"] == "accuracy"
     assert P.early_phase_end(rows[:4], 0.1, 64, 64)["reason"] == "all"
 
 
 # --------------------------------------------------------------------------------------------- alpha
 
+
 def test_alpha_constant_ratio_and_lambda_star():
     rows = _series()
     for r in rows:
         r["lambda_K"] = 0.3 * r["lambda_max"]
-    rows[7]["lambda_K"] = 100.0                                  # after the break-even probe: ignored
+    rows[7]["lambda_K"] = 100.0  # after the break-even probe: ignored
     al = P.alpha_ratio(rows, 0.1, 64, 64)
     assert al["alpha"] == pytest.approx(0.3) and al["alpha_iqr"] == pytest.approx(0.0, abs=1e-12)
     assert al["n"] == 6 and al["phase_reason"] == "break_even"
@@ -105,13 +116,15 @@ def test_alpha_constant_ratio_and_lambda_star():
 
 def test_alpha_spread_is_median_and_iqr():
     lam = np.ones(5)
-    rows = _rows(range(5), lambda_max=lam, lambda_K=[1.0, 2.0, 3.0, 4.0, 100.0], curvature_mean=1.0,
-                 curvature_var=0.0)                              # q = 0.81 < 0.95: every probe is early
+    rows = _rows(
+        range(5), lambda_max=lam, lambda_K=[1.0, 2.0, 3.0, 4.0, 100.0], curvature_mean=1.0, curvature_var=0.0
+    )  # q = 0.81 < 0.95: every probe is early
     al = P.alpha_ratio(rows, 0.1, 4, 8)
     assert al["alpha"] == 3.0 and al["alpha_q25"] == 2.0 and al["alpha_q75"] == 4.0 and al["alpha_max"] == 100.0
 
 
 # --------------------------------------------------------------------------------------------- orderings
+
 
 def _tau_b_brute(x, y):
     conc = disc = 0
@@ -120,15 +133,18 @@ def _tau_b_brute(x, y):
         conc += s > 0
         disc += s < 0
     n0 = len(x) * (len(x) - 1) / 2
-    return (conc - disc) / math.sqrt(n0 * n0)                    # no ties: tau-b = (C - D) / n0
+    return (conc - disc) / math.sqrt(n0 * n0)  # no ties: tau-b = (C - D) / n0
 
 
 def _grid(reverse=False):
     # maxima generated from a law that obeys the conjectures: lambda's fall with eta and 1/S, the ratio rises
-    law = lambda e, S: dict(max_lambda_max=2.0 / e * S / (S + 64), max_lambda_K=S / (100.0 * e),  # noqa: E731
-                            max_trace_ratio=5 + 10 * e + 100.0 / S)
-    runs = [dict(eta=e, S=128, **law(e, 128)) for e in (0.01, 0.03, 0.1, 0.3)]          # lr grid at S = 128
-    runs += [dict(eta=0.1, S=S, **law(0.1, S)) for S in (16, 32, 512)]                  # batch grid at eta = 0.1
+    def law(e, S):
+        return dict(
+            max_lambda_max=2.0 / e * S / (S + 64), max_lambda_K=S / (100.0 * e), max_trace_ratio=5 + 10 * e + 100.0 / S
+        )
+
+    runs = [dict(eta=e, S=128, **law(e, 128)) for e in (0.01, 0.03, 0.1, 0.3)]  # lr grid at S = 128
+    runs += [dict(eta=0.1, S=S, **law(0.1, S)) for S in (16, 32, 512)]  # batch grid at eta = 0.1
     if reverse:
         for r in runs:
             for q in P.CONJECTURE_SIGNS:
@@ -147,29 +163,37 @@ def test_kendall_tau_matches_brute_force():
 
 def test_conjecture_signs_agree_and_reverse():
     out = P.conjecture_orderings(_grid())
-    assert {(r["grid"], r["quantity"]) for r in out} == {(g, q) for g in ("learning_rate", "batch_size")
-                                                          for q in P.CONJECTURE_SIGNS}
+    assert {(r["grid"], r["quantity"]) for r in out} == {
+        (g, q) for g in ("learning_rate", "batch_size") for q in P.CONJECTURE_SIGNS
+    }
     assert all(r["agrees"] for r in out)
     assert all(abs(r["tau"]) == pytest.approx(1.0) for r in out)
     lr = {r["quantity"]: r for r in out if r["grid"] == "learning_rate"}
     assert lr["max_lambda_K"]["tau"] == pytest.approx(-1.0) and lr["max_trace_ratio"]["tau"] == pytest.approx(1.0)
     bs = {r["quantity"]: r for r in out if r["grid"] == "batch_size"}
     assert bs["max_lambda_K"]["knob"] == "1/S" and bs["max_lambda_K"]["tau"] == pytest.approx(-1.0)
-    assert bs["max_lambda_K"]["n"] == 4                          # the S = 128 run of the lr grid joins
+    assert bs["max_lambda_K"]["n"] == 4  # the S = 128 run of the lr grid joins
     assert not any(r["agrees"] for r in P.conjecture_orderings(_grid(reverse=True)))
 
 
 def test_orderings_two_points_and_constant_quantity():
-    runs = [dict(eta=0.1, S=32, max_lambda_max=5.0, max_trace_ratio=3.0),
-            dict(eta=0.2, S=32, max_lambda_max=4.0, max_trace_ratio=3.0)]
+    runs = [
+        dict(eta=0.1, S=32, max_lambda_max=5.0, max_trace_ratio=3.0),
+        dict(eta=0.2, S=32, max_lambda_max=4.0, max_trace_ratio=3.0),
+    ]
     out = {r["quantity"]: r for r in P.conjecture_orderings(runs, quantities=["max_lambda_max", "max_trace_ratio"])}
     assert out["max_lambda_max"]["tau"] == pytest.approx(-1.0) and out["max_lambda_max"]["agrees"]
     assert math.isnan(out["max_trace_ratio"]["tau"]) and not out["max_trace_ratio"]["agrees"]
 
 
 def test_run_maxima_up_to_accuracy():
-    rows = _rows(range(4), lambda_max=[1.0, 5.0, 3.0, 9.0], lambda_K=[0.5, 0.1, 2.0, 0.0],
-                 trace_ratio=[3.0, 4.0, 2.0, 8.0], train_acc_running=[0.2, 0.5, 0.61, 0.8])
+    rows = _rows(
+        range(4),
+        lambda_max=[1.0, 5.0, 3.0, 9.0],
+        lambda_K=[0.5, 0.1, 2.0, 0.0],
+        trace_ratio=[3.0, 4.0, 2.0, 8.0],
+        train_acc_running=[0.2, 0.5, 0.61, 0.8],
+    )
     m = P.run_maxima(rows, max_acc=0.6)
     assert (m["max_lambda_max"], m["max_lambda_K"], m["max_trace_ratio"], m["n"]) == (5.0, 2.0, 4.0, 3)
     assert math.isnan(m["max_trace_K"]) and P.run_maxima(rows)["max_lambda_max"] == 9.0
@@ -177,11 +201,11 @@ def test_run_maxima_up_to_accuracy():
 
 # --------------------------------------------------------------------------------------------- calibrated toy
 
+
 @pytest.fixture(scope="module")
 def toy_run():
     sigma, eta, S, N, beta = 0.8, 0.1, 8, 64, 1e-3
-    land = bes.SharpeningLandscape.make(n_examples=N, sigma=sigma, beta=beta, a0=(2.0,), rates=(1.0,),
-                                        landscape_seed=3)
+    land = bes.SharpeningLandscape.make(n_examples=N, sigma=sigma, beta=beta, a0=(2.0,), rates=(1.0,), landscape_seed=3)
     run = bes.simulate(land, eta, S, trajectories=16, seed=5)
     curv = run.curvature()[0]
     # per-example curvatures along the sharp direction: h_i = a f_i, population variance sigma^2 a^2
@@ -194,24 +218,35 @@ def test_calibrate_toy_recovers_own_parameters(toy_run):
     t = toy_run
     cal = P.calibrate_toy(t["rows"], t["eta"], t["S"], t["N"], landscape_seed=3)
     assert cal["sigma2"] == pytest.approx(t["sigma"] ** 2, rel=1e-9)
-    assert cal["rate"] == pytest.approx(t["eta"] * t["beta"], rel=0.02)     # d log a / dt = r eta beta
+    assert cal["rate"] == pytest.approx(t["eta"] * t["beta"], rel=0.02)  # d log a / dt = r eta beta
     assert cal["beta"] == pytest.approx(t["beta"], rel=0.02)
     assert cal["a0"] == pytest.approx(2.0, rel=0.02)
     lam_star = 2.0 / (t["eta"] * (1 + (t["N"] - t["S"]) / (t["S"] * (t["N"] - 1)) * t["sigma"] ** 2))
     assert cal["toy_lambda_star"] == pytest.approx(lam_star)
     own_max = float(np.mean(t["run"].max_curvature))
     assert cal["toy_max_curvature"] == pytest.approx(own_max, rel=0.05)
-    own_settled = float(np.median(t["run"].curvature()[:, t["run"].Z.shape[1] // 2:]))
+    own_settled = float(np.median(t["run"].curvature()[:, t["run"].Z.shape[1] // 2 :]))
     assert cal["toy_settled_curvature"] == pytest.approx(own_settled, rel=0.05)
     assert cal["toy_settled_curvature"] == pytest.approx(lam_star, rel=0.1)
 
 
 def test_comparison_table_and_markdown(toy_run):
     t = toy_run
-    rows = [dict(r, lambda_K=0.5 * r["lambda_max"], trace_ratio=3.0, epoch=r["step"] / 8.0,
-                 train_acc_running=min(1.0, r["step"] / 60000), measure_acc=0.5) for r in t["rows"]]
-    table = P.comparison_table([dict(rows=rows, eta=t["eta"], S=t["S"], N=t["N"], label="toy")],
-                               toy_kwargs=dict(landscape_seed=3, trajectories=4))
+    rows = [
+        dict(
+            r,
+            lambda_K=0.5 * r["lambda_max"],
+            trace_ratio=3.0,
+            epoch=r["step"] / 8.0,
+            train_acc_running=min(1.0, r["step"] / 60000),
+            measure_acc=0.5,
+        )
+        for r in t["rows"]
+    ]
+    table = P.comparison_table(
+        [dict(rows=rows, eta=t["eta"], S=t["S"], N=t["N"], label="toy")],
+        toy_kwargs=dict(landscape_seed=3, trajectories=4),
+    )
     (row,) = table
     c = (t["N"] - t["S"]) / (t["S"] * (t["N"] - 1))
     assert row["alpha"] == pytest.approx(0.5)
@@ -227,6 +262,7 @@ def test_comparison_table_and_markdown(toy_run):
 
 
 # --------------------------------------------------------------------------------------------- errors
+
 
 def test_errors_name_the_parameter():
     rows = _series()
@@ -253,5 +289,6 @@ def test_errors_name_the_parameter():
     with pytest.raises(UserInputError, match="runs"):
         P.conjecture_orderings([])
     with pytest.raises(UserInputError, match="does not grow"):
-        P.calibrate_toy(_rows(range(4), lambda_max=[4.0, 3.0, 2.0, 1.0], curvature_mean=1.0, curvature_var=0.1),
-                        0.1, 8, 64)
+        P.calibrate_toy(
+            _rows(range(4), lambda_max=[4.0, 3.0, 2.0, 1.0], curvature_mean=1.0, curvature_var=0.1), 0.1, 8, 64
+        )

@@ -65,7 +65,7 @@ def test_alpha_keys():
 
 def test_loss_change_against_direct_evaluation(bn_objective):
     _, _, _, obj = bn_objective
-    e = rand(obj.dim, 0) * 3.0                      # not unit: normalised inside
+    e = rand(obj.dim, 0) * 3.0  # not unit: normalised inside
     G = torch.stack([obj.grad(idx=torch.arange(s, s + 4)) for s in (0, 4, 8)])
     eta = 0.3
     out = loss_change_along_top(obj, e, G, eta)
@@ -78,8 +78,9 @@ def test_loss_change_against_direct_evaluation(bn_objective):
             step = a * eta * float(G[b] @ u)
             d.append(obj.loss(obj.theta0 - step * u) - L0)
         assert out[f"loss_change_{alpha_key(a)}"] == pytest.approx(np.mean(d), rel=1e-12, abs=1e-15)
-        assert out[f"loss_change_{alpha_key(a)}_se"] == pytest.approx(np.std(d, ddof=1) / math.sqrt(3),
-                                                                      rel=1e-10, abs=1e-15)
+        assert out[f"loss_change_{alpha_key(a)}_se"] == pytest.approx(
+            np.std(d, ddof=1) / math.sqrt(3), rel=1e-10, abs=1e-15
+        )
     # sign of the eigenvector does not matter; explicit theta is used
     flip = loss_change_along_top(obj, -e, G, eta)
     assert flip == pytest.approx(out, rel=1e-12, abs=1e-15)
@@ -98,12 +99,12 @@ def test_loss_change_closed_form_on_quadratic():
     quad = Quadratic(A, rand(P, 2), 0.7, rand(P, 3))
     e, lam1 = Q[:, 0], float(lam[0])
     g_full = quad.grad()
-    G = g_full + 0.5 * rand((4, P), 4)              # "mini-batch" gradients
+    G = g_full + 0.5 * rand((4, P), 4)  # "mini-batch" gradients
     eta = 0.1
     out = loss_change_along_top(quad, e, G, eta)
     for a in ALPHAS:
         s = a * eta * (G @ e)
-        closed = -s * float(e @ g_full) + s ** 2 * lam1 / 2
+        closed = -s * float(e @ g_full) + s**2 * lam1 / 2
         assert out[f"loss_change_{alpha_key(a)}"] == pytest.approx(float(closed.mean()), rel=1e-9, abs=1e-13)
 
 
@@ -116,9 +117,13 @@ def _alpha_star_1d(c, k, x, eta, thr=1.2):
 @pytest.mark.parametrize("rtol", [1e-3, 1e-6])
 def test_alpha_star_closed_form_and_precision(rtol):
     c, k, x, eta = 0.3, 4.0, 0.5, 0.2
-    quad = Quadratic(torch.tensor([[k]], dtype=torch.float64), torch.zeros(1, dtype=torch.float64), c,
-                     torch.tensor([x], dtype=torch.float64))
-    d = quad.grad()                                  # the step's gradient
+    quad = Quadratic(
+        torch.tensor([[k]], dtype=torch.float64),
+        torch.zeros(1, dtype=torch.float64),
+        c,
+        torch.tensor([x], dtype=torch.float64),
+    )
+    d = quad.grad()  # the step's gradient
     true = _alpha_star_1d(c, k, x, eta)
     got = alpha_star(quad, d, eta, rtol=rtol)["alpha_star"]
     assert true <= got <= true * (1 + rtol) + 1e-15
@@ -130,12 +135,19 @@ def test_alpha_star_closed_form_and_precision(rtol):
 
 
 def test_alpha_star_edge_cases(bn_objective):
-    quad = Quadratic(torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 0.1,
-                     torch.tensor([1.0, 0.0], dtype=torch.float64))
-    assert alpha_star(quad, torch.zeros(2, dtype=torch.float64), 0.1) == {"alpha_star": math.inf,
-                                                                          "alpha_star_reached": False}
-    zero = Quadratic(torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 0.0,
-                     torch.zeros(2, dtype=torch.float64))
+    quad = Quadratic(
+        torch.eye(2, dtype=torch.float64),
+        torch.zeros(2, dtype=torch.float64),
+        0.1,
+        torch.tensor([1.0, 0.0], dtype=torch.float64),
+    )
+    assert alpha_star(quad, torch.zeros(2, dtype=torch.float64), 0.1) == {
+        "alpha_star": math.inf,
+        "alpha_star_reached": False,
+    }
+    zero = Quadratic(
+        torch.eye(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 0.0, torch.zeros(2, dtype=torch.float64)
+    )
     assert math.isnan(alpha_star(zero, torch.ones(2, dtype=torch.float64), 0.1)["alpha_star"])
     # crossing below alpha_min: bisection on [0, alpha_min]
     got = alpha_star(quad, quad.grad(), 100.0, rtol=1e-6)["alpha_star"]
@@ -154,7 +166,7 @@ def test_alpha_star_edge_cases(bn_objective):
 def test_gradient_alignment_against_explicit_projection():
     P = 30
     Q, _ = torch.linalg.qr(rand((P, 7), 6))
-    E = Q.T                                          # (7, P) orthonormal rows
+    E = Q.T  # (7, P) orthonormal rows
     g = rand(P, 7) + 3 * E[0] - 2 * E[3]
     out = gradient_alignment(g, E)
     assert set(out) == {f"cos_g_e{i}" for i in range(1, 8)} | {"grad_norm_ratio_top5"}
@@ -163,8 +175,10 @@ def test_gradient_alignment_against_explicit_projection():
     P5 = E[:5].T @ E[:5]
     assert out["grad_norm_ratio_top5"] == pytest.approx(float(g.norm() / (P5 @ g).norm()), rel=1e-12)
     # sign- and scale-invariant in the eigenvectors; non-orthonormal rows spanning the same space
-    M = torch.tensor([[1.0, 0.5, 0, 0, 0], [0, -2.0, 0, 0, 0], [0, 0, 3.0, 0, 0], [0, 0, 0.2, 1.0, 0],
-                      [0, 0, 0, 0, 1.0]], dtype=torch.float64)
+    M = torch.tensor(
+        [[1.0, 0.5, 0, 0, 0], [0, -2.0, 0, 0, 0], [0, 0, 3.0, 0, 0], [0, 0, 0.2, 1.0, 0], [0, 0, 0, 0, 1.0]],
+        dtype=torch.float64,
+    )
     other = gradient_alignment(g, M @ E[:5])
     assert other["grad_norm_ratio_top5"] == pytest.approx(out["grad_norm_ratio_top5"], rel=1e-10)
     flipped = gradient_alignment(g, -2 * E)
@@ -174,7 +188,7 @@ def test_gradient_alignment_against_explicit_projection():
     assert gradient_alignment(E[:5].T @ rand(5, 8), E)["grad_norm_ratio_top5"] == pytest.approx(1.0, rel=1e-12)
     tiny = gradient_alignment(torch.zeros(P, dtype=torch.float64), E)
     assert all(math.isnan(v) for v in tiny.values())
-    assert gradient_alignment(E[6], E)["grad_norm_ratio_top5"] > 1e12   # g orthogonal to the span
+    assert gradient_alignment(E[6], E)["grad_norm_ratio_top5"] > 1e12  # g orthogonal to the span
     assert gradient_alignment(g, E[0])["cos_g_e1"] == pytest.approx(out["cos_g_e1"], rel=1e-12)
 
 
@@ -186,13 +200,14 @@ def test_per_example_curvature_stats():
     out = per_example_curvature_stats(obj, e)
     assert set(out) == {"curvature_mean", "curvature_var", "curvature_se"}
     assert out["curvature_mean"] == pytest.approx(float(u @ obj.hvp(u)), rel=1e-10)
-    c = np.array([float(u @ Objective(net, x[i:i + 1], y[i:i + 1]).hvp(u)) for i in range(obj.n)])
+    c = np.array([float(u @ Objective(net, x[i : i + 1], y[i : i + 1]).hvp(u)) for i in range(obj.n)])
     assert out["curvature_mean"] == pytest.approx(c.mean(), rel=1e-10)
     assert out["curvature_var"] == pytest.approx(c.var(), rel=1e-9)
     assert out["curvature_se"] == pytest.approx(c.std(ddof=1) / math.sqrt(obj.n), rel=1e-9)
     th = obj.theta0 + 0.05 * rand(obj.dim, 10)
     assert per_example_curvature_stats(obj, u, theta=th)["curvature_mean"] == pytest.approx(
-        float(u @ obj.hvp(u, theta=th)), rel=1e-10)
+        float(u @ obj.hvp(u, theta=th)), rel=1e-10
+    )
 
 
 def test_frobenius_top():
@@ -204,10 +219,17 @@ def test_frobenius_top():
 def test_bn_scale_norm():
     assert bn_scale_norm(tiny_net(bn=False)) == {}
     net = tiny_net(bn=True)
-    assert bn_scale_norm(net)["bn_scale_norm"] == pytest.approx(float(net[1].weight.detach().double().norm()),
-                                                                rel=1e-12)
-    two = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3), nn.BatchNorm1d(3),
-                        nn.BatchNorm1d(3, affine=False))
+    assert bn_scale_norm(net)["bn_scale_norm"] == pytest.approx(
+        float(net[1].weight.detach().double().norm()), rel=1e-12
+    )
+    two = nn.Sequential(
+        nn.Linear(4, 5),
+        nn.BatchNorm1d(5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
+        nn.BatchNorm1d(3),
+        nn.BatchNorm1d(3, affine=False),
+    )
     with torch.no_grad():
         two[1].weight.fill_(2.0)
         two[4].weight.copy_(torch.tensor([1.0, 2.0, 2.0]))
@@ -224,7 +246,7 @@ def test_nsgd_direction_matches_toy_and_projection():
         Pm = E.T @ E
         explicit = g - (1 - gamma) * (Pm @ g)
         torch.testing.assert_close(d, explicit, rtol=1e-12, atol=1e-14)
-        toy = toy_nsgd.nsgd_direction(g.numpy(), E.numpy(), gamma)          # the same (K, P) rows
+        toy = toy_nsgd.nsgd_direction(g.numpy(), E.numpy(), gamma)  # the same (K, P) rows
         np.testing.assert_allclose(d.numpy(), toy, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(nsgd_direction(g, E[0], 0.5), g - 0.5 * (E[0] @ g) * E[0], rtol=1e-12, atol=1e-14)
 

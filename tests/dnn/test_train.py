@@ -26,9 +26,23 @@ def synthetic(n=48, seed=0):
 
 
 def cfg(**kw):
-    base = dict(model="simplecnn", width=0.125, lr=0.05, batch=8, epochs=2, probes=("lanczos",),
-                probe_every=0, measure_size=16, top_k=2, lanczos_tol=1e-6, hutchinson_samples=4,
-                cov_batches=3, cov_batch=4, loss_change_batches=2, channels_last=False)
+    base = dict(
+        model="simplecnn",
+        width=0.125,
+        lr=0.05,
+        batch=8,
+        epochs=2,
+        probes=("lanczos",),
+        probe_every=0,
+        measure_size=16,
+        top_k=2,
+        lanczos_tol=1e-6,
+        hutchinson_samples=4,
+        cov_batches=3,
+        cov_batch=4,
+        loss_change_batches=2,
+        channels_last=False,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -41,9 +55,9 @@ def test_store_truncates_to_the_checkpoint_and_refuses_another_config(tmp_path):
     st = RunStore(tmp_path, {"a": 1})
     st.append({"step": 0, "x": float("nan")})
     st.save_checkpoint({"step": 0})
-    st.append({"step": 1})                            # written after the checkpoint
+    st.append({"step": 1})  # written after the checkpoint
     with open(st.metrics_path, "a") as f:
-        f.write('{"step": 2')                         # torn line
+        f.write('{"step": 2')  # torn line
     st2 = RunStore(tmp_path, {"a": 1})
     assert st2.load_checkpoint() == {"step": 0}
     assert read_rows(st2.metrics_path) == [{"step": 0, "x": None}]
@@ -52,7 +66,7 @@ def test_store_truncates_to_the_checkpoint_and_refuses_another_config(tmp_path):
     with pytest.raises(UserInputError, match="different configuration"):
         RunStore(tmp_path, {"a": 2})
     RunStore(tmp_path / "d", {"a": 1, "device": "cpu"})
-    RunStore(tmp_path / "d", {"a": 1, "device": "cuda"})        # where it runs may change on resume
+    RunStore(tmp_path / "d", {"a": 1, "device": "cuda"})  # where it runs may change on resume
 
 
 def test_gd_step_is_the_full_gradient_step(tmp_path):
@@ -61,6 +75,7 @@ def test_gd_step_is_the_full_gradient_step(tmp_path):
     train(c, tmp_path, x, y, progress=False)
     model0 = build_model("simplecnn", num_classes=10, input_shape=(3, 8, 8), width=0.125, seed=0)
     from dnn.data import channel_stats, normalize, to_float_nchw
+
     mean, std = channel_stats(x)
     obj = Objective(model0, normalize(to_float_nchw(x), mean, std), torch.as_tensor(y), dtype=torch.float64)
     expected = obj.theta0 - c.lr * obj.grad()
@@ -79,7 +94,7 @@ def test_gd_noise_adds_isotropic_gaussian_noise(tmp_path):
         m = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125)
         m.load_state_dict(torch.load(tmp_path / str(i) / "checkpoint.pt", weights_only=False)["state"]["model"])
         thetas.append(flat_params(m).double())
-    xi = (thetas[1] - thetas[0]) / (c.lr * c.noise_std)      # theta_gd - theta_noise = eta sigma xi
+    xi = (thetas[1] - thetas[0]) / (c.lr * c.noise_std)  # theta_gd - theta_noise = eta sigma xi
     n = xi.numel()
     assert abs(float(xi.mean())) < 5 / math.sqrt(n)
     assert abs(float(xi.var()) - 1.0) < 5 * math.sqrt(2 / n)
@@ -89,15 +104,26 @@ def test_gd_noise_adds_isotropic_gaussian_noise(tmp_path):
 
 def test_nsgd_step_is_the_explicit_projection(tmp_path):
     x, y = synthetic(16)
-    c = cfg(optimizer="nsgd", nsgd_gamma=0.1, nsgd_k=2, top_k=2, batch=16, epochs=1, measure_size=16,
-            augment=False, probes=())
+    c = cfg(
+        optimizer="nsgd",
+        nsgd_gamma=0.1,
+        nsgd_k=2,
+        top_k=2,
+        batch=16,
+        epochs=1,
+        measure_size=16,
+        augment=False,
+        probes=(),
+    )
     train(c, tmp_path, x, y, progress=False)
     model0 = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125, seed=0)
     from dnn.data import channel_stats, normalize, to_float_nchw
+
     mean, std = channel_stats(x)
     obj = Objective(model0, normalize(to_float_nchw(x), mean, std), torch.as_tensor(y), dtype=torch.float64)
-    H = torch.autograd.functional.hessian(lambda t: obj._losses(obj.unflatten(t), obj.inputs, obj.targets).mean(),
-                                          obj.theta0)
+    H = torch.autograd.functional.hessian(
+        lambda t: obj._losses(obj.unflatten(t), obj.inputs, obj.targets).mean(), obj.theta0
+    )
     w, V = torch.linalg.eigh(H)
     E = V[:, -2:].T
     g = obj.grad()
@@ -115,13 +141,23 @@ def test_probes_leave_the_model_bit_identical():
     before = model_state(m)
     c = cfg(model="simplecnn-bn", probes=tuple(probes_mod.PROBES))
     from dnn.walk_metrics import WalkTracker
+
     obj = Objective(m, torch.randn(16, 3, 8, 8), torch.as_tensor(y))
     walk = WalkTracker(obj.theta0.clone())
     walk.update(obj.theta0.clone(), obj.theta0 + 1e-3, torch.ones(obj.dim, dtype=torch.float64))
     ctx = probes_mod.ProbeContext(cfg=c, model=m, objective=obj, walk=walk, step=1)
     out = probes_mod.run_probes(c.probes, ctx)
-    for k in ("lambda_max", "trace_hessian", "lambda_K", "alpha_star", "curvature_mean", "stability_factor",
-              "height", "cos_consecutive", "bn_scale_norm"):
+    for k in (
+        "lambda_max",
+        "trace_hessian",
+        "lambda_K",
+        "alpha_star",
+        "curvature_mean",
+        "stability_factor",
+        "height",
+        "cos_consecutive",
+        "bn_scale_norm",
+    ):
         assert k in out, k
     after = model_state(m)
     assert all(torch.equal(before[k], after[k]) for k in before) and m.training
@@ -140,6 +176,7 @@ def test_killed_run_resumes_with_identical_rows(tmp_path, monkeypatch):
         if calls["n"] == 5:
             raise KeyboardInterrupt
         return real(names, ctx)
+
     monkeypatch.setattr(probes_mod, "run_probes", dying)
     with pytest.raises(KeyboardInterrupt):
         train(c, tmp_path / "cut", x, y, progress=False)
@@ -156,16 +193,19 @@ def test_divergence_is_a_row_not_a_crash(tmp_path):
     assert rows[-1]["reason"] == "diverged" and rows[-1]["diverged"] >= 0
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(model="resnet18"), "unknown model"),
-    (dict(probes=("hessian",)), "unknown probe"),
-    (dict(optimizer="nsgd", nsgd_k=4, top_k=2), "larger than the eigenpairs"),
-    (dict(probes=("step",)), "add 'lanczos'"),
-    (dict(optimizer="adam"), "unknown optimizer"),
-    (dict(lr=0.0), "lr"),
-    (dict(optimizer="gd-noise"), "noise-std"),
-    (dict(model="simplecnn-bn", bn="batch", probes=("lanczos", "curvature")), "independent examples"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(model="resnet18"), "unknown model"),
+        (dict(probes=("hessian",)), "unknown probe"),
+        (dict(optimizer="nsgd", nsgd_k=4, top_k=2), "larger than the eigenpairs"),
+        (dict(probes=("step",)), "add 'lanczos'"),
+        (dict(optimizer="adam"), "unknown optimizer"),
+        (dict(lr=0.0), "lr"),
+        (dict(optimizer="gd-noise"), "noise-std"),
+        (dict(model="simplecnn-bn", bn="batch", probes=("lanczos", "curvature")), "independent examples"),
+    ],
+)
 def test_bad_configurations_are_named(kw, match):
     with pytest.raises(UserInputError, match=match):
         cfg(**kw)
@@ -173,6 +213,7 @@ def test_bad_configurations_are_named(kw, match):
 
 def test_cli_missing_data_path_is_a_clear_error(tmp_path, monkeypatch, capsys):
     from valleysim.cli import main
+
     monkeypatch.delenv("VALLEYSIM_DATA", raising=False)
     assert main(["dnn", "train", "--out", str(tmp_path / "r")]) == 2
     assert "data" in capsys.readouterr().err.lower()
@@ -188,8 +229,9 @@ def test_curvature_probes_against_the_dense_hessian():
     c = cfg(probes=("lanczos", "trace", "curvature", "negative"), top_k=3, lanczos_tol=1e-8, hutchinson_samples=30)
     ctx = probes_mod.ProbeContext(cfg=c, model=m, objective=obj, n_train=16)
     out = probes_mod.run_probes(c.probes, ctx)
-    H = torch.autograd.functional.hessian(lambda t: obj._losses(obj.unflatten(t), obj.inputs, obj.targets).mean(),
-                                          obj.theta0)
+    H = torch.autograd.functional.hessian(
+        lambda t: obj._losses(obj.unflatten(t), obj.inputs, obj.targets).mean(), obj.theta0
+    )
     w = torch.linalg.eigvalsh(H).flip(0)
     for i in range(3):
         assert out[f"lambda_H_{i + 1}"] == pytest.approx(float(w[i]), rel=1e-6)
@@ -198,6 +240,7 @@ def test_curvature_probes_against_the_dense_hessian():
     assert out["neg_eig_sum"] == pytest.approx(float(w[-3:].clamp(max=0).sum()), rel=1e-6)
     assert out["curvature_mean"] == pytest.approx(float(w[0]), rel=1e-6)
     from valleysim.theory import stability_factor, variance_factor
+
     q = stability_factor(c.lr, out["curvature_mean"], out["curvature_var"], variance_factor(c.batch, 16))
     assert out["stability_factor"] == pytest.approx(float(q), rel=1e-12)
 
@@ -205,11 +248,36 @@ def test_curvature_probes_against_the_dense_hessian():
 def test_cli_end_to_end_on_pickled_batches(tmp_path, monkeypatch, capsys):
     """valleysim dnn train on a tiny canonical cifar-10-batches-py directory; rerunning is a no-op."""
     from valleysim.cli import main
+
     d, _ = fake_batches_dir(tmp_path / "data")
     monkeypatch.setenv("VALLEYSIM_DATA_CACHE", str(tmp_path / "cache"))
-    args = ["dnn", "train", "--data", str(d), "--model", "simplecnn", "--width", "0.125", "--batch", "4",
-            "--max-steps", "3", "--measure-size", "6", "--probes", "lanczos,covariance", "--cov-batches", "2",
-            "--cov-batch", "2", "--top-k", "1", "--out", str(tmp_path / "run"), "--no-progress"]
+    args = [
+        "dnn",
+        "train",
+        "--data",
+        str(d),
+        "--model",
+        "simplecnn",
+        "--width",
+        "0.125",
+        "--batch",
+        "4",
+        "--max-steps",
+        "3",
+        "--measure-size",
+        "6",
+        "--probes",
+        "lanczos,covariance",
+        "--cov-batches",
+        "2",
+        "--cov-batch",
+        "2",
+        "--top-k",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert '"lambda_max"' in out and '"lambda_K"' in out

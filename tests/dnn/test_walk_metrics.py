@@ -18,8 +18,14 @@ KEYS = {"floor", "height", "barrier", "barrier_size", "loss_prev", "loss_next"}
 
 def tiny_net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2),
-                         nn.Flatten(), nn.Linear(3 * 3 * 3, 4))
+    return nn.Sequential(
+        nn.Conv2d(3, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(3 * 3 * 3, 4),
+    )
 
 
 def rand(shape, seed):
@@ -35,6 +41,7 @@ def obj():
 
 class Profile:
     """Duck-typed objective L(theta) = 1 - theta_0^2 (a barrier between -1 and +1)."""
+
     dim = 2
 
     def loss(self, theta=None, idx=None):
@@ -64,7 +71,7 @@ def test_segment_barrier_and_n_interp():
     a, b = torch.tensor([-1.0, 0.0], dtype=torch.float64), torch.tensor([1.0, 0.3], dtype=torch.float64)
     out = segment_walk_metrics(p, a, b)
     assert out["barrier"] == 1.0
-    assert out["barrier_size"] == pytest.approx(1 - 1 / 121, rel=1e-12)   # interior max at x = +-1/11
+    assert out["barrier_size"] == pytest.approx(1 - 1 / 121, rel=1e-12)  # interior max at x = +-1/11
     assert out["floor"] == 0.0 and out["height"] == 0.0
     for n in (1, 2, 5):
         L = [p.loss((1 - al) * a + al * b) for al in toy.interpolation_alphas(n)]
@@ -81,8 +88,7 @@ def test_segment_barrier_and_n_interp():
 
 def test_cos_and_distance():
     g0, g1 = rand(20, 0), rand(20, 1)
-    assert cos_consecutive(g0, g1)["cos_consecutive"] == pytest.approx(toy.cosine(g0.numpy(), g1.numpy()),
-                                                                       rel=1e-13)
+    assert cos_consecutive(g0, g1)["cos_consecutive"] == pytest.approx(toy.cosine(g0.numpy(), g1.numpy()), rel=1e-13)
     assert cos_consecutive(g0, -3 * g0)["cos_consecutive"] == pytest.approx(-1.0, rel=1e-14)
     assert math.isnan(cos_consecutive(g0, 1e-13 * g1)["cos_consecutive"])
     assert math.isnan(toy.cosine(g0.numpy(), 1e-13 * g1.numpy()))
@@ -92,7 +98,7 @@ def test_cos_and_distance():
 def test_walk_tracker_sequence(obj):
     theta0 = obj.theta0.clone()
     tr = WalkTracker(theta0)
-    first = tr.metrics(obj)                          # before any update: nan segment/cos, distance 0
+    first = tr.metrics(obj)  # before any update: nan segment/cos, distance 0
     assert set(first) == KEYS | {"cos_consecutive", "distance_from_init"}
     assert first["distance_from_init"] == 0.0
     assert all(math.isnan(v) for k, v in first.items() if k != "distance_from_init")
@@ -110,8 +116,7 @@ def test_walk_tracker_sequence(obj):
         if t == 0:
             assert math.isnan(m["cos_consecutive"])
         else:
-            assert m["cos_consecutive"] == pytest.approx(toy.cosine(grads[-2].numpy(), grads[-1].numpy()),
-                                                         rel=1e-12)
+            assert m["cos_consecutive"] == pytest.approx(toy.cosine(grads[-2].numpy(), grads[-1].numpy()), rel=1e-12)
         assert m["distance_from_init"] == pytest.approx(float((new - theta0).norm()), rel=1e-13)
     assert tr.steps == 3
     # stored vectors: theta_init, theta_before, theta_after, the last gradient; and they are copies
@@ -129,7 +134,8 @@ def test_walk_tracker_sequence(obj):
         w.update(thetas[-1], thetas[-1] - 0.1 * g4, g4)
     assert again.metrics(obj, n_interp=1) == tr.metrics(obj, n_interp=1)
     assert tr.metrics(obj, n_interp=1)["cos_consecutive"] == pytest.approx(
-        toy.cosine(grads[-1].numpy() - 1.0, g4.numpy()), rel=1e-12)
+        toy.cosine(grads[-1].numpy() - 1.0, g4.numpy()), rel=1e-12
+    )
 
 
 def test_bad_input(obj):

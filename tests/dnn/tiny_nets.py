@@ -53,9 +53,12 @@ def fake_batch(n: int, seed: int, name: str):
     rng = np.random.default_rng(seed)
     imgs = noise_images(n, seed + 100)
     labels = [int(v) for v in rng.integers(0, 10, n)]
-    d = {b"batch_label": name.encode(), b"labels": labels,
-         b"data": imgs.transpose(0, 3, 1, 2).reshape(n, 3072).copy(),
-         b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)]}
+    d = {
+        b"batch_label": name.encode(),
+        b"labels": labels,
+        b"data": imgs.transpose(0, 3, 1, 2).reshape(n, 3072).copy(),
+        b"filenames": [f"img_{seed}_{i}.png".encode() for i in range(n)],
+    }
     return pickle.dumps(d, protocol=2), imgs, np.array(labels, np.int64)
 
 

@@ -14,9 +14,9 @@ from proofs import gauss_newton
 from valleysim.theory import variance_factor
 
 rng = np.random.default_rng(11)
-X = rng.normal(size=(6, 2))                     # (N, features)
-Y = np.array([0, 1, 2, 0, 1, 2])                # labels
-W0 = rng.normal(size=6)                         # (classes * features,) flattened weights
+X = rng.normal(size=(6, 2))  # (N, features)
+Y = np.array([0, 1, 2, 0, 1, 2])  # labels
+W0 = rng.normal(size=6)  # (classes * features,) flattened weights
 
 
 def probs(w, k):
@@ -45,25 +45,31 @@ def example_grads(w):
 def fd_hessian(f, w, h=1e-4):
     d = len(w)
     E = np.eye(d) * h
-    return np.array([[(f(w + E[a] + E[b]) - f(w + E[a] - E[b]) - f(w - E[a] + E[b]) + f(w - E[a] - E[b]))
-                      / (4 * h * h) for b in range(d)] for a in range(d)])
+    return np.array(
+        [
+            [
+                (f(w + E[a] + E[b]) - f(w + E[a] - E[b]) - f(w - E[a] + E[b]) + f(w - E[a] - E[b])) / (4 * h * h)
+                for b in range(d)
+            ]
+            for a in range(d)
+        ]
+    )
 
 
 def test_sympy_derivation_holds():
-    gauss_newton.derive()                        # raises on any failed step
+    gauss_newton.derive()  # raises on any failed step
 
 
 def test_hessian_decomposition_on_a_softmax_classifier():
     gk = example_grads(W0)
     g = gk.mean(axis=0)
     G = gk.T @ gk / len(Y)
-    second = -np.mean([fd_hessian(lambda w, k=k: p_label(w, k), W0) / p_label(W0, k) for k in range(len(Y))],
-                      axis=0)
+    second = -np.mean([fd_hessian(lambda w, k=k: p_label(w, k), W0) / p_label(W0, k) for k in range(len(Y))], axis=0)
     H = fd_hessian(loss, W0)
     np.testing.assert_allclose(H, G + second, atol=1e-6)
     K = np.cov(gk.T, ddof=0)
     np.testing.assert_allclose(K, G - np.outer(g, g), atol=1e-12)
-    assert np.min(np.linalg.eigvalsh(G)) > -1e-12                        # negative curvature only from term 2
+    assert np.min(np.linalg.eigvalsh(G)) > -1e-12  # negative curvature only from term 2
 
 
 def test_minibatch_gradient_covariance_is_c_times_centred_K():
@@ -74,4 +80,4 @@ def test_minibatch_gradient_covariance_is_c_times_centred_K():
     K = np.cov(gk.T, ddof=0)
     np.testing.assert_allclose(cov, variance_factor(S, N) * K, atol=1e-12)
     G = gk.T @ gk / N
-    assert np.abs(cov - variance_factor(S, N) * G).max() > 1e-3           # the uncentred G is not the covariance
+    assert np.abs(cov - variance_factor(S, N) * G).max() > 1e-3  # the uncentred G is not the covariance

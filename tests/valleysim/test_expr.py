@@ -32,22 +32,37 @@ def _trusted(text: str) -> sp.Expr:
 
 # ------------------------------------------------------------------ the same expressions as before
 
-@pytest.mark.parametrize("text", [
-    "Abs(t3 + t4)*t1**2 + Abs(t3 + 2*t4)*t2**2",                 # abs-toy (README example)
-    "(4 - 2*exp(-t3 - t4))*t1**2 + exp(-(t3 - t4)**2)*t2**2",     # exp-toy
-    "(3 + t3**2/1000)*t1**2/2", "t1**2*(1 + t2**2) + Abs(t2 - 1)", "-t1**-2 + +t2", "0.1*t1 + 1e-3*t2 - 2.5e10",
-    "log(t1, 2) + sqrt(t2)/cbrt(t3)", "Max(t1, t2) - Min(t3, 0)", "pi*E*t1", "sign(t1)*Heaviside(t2 - 1)",
-    "atan2(t1, t2) + erf(t3) + erfc(t4) + tanh(t1)*cosh(t2)/sinh(t3)", "1_000*t1", "t1/t2/t3", "t1**t2**t3",
-])
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Abs(t3 + t4)*t1**2 + Abs(t3 + 2*t4)*t2**2",  # abs-toy (README example)
+        "(4 - 2*exp(-t3 - t4))*t1**2 + exp(-(t3 - t4)**2)*t2**2",  # exp-toy
+        "(3 + t3**2/1000)*t1**2/2",
+        "t1**2*(1 + t2**2) + Abs(t2 - 1)",
+        "-t1**-2 + +t2",
+        "0.1*t1 + 1e-3*t2 - 2.5e10",
+        "log(t1, 2) + sqrt(t2)/cbrt(t3)",
+        "Max(t1, t2) - Min(t3, 0)",
+        "pi*E*t1",
+        "sign(t1)*Heaviside(t2 - 1)",
+        "atan2(t1, t2) + erf(t3) + erfc(t4) + tanh(t1)*cosh(t2)/sinh(t3)",
+        "1_000*t1",
+        "t1/t2/t3",
+        "t1**t2**t3",
+    ],
+)
 def test_parses_to_what_sympy_parses(text):
     assert parse_expression(text, T) == _trusted(text)
 
 
 def test_every_catalogue_toy_keeps_its_expression():
-    sources = {"abs-toy": "Abs(t3 + t4)*t1**2 + Abs(t3 + 2*t4)*t2**2",
-               "exp-toy": "(4 - 2*exp(-t3 - t4))*t1**2 + exp(-(t3 - t4)**2)*t2**2"}
+    sources = {
+        "abs-toy": "Abs(t3 + t4)*t1**2 + Abs(t3 + 2*t4)*t2**2",
+        "exp-toy": "(4 - 2*exp(-t3 - t4))*t1**2 + exp(-(t3 - t4)**2)*t2**2",
+    }
     for name in CATALOGUE:
-        land = catalogue(name)                         # builds (and validates) every toy
+        land = catalogue(name)  # builds (and validates) every toy
         if name in sources:
             assert land.loss == _trusted(sources[name])
 
@@ -74,11 +89,11 @@ _atoms = st.sampled_from(["t1", "t2", "t3", "2", "3", "0.5", "pi"])
 
 def _combine(children):
     binary = st.tuples(children, st.sampled_from(["+", "-", "*", "/"]), children).map(
-        lambda t: f"({t[0]} {t[1]} {t[2]})")
+        lambda t: f"({t[0]} {t[1]} {t[2]})"
+    )
     power = st.tuples(children, st.sampled_from(["2", "3", "-1", "(1/2)"])).map(lambda t: f"({t[0]})**{t[1]}")
     unary = children.map(lambda c: f"-({c})")
-    call = st.tuples(st.sampled_from(["exp", "sin", "tanh", "Abs", "atan"]), children).map(
-        lambda t: f"{t[0]}({t[1]})")
+    call = st.tuples(st.sampled_from(["exp", "sin", "tanh", "Abs", "atan"]), children).map(lambda t: f"{t[0]}({t[1]})")
     return binary | power | unary | call
 
 
@@ -99,21 +114,55 @@ def test_numbers_read_as_constant_expressions():
 
 # ------------------------------------------------------------------ what is refused
 
-@pytest.mark.parametrize("text, reason", [
-    ("t1.real", "attribute"), ("t1[0]", "subscripts"), ("lambda: t1", "lambda"), ("'t1'", "str literals"),
-    ("b't1'", "bytes literals"), ("f'{t1}'", "strings"), ("[t1 for _ in t2]", "comprehensions"),
-    ("(t1, t2)", "tuples"), ("[t1]", "lists"), ("{t1: 1}", "dicts"), ("t1 < t2", "comparisons"),
-    ("t1 and t2", "and/or"), ("t1 if t2 else t3", "if-else"), ("(q := t1)", ":="), ("foo(t1)", "'foo'"),
-    ("exp(t1, t2)", "exp takes 1"), ("exp(x=t1)", "keyword"), ("exp(*t1)", "*args"), ("exp", "without arguments"),
-    ("q", "unknown name 'q'"), ("__builtins__", "unknown name"), ("t1 ^ 2", "use ** for powers"),
-    ("t1 % 2", "Mod"), ("~t1", "Invert"), ("1j*t1", "complex"), ("True*t1", "bool"), ("None", "NoneType"),
-    ("...", "ellipsis"), ("1e999*t1", "float range"), ("9**9**9**9", "digits"), ("(t1 + 1)**1000", "exponent"),
-    ("1/(t1 - t1)", "not finite"), ("log(0)*t1", "not finite"), ("t1 +", "not a valid expression"),
-    ("import os", "not a valid expression"), ("t1; t2", "not a valid expression"), ("", "empty"),
-    ("(" * 300 + "t1" + ")" * 300, "not a valid expression"), ("-" * 60 + "t1", "nesting"),
-    ("+".join(["t1"] * 400), "syntax nodes"), ("t1 " * (MAX_LENGTH // 3 + 1), "characters long"),
-    ("t1\x00", "NUL"), ("ｅｘｐ.__globals__", "attribute"),
-])
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("t1.real", "attribute"),
+        ("t1[0]", "subscripts"),
+        ("lambda: t1", "lambda"),
+        ("'t1'", "str literals"),
+        ("b't1'", "bytes literals"),
+        ("f'{t1}'", "strings"),
+        ("[t1 for _ in t2]", "comprehensions"),
+        ("(t1, t2)", "tuples"),
+        ("[t1]", "lists"),
+        ("{t1: 1}", "dicts"),
+        ("t1 < t2", "comparisons"),
+        ("t1 and t2", "and/or"),
+        ("t1 if t2 else t3", "if-else"),
+        ("(q := t1)", ":="),
+        ("foo(t1)", "'foo'"),
+        ("exp(t1, t2)", "exp takes 1"),
+        ("exp(x=t1)", "keyword"),
+        ("exp(*t1)", "*args"),
+        ("exp", "without arguments"),
+        ("q", "unknown name 'q'"),
+        ("__builtins__", "unknown name"),
+        ("t1 ^ 2", "use ** for powers"),
+        ("t1 % 2", "Mod"),
+        ("~t1", "Invert"),
+        ("1j*t1", "complex"),
+        ("True*t1", "bool"),
+        ("None", "NoneType"),
+        ("...", "ellipsis"),
+        ("1e999*t1", "float range"),
+        ("9**9**9**9", "digits"),
+        ("(t1 + 1)**1000", "exponent"),
+        ("1/(t1 - t1)", "not finite"),
+        ("log(0)*t1", "not finite"),
+        ("t1 +", "not a valid expression"),
+        ("import os", "not a valid expression"),
+        ("t1; t2", "not a valid expression"),
+        ("", "empty"),
+        ("(" * 300 + "t1" + ")" * 300, "not a valid expression"),
+        ("-" * 60 + "t1", "nesting"),
+        ("+".join(["t1"] * 400), "syntax nodes"),
+        ("t1 " * (MAX_LENGTH // 3 + 1), "characters long"),
+        ("t1\x00", "NUL"),
+        ("ｅｘｐ.__globals__", "attribute"),
+    ],
+)
 def test_everything_outside_the_grammar_is_a_named_error(text, reason):
     with pytest.raises(UserInputError, match=re.escape(reason)) as err:
         parse_expression(text, T, "--loss")
@@ -128,33 +177,43 @@ def test_declared_names_are_plain_identifiers(name):
 
 # ------------------------------------------------------------------ hostile input through the command line
 
+
 def _payloads(marker: Path) -> list[str]:
     m = str(marker)
     return [
         f"__import__('os').system('touch {m}')",
         f"Symbol.__new__.__globals__['__builtins__']['__import__']('os').system('touch {m}')",
-        f"exec(\"open('{m}', 'w')\")", f"eval(\"__import__('os').system('touch {m}')\")",
-        f"(lambda: __import__('os').system('touch {m}'))()", f"open('{m}', 'w')",
+        f"exec(\"open('{m}', 'w')\")",
+        f"eval(\"__import__('os').system('touch {m}')\")",
+        f"(lambda: __import__('os').system('touch {m}'))()",
+        f"open('{m}', 'w')",
         f"[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == 'Popen'][0](['touch', '{m}'])",
         f"t1.__class__.__init__.__globals__['os'].system('touch {m}')",
-        f"exp.__globals__['__builtins__']['open']('{m}', 'w')", f"t1 + __import__('os').system('touch {m}')",
-        f"t1 if __import__('os').system('touch {m}') else t3", f"(__import__('os').system('touch {m}'), t1)[1]",
-        f"sympify(\"__import__('os').system('touch {m}')\")", f"S(\"__import__('os').system('touch {m}')\")",
-        f"f\"{{__import__('os').system('touch {m}')}}\"", f"(x := __import__('os')).system('touch {m}')",
-        f"ｅｘｅｃ(\"open('{m}', 'w')\")", "getattr(t1, '__class__')",
-        f"Function('system')('touch {m}')", f"t1**2 + exp(open('{m}', 'w'))",
+        f"exp.__globals__['__builtins__']['open']('{m}', 'w')",
+        f"t1 + __import__('os').system('touch {m}')",
+        f"t1 if __import__('os').system('touch {m}') else t3",
+        f"(__import__('os').system('touch {m}'), t1)[1]",
+        f"sympify(\"__import__('os').system('touch {m}')\")",
+        f"S(\"__import__('os').system('touch {m}')\")",
+        f"f\"{{__import__('os').system('touch {m}')}}\"",
+        f"(x := __import__('os')).system('touch {m}')",
+        f"ｅｘｅｃ(\"open('{m}', 'w')\")",
+        "getattr(t1, '__class__')",
+        f"Function('system')('touch {m}')",
+        f"t1**2 + exp(open('{m}', 'w'))",
     ]
 
 
 def test_payloads_in_every_expression_flag_leave_no_trace(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "pwned"
-    base = ["valley", "--eta", "0.01", "--noise-scale", "1", "--steps", "10", "--burn-in", "10",
-            "--trajectories", "2"]
+    base = ["valley", "--eta", "0.01", "--noise-scale", "1", "--steps", "10", "--burn-in", "10", "--trajectories", "2"]
     for payload in _payloads(marker):
-        for argv in (base + ["--loss", payload, "--nondegenerate", "t1", "--degenerate", "t3"],
-                     base + ["--loss", "abs-toy", "--noise", "designed:" + payload],
-                     base + ["--loss", "abs-toy", "--init", "t3=" + payload]):
+        for argv in (
+            base + ["--loss", payload, "--nondegenerate", "t1", "--degenerate", "t3"],
+            base + ["--loss", "abs-toy", "--noise", "designed:" + payload],
+            base + ["--loss", "abs-toy", "--init", "t3=" + payload],
+        ):
             assert main(argv) == 2, argv
             err = capsys.readouterr().err
             assert err.startswith("valleysim: error: ") and err.count("\n") == 1, err
@@ -166,10 +225,12 @@ def test_payloads_in_every_expression_flag_leave_no_trace(tmp_path, monkeypatch,
 def test_the_installed_command_runs_no_payload(tmp_path, installed, flag):
     marker = tmp_path / "pwned"
     payload = f"__import__('os').system('touch {marker}')"
-    args = {"--loss": ["--loss", payload, "--nondegenerate", "t1", "--degenerate", "t3"],
-            "designed": ["--loss", "abs-toy", "--noise", "designed:" + payload],
-            "--init": ["--loss", "abs-toy", "--init", "t3=" + payload],
-            "--degenerate": ["--loss", "t1**2*__import__", "--nondegenerate", "t1", "--degenerate", "__import__"]}
+    args = {
+        "--loss": ["--loss", payload, "--nondegenerate", "t1", "--degenerate", "t3"],
+        "designed": ["--loss", "abs-toy", "--noise", "designed:" + payload],
+        "--init": ["--loss", "abs-toy", "--init", "t3=" + payload],
+        "--degenerate": ["--loss", "t1**2*__import__", "--nondegenerate", "t1", "--degenerate", "__import__"],
+    }
     proc = installed("valley", "--eta", "0.01", "--noise-scale", "1", *args[flag], timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("valleysim: error: ") and "Traceback" not in proc.stderr
@@ -183,15 +244,57 @@ def test_whitelisted_functions_and_their_derivatives_print_as_kernel_code():
 
     x, y = sp.symbols("x y", real=True)
     for fn, arities in FUNCTIONS.values():
-        f = fn(*[x, y][:max(arities)])
+        f = fn(*[x, y][: max(arities)])
         for e in (f, diff(f, x), diff(f, x, 2)):
-            PythonCodePrinter({"strict": True}).doprint(e)        # raises on anything it cannot print
+            PythonCodePrinter({"strict": True}).doprint(e)  # raises on anything it cannot print
 
 
-_SOUP = st.lists(st.sampled_from(["t1", "t2", "q", "__class__", "exp", "(", ")", "[", "]", ".", ",", "+", "-", "*",
-                                  "/", "**", "^", "'", '"', "lambda", ":", "=", "1", "2.5", "1e999", "os", "import",
-                                  " ", "{", "}", "if", "else", "not", "f'", "__import__", "\\", "#", ";", "@"]),
-                 max_size=40).map("".join)
+_SOUP = st.lists(
+    st.sampled_from(
+        [
+            "t1",
+            "t2",
+            "q",
+            "__class__",
+            "exp",
+            "(",
+            ")",
+            "[",
+            "]",
+            ".",
+            ",",
+            "+",
+            "-",
+            "*",
+            "/",
+            "**",
+            "^",
+            "'",
+            '"',
+            "lambda",
+            ":",
+            "=",
+            "1",
+            "2.5",
+            "1e999",
+            "os",
+            "import",
+            " ",
+            "{",
+            "}",
+            "if",
+            "else",
+            "not",
+            "f'",
+            "__import__",
+            "\\",
+            "#",
+            ";",
+            "@",
+        ]
+    ),
+    max_size=40,
+).map("".join)
 
 
 @settings(max_examples=300, deadline=None)

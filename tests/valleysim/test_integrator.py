@@ -76,7 +76,7 @@ def test_with_replacement_draws_multinomial():
     probs = {}
     for b in itertools.product(range(N), repeat=S):
         key = sum(2**i for i in b)
-        probs[key] = probs.get(key, 0) + N ** -S
+        probs[key] = probs.get(key, 0) + N**-S
     counts = np.array([np.sum(sums == k) for k in probs])
     assert counts.sum() == R
     expected = R * np.array(list(probs.values()))
@@ -131,10 +131,17 @@ def test_records_loss_and_log_norm_consistently():
     assert np.all(rec.loss <= 0.5 * np.linalg.eigvalsh(q.mean_hessian())[-1] * rec.dist2 * (1 + 1e-12))
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(eta=0.0), "eta"), (dict(eta=float("nan")), "eta"), (dict(batch_size=0), "batch size"),
-    (dict(batch_size=11), "batch size"), (dict(scheme="bogus"), "scheme"), (dict(steps=-1), "steps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(eta=0.0), "eta"),
+        (dict(eta=float("nan")), "eta"),
+        (dict(batch_size=0), "batch size"),
+        (dict(batch_size=11), "batch size"),
+        (dict(scheme="bogus"), "scheme"),
+        (dict(steps=-1), "steps"),
+    ],
+)
 def test_bad_input_names_the_parameter(kwargs, name):
     q = generate("diagonal", 10, 2, seed=0)
     args = dict(eta=0.1, batch_size=2, steps=5) | kwargs

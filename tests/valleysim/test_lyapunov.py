@@ -33,8 +33,13 @@ def test_monte_carlo_agrees_with_enumeration(scheme):
         assert abs(mc["value"] - exact) < 5 * mc["se"] + 2e-3, (eta, mc, exact)
 
 
-@given(N=st.integers(2, 9), S=st.integers(1, 9), eta=st.floats(0.05, 4.0), seed=st.integers(0, 10**6),
-       scheme=st.sampled_from(["without_replacement", "with_replacement"]))
+@given(
+    N=st.integers(2, 9),
+    S=st.integers(1, 9),
+    eta=st.floats(0.05, 4.0),
+    seed=st.integers(0, 10**6),
+    scheme=st.sampled_from(["without_replacement", "with_replacement"]),
+)
 def test_almost_sure_rate_below_mean_square_rate(N, S, eta, seed, scheme):
     """Jensen: 2 gamma <= log rho(T(eta)) (mean-square stable implies a.s. stable)."""
     S = min(S, N)
@@ -60,6 +65,7 @@ def test_effective_sample_size_flags_heavy_tails():
     assert gd["effective_sample_size"] == pytest.approx(z2.sum() ** 2 / (z2 @ z2), rel=1e-9)
     # S = 1, one large curvature: E psi_T^2 rests on the rare paths that hit h = 10 often
     h = np.r_[np.full(31, 0.5), 10.0][:, None]
-    heavy = mean_square_growth_mc(PerExampleQuadratic("diagonal", h), 0.6, 1, n_steps=12, burn_in=3,
-                                  n_traj=20000, seed=1)
+    heavy = mean_square_growth_mc(
+        PerExampleQuadratic("diagonal", h), 0.6, 1, n_steps=12, burn_in=3, n_traj=20000, seed=1
+    )
     assert heavy["effective_sample_size"] < 100

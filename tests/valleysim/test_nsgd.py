@@ -68,10 +68,11 @@ def test_loss_change_along_e1_matches_closed_form(S):
     al = res["alphas"]
     want = _dL(al[None, None, :], 0.05, res["g1"][..., None], res["G"][:, None, None], res["lam"][:, None, None])
     np.testing.assert_allclose(res["per_batch"], want, rtol=1e-10, atol=1e-12)
-    if S == 30:   # full batch: g1 = G, and the sign flips at alpha = 2/(eta lam) = 1
+    if S == 30:  # full batch: g1 = G, and the sign flips at alpha = 2/(eta lam) = 1
         np.testing.assert_allclose(res["g1"], np.broadcast_to(res["G"][:, None], res["g1"].shape), rtol=1e-12)
-        np.testing.assert_allclose(res["change"], _dL_full(al[None, :], 0.05, res["G"][:, None], 40.0),
-                                   rtol=1e-10, atol=1e-9)
+        np.testing.assert_allclose(
+            res["change"], _dL_full(al[None, :], 0.05, res["G"][:, None], 40.0), rtol=1e-10, atol=1e-9
+        )
         ac = _alpha_cross(0.05, 40.0)
         near = ns.loss_change_along_top(land, th, eta=0.05, batch_size=30, alphas=[0.99 * ac, 1.01 * ac], n_batches=1)
         assert np.all(near["change"][:, 0] < 0) and np.all(near["change"][:, 1] > 0)
@@ -96,7 +97,7 @@ def test_nsgd_direction_equals_explicit_projection(seed, D, data, gamma):
     H = A + A.T
     g = rng.standard_normal(D)
     w, V = np.linalg.eigh(H)
-    order = np.argsort(-w, kind="stable")                      # algebraically largest first
+    order = np.argsort(-w, kind="stable")  # algebraically largest first
     scale = np.ones(D)
     scale[order[:K]] = gamma
     want = sum(scale[i] * (V[:, i] @ g) * V[:, i] for i in range(D))
@@ -110,7 +111,19 @@ def test_nsgd_direction_equals_explicit_projection(seed, D, data, gamma):
 
 def test_gamma_one_is_sgd_exactly():
     a = ns.simulate(LAND, method="sgd", eta=0.05, batch_size=4, steps=300, trajectories=3, seed=7, record_every=7)
-    b = ns.simulate(LAND, method="nsgd", eta=0.05, batch_size=4, steps=300, trajectories=3, seed=7, K=3, gamma=1.0, recompute=5, record_every=7)
+    b = ns.simulate(
+        LAND,
+        method="nsgd",
+        eta=0.05,
+        batch_size=4,
+        steps=300,
+        trajectories=3,
+        seed=7,
+        K=3,
+        gamma=1.0,
+        recompute=5,
+        record_every=7,
+    )
     assert np.array_equal(a["theta"], b["theta"]) and np.array_equal(a["loss"], b["loss"])
     assert b["eig_steps"] == []
 
@@ -133,19 +146,45 @@ def test_recompute_schedule_and_manual_loop(n):
 
 
 def test_constant_top_keeps_the_first_eigenvectors():
-    res = ns.simulate(LAND, method="sgd_constant_top", eta=0.05, batch_size=5, steps=30, K=1, trajectories=2, record_every=1, keep_theta=True)
+    res = ns.simulate(
+        LAND,
+        method="sgd_constant_top",
+        eta=0.05,
+        batch_size=5,
+        steps=30,
+        K=1,
+        trajectories=2,
+        record_every=1,
+        keep_theta=True,
+    )
     assert res["eig_steps"] == [0]
     e0 = ns.top_eigen(LAND.hessian(LAND.start()), 1)[1][0]
-    moves = np.diff(res["thetas"], axis=0)                        # every step is parallel to e_1(0)
+    moves = np.diff(res["thetas"], axis=0)  # every step is parallel to e_1(0)
     resid = moves - np.einsum("trd,d->tr", moves, e0)[..., None] * e0
     assert np.abs(resid).max() < 1e-12
 
 
 def test_trajectories_reproducible_whatever_R():
-    full = ns.simulate(LAND, method="nsgd", eta=0.05, batch_size=3, steps=120, trajectories=3, K=2, gamma=0.1, recompute=3, seed=4)
-    one = ns.simulate(LAND, method="nsgd", eta=0.05, batch_size=3, steps=120, trajectories=1, K=2, gamma=0.1, recompute=3, seed=4, first=2)
+    full = ns.simulate(
+        LAND, method="nsgd", eta=0.05, batch_size=3, steps=120, trajectories=3, K=2, gamma=0.1, recompute=3, seed=4
+    )
+    one = ns.simulate(
+        LAND,
+        method="nsgd",
+        eta=0.05,
+        batch_size=3,
+        steps=120,
+        trajectories=1,
+        K=2,
+        gamma=0.1,
+        recompute=3,
+        seed=4,
+        first=2,
+    )
     np.testing.assert_allclose(full["theta"][2], one["theta"][0], rtol=1e-12, atol=1e-14)
-    again = ns.simulate(LAND, method="nsgd", eta=0.05, batch_size=3, steps=120, trajectories=3, K=2, gamma=0.1, recompute=3, seed=4)
+    again = ns.simulate(
+        LAND, method="nsgd", eta=0.05, batch_size=3, steps=120, trajectories=3, K=2, gamma=0.1, recompute=3, seed=4
+    )
     assert np.array_equal(full["theta"], again["theta"])
 
 
@@ -161,8 +200,9 @@ def test_landscape_derivatives():
         E = np.eye(LAND.D)
         fd_g = np.array([(LAND.loss(th + eps * e) - LAND.loss(th - eps * e)) / (2 * eps) for e in E])
         np.testing.assert_allclose(LAND.grad(th), fd_g, rtol=1e-6, atol=1e-6)
-        fd_gi = np.array([(LAND.example_losses(th + eps * e) - LAND.example_losses(th - eps * e)) / (2 * eps)
-                          for e in E]).T
+        fd_gi = np.array(
+            [(LAND.example_losses(th + eps * e) - LAND.example_losses(th - eps * e)) / (2 * eps) for e in E]
+        ).T
         np.testing.assert_allclose(LAND.example_grads(th), fd_gi, rtol=1e-6, atol=1e-5)
         fd_H = np.array([(LAND.grad(th + eps * e) - LAND.grad(th - eps * e)) / (2 * eps) for e in E])
         np.testing.assert_allclose(LAND.hessian(th), fd_H, rtol=1e-5, atol=1e-5)
@@ -185,16 +225,35 @@ def test_qualitative_paper_claims():
     wide = ns.simulate(LAND, method="nsgd", K=2, gamma=5.0, **kw)
     assert fast["loss"][-1].mean() < 0.2 * sgd["loss"][-1].mean()
     assert fast["lambda_max"][-1].mean() > 2 / 0.05 > sgd["lambda_max"][-1].mean() > wide["lambda_max"][-1].mean()
-    lc = ns.loss_change_along_top(LAND, ns.simulate(LAND, method="sgd", keep_theta=True, **kw)["thetas"][3:].reshape(-1, LAND.D),
-                                  eta=0.05, batch_size=8)
-    mean = lc["change"].mean(0)                       # alphas 0.25, 0.5, 1, 2, 4
+    lc = ns.loss_change_along_top(
+        LAND,
+        ns.simulate(LAND, method="sgd", keep_theta=True, **kw)["thetas"][3:].reshape(-1, LAND.D),
+        eta=0.05,
+        batch_size=8,
+    )
+    mean = lc["change"].mean(0)  # alphas 0.25, 0.5, 1, 2, 4
     assert mean[0] < 0 and mean[1] < 0 and 0 < mean[3] < mean[4]
 
 
 # --- bad input ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kw", [dict(K=13), dict(K=0), dict(gamma=0.0), dict(gamma=-1.0), dict(gamma=float("nan")),
-                                dict(eta=0.0), dict(batch_size=41), dict(batch_size=0), dict(recompute=0), dict(method="adam"),
-                                dict(steps=-1), dict(trajectories=0), dict(theta0=np.zeros(3))])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(K=13),
+        dict(K=0),
+        dict(gamma=0.0),
+        dict(gamma=-1.0),
+        dict(gamma=float("nan")),
+        dict(eta=0.0),
+        dict(batch_size=41),
+        dict(batch_size=0),
+        dict(recompute=0),
+        dict(method="adam"),
+        dict(steps=-1),
+        dict(trajectories=0),
+        dict(theta0=np.zeros(3)),
+    ],
+)
 def test_bad_input(kw):
     args = dict(method="nsgd", eta=0.05, batch_size=4, steps=5, K=2, gamma=0.1) | kw
     with pytest.raises(UserInputError):
@@ -209,7 +268,7 @@ def test_bad_landscape():
     with pytest.raises(UserInputError):
         ns.make_valley(a_lo=10.0, a_hi=1.0)
     with pytest.raises(UserInputError):
-        ns.SharpValley(np.zeros((3, 4)), np.zeros(4), [1.0], [1.0, 1.0])     # D = 3 != 4
+        ns.SharpValley(np.zeros((3, 4)), np.zeros(4), [1.0], [1.0, 1.0])  # D = 3 != 4
     with pytest.raises(UserInputError):
         ns.SharpValley(np.zeros((3, 3)), np.zeros(3), [-1.0], [1.0, 1.0])
     with pytest.raises(UserInputError):
@@ -222,25 +281,37 @@ def test_cli_json(capsys):
 
     assert main(["nsgd", "--steps", "60", "--trajectories", "2", "--gamma", "0.1", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert [r["gamma"] for r in out["runs"]] == [0.1, 1.0] and set(out["runs"][0]["loss_change_along_e1"]) == \
-        {"0.25", "0.5", "1", "2", "4"}
+    assert [r["gamma"] for r in out["runs"]] == [0.1, 1.0] and set(out["runs"][0]["loss_change_along_e1"]) == {
+        "0.25",
+        "0.5",
+        "1",
+        "2",
+        "4",
+    }
     assert main(["nsgd", "--method", "sgd_no_top", "--steps", "30", "--trajectories", "1"]) == 0
     assert "sgd_no_top" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [(["--K", "21"], "K (top directions) must be in 1..20"),
-                                           (["--gamma", "0"], "argument --gamma"), (["--eta=-1"], "argument --eta"),
-                                           (["--batch", "101"], "batch size S must be in 1..100"),
-                                           (["--batch", "0"], "argument --batch"), (["--dim", "2"], "D must be in"),
-                                           (["--seed", "-1"], "argument --seed"),
-                                           (["--trajectories", "1e12"], "needs about")])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--K", "21"], "K (top directions) must be in 1..20"),
+        (["--gamma", "0"], "argument --gamma"),
+        (["--eta=-1"], "argument --eta"),
+        (["--batch", "101"], "batch size S must be in 1..100"),
+        (["--batch", "0"], "argument --batch"),
+        (["--dim", "2"], "D must be in"),
+        (["--seed", "-1"], "argument --seed"),
+        (["--trajectories", "1e12"], "needs about"),
+    ],
+)
 def test_cli_bad_input(cli, argv, message):
     code, _, err = cli("nsgd", "--steps", "5", *argv)
     assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_proofs_derive_and_report():
-    out = pn.derive()                                  # raises ProofError on a failed step
+    out = pn.derive()  # raises ProofError on a failed step
     assert out["alpha_cross"] == 2 / (pn.eta * pn.lam)
     assert "R8" in pn.report()
 
@@ -257,6 +328,6 @@ def test_lambda_max_reached_is_flagged_while_it_still_changes():
     flat = np.full((50, 3), 7.0)
     rising = np.broadcast_to(1.0 + steps, (50, 3)).copy()
     assert ns.settled(flat) is True and ns.settled(rising) is False
-    assert ns.settled(flat[:10]) is None                            # 2 records in the window: cannot tell
-    rising[-5:, :] = np.nan                                          # trajectories that diverged at the end
+    assert ns.settled(flat[:10]) is None  # 2 records in the window: cannot tell
+    rising[-5:, :] = np.nan  # trajectories that diverged at the end
     assert ns.settled(rising) is None

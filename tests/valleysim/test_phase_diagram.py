@@ -49,7 +49,7 @@ def test_boundaries_match_closed_forms(sweep):
         gamma = gamma_by_hand(r["eta"], r["S"])
         if np.isfinite(gamma):
             assert r["lyapunov_exponent"] == pytest.approx(gamma, rel=1e-12)
-        else:                       # -inf: some batch lands exactly on the minimum; JSON null + the flag
+        else:  # -inf: some batch lands exactly on the minimum; JSON null + the flag
             assert gamma == -np.inf and r["lyapunov_exponent"] is None
         assert r["almost_sure_stable"] is bool(gamma < 0)
         assert r["sharpness_bound"] == pytest.approx(2 / H.mean())
@@ -73,8 +73,9 @@ def test_outputs_and_resume(sweep):
         table = list(csv.DictReader(fh))
     assert len(table) == len(rows) and float(table[0]["eta"]) == rows[0]["eta"]
     assert (out / "phase_diagram.png").stat().st_size > 10_000
-    again = phase_diagram(q, ETAS, SIZES, out, n_traj=64, n_steps=400, seed=1, progress=False,
-                          executor=RefusingExecutor())
+    again = phase_diagram(
+        q, ETAS, SIZES, out, n_traj=64, n_steps=400, seed=1, progress=False, executor=RefusingExecutor()
+    )
     assert again == rows
     with pytest.raises(UserInputError, match="different sweep.*n_steps"):
         phase_diagram(q, ETAS, SIZES, out, n_traj=64, n_steps=401, seed=1, progress=False)
@@ -82,8 +83,26 @@ def test_outputs_and_resume(sweep):
 
 def test_cli_phase_diagram_dense(tmp_path, capsys):
     out = tmp_path / "pd"
-    argv = ["phase-diagram", "--kind", "dense", "--n-examples", "12", "--dim", "3", "--etas", "0.5:3:3",
-            "--batch-sizes", "1,12", "--trajectories", "32", "--steps", "300", "--out", str(out), "--quiet"]
+    argv = [
+        "phase-diagram",
+        "--kind",
+        "dense",
+        "--n-examples",
+        "12",
+        "--dim",
+        "3",
+        "--etas",
+        "0.5:3:3",
+        "--batch-sizes",
+        "1,12",
+        "--trajectories",
+        "32",
+        "--steps",
+        "300",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     assert main(argv) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["N"], cfg["D"], cfg["kind"]) == (12, 3, "dense")
@@ -97,8 +116,10 @@ def test_cli_phase_diagram_dense(tmp_path, capsys):
     assert all(float(r["lyapunov_boundary"]) >= 0.98 * float(r["eta_star"]) for r in table)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--etas", "0:1:3"], "--etas"), (["--batch-sizes", "0,2"], "batch"), (["--etas", "a,b"], "--etas")])
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--etas", "0:1:3"], "--etas"), (["--batch-sizes", "0,2"], "batch"), (["--etas", "a,b"], "--etas")],
+)
 def test_cli_phase_diagram_bad_input(tmp_path, cli, argv, message):
     code, _, err = cli("phase-diagram", "--out", tmp_path / "x", *argv)
     assert code == 2 and message in err and not (tmp_path / "x").exists()

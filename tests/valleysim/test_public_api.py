@@ -19,17 +19,21 @@ def test_subpackages_export_what_they_list():
         mod = importlib.import_module(f"valleysim.{pkg}")
         missing = [n for n in mod.__all__ if not hasattr(mod, n)]
         assert not missing, (pkg, missing)
-        assert callable(mod.simulate)                 # one simulator per toy
+        assert callable(mod.simulate)  # one simulator per toy
 
 
 def test_the_definitions_dnn_uses_load_no_numba():
-    code = ("import sys, valleysim.theory, valleysim.stats, valleysim.walk.metrics, valleysim.nsgd.directions, "
-            "valleysim.break_even.theory; print('numba' in sys.modules)")
+    code = (
+        "import sys, valleysim.theory, valleysim.stats, valleysim.walk.metrics, valleysim.nsgd.directions, "
+        "valleysim.break_even.theory; print('numba' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_import_is_cheap_and_the_command_line_does_not_load_torch():
-    code = ("import sys, valleysim; a = {'numba', 'sympy', 'torch'} & set(sys.modules); "
-            "from valleysim.cli import build_parser; build_parser(); print(sorted(a), 'torch' in sys.modules)")
+    code = (
+        "import sys, valleysim; a = {'numba', 'sympy', 'torch'} & set(sys.modules); "
+        "from valleysim.cli import build_parser; build_parser(); print(sorted(a), 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "False"], out

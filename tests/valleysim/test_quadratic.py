@@ -23,13 +23,18 @@ def test_diagonal_generator_spectrum_and_spread():
 def test_load_by_shape(tmp_path):
     rng = np.random.default_rng(0)
     A = rng.standard_normal((7, 3, 3))
-    for arr, kind, D in [(rng.random(7), "diagonal", 1), (rng.random((7, 4)), "diagonal", 4),
-                         (A @ A.transpose(0, 2, 1), "dense", 3)]:
+    for arr, kind, D in [
+        (rng.random(7), "diagonal", 1),
+        (rng.random((7, 4)), "diagonal", 4),
+        (A @ A.transpose(0, 2, 1), "dense", 3),
+    ]:
         np.save(tmp_path / "h.npy", arr)
         q = load_hessians(tmp_path / "h.npy")
         assert (q.kind, q.N, q.D) == (kind, 7, D)
-        np.testing.assert_allclose(q.hessians().reshape(7, -1)[:, :: D + 1],
-                                   arr.reshape(7, -1) if arr.ndim < 3 else arr.reshape(7, -1)[:, :: D + 1])
+        np.testing.assert_allclose(
+            q.hessians().reshape(7, -1)[:, :: D + 1],
+            arr.reshape(7, -1) if arr.ndim < 3 else arr.reshape(7, -1)[:, :: D + 1],
+        )
 
 
 def test_indefinite_examples_with_psd_mean_are_accepted():
@@ -37,10 +42,15 @@ def test_indefinite_examples_with_psd_mean_are_accepted():
     assert q.mean_hessian()[0, 0] == 1.0
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    (dict(kind="dense", N=0, D=2), "N"), (dict(kind="dense", N=3, D=2, lambda_max=-1.0), "lambda_max"),
-    (dict(kind="sparse", N=3, D=2), "kind"), (dict(kind="diagonal", N=3, D=2, condition=0.5), "condition"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(kind="dense", N=0, D=2), "N"),
+        (dict(kind="dense", N=3, D=2, lambda_max=-1.0), "lambda_max"),
+        (dict(kind="sparse", N=3, D=2), "kind"),
+        (dict(kind="diagonal", N=3, D=2, condition=0.5), "condition"),
+    ],
+)
 def test_generator_rejects_bad_parameters(kwargs, name):
     with pytest.raises(UserInputError, match=name):
         generate(kwargs.pop("kind"), kwargs.pop("N"), kwargs.pop("D"), **kwargs)

@@ -69,6 +69,7 @@ def test_duplicate_points_evaluated_once(tmp_path):
         return square(point)
 
     with ThreadPoolExecutor(1) as pool:
-        res = run_sweep(counting, [POINTS[0], POINTS[0], POINTS[2]], tmp_path / "s.jsonl", executor=pool,
-                        progress=False)
+        res = run_sweep(
+            counting, [POINTS[0], POINTS[0], POINTS[2]], tmp_path / "s.jsonl", executor=pool, progress=False
+        )
     assert res == [{"y": 0}, {"y": 0}, {"y": 1}] and sorted(calls) == [0, 1]

@@ -63,8 +63,12 @@ def test_least_squares_manifold_and_reduction():
 
 landscapes = st.builds(
     lambda kind, N, D, nu, seed: generate(kind, N, D, nonuniformity=nu, seed=seed),
-    st.sampled_from(KINDS), st.integers(2, 8), st.integers(1, 4),
-    st.floats(0.1, 2.0), st.integers(0, 2**31 - 1))
+    st.sampled_from(KINDS),
+    st.integers(2, 8),
+    st.integers(1, 4),
+    st.floats(0.1, 2.0),
+    st.integers(0, 2**31 - 1),
+)
 
 
 @given(q=landscapes, data=st.data())
@@ -104,8 +108,13 @@ def test_commonly_cited_nonuniformity_bound_is_not_necessary():
     assert eta_star_dense(q, c) <= noise  # the bound with s^2 = rho(N) holds
 
 
-@given(N=st.integers(2, 30), S=st.integers(1, 30), nu=st.floats(0.05, 3.0), seed=st.integers(0, 10**6),
-       scheme=st.sampled_from(["without_replacement", "with_replacement"]))
+@given(
+    N=st.integers(2, 30),
+    S=st.integers(1, 30),
+    nu=st.floats(0.05, 3.0),
+    seed=st.integers(0, 10**6),
+    scheme=st.sampled_from(["without_replacement", "with_replacement"]),
+)
 def test_one_dimensional_formula_equals_general(N, S, nu, seed, scheme):
     S = min(S, N)
     q = generate("diagonal", N, 1, lambda_max=2.0, nonuniformity=nu, seed=seed)
@@ -114,8 +123,15 @@ def test_one_dimensional_formula_equals_general(N, S, nu, seed, scheme):
     assert MomentMap(q).eta_star(c) == pytest.approx(eta_star_1d(h.mean(), h.var(), c), rel=1e-10)
 
 
-@given(q=st.builds(lambda N, D, seed: generate("diagonal", N, D, nonuniformity=0.9, seed=seed),
-                   st.integers(2, 10), st.integers(2, 5), st.integers(0, 10**6)), S=st.integers(1, 10))
+@given(
+    q=st.builds(
+        lambda N, D, seed: generate("diagonal", N, D, nonuniformity=0.9, seed=seed),
+        st.integers(2, 10),
+        st.integers(2, 5),
+        st.integers(0, 10**6),
+    ),
+    S=st.integers(1, 10),
+)
 def test_diagonal_is_worst_coordinate(q, S):
     S = min(S, q.N)
     c = variance_factor(S, q.N)

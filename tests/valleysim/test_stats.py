@@ -11,7 +11,7 @@ from valleysim.stats import mean_se, slope_through_origin
 def test_mean_se_has_one_meaning():
     assert mean_se([1.0, 2.0, 3.0]) == (2.0, pytest.approx(1 / math.sqrt(3)))
     m, se = mean_se([5.0])
-    assert m == 5.0 and math.isnan(se)                        # one sample: no standard error (never 0)
+    assert m == 5.0 and math.isnan(se)  # one sample: no standard error (never 0)
     assert all(math.isnan(v) for v in mean_se([]))
     assert all(math.isnan(v) for v in mean_se([np.nan, np.inf]))
     assert mean_se([1.0, np.nan, 3.0, -np.inf]) == (2.0, 1.0)  # over the finite values
@@ -24,7 +24,7 @@ def test_mean_se_along_an_axis_is_the_same_meaning_per_slice():
     # by hand, column by column: (1, 3, 5) -> 3 +- 2/sqrt(3); (4, 6) -> 5 +- 1; () -> nan; (7, 2) -> 4.5 +- 2.5
     np.testing.assert_allclose(mean, [3.0, 5.0, np.nan, 4.5], rtol=1e-15)
     np.testing.assert_allclose(se, [2 / math.sqrt(3), 1.0, np.nan, 2.5], rtol=1e-12)
-    m1, s1 = mean_se(a[:, :1], axis=1)                       # one sample per row: no standard error
+    m1, s1 = mean_se(a[:, :1], axis=1)  # one sample per row: no standard error
     assert list(m1) == [1.0, 3.0, 5.0] and np.all(np.isnan(s1))
     finite = np.random.default_rng(1).normal(size=(50, 3))
     m, s = mean_se(finite, axis=0)
@@ -36,7 +36,7 @@ def test_slope_matches_least_squares_and_naive_se_formula():
     rng = np.random.default_rng(0)
     x = rng.uniform(1, 2, 30)
     y = 3 * x + rng.normal(0, 0.1, 30)
-    fit = slope_through_origin(x, y, np.arange(30))          # singleton clusters
+    fit = slope_through_origin(x, y, np.arange(30))  # singleton clusters
     b, res, *_ = np.linalg.lstsq(x[:, None], y, rcond=None)
     assert fit["slope"] == pytest.approx(b[0], rel=1e-12)
     assert fit["slope_se_naive"] == pytest.approx(math.sqrt(res[0] / 29 / (x @ x)), rel=1e-12)
@@ -53,7 +53,7 @@ def test_clustered_se_covers_the_spread_across_replications_where_the_naive_one_
     slopes, robust, naive = [], [], []
     for _ in range(reps):
         x = rng.uniform(0.5, 1.5, G * m)
-        run_effect = rng.normal(0, 0.5, G)[labels]            # each run has its own slope offset
+        run_effect = rng.normal(0, 0.5, G)[labels]  # each run has its own slope offset
         y = (-7.5 + run_effect) * x + rng.normal(0, 0.05, G * m)
         f = slope_through_origin(x, y, labels)
         slopes.append(f["slope"])
@@ -61,7 +61,7 @@ def test_clustered_se_covers_the_spread_across_replications_where_the_naive_one_
         naive.append(f["slope_se_naive"])
     sd = float(np.std(slopes))
     rms_robust, rms_naive = float(np.sqrt(np.mean(np.square(robust)))), float(np.sqrt(np.mean(np.square(naive))))
-    assert 0.85 < rms_robust / sd < 1.1                          # CR1 with G = 5: nearly unbiased in variance
+    assert 0.85 < rms_robust / sd < 1.1  # CR1 with G = 5: nearly unbiased in variance
     assert rms_naive / sd < 0.75
 
 

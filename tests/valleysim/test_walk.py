@@ -37,11 +37,22 @@ def sgd_run(land):
 
 def _pure_wall(k=1.0, x0=1.0, width=math.inf):
     """One example, quadratic (or saturating) wall along x only: no slope, no barrier, no flat directions."""
-    return WalkLandscape.make(n_examples=1, k=k, k_spread=0.0, offset_std=0.0, slope=0.0, slope_std=0.0,
-                              width=width, barrier=0.0, n_flat=0, x0=x0)
+    return WalkLandscape.make(
+        n_examples=1,
+        k=k,
+        k_spread=0.0,
+        offset_std=0.0,
+        slope=0.0,
+        slope_std=0.0,
+        width=width,
+        barrier=0.0,
+        n_flat=0,
+        x0=x0,
+    )
 
 
 # --- the metric definitions on hand-made segments ----------------------------------------------------
+
 
 def test_alphas_are_ten_interior_points_plus_the_endpoints():
     al = interpolation_alphas()
@@ -84,10 +95,11 @@ def test_height_above_floor_for_known_points():
 def test_cosine_definition():
     assert cosine([1, 0], [-2, 0]) == -1 and cosine([1, 1], [1, 1]) == pytest.approx(1)
     assert cosine([1, 0], [0, 3]) == 0 and math.isnan(cosine([0, 0], [1, 0]))
-    assert math.isnan(cosine([1e-13, 0], [1, 0]))          # a stopped GD: no direction
+    assert math.isnan(cosine([1e-13, 0], [1, 0]))  # a stopped GD: no direction
 
 
 # --- the landscape --------------------------------------------------------------------------------------
+
 
 def test_gradients_match_finite_differences(land):
     rng = np.random.default_rng(0)
@@ -109,9 +121,12 @@ def test_minibatch_gradient_mean_is_the_full_gradient_by_enumeration(land):
         means = np.array([G[list(B)].mean(axis=0) for B in itertools.combinations(range(land.N), S)])
         np.testing.assert_allclose(means.mean(axis=0), land.grad(th), atol=1e-13)
         # and the batch covariance is c(S, N) times the per-example one (finite-population correction)
-        np.testing.assert_allclose(np.trace(np.cov(means.T, bias=True)),
-                                   (land.N - S) / (S * (land.N - 1)) * G.var(axis=0).sum(), rtol=1e-10,
-                                   atol=1e-15)
+        np.testing.assert_allclose(
+            np.trace(np.cov(means.T, bias=True)),
+            (land.N - S) / (S * (land.N - 1)) * G.var(axis=0).sum(),
+            rtol=1e-10,
+            atol=1e-15,
+        )
         assert land.noise_power(th, S) == pytest.approx((land.N - S) / (S * (land.N - 1)) * G.var(axis=0).sum())
 
 
@@ -122,6 +137,7 @@ def test_isotropic_noise_has_sgds_power_at_the_start(land):
 
 
 # --- the kernel against direct evaluation --------------------------------------------------------------
+
 
 def test_kernel_interpolation_is_the_full_loss_along_the_segment(land, sgd_run):
     al = interpolation_alphas()
@@ -143,7 +159,7 @@ def test_kernel_cosines_are_of_the_step_gradients(land, sgd_run):
     tr = sgd_run.traces[0]
     th = np.zeros((sgd_run.steps, land.D))
     th[:, 0], th[:, 1] = tr[:, F["x"]], tr[:, F["y"]]
-    g = -(th[1:] - th[:-1]) / sgd_run.eta            # g_t = -(theta_{t+1} - theta_t) / eta
+    g = -(th[1:] - th[:-1]) / sgd_run.eta  # g_t = -(theta_{t+1} - theta_t) / eta
     for t in range(1, sgd_run.steps - 1):
         assert tr[t, F["cos"]] == pytest.approx(cosine(g[t - 1], g[t]), abs=1e-9)
     assert math.isnan(tr[0, F["cos"]])
@@ -164,7 +180,7 @@ def test_gd_cosine_on_a_quadratic_wall_is_the_sign_of_one_minus_eta_k(eta):
     # x_{t+1} = (1 - eta k) x_t, so consecutive gradients k x_t multiply by (1 - eta k)  (R7)
     k = 1.3
     run = simulate(_pure_wall(k=k), eta / k, optimizer="gd", steps=10, trajectories=1, n_rec=1)
-    cos = run.traces[0, 1:, F["cos"]]            # |g_t| = k |1 - eta k|^t >= 1.3e-10: all defined
+    cos = run.traces[0, 1:, F["cos"]]  # |g_t| = k |1 - eta k|^t >= 1.3e-10: all defined
     np.testing.assert_allclose(cos, np.sign(1 - eta), atol=1e-12)
     np.testing.assert_allclose(run.traces[0, :, F["x"]], (1 - eta) ** np.arange(10), rtol=1e-12)
 
@@ -178,7 +194,7 @@ def test_gd_bounces_on_the_saturating_wall_at_the_predicted_height():
     xstar = w * math.sqrt(eta * k / 2 - 1)
     np.testing.assert_allclose(np.abs(xs), xstar, rtol=1e-9)
     np.testing.assert_array_equal(run.traces[0, -50:, F["cos"]], -1.0)
-    W = lambda u: 0.5 * w * w * math.log1p(u * u / (w * w))                       # noqa: E731
+    W = lambda u: 0.5 * w * w * math.log1p(u * u / (w * w))  # noqa: E731
     np.testing.assert_allclose(run.traces[0, -50:, F["height"]], W(xstar) - W(xstar / 11), rtol=1e-8)
 
 
@@ -191,7 +207,7 @@ def test_divergence_is_reported_with_its_step():
     assert math.isnan(s["height"])
     # traces hold the segments theta_t -> theta_{t+1} that were completed: t = 0..25
     assert np.isnan(run.traces[0, 26:, F["x"]]).all() and np.isfinite(run.traces[0, :26, F["x"]]).all()
-    np.testing.assert_allclose(run.theta_end[0], [2.0 ** 26 * (1 if 26 % 2 == 0 else -1), 0.0])
+    np.testing.assert_allclose(run.theta_end[0], [2.0**26 * (1 if 26 % 2 == 0 else -1), 0.0])
 
 
 def test_same_seed_same_numbers_for_one_and_two_threads(land):
@@ -231,27 +247,39 @@ def test_summary_counts_match_the_traces(land):
 
 # --- bad input --------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(optimizer="adam"), "optimizer"),
-    (dict(eta=0.0), "eta"),
-    (dict(eta=float("nan")), "eta"),
-    (dict(batch_size=0), "batch size"),
-    (dict(batch_size=9), "batch size"),
-    (dict(batch_size=None), "batch size"),
-    (dict(steps=0), "steps"),
-    (dict(trajectories=0), "trajectories"),
-])
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(optimizer="adam"), "optimizer"),
+        (dict(eta=0.0), "eta"),
+        (dict(eta=float("nan")), "eta"),
+        (dict(batch_size=0), "batch size"),
+        (dict(batch_size=9), "batch size"),
+        (dict(batch_size=None), "batch size"),
+        (dict(steps=0), "steps"),
+        (dict(trajectories=0), "trajectories"),
+    ],
+)
 def test_bad_run_input_names_the_parameter(land, kw, match):
     args = dict(optimizer="sgd", eta=1.0, steps=10, trajectories=2, batch_size=2) | kw
     with pytest.raises(UserInputError, match=match):
         simulate(land, args.pop("eta"), optimizer=args.pop("optimizer"), **args)
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(n_examples=0), "n_examples"), (dict(k=-1.0), "k"), (dict(k_spread=1.0), "k_spread"),
-    (dict(width=0.0), "wall width"), (dict(barrier=-1.0), "barrier"), (dict(period=0.0), "period"),
-    (dict(kappa=float("inf")), "kappa"), (dict(n_flat=-1), "n_flat"),
-])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(n_examples=0), "n_examples"),
+        (dict(k=-1.0), "k"),
+        (dict(k_spread=1.0), "k_spread"),
+        (dict(width=0.0), "wall width"),
+        (dict(barrier=-1.0), "barrier"),
+        (dict(period=0.0), "period"),
+        (dict(kappa=float("inf")), "kappa"),
+        (dict(n_flat=-1), "n_flat"),
+    ],
+)
 def test_bad_landscape_input_names_the_parameter(kw, match):
     with pytest.raises(UserInputError, match=match):
         WalkLandscape.make(**kw)
@@ -259,9 +287,27 @@ def test_bad_landscape_input_names_the_parameter(kw, match):
 
 # --- the CLI ------------------------------------------------------------------------------------------
 
+
 def test_cli_prints_metrics_and_json(capsys):
-    assert main(["walk", "--optimizer", "sgd", "--eta", "2", "--batch", "4", "--steps", "40", "--trajectories", "4",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "walk",
+                "--optimizer",
+                "sgd",
+                "--eta",
+                "2",
+                "--batch",
+                "4",
+                "--steps",
+                "40",
+                "--trajectories",
+                "4",
+                "--json",
+            ]
+        )
+        == 0
+    )
     s = json.loads(capsys.readouterr().out)
     assert s["optimizer"] == "sgd" and s["batch"] == 4 and s["completed"] == 4
     for key in ("height", "cos", "barriers_total", "distance", "progress"):
@@ -272,13 +318,18 @@ def test_cli_prints_metrics_and_json(capsys):
     assert "cos(g_{t-1}, g_t)" in out and "height above floor" in out
 
 
-@pytest.mark.parametrize("argv, message", [(["--batch", "99"], "batch size S must be in 1..32"),
-                                           (["--eta=-1"], "argument --eta"),
-                                           (["--wall-width", "1e308"], "wall width w must be in [0.001, 1e+06] or inf"),
-                                           (["--wall-width", "1e-320"], "wall width w"),
-                                           (["--n-examples", "1e12"], "n_examples must be in 1..2147483648"),
-                                           (["--landscape-seed", "-1"], "argument --landscape-seed"),
-                                           (["--trajectories", "1e6", "--steps", "1e5", "--bins", "1e5"], "needs about")])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--batch", "99"], "batch size S must be in 1..32"),
+        (["--eta=-1"], "argument --eta"),
+        (["--wall-width", "1e308"], "wall width w must be in [0.001, 1e+06] or inf"),
+        (["--wall-width", "1e-320"], "wall width w"),
+        (["--n-examples", "1e12"], "n_examples must be in 1..2147483648"),
+        (["--landscape-seed", "-1"], "argument --landscape-seed"),
+        (["--trajectories", "1e6", "--steps", "1e5", "--bins", "1e5"], "needs about"),
+    ],
+)
 def test_cli_bad_input_is_one_named_line(cli, argv, message):
     code, _, err = cli("walk", "--steps", "5", *argv)
     assert code == 2 and message in err and err.count("\n") == 1, err
@@ -286,11 +337,11 @@ def test_cli_bad_input_is_one_named_line(cli, argv, message):
 
 # --- the figure script ----------------------------------------------------------------------------------
 
+
 def test_walk_tables_quick_writes_png_and_json(figure):
     d = figure("walk_tables")
-    assert {"table1_barriers", "table2_height", "table3_grid", "table4_gd_damping",
-            "table5_sgd_vs_isotropic"} <= set(d)
-    for row in d["table4_gd_damping"][:4]:               # the quadratic-wall rows are exact
+    assert {"table1_barriers", "table2_height", "table3_grid", "table4_gd_damping", "table5_sgd_vs_isotropic"} <= set(d)
+    for row in d["table4_gd_damping"][:4]:  # the quadratic-wall rows are exact
         assert row["cos_mean"] == pytest.approx(row["cos_predicted"], abs=1e-9)
     assert "T1  barriers crossed" in figure.stdout and "T5  SGD vs GD + isotropic" in figure.stdout
 
@@ -299,8 +350,19 @@ def test_consecutive_gradient_correlation_on_a_noisy_quadratic_wall_is_minus_eta
     # quadratic wall, per-example offsets only: g_B = k (x - mean_B a), additive noise independent across
     # steps. Stationary x_{t+1} = (1 - eta k) x_t + eta k abar_t gives E[g_t g_{t+1}] / E[g_t^2] = -eta k / 2
     # for ANY noise power, i.e. any S: on a linear wall the batch size cannot move this correlation.
-    land = WalkLandscape.make(n_examples=16, k=1.0, k_spread=0.0, offset_std=1.0, slope=0.0, slope_std=0.0,
-                              width=math.inf, barrier=0.0, n_flat=0, x0=0.0, seed=1)
+    land = WalkLandscape.make(
+        n_examples=16,
+        k=1.0,
+        k_spread=0.0,
+        offset_std=1.0,
+        slope=0.0,
+        slope_std=0.0,
+        width=math.inf,
+        barrier=0.0,
+        n_flat=0,
+        x0=0.0,
+        seed=1,
+    )
     eta = 1.2
     for S in (1, 4):
         run = simulate(land, eta, optimizer="sgd", steps=4000, trajectories=8, batch_size=S, seed=S, n_rec=8)

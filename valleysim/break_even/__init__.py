@@ -100,8 +100,31 @@ collapses to rounding level between bursts, the curvature runs a sawtooth around
 
 from valleysim._lazy import lazy_exports
 
-__getattr__, __all__ = lazy_exports(__name__, {
-    "landscape": ("MAX_SPREAD", "SharpeningLandscape"),
-    "theory": ("almost_sure_break_even", "drift_steps", "frozen_q", "frozen_second_moment", "predicted_break_even", "steps_for_break_even"),
-    "sim": ("BREAK_EVEN_KEYS", "DIVERGE_AT", "MAX_DEFAULT_STEPS", "TURN", "BreakEvenRun", "break_even_per_trajectory", "default_steps", "growth_stops", "simulate", "spectra", "summarise", "sweep"),
-})
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "landscape": ("MAX_SPREAD", "SharpeningLandscape"),
+        "theory": (
+            "almost_sure_break_even",
+            "drift_steps",
+            "frozen_q",
+            "frozen_second_moment",
+            "predicted_break_even",
+            "steps_for_break_even",
+        ),
+        "sim": (
+            "BREAK_EVEN_KEYS",
+            "DIVERGE_AT",
+            "MAX_DEFAULT_STEPS",
+            "TURN",
+            "BreakEvenRun",
+            "break_even_per_trajectory",
+            "default_steps",
+            "growth_stops",
+            "simulate",
+            "spectra",
+            "summarise",
+            "sweep",
+        ),
+    },
+)

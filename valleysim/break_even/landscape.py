@@ -10,22 +10,23 @@ import numpy as np
 from valleysim.errors import SCALE_LIMIT, UserInputError, check_int_range, check_range
 from valleysim.memory import F64, check_fits
 
-MAX_SPREAD = 1e3              # sigma, offset, rates at most 1e3 (sigma^2 c and exp(r z) stay finite)
+MAX_SPREAD = 1e3  # sigma, offset, rates at most 1e3 (sigma^2 c and exp(r z) stay finite)
 
 
 # --------------------------------------------------------------------------------------------- landscape
+
 
 @dataclass(frozen=True)
 class SharpeningLandscape:
     """k sharp directions with curvatures a0_j exp(r_j z), per-example spread sigma, drive beta (see module doc)."""
 
-    a0: np.ndarray        # (k,)
-    rates: np.ndarray     # (k,)
+    a0: np.ndarray  # (k,)
+    rates: np.ndarray  # (k,)
     sigma: float
     offset: float
     beta: float
-    f: np.ndarray = field(repr=False)   # (N, k)  1 + sigma xi_ij
-    b: np.ndarray = field(repr=False)   # (N, k)  offsets, sum_i f_ij b_ij = 0
+    f: np.ndarray = field(repr=False)  # (N, k)  1 + sigma xi_ij
+    b: np.ndarray = field(repr=False)  # (N, k)  offsets, sum_i f_ij b_ij = 0
 
     @property
     def N(self) -> int:
@@ -41,8 +42,16 @@ class SharpeningLandscape:
         return np.mean(self.f * self.b**2, axis=0)
 
     @classmethod
-    def make(cls, n_examples: int = 64, sigma: float = 1.0, offset: float = 0.001, beta: float = 0.001,
-             a0=(1.0,), rates=(1.0,), landscape_seed: int = 0) -> "SharpeningLandscape":
+    def make(
+        cls,
+        n_examples: int = 64,
+        sigma: float = 1.0,
+        offset: float = 0.001,
+        beta: float = 0.001,
+        a0=(1.0,),
+        rates=(1.0,),
+        landscape_seed: int = 0,
+    ) -> "SharpeningLandscape":
         N = check_int_range(n_examples, "n_examples N", 2, 2**31)
         sigma = check_range(sigma, "sigma", 0, MAX_SPREAD)
         offset = check_range(offset, "offset", 0, MAX_SPREAD)
@@ -94,8 +103,8 @@ class SharpeningLandscape:
     def per_example_gradients(self, x, z) -> np.ndarray:
         """(..., N, k+1) gradients g_i of l_i in (x, z)."""
         x, z = np.asarray(x, float), np.asarray(z, float)
-        a = self.curvatures(z)[..., None, :]                      # (..., 1, k)
-        d = x[..., None, :] - self.b                              # (..., N, k)
+        a = self.curvatures(z)[..., None, :]  # (..., 1, k)
+        d = x[..., None, :] - self.b  # (..., N, k)
         gx = a * self.f * d
         gz = np.sum(0.5 * self.rates * a * self.f * d * d, axis=-1) - self.beta
         return np.concatenate([gx, gz[..., None]], axis=-1)
@@ -110,5 +119,3 @@ class SharpeningLandscape:
         """V_j(z) = (1/N) sum_i h_ij^2 b_ij^2: Var of the per-example gradients along x_j at x = 0."""
         a = float(self.curvatures(z)[j])
         return float(np.mean((a * self.f[:, j] * self.b[:, j]) ** 2))
-
-

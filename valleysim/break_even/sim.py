@@ -1,4 +1,5 @@
-"""The break-even toy's simulator: the numba kernel, ``simulate``, break-even read off the dynamics, ``summarise``, ``sweep``."""
+"""The break-even toy's simulator: the numba kernel, ``simulate``, break-even read off the dynamics,
+``summarise``, ``sweep``."""
 
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from valleysim.stats import mean_se
 from valleysim.theory import variance_factor
 
 DIVERGE_AT = 1e8
-TURN = 0.01                   # growth has stopped once the curvature falls 1% below its running maximum
+TURN = 0.01  # growth has stopped once the curvature falls 1% below its running maximum
 MAX_DEFAULT_STEPS = 5_000_000  # default run length cap (a stated cap: the summary says when it binds)
 
 
 # --------------------------------------------------------------------------------------------- kernel
+
 
 @njit(parallel=True, cache=True)
 def _kernel(a0, rates, f, b, beta, eta, S, n_steps, rec_every, seed, x0, z0, frozen, R, late_from):
@@ -97,6 +99,7 @@ def _kernel(a0, rates, f, b, beta, eta, S, n_steps, rec_every, seed, x0, z0, fro
 
 # --------------------------------------------------------------------------------------------- runs
 
+
 @dataclass
 class BreakEvenRun:
     """Raw output of ``simulate``: X (R, n_rec, k), Z (R, n_rec) at steps j * record_every (NaN after a
@@ -115,7 +118,7 @@ class BreakEvenRun:
     step_of_max: np.ndarray
     plateau: np.ndarray
     diverged_step: np.ndarray
-    default_steps: bool = False      # the run length came from ``default_steps``
+    default_steps: bool = False  # the run length came from ``default_steps``
 
     @property
     def steps(self) -> np.ndarray:
@@ -136,9 +139,19 @@ def default_steps(land: SharpeningLandscape, eta: float, S: int) -> int:
     return 2000 if need is None else min(need, MAX_DEFAULT_STEPS)
 
 
-def simulate(land: SharpeningLandscape, eta: float, batch_size: int, *, steps: int | None = None,
-             trajectories: int = 256, seed: int = 0, record_every: int | None = None, x0=None, z0: float = 0.0,
-             frozen: bool = False) -> BreakEvenRun:
+def simulate(
+    land: SharpeningLandscape,
+    eta: float,
+    batch_size: int,
+    *,
+    steps: int | None = None,
+    trajectories: int = 256,
+    seed: int = 0,
+    record_every: int | None = None,
+    x0=None,
+    z0: float = 0.0,
+    frozen: bool = False,
+) -> BreakEvenRun:
     """R trajectories of mini-batch SGD (S = ``batch_size`` of N without replacement) on ``land`` from (x0, z0)."""
     eta = check_learning_rate(eta)
     S = check_int_range(batch_size, "batch size S", 1, land.N)
@@ -148,13 +161,30 @@ def simulate(land: SharpeningLandscape, eta: float, batch_size: int, *, steps: i
     seed = check_int_range(seed, "seed", 0, 2**63 - 1)
     rec = max(1, steps // 500) if record_every is None else check_int_range(record_every, "record_every", 1, steps)
     n_rec = steps // rec + 1
-    check_fits(float(R) * n_rec * (land.k + 1) * 12 * F64 + 2.0 * R * land.N * F64,
-               f"{R} trajectories with {n_rec} records (k = {land.k}, N = {land.N})")
+    check_fits(
+        float(R) * n_rec * (land.k + 1) * 12 * F64 + 2.0 * R * land.N * F64,
+        f"{R} trajectories with {n_rec} records (k = {land.k}, N = {land.N})",
+    )
     x0 = np.zeros(land.k) if x0 is None else np.asarray(x0, dtype=float).reshape(land.k)
     if not np.all(np.isfinite(x0)) or not math.isfinite(z0):
         raise UserInputError("x0 and z0 must be finite")
-    X, Z, amax, tmax, late, div = _kernel(land.a0, land.rates, land.f, land.b, land.beta, eta, S, steps, rec,
-                                          seed, x0, float(z0), bool(frozen), R, steps // 2)
+    X, Z, amax, tmax, late, div = _kernel(
+        land.a0,
+        land.rates,
+        land.f,
+        land.b,
+        land.beta,
+        eta,
+        S,
+        steps,
+        rec,
+        seed,
+        x0,
+        float(z0),
+        bool(frozen),
+        R,
+        steps // 2,
+    )
     return BreakEvenRun(land, eta, S, steps, rec, seed, X, Z, amax, tmax, late, div, default_steps=default)
 
 
@@ -166,7 +196,7 @@ def spectra(run: BreakEvenRun, chunk: int = 4096) -> dict[str, np.ndarray]:
     out = {k: np.full(z.shape, np.nan) for k in ("lambda_H", "trace_H", "lambda_K", "trace_K", "loss")}
     good = np.flatnonzero(np.isfinite(z))
     for s in range(0, good.size, chunk):
-        g = good[s:s + chunk]
+        g = good[s : s + chunk]
         H = land.hessian(x[g], z[g])
         K = land.gradient_covariance(x[g], z[g])
         out["lambda_H"][g] = np.linalg.eigvalsh(H)[:, -1]
@@ -198,8 +228,12 @@ def break_even_per_trajectory(curv: np.ndarray, record_every: int) -> dict[str, 
     plateau = np.median(curv[:, half:], axis=1)
     at_level = curv >= plateau[:, None]
     steps = np.argmax(at_level, axis=1) * float(record_every)
-    return {"reached": reached, "turned": turn >= 0, "plateau": np.where(reached, plateau, np.nan),
-            "steps": np.where(reached, steps, np.nan)}
+    return {
+        "reached": reached,
+        "turned": turn >= 0,
+        "plateau": np.where(reached, plateau, np.nan),
+        "steps": np.where(reached, steps, np.nan),
+    }
 
 
 #: Quantities of the self-stabilised state: defined only where break-even was reached.
@@ -217,13 +251,25 @@ def summarise(run: BreakEvenRun) -> dict:
     c = variance_factor(run.S, land.N)
     lam = predicted_break_even(run.eta, run.S, land.N, land.sigma)
     need = steps_for_break_even(land, run.eta, run.S)
-    out = {"eta": run.eta, "batch": run.S, "n_examples": land.N, "sigma": land.sigma, "offset": land.offset,
-           "beta": land.beta, "a0": land.a0.tolist(), "rates": land.rates.tolist(), "variance_factor": c,
-           "steps": run.n_steps, "steps_for_break_even": need,
-           "steps_capped": bool(run.default_steps and need is not None and run.n_steps < need),
-           "trajectories": int(ok.size), "diverged": int((~ok).sum()),
-           "predicted_break_even": lam, "full_batch_edge": 2.0 / run.eta,
-           "almost_sure_break_even": almost_sure_break_even(land, run.eta, run.S, samples=50_000)}
+    out = {
+        "eta": run.eta,
+        "batch": run.S,
+        "n_examples": land.N,
+        "sigma": land.sigma,
+        "offset": land.offset,
+        "beta": land.beta,
+        "a0": land.a0.tolist(),
+        "rates": land.rates.tolist(),
+        "variance_factor": c,
+        "steps": run.n_steps,
+        "steps_for_break_even": need,
+        "steps_capped": bool(run.default_steps and need is not None and run.n_steps < need),
+        "trajectories": int(ok.size),
+        "diverged": int((~ok).sum()),
+        "predicted_break_even": lam,
+        "full_batch_edge": 2.0 / run.eta,
+        "almost_sure_break_even": almost_sure_break_even(land, run.eta, run.S, samples=50_000),
+    }
     out["first_divergence_step"] = int(run.diverged_step[~ok].min()) if (~ok).any() else None
     if ok.sum() < 1:
         out.update(reached=False, reached_trajectories=0, error="every trajectory diverged; nothing to average")
@@ -235,18 +281,20 @@ def summarise(run: BreakEvenRun) -> dict:
     out["reached"] = bool(hit.all())
     half = curv.shape[1] // 2
     sp = {k: v[ok] for k, v in spectra(run).items()}
-    for name, vals in (("max_curvature", run.max_curvature[ok]),
-                       ("curvature_at_break_even", be["plateau"][hit]),
-                       ("mean_late_curvature", run.plateau[ok][hit]),
-                       ("steps_to_break_even", be["steps"][hit]),
-                       ("max_lambda_H_full", np.nanmax(sp["lambda_H"], axis=1)),
-                       ("max_lambda_K", np.nanmax(sp["lambda_K"], axis=1)),
-                       ("median_late_lambda_K", np.nanmedian(sp["lambda_K"][hit, half:], axis=1)),
-                       ("max_trace_H", np.nanmax(sp["trace_xx"], axis=1)),
-                       ("max_trace_K", np.nanmax(sp["trace_K"], axis=1)),
-                       ("min_trace_ratio", np.nanmin(sp["trace_ratio"], axis=1)),
-                       ("final_trace_ratio", sp["trace_ratio"][:, -1]),
-                       ("final_loss", sp["loss"][:, -1])):
+    for name, vals in (
+        ("max_curvature", run.max_curvature[ok]),
+        ("curvature_at_break_even", be["plateau"][hit]),
+        ("mean_late_curvature", run.plateau[ok][hit]),
+        ("steps_to_break_even", be["steps"][hit]),
+        ("max_lambda_H_full", np.nanmax(sp["lambda_H"], axis=1)),
+        ("max_lambda_K", np.nanmax(sp["lambda_K"], axis=1)),
+        ("median_late_lambda_K", np.nanmedian(sp["lambda_K"][hit, half:], axis=1)),
+        ("max_trace_H", np.nanmax(sp["trace_xx"], axis=1)),
+        ("max_trace_K", np.nanmax(sp["trace_K"], axis=1)),
+        ("min_trace_ratio", np.nanmin(sp["trace_ratio"], axis=1)),
+        ("final_trace_ratio", sp["trace_ratio"][:, -1]),
+        ("final_loss", sp["loss"][:, -1]),
+    ):
         out[name], out[name + "_se"] = mean_se(vals)
     out["max_over_predicted"] = out["max_curvature"] / lam
     out["plateau_over_predicted"] = out["curvature_at_break_even"] / lam if hit.any() else None
@@ -267,20 +315,35 @@ def _reach_note(out: dict, be: dict, run: BreakEvenRun) -> str | None:
     if need is None:
         return "break-even not reached: no sharpening (beta = 0 or every rate 0), the curvature cannot grow"
     late = int((be["turned"] & ~be["reached"]).sum())
-    what = (f"{n_ok - n_hit} of {n_ok} trajectories did not reach break-even in the first half of the run"
-            if n_hit else f"break-even not reached in {out['steps']} steps")
-    why = (f"the curvature rose to {out['max_curvature']:.4g} (lambda* = {out['predicted_break_even']:.4g})"
-           + (f"; {late} turned back only in the last half, leaving no plateau to measure" if late else
-              " without turning back"))
-    need_txt = (f"the drift alone reaches lambda* in about {drift_steps(run.land, run.eta, run.S):.3g} steps: "
-                f"rerun with --steps {need}")
+    what = (
+        f"{n_ok - n_hit} of {n_ok} trajectories did not reach break-even in the first half of the run"
+        if n_hit
+        else f"break-even not reached in {out['steps']} steps"
+    )
+    why = f"the curvature rose to {out['max_curvature']:.4g} (lambda* = {out['predicted_break_even']:.4g})" + (
+        f"; {late} turned back only in the last half, leaving no plateau to measure"
+        if late
+        else " without turning back"
+    )
+    need_txt = (
+        f"the drift alone reaches lambda* in about {drift_steps(run.land, run.eta, run.S):.3g} steps: "
+        f"rerun with --steps {need}"
+    )
     partial = f"; the break-even quantities average the {n_hit} that did" if n_hit else ""
-    capped = (f" (the default run length is capped at {MAX_DEFAULT_STEPS:,} steps)" if out["steps_capped"] else "")
+    capped = f" (the default run length is capped at {MAX_DEFAULT_STEPS:,} steps)" if out["steps_capped"] else ""
     return f"{what}{partial}: {why}; {need_txt}{capped}"
 
 
-def sweep(etas, batch_sizes, land: SharpeningLandscape | None = None, *, steps: int | None = None,
-          trajectories: int = 128, seed: int = 0, keep_runs: bool = False) -> list[dict]:
+def sweep(
+    etas,
+    batch_sizes,
+    land: SharpeningLandscape | None = None,
+    *,
+    steps: int | None = None,
+    trajectories: int = 128,
+    seed: int = 0,
+    keep_runs: bool = False,
+) -> list[dict]:
     """``summarise`` at every (eta, S) of the grid (same seed: common random numbers); rows in grid order.
 
     With keep_runs, each row carries its BreakEvenRun under "run" (for plots).

@@ -12,6 +12,7 @@ from valleysim.theory import break_even_curvature, eta_star_1d, stability_factor
 
 # --------------------------------------------------------------------------------------------- theory
 
+
 def predicted_break_even(eta: float, S: int, N: int, sigma: float) -> float:
     """lambda*(eta, S) = 2 / (eta (1 + c(S, N) sigma^2)): q = 1 with s^2 = sigma^2 lambda^2 (R1; ``proofs.break_even``).
 
@@ -27,8 +28,9 @@ def predicted_break_even(eta: float, S: int, N: int, sigma: float) -> float:
     return lam
 
 
-def almost_sure_break_even(land: SharpeningLandscape, eta: float, S: int, j: int = 0, samples: int = 200_000,
-                           seed: int = 0) -> float:
+def almost_sure_break_even(
+    land: SharpeningLandscape, eta: float, S: int, j: int = 0, samples: int = 200_000, seed: int = 0
+) -> float:
     """The curvature where the Lyapunov exponent gamma = E log|1 - eta a f_B| along x_j crosses 0 (Monte Carlo).
 
     f_B is the batch mean of f_ij over a uniform S-subset; its law does not depend on a, so one sample
@@ -52,13 +54,13 @@ def almost_sure_break_even(land: SharpeningLandscape, eta: float, S: int, j: int
     else:
         rng = np.random.default_rng(seed)
         fB = np.empty(samples)
-        rows = max(1, min(20_000, 2**22 // land.N))                         # chunks of <= 32 MB
+        rows = max(1, min(20_000, 2**22 // land.N))  # chunks of <= 32 MB
         for s0 in range(0, samples, rows):
             m = min(rows, samples - s0)
             idx = np.argpartition(rng.random((m, land.N)), S, axis=1)[:, :S]
-            fB[s0:s0 + m] = f[idx].mean(axis=1)
-    gamma = lambda u: float(np.mean(np.log(np.abs(1.0 - u * fB))))          # noqa: E731
-    lo = 2.0 / (1.0 + variance_factor(S, land.N) * land.sigma**2) * 0.999     # gamma < 0 here (Jensen)
+            fB[s0 : s0 + m] = f[idx].mean(axis=1)
+    gamma = lambda u: float(np.mean(np.log(np.abs(1.0 - u * fB))))  # noqa: E731
+    lo = 2.0 / (1.0 + variance_factor(S, land.N) * land.sigma**2) * 0.999  # gamma < 0 here (Jensen)
     if gamma(4.0) <= 0:
         return math.nan
     return brentq(gamma, lo, 4.0, xtol=1e-10) / eta
@@ -67,7 +69,7 @@ def almost_sure_break_even(land: SharpeningLandscape, eta: float, S: int, j: int
 def frozen_q(land: SharpeningLandscape, eta: float, S: int, z: float, j: int = 0) -> float:
     """q = (1 - eta a)^2 + eta^2 c sigma^2 a^2 along x_j at frozen z (``theory.stability_factor``)."""
     a = float(land.curvatures(z)[j])
-    s2 = float(np.mean((a * land.f[:, j] - a) ** 2))                       # = sigma^2 a^2
+    s2 = float(np.mean((a * land.f[:, j] - a) ** 2))  # = sigma^2 a^2
     return float(stability_factor(eta, a, s2, variance_factor(S, land.N)))
 
 
@@ -79,8 +81,6 @@ def frozen_second_moment(land: SharpeningLandscape, eta: float, S: int, z: float
     if math.isclose(q, 1.0, rel_tol=0, abs_tol=1e-14):
         return src * t
     return src * (1.0 - q**t) / (1.0 - q)
-
-
 
 
 def drift_steps(land: SharpeningLandscape, eta: float, S: int) -> float:
@@ -98,5 +98,3 @@ def steps_for_break_even(land: SharpeningLandscape, eta: float, S: int) -> int |
     without sharpening."""
     t = drift_steps(land, eta, S)
     return None if not math.isfinite(t) else int(math.ceil(2.5 * t + 500))
-
-

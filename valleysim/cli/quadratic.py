@@ -22,10 +22,20 @@ def add_parser(sub) -> None:
     s.add_argument("--scheme", choices=SCHEMES, default="without_replacement")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--simulate", action="store_true", help="attach a Monte Carlo second-moment growth rate")
-    s.add_argument("--trajectories", "--n-traj", type=T.integer(2), default=20000,
-                   help="trajectories for --simulate (>= 2, default 20000)")
-    s.add_argument("--steps", "--n-steps", type=T.integer(2), default=12,
-                   help="steps for --simulate (>= 2, default 12; longer windows are heavy-tailed)")
+    s.add_argument(
+        "--trajectories",
+        "--n-traj",
+        type=T.integer(2),
+        default=20000,
+        help="trajectories for --simulate (>= 2, default 20000)",
+    )
+    s.add_argument(
+        "--steps",
+        "--n-steps",
+        type=T.integer(2),
+        default=12,
+        help="steps for --simulate (>= 2, default 12; longer windows are heavy-tailed)",
+    )
     s.add_argument("--seed", type=T.seed, default=0)
     s.set_defaults(func=cmd_stability)
 
@@ -38,11 +48,14 @@ def _add_phase_diagram(sub) -> None:
     ph.add_argument("--etas", type=T.grid, default="0.05:5:24", help="'min:max:count' log grid or a comma list")
     ph.add_argument("--batch-sizes", type=T.grid, default="1,2,4,8,16,32", help="comma list or 'min:max:count'")
     ph.add_argument("--scheme", choices=SCHEMES, default="without_replacement")
-    ph.add_argument("--trajectories", "--n-traj", type=T.integer(2), default=128, help="simulated trajectories per point (>= 2)")
+    ph.add_argument(
+        "--trajectories", "--n-traj", type=T.integer(2), default=128, help="simulated trajectories per point (>= 2)"
+    )
     ph.add_argument("--steps", "--n-steps", type=T.integer(4), default=1000, help="simulated steps per point (>= 4)")
     ph.add_argument("--seed", type=T.seed, default=0)
-    ph.add_argument("--out", type=T.out_dir, default="results/phase_diagram",
-                    help="output directory (resumes if present)")
+    ph.add_argument(
+        "--out", type=T.out_dir, default="results/phase_diagram", help="output directory (resumes if present)"
+    )
     ph.add_argument("--quiet", action="store_true", help="no progress bar")
     ph.set_defaults(func=cmd_phase_diagram)
 
@@ -53,11 +66,14 @@ def add_landscape_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kind", choices=KINDS, default="diagonal", help="generated landscape kind (default diagonal)")
     g.add_argument("--n-examples", type=T.count, default=32, metavar="N", help="generated N (default 32)")
     g.add_argument("--dim", type=T.count, default=1, metavar="D", help="generated D (default 1)")
-    g.add_argument("--lambda-max", type=T.positive, default=1.0,
-                   help="top eigenvalue of the mean Hessian (default 1)")
-    g.add_argument("--nonuniformity", type=T.positive, default=0.5,
-                   help=f"relative spread of per-example curvature, {NONUNIFORMITY_RANGE[0]:g}..."
-                   f"{NONUNIFORMITY_RANGE[1]:g} (default 0.5)")
+    g.add_argument("--lambda-max", type=T.positive, default=1.0, help="top eigenvalue of the mean Hessian (default 1)")
+    g.add_argument(
+        "--nonuniformity",
+        type=T.positive,
+        default=0.5,
+        help=f"relative spread of per-example curvature, {NONUNIFORMITY_RANGE[0]:g}..."
+        f"{NONUNIFORMITY_RANGE[1]:g} (default 0.5)",
+    )
     g.add_argument("--condition", type=T.positive, default=10.0, help="condition number of the mean spectrum, >= 1")
     g.add_argument("--landscape-seed", type=T.seed, default=0, help="seed of the generated landscape")
 
@@ -65,16 +81,31 @@ def add_landscape_args(p: argparse.ArgumentParser) -> None:
 def landscape_from_args(args):
     if args.hessians is not None:
         return load_hessians(args.hessians)
-    return generate(args.kind, args.n_examples, args.dim, lambda_max=args.lambda_max,
-                    nonuniformity=args.nonuniformity, condition=args.condition, seed=args.landscape_seed)
+    return generate(
+        args.kind,
+        args.n_examples,
+        args.dim,
+        lambda_max=args.lambda_max,
+        nonuniformity=args.nonuniformity,
+        condition=args.condition,
+        seed=args.landscape_seed,
+    )
 
 
 def cmd_stability(args) -> int:
     from valleysim.quadratic.stability import stability_report
 
     q = landscape_from_args(args)
-    report = stability_report(q, args.eta, args.batch, args.scheme, simulate=args.simulate,
-                              n_traj=args.trajectories, n_steps=args.steps, seed=args.seed)
+    report = stability_report(
+        q,
+        args.eta,
+        args.batch,
+        args.scheme,
+        simulate=args.simulate,
+        n_traj=args.trajectories,
+        n_steps=args.steps,
+        seed=args.seed,
+    )
     if args.json:
         print(dumps(report, indent=2))
     else:
@@ -94,7 +125,16 @@ def cmd_phase_diagram(args) -> int:
     sizes = sorted({int(s) for s in sizes})
     for s in sizes:
         check_batch_size(s, q.N, allow_above_n=args.scheme == "with_replacement")
-    rows = phase_diagram(q, etas, sizes, args.out, scheme=args.scheme, n_traj=args.trajectories,
-                         n_steps=args.steps, seed=args.seed, progress=not args.quiet)
+    rows = phase_diagram(
+        q,
+        etas,
+        sizes,
+        args.out,
+        scheme=args.scheme,
+        n_traj=args.trajectories,
+        n_steps=args.steps,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
     print(f"{len(rows)} grid points -> {Path(args.out).resolve()}")
     return 0

@@ -15,14 +15,19 @@ from valleysim.valley.sim import simulate, summarise
 
 
 def add_parser(sub) -> None:
-    v = sub.add_parser("valley", help="trace / log-det drift in a degenerate valley: simulation vs theory (R3-R5)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    v.add_argument("--loss", required=True,
-                   help=f"sympy expression of the loss, or a catalogue name: {', '.join(CATALOGUE)}")
+    v = sub.add_parser(
+        "valley",
+        help="trace / log-det drift in a degenerate valley: simulation vs theory (R3-R5)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    v.add_argument(
+        "--loss", required=True, help=f"sympy expression of the loss, or a catalogue name: {', '.join(CATALOGUE)}"
+    )
     v.add_argument("--nondegenerate", help="comma-separated non-degenerate coordinates theta (with an expression)")
     v.add_argument("--degenerate", help="comma-separated degenerate coordinates theta_hat (with an expression)")
-    v.add_argument("--init", default="", help="starting point, e.g. 't3=2,t4=2' (unnamed coordinates: "
-                   "catalogue default, or 0)")
+    v.add_argument(
+        "--init", default="", help="starting point, e.g. 't3=2,t4=2' (unnamed coordinates: catalogue default, or 0)"
+    )
     v.add_argument("--noise", default="sgd", help=f"one of {', '.join(NOISES)}")
     v.add_argument("--noise-scale", type=T.positive, help="noise scale > 0 (default c(S, M) = (M - S) / (S (M - 1)))")
     v.add_argument("--eta", type=T.positive, required=True, help="learning rate > 0")
@@ -34,16 +39,22 @@ def add_parser(sub) -> None:
     v.add_argument("--record-every", type=T.count, help="record observables every k window steps (default steps/50)")
     v.add_argument("--seed", type=T.seed, default=0)
     v.add_argument("--json", action="store_true", help="print one JSON object")
-    v.add_argument("--plot", type=T.out_dir, metavar="DIR", help="write valley.png (trace and log-det with bands) "
-                   "and valley.json to DIR")
+    v.add_argument(
+        "--plot",
+        type=T.out_dir,
+        metavar="DIR",
+        help="write valley.png (trace and log-det with bands) and valley.json to DIR",
+    )
     v.set_defaults(func=cmd_valley)
 
 
 def landscape_from_args(args) -> ValleyLandscape:
     if args.loss in CATALOGUE:
         if args.nondegenerate is not None or args.degenerate is not None:
-            raise UserInputError(f"--loss {args.loss} is a catalogue landscape with its own coordinates; "
-                                 "drop --nondegenerate/--degenerate")
+            raise UserInputError(
+                f"--loss {args.loss} is a catalogue landscape with its own coordinates; "
+                "drop --nondegenerate/--degenerate"
+            )
         land = catalogue(args.loss)
     else:
         if not args.nondegenerate or not args.degenerate:
@@ -58,8 +69,16 @@ def cmd_valley(args) -> int:
     record_every = args.record_every or max(1, args.steps // 50)
     if record_every > args.steps:
         raise UserInputError(f"--record-every must be in 1..--steps ({args.steps}); got {record_every}")
-    run = simulate(land, noise, args.eta, steps=args.steps, burn_in=args.burn_in,
-                          trajectories=args.trajectories, seed=args.seed, record_every=record_every)
+    run = simulate(
+        land,
+        noise,
+        args.eta,
+        steps=args.steps,
+        burn_in=args.burn_in,
+        trajectories=args.trajectories,
+        seed=args.seed,
+        record_every=record_every,
+    )
     summary = {k: json_safe(v) for k, v in summarise(run).items()}
     if args.plot is not None:
         from valleysim.valley.plots import plot_run
@@ -78,29 +97,44 @@ def cmd_valley(args) -> int:
 
 def format_summary(s: dict) -> str:
     """Measured vs predicted, one line per quantity."""
-    lines = [f"{s['landscape']}  noise={s['noise']} (scale {s['noise_scale']:.4g})  eta={s['eta']:g}  "
-             f"steps={s['steps']} after burn-in {s['burn_in']}  trajectories {s['completed']}/{s['trajectories']}"]
+    lines = [
+        f"{s['landscape']}  noise={s['noise']} (scale {s['noise_scale']:.4g})  eta={s['eta']:g}  "
+        f"steps={s['steps']} after burn-in {s['burn_in']}  trajectories {s['completed']}/{s['trajectories']}"
+    ]
     if s.get("stopped"):
-        lines.append(f"  {s['stopped']} trajectories stopped; first at step {s['first_stop_step']}: "
-                     f"{s['first_stop_reason']}")
+        lines.append(
+            f"  {s['stopped']} trajectories stopped; first at step {s['first_stop_step']}: {s['first_stop_reason']}"
+        )
     if "error" in s:
         return "\n".join(lines + [f"  {s['error']}"])
     lines.append(f"  {'quantity':<26}{'measured':>13}{'+- SE':>11}{'predicted':>13}{'leading order':>15}")
     for name in ("trace", "logdet", "f"):
         if f"{name}_drift_per_step" in s:
-            lines.append(f"  {name + ' drift / step':<26}{s[f'{name}_drift_per_step']:>13.5g}"
-                         f"{s[f'{name}_drift_stderr']:>11.2g}{_fmt(s.get(f'{name}_drift_predicted'))}"
-                         f"{_fmt(s.get(f'{name}_drift_predicted_leading'), 15)}")
+            lines.append(
+                f"  {name + ' drift / step':<26}{s[f'{name}_drift_per_step']:>13.5g}"
+                f"{s[f'{name}_drift_stderr']:>11.2g}{_fmt(s.get(f'{name}_drift_predicted'))}"
+                f"{_fmt(s.get(f'{name}_drift_predicted_leading'), 15)}"
+            )
     if "prediction_note" in s:
         return "\n".join(lines + [f"  {s['prediction_note']}"])
-    for i, (m, se, p, pl) in enumerate(zip(s["second_moments_measured"], s["second_moments_stderr"],
-                                           s["second_moments_predicted"], s["second_moments_predicted_leading"])):
+    for i, (m, se, p, pl) in enumerate(
+        zip(
+            s["second_moments_measured"],
+            s["second_moments_stderr"],
+            s["second_moments_predicted"],
+            s["second_moments_predicted_leading"],
+        )
+    ):
         lines.append(f"  {f'<theta_{i + 1}^2>':<26}{m:>13.5g}{se:>11.2g}{_fmt(p)}{_fmt(pl, 15)}")
-    lines.append(f"  {'FDR <theta.g> - eta/2 <g^2>':<26}{s['fdr_difference']:>13.3g}"
-                 f"{s['fdr_difference_stderr']:>11.2g}{_fmt(0.0)}")
-    ratio = s["neg_eig_sum"] / s["loss_excess"] if s["loss_excess"] else None      # L = L*: no ratio
-    lines.append(f"  {'neg. eig. sum / (L - L*)':<26}{_fmt(ratio, 13)}{'':>11}{_fmt(s['neg_eig_slope_predicted'])}"
-                 + ("" if s["neg_eig_slope_exact_to_leading_order"] else "  (some A_i not NSD: approximate)"))
+    lines.append(
+        f"  {'FDR <theta.g> - eta/2 <g^2>':<26}{s['fdr_difference']:>13.3g}"
+        f"{s['fdr_difference_stderr']:>11.2g}{_fmt(0.0)}"
+    )
+    ratio = s["neg_eig_sum"] / s["loss_excess"] if s["loss_excess"] else None  # L = L*: no ratio
+    lines.append(
+        f"  {'neg. eig. sum / (L - L*)':<26}{_fmt(ratio, 13)}{'':>11}{_fmt(s['neg_eig_slope_predicted'])}"
+        + ("" if s["neg_eig_slope_exact_to_leading_order"] else "  (some A_i not NSD: approximate)")
+    )
     if "equilibration_note" in s:
         lines.append(f"  note: {s['equilibration_note']}")
     return "\n".join(lines)

@@ -17,7 +17,8 @@ Everything is exact and dense (D ~ 10-50): gradient, Hessian, eigenvectors (``nu
 algebraically largest first, as in ``dnn``). The mini-batch gradient needs only the batch mean of
 the offsets, so a step is O(R (S + D)) plus the eigen-decompositions.
 
-Optimisers (update theta <- theta - eta d, g the mini-batch gradient, E (K, D) the top-K eigenvectors of H, one per row):
+Optimisers (update theta <- theta - eta d, g the mini-batch gradient, E (K, D) the top-K eigenvectors
+of H, one per row):
 
     sgd               d = g
     sgd_top           d = E^T E g                     (only the top-K components; paper's variant 1)
@@ -34,8 +35,11 @@ distinct examples per step), so it is the same whatever R is.
 
 from valleysim._lazy import lazy_exports
 
-__getattr__, __all__ = lazy_exports(__name__, {
-    "landscape": ("SharpValley", "make_valley", "quadratic_valley"),
-    "directions": ("ALPHAS", "METHODS", "lambda_max", "nsgd_direction", "step_direction", "top_eigen"),
-    "sim": ("GAMMAS", "BatchStream", "gamma_sweep", "loss_change_along_top", "settled", "simulate"),
-})
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "landscape": ("SharpValley", "make_valley", "quadratic_valley"),
+        "directions": ("ALPHAS", "METHODS", "lambda_max", "nsgd_direction", "step_direction", "top_eigen"),
+        "sim": ("GAMMAS", "BatchStream", "gamma_sweep", "loss_change_along_top", "settled", "simulate"),
+    },
+)

@@ -7,14 +7,14 @@ import numpy as np
 from valleysim.errors import UserInputError
 
 METHODS = ("sgd", "sgd_top", "sgd_no_top", "sgd_constant_top", "nsgd")
-ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)    # step multiples alpha of the loss change along e_1
+ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)  # step multiples alpha of the loss change along e_1
 
 
 # --- eigenvectors and step directions ----------------------------------------------------------------
 def top_eigen(H, K: int):
     """Top-K eigenpairs of the symmetric H (..., D, D) in the project's convention (``dnn.eigen.Eigenpairs``):
     values (..., K) algebraically largest first, vectors (..., K, D) with row k the k-th eigenvector."""
-    w, V = np.linalg.eigh(H)                                   # ascending, eigenvectors in columns
+    w, V = np.linalg.eigh(H)  # ascending, eigenvectors in columns
     return w[..., ::-1][..., :K], np.swapaxes(V[..., ::-1][..., :K], -1, -2)
 
 
@@ -45,5 +45,3 @@ def step_direction(method: str, g, E=None, gamma: float = 1.0):
 def nsgd_direction(g, E, gamma: float):
     """NSGD's direction g - (1 - gamma) E^T E g."""
     return step_direction("nsgd", g, E, gamma)
-
-

@@ -18,10 +18,10 @@ def _sigmoid(x):
 class SharpValley:
     """N per-example losses in D = Ks + Df dimensions (see module docstring)."""
 
-    offsets: np.ndarray      # (N, D), centred over examples
-    target: np.ndarray       # (D,), zeros on the sharp block
-    c: np.ndarray            # (Ks,) sharp weights
-    b: np.ndarray            # (Df,) flat curvatures (b[0] is z_1's)
+    offsets: np.ndarray  # (N, D), centred over examples
+    target: np.ndarray  # (D,), zeros on the sharp block
+    c: np.ndarray  # (Ks,) sharp weights
+    b: np.ndarray  # (Df,) flat curvatures (b[0] is z_1's)
     a_lo: float = 1.0
     a_hi: float = 100.0
     mid: float = 0.0
@@ -51,7 +51,7 @@ class SharpValley:
             raise UserInputError(f"mid must be finite; got {self.mid}")
         off = off - off.mean(axis=0)
         t = t.copy()
-        t[:c.size] = 0.0
+        t[: c.size] = 0.0
         object.__setattr__(self, "offsets", off)
         object.__setattr__(self, "c", c)
         object.__setattr__(self, "b", b)
@@ -137,14 +137,25 @@ class SharpValley:
     def start(self, z1: float | None = None) -> np.ndarray:
         """The default start: u = 0.1, z_1 = z1 (default: the flat side, mid - 3 width), other z = 0."""
         theta = np.zeros(self.D)
-        theta[:self.Ks] = 0.1
+        theta[: self.Ks] = 0.1
         theta[self.Ks] = self.mid - 3 * self.width if z1 is None else z1
         return theta
 
 
-def make_valley(D: int = 20, Ks: int = 2, N: int = 100, *, a_lo: float = 1.0, a_hi: float = 100.0,
-                mid: float = 0.0, width: float = 0.5, z1_target: float = 1.5, sharp_noise: float = 0.3,
-                flat_noise: float = 1.0, seed: int = 0) -> SharpValley:
+def make_valley(
+    D: int = 20,
+    Ks: int = 2,
+    N: int = 100,
+    *,
+    a_lo: float = 1.0,
+    a_hi: float = 100.0,
+    mid: float = 0.0,
+    width: float = 0.5,
+    z1_target: float = 1.5,
+    sharp_noise: float = 0.3,
+    flat_noise: float = 1.0,
+    seed: int = 0,
+) -> SharpValley:
     """A SharpValley with c = geometric 1 ... 0.5, b = geometric 0.5 ... 0.05 (b_z1 = 0.5), z* ~ N(0, 0.5^2).
 
     Offsets: N(0, sharp_noise^2) on the sharp block, N(0, flat_noise^2) on the flat block, centred.
@@ -162,7 +173,7 @@ def make_valley(D: int = 20, Ks: int = 2, N: int = 100, *, a_lo: float = 1.0, a_
     b = 0.5 * 0.1 ** (np.arange(Df) / max(Df - 1, 1))
     target = np.zeros(D)
     target[Ks] = z1_target
-    target[Ks + 1:] = 0.5 * rng.standard_normal(Df - 1)
+    target[Ks + 1 :] = 0.5 * rng.standard_normal(Df - 1)
     offsets = np.concatenate([sharp_noise * rng.standard_normal((N, Ks)), flat_noise * rng.standard_normal((N, Df))], 1)
     return SharpValley(offsets, target, c, b, a_lo, a_hi, mid, width)
 
@@ -171,5 +182,3 @@ def quadratic_valley(h, offsets, target=None) -> SharpValley:
     """A pure quadratic (a_lo = a_hi = 1): curvatures h = (sharp c..., flat b...), first coordinate sharp."""
     h = np.asarray(h, dtype=np.float64)
     return SharpValley(offsets, np.zeros(h.size) if target is None else target, h[:1], h[1:], 1.0, 1.0)
-
-

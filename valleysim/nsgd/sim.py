@@ -28,7 +28,7 @@ class BatchStream:
         if self.S == self.N:
             return np.arange(self.N)
         if self.pos == _CHUNK:
-            self.buf = np.argpartition(self.rng.random((_CHUNK, self.N)), self.S - 1, axis=1)[:, :self.S]
+            self.buf = np.argpartition(self.rng.random((_CHUNK, self.N)), self.S - 1, axis=1)[:, : self.S]
             self.pos = 0
         self.pos += 1
         return self.buf[self.pos - 1]
@@ -44,11 +44,25 @@ def _check_common(land: SharpValley, method: str, eta, S, K, gamma, recompute):
     check_int_range(recompute, "recompute (steps between eigen-decompositions)", 1)
 
 
-@np.errstate(over="ignore", invalid="ignore")   # a diverging trajectory overflows: it is flagged, not warned
-def simulate(land: SharpValley, eta: float, batch_size: int, *, method: str = "sgd", steps: int,
-             trajectories: int = 1, seed: int = 0, record_every: int = 10, theta0=None, K: int = 1,
-             gamma: float = 1.0, recompute: int = 1, first: int = 0, blowup: float = 1e8,
-             keep_theta: bool = False) -> dict:
+@np.errstate(over="ignore", invalid="ignore")  # a diverging trajectory overflows: it is flagged, not warned
+def simulate(
+    land: SharpValley,
+    eta: float,
+    batch_size: int,
+    *,
+    method: str = "sgd",
+    steps: int,
+    trajectories: int = 1,
+    seed: int = 0,
+    record_every: int = 10,
+    theta0=None,
+    K: int = 1,
+    gamma: float = 1.0,
+    recompute: int = 1,
+    first: int = 0,
+    blowup: float = 1e8,
+    keep_theta: bool = False,
+) -> dict:
     """Run R = ``trajectories`` trajectories (r = first .. first + R - 1) of ``method`` for T = ``steps`` steps.
 
     ``recompute`` applies to nsgd (the others that need eigenvectors use them every step, as in the
@@ -65,8 +79,11 @@ def simulate(land: SharpValley, eta: float, batch_size: int, *, method: str = "s
     check_int_range(R, "trajectories", 1)
     check_int_range(record_every, "record_every", 1)
     n_rec = T // record_every + 2
-    check_fits(float(R) * (n_rec * (land.D * keep_theta + 2) + 4.0 * land.D**2 + 60.0 * land.D) * F64
-               + 2.0 * land.N * land.D * F64, f"{R} trajectories of {T} steps in D = {land.D} ({n_rec} records)")
+    check_fits(
+        float(R) * (n_rec * (land.D * keep_theta + 2) + 4.0 * land.D**2 + 60.0 * land.D) * F64
+        + 2.0 * land.N * land.D * F64,
+        f"{R} trajectories of {T} steps in D = {land.D} ({n_rec} records)",
+    )
     theta = np.array(land.start() if theta0 is None else theta0, dtype=np.float64)
     if theta.shape not in ((land.D,), (R, land.D)):
         raise UserInputError(f"theta0 must have shape ({land.D},) or ({R}, {land.D}); got {theta.shape}")
@@ -101,13 +118,21 @@ def simulate(land: SharpValley, eta: float, batch_size: int, *, method: str = "s
         alive &= ~bad
         theta = np.where(alive[:, None], new, theta)
     record(T)
-    return {"steps": np.array(steps), "loss": np.array(losses), "lambda_max": np.array(lmax), "theta": theta,
-            "diverged": ~alive, "eig_steps": eig_steps, **({"thetas": np.array(thetas)} if keep_theta else {})}
+    return {
+        "steps": np.array(steps),
+        "loss": np.array(losses),
+        "lambda_max": np.array(lmax),
+        "theta": theta,
+        "diverged": ~alive,
+        "eig_steps": eig_steps,
+        **({"thetas": np.array(thetas)} if keep_theta else {}),
+    }
 
 
 # --- Sec. 3.2: the loss change along e_1 --------------------------------------------------------------
-def loss_change_along_top(land: SharpValley, theta, eta: float, batch_size: int, *, alphas=ALPHAS, n_batches: int = 10,
-                          seed: int = 0) -> dict:
+def loss_change_along_top(
+    land: SharpValley, theta, eta: float, batch_size: int, *, alphas=ALPHAS, n_batches: int = 10, seed: int = 0
+) -> dict:
     """E[L(theta - alpha eta g1 e_1) - L(theta)], g1 = <g_B, e_1>, over n_batches mini-batches.
 
     theta (M, D) or (D,); e_1 the top (algebraically largest) eigenvector of H(theta). Returns
@@ -133,8 +158,15 @@ def loss_change_along_top(land: SharpValley, theta, eta: float, batch_size: int,
     moved = theta[:, None, None, :] - (al[None, None, :, None] * eta * g1[..., None, None]) * e1[:, None, None, :]
     per = land.loss(moved) - L[:, None, None]
     change = per.mean(axis=1)
-    return {"alphas": al, "change": change, "rel_change": change / L[:, None], "per_batch": per, "g1": g1,
-            "G": np.einsum("md,md->m", land.grad(theta), e1), "lam": lam[:, 0]}
+    return {
+        "alphas": al,
+        "change": change,
+        "rel_change": change / L[:, None],
+        "per_batch": per,
+        "g1": g1,
+        "G": np.einsum("md,md->m", land.grad(theta), e1),
+        "lam": lam[:, 0],
+    }
 
 
 def settled(lambda_max: np.ndarray, tail: float = 0.2, rtol: float = 0.05) -> bool | None:
@@ -145,25 +177,54 @@ def settled(lambda_max: np.ndarray, tail: float = 0.2, rtol: float = 0.05) -> bo
     curve = np.array([mean_se(row)[0] for row in lambda_max[-n:]])
     if n < 4 or not np.all(np.isfinite(curve)):
         return None
-    a, b = curve[: n // 2].mean(), curve[n // 2:].mean()
+    a, b = curve[: n // 2].mean(), curve[n // 2 :].mean()
     return bool(abs(b - a) <= rtol * max(abs(a), abs(b)))
 
 
-def gamma_sweep(land: SharpValley, eta: float, batch_size: int, *, steps: int, K: int, gammas=GAMMAS,
-                recompute: int = 1, trajectories: int = 8, seed: int = 0, record_every: int = 20,
-                tail: float = 0.2) -> list[dict]:
+def gamma_sweep(
+    land: SharpValley,
+    eta: float,
+    batch_size: int,
+    *,
+    steps: int,
+    K: int,
+    gammas=GAMMAS,
+    recompute: int = 1,
+    trajectories: int = 8,
+    seed: int = 0,
+    record_every: int = 20,
+    tail: float = 0.2,
+) -> list[dict]:
     """NSGD for each gamma: final loss and the lambda_max of the region reached (mean over the last
     ``tail`` of the recorded steps and over trajectories), plus the curves."""
     out = []
     for gm in gammas:
-        res = simulate(land, eta, batch_size, method="nsgd", steps=steps, trajectories=trajectories, seed=seed,
-                       record_every=record_every, K=K, gamma=gm, recompute=recompute)
+        res = simulate(
+            land,
+            eta,
+            batch_size,
+            method="nsgd",
+            steps=steps,
+            trajectories=trajectories,
+            seed=seed,
+            record_every=record_every,
+            K=K,
+            gamma=gm,
+            recompute=recompute,
+        )
         n = max(1, int(round(tail * len(res["steps"]))))
-        out.append({"gamma": float(gm), "final_loss": float(np.nanmean(res["loss"][-1])),
-                    "final_loss_sd": float(np.nanstd(res["loss"][-1])),
-                    "lambda_max_reached": float(np.nanmean(res["lambda_max"][-n:])),
-                    "lambda_max_settled": settled(res["lambda_max"], tail),
-                    "peak_lambda_max": float(np.nanmax(np.nanmean(res["lambda_max"], axis=1))),
-                    "diverged": int(res["diverged"].sum()), "steps": res["steps"],
-                    "loss_curve": np.nanmean(res["loss"], axis=1), "lambda_curve": np.nanmean(res["lambda_max"], axis=1)})
+        out.append(
+            {
+                "gamma": float(gm),
+                "final_loss": float(np.nanmean(res["loss"][-1])),
+                "final_loss_sd": float(np.nanstd(res["loss"][-1])),
+                "lambda_max_reached": float(np.nanmean(res["lambda_max"][-n:])),
+                "lambda_max_settled": settled(res["lambda_max"], tail),
+                "peak_lambda_max": float(np.nanmax(np.nanmean(res["lambda_max"], axis=1))),
+                "diverged": int(res["diverged"].sum()),
+                "steps": res["steps"],
+                "loss_curve": np.nanmean(res["loss"], axis=1),
+                "lambda_curve": np.nanmean(res["lambda_max"], axis=1),
+            }
+        )
     return out

@@ -8,10 +8,13 @@ and eta*; ``lyapunov`` the almost-sure exponents; ``integrator`` the numba ensem
 
 from valleysim._lazy import lazy_exports
 
-__getattr__, __all__ = lazy_exports(__name__, {
-    "landscape": ("KINDS", "PerExampleQuadratic", "generate", "least_squares", "load_hessians"),
-    "integrator": ("Record", "simulate"),
-    "second_moment": ("MomentMap", "eta_star_dense", "mean_square"),
-    "lyapunov": ("lyapunov_exact", "lyapunov_exponent", "mean_square_growth_mc"),
-    "stability": ("stability_report",),
-})
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "landscape": ("KINDS", "PerExampleQuadratic", "generate", "least_squares", "load_hessians"),
+        "integrator": ("Record", "simulate"),
+        "second_moment": ("MomentMap", "eta_star_dense", "mean_square"),
+        "lyapunov": ("lyapunov_exact", "lyapunov_exponent", "mean_square_growth_mc"),
+        "stability": ("stability_report",),
+    },
+)

@@ -135,8 +135,25 @@ def _record(H, u, scale, log_rel, j, r, rec, dist2, loss, log_norm):
 
 
 @njit(parallel=True, cache=True)
-def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed,
-                     renormalize, threshold, block, dist2, loss, log_norm, div_step):
+def _ensemble_kernel(
+    kind,
+    data,
+    H,
+    U0,
+    eta,
+    S,
+    scheme,
+    n_steps,
+    rec_steps,
+    seed,
+    renormalize,
+    threshold,
+    block,
+    dist2,
+    loss,
+    log_norm,
+    div_step,
+):
     """Blocks of ``block`` trajectories advance in lockstep; within a step the
     (trajectory, example) pairs of all batches are sorted by example, so each
     H_i is read once per block and step (N H_i do not fit in cache). Every
@@ -155,7 +172,7 @@ def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed
         pos = np.full(nb, N, dtype=np.int64)  # forces a shuffle on the first reshuffle step
         start = np.zeros(nb, dtype=np.int64)
         alive = np.ones(nb, dtype=np.bool_)
-        u = U0[r0:r0 + nb].copy()
+        u = U0[r0 : r0 + nb].copy()
         g = np.empty((nb, D))
         n0 = np.empty(nb)
         log_acc = np.zeros(nb)  # renormalize: log(||u_t|| / ||u_0||), u kept at unit norm
@@ -188,7 +205,7 @@ def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed
                 g[:] = 0.0
                 lo = 0
                 for i in range(N):  # offset[i] is now the end of example i's slice
-                    _add_hvps(kind, data, i, order[lo:offset[i]], u, g)
+                    _add_hvps(kind, data, i, order[lo : offset[i]], u, g)
                     lo = offset[i]
                 for j in range(nb):
                     if not alive[j]:
@@ -213,11 +230,31 @@ def _ensemble_kernel(kind, data, H, U0, eta, S, scheme, n_steps, rec_steps, seed
                     if not alive[j]:
                         continue
                     if renormalize:
-                        _record(H, u, n0[j] * n0[j] * np.exp(2.0 * log_acc[j]), log_acc[j], j, r0 + j, rec,
-                                dist2, loss, log_norm)
+                        _record(
+                            H,
+                            u,
+                            n0[j] * n0[j] * np.exp(2.0 * log_acc[j]),
+                            log_acc[j],
+                            j,
+                            r0 + j,
+                            rec,
+                            dist2,
+                            loss,
+                            log_norm,
+                        )
                     else:
-                        _record(H, u, 1.0, 0.5 * np.log(np.sum(u[j] * u[j])) - np.log(n0[j]), j, r0 + j, rec,
-                                dist2, loss, log_norm)
+                        _record(
+                            H,
+                            u,
+                            1.0,
+                            0.5 * np.log(np.sum(u[j] * u[j])) - np.log(n0[j]),
+                            j,
+                            r0 + j,
+                            rec,
+                            dist2,
+                            loss,
+                            log_norm,
+                        )
                 rec += 1
 
 
@@ -269,9 +306,20 @@ def simulate_bytes(q: PerExampleQuadratic, n_traj: int, batch_size: int, n_recor
     return float(n_traj) * (3.0 * n_records + 4.0 * q.D + max(q.N, batch_size) + 8) * F64
 
 
-def simulate(q: PerExampleQuadratic, eta: float, batch_size: int, *, steps: int, trajectories: int = 256,
-             seed: int = 0, record_every: int | None = None, scheme: str = "without_replacement", w0=None,
-             renormalize: bool = False, divergence_threshold: float = 1e100) -> Record:
+def simulate(
+    q: PerExampleQuadratic,
+    eta: float,
+    batch_size: int,
+    *,
+    steps: int,
+    trajectories: int = 256,
+    seed: int = 0,
+    record_every: int | None = None,
+    scheme: str = "without_replacement",
+    w0=None,
+    renormalize: bool = False,
+    divergence_threshold: float = 1e100,
+) -> Record:
     """Run R = ``trajectories`` SGD trajectories for T = ``steps`` steps (see module docstring).
 
     ``renormalize``: rescale u to unit norm after every step and accumulate
@@ -289,16 +337,33 @@ def simulate(q: PerExampleQuadratic, eta: float, batch_size: int, *, steps: int,
     every = record_every or max(1, n_steps // 100)
     check_int_range(every, "record_every", 1)
     check_positive(divergence_threshold, "divergence_threshold")
-    check_fits(simulate_bytes(q, n_traj, batch_size, n_steps // every + 2),
-               f"{n_traj} trajectories of {n_steps} steps (S = {batch_size}, D = {q.D}, records every {every})")
+    check_fits(
+        simulate_bytes(q, n_traj, batch_size, n_steps // every + 2),
+        f"{n_traj} trajectories of {n_steps} steps (S = {batch_size}, D = {q.D}, records every {every})",
+    )
     steps = np.unique(np.r_[np.arange(0, n_steps + 1, every), n_steps]).astype(np.int64)
     kind, data = kernel_layout(q)
     U0 = initial_points(q, n_traj, seed, w0)
     shape = (n_traj, steps.size)
     dist2, loss, log_norm = np.empty(shape), np.empty(shape), np.empty(shape)
     div_step = np.empty(n_traj, dtype=np.int64)
-    _ensemble_kernel(kind, data, q.mean_hessian(), U0, float(eta), int(batch_size),
-                     SCHEMES.index(scheme), int(n_steps), steps, int(seed), bool(renormalize),
-                     float(divergence_threshold), block_size(q.kind, n_traj, q.N, int(batch_size)),
-                     dist2, loss, log_norm, div_step)
+    _ensemble_kernel(
+        kind,
+        data,
+        q.mean_hessian(),
+        U0,
+        float(eta),
+        int(batch_size),
+        SCHEMES.index(scheme),
+        int(n_steps),
+        steps,
+        int(seed),
+        bool(renormalize),
+        float(divergence_threshold),
+        block_size(q.kind, n_traj, q.N, int(batch_size)),
+        dist2,
+        loss,
+        log_norm,
+        div_step,
+    )
     return Record(steps, dist2, loss, log_norm, div_step)

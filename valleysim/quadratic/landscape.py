@@ -26,7 +26,7 @@ from valleysim.memory import F64, check_fits
 KINDS = ("diagonal", "dense", "rank_one")
 #: SCALE_LIMIT bounds the largest |entry| of a Hessian, and eta x that: the second-moment map holds squares
 #: of eta H_i. The problem is invariant under (H, eta) -> (s H, eta / s): rescale instead.
-NONUNIFORMITY_RANGE = (1e-6, 10.0)   # beyond 10 the spread saturates (one example holds the curvature)
+NONUNIFORMITY_RANGE = (1e-6, 10.0)  # beyond 10 the spread saturates (one example holds the curvature)
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,18 @@ class PerExampleQuadratic:
         data = np.ascontiguousarray(self.data, dtype=np.float64)
         want = 3 if self.kind == "dense" else 2
         if data.ndim != want or data.shape[0] < 1 or data.shape[1] < 1:
-            raise UserInputError(f"{self.kind} per-example curvature must have shape "
-                                 f"{'(N, D, D)' if want == 3 else '(N, D)'}; got {data.shape}")
+            raise UserInputError(
+                f"{self.kind} per-example curvature must have shape "
+                f"{'(N, D, D)' if want == 3 else '(N, D)'}; got {data.shape}"
+            )
         if not np.all(np.isfinite(data)):
             raise UserInputError("hessians must be finite (found NaN or inf)")
         scale = _scale(self.kind, data)
         if scale > SCALE_LIMIT or 0 < scale < 1 / SCALE_LIMIT:
-            raise UserInputError(f"hessians: the largest |entry| is {scale:.3g}; it must lie in [1e-100, 1e100] "
-                                 "(squares of it must be finite; rescale H and eta by the same factor)")
+            raise UserInputError(
+                f"hessians: the largest |entry| is {scale:.3g}; it must lie in [1e-100, 1e100] "
+                "(squares of it must be finite; rescale H and eta by the same factor)"
+            )
         if self.kind == "dense":
             if data.shape[1] != data.shape[2]:
                 raise UserInputError(f"dense hessians must be square (N, D, D); got {data.shape}")
@@ -69,8 +73,10 @@ class PerExampleQuadratic:
         evals = np.sort(data.mean(axis=0)) if self.kind == "diagonal" else np.linalg.eigvalsh(self.mean_hessian())
         tol = 1e-10 * max(np.abs(evals).max(), 1.0)
         if evals[0] < -tol:
-            raise UserInputError("the mean Hessian (1/N) sum H_i must be positive semi-definite; "
-                                 f"its smallest eigenvalue is {evals[0]:.4g} (individual H_i may be indefinite)")
+            raise UserInputError(
+                "the mean Hessian (1/N) sum H_i must be positive semi-definite; "
+                f"its smallest eigenvalue is {evals[0]:.4g} (individual H_i may be indefinite)"
+            )
 
     @property
     def N(self) -> int:
@@ -86,10 +92,12 @@ class PerExampleQuadratic:
         steps overflow; below, no step moves w in float64."""
         eta = check_positive(eta, name)
         if self.scale > 0 and not 1 / SCALE_LIMIT <= eta * self.scale <= SCALE_LIMIT:
-            raise UserInputError(f"{name} must be in [{1 / (SCALE_LIMIT * self.scale):.3g}, "
-                                 f"{SCALE_LIMIT / self.scale:.3g}] on this landscape (eta x max|H_i| within "
-                                 f"[1e-100, 1e100]; the sharpness bound 2 / lambda_max is "
-                                 f"{2 / self.scale:.3g}); got {eta:g}")
+            raise UserInputError(
+                f"{name} must be in [{1 / (SCALE_LIMIT * self.scale):.3g}, "
+                f"{SCALE_LIMIT / self.scale:.3g}] on this landscape (eta x max|H_i| within "
+                f"[1e-100, 1e100]; the sharpness bound 2 / lambda_max is "
+                f"{2 / self.scale:.3g}); got {eta:g}"
+            )
         return eta
 
     @property
@@ -188,8 +196,10 @@ def least_squares(X: np.ndarray, y: np.ndarray) -> PerExampleQuadratic:
     w_star, *_ = np.linalg.lstsq(X, y, rcond=None)
     resid = np.abs(X @ w_star - y).max()
     if resid > 1e-8 * max(np.abs(y).max(), 1.0):
-        raise UserInputError("X w = y has no exact solution (max residual "
-                             f"{resid:.3g}); per-example quadratics need an interpolating least-squares problem")
+        raise UserInputError(
+            "X w = y has no exact solution (max residual "
+            f"{resid:.3g}); per-example quadratics need an interpolating least-squares problem"
+        )
     return PerExampleQuadratic("rank_one", X, w_star)
 
 
@@ -210,8 +220,16 @@ def generate_bytes(kind: str, N: int, D: int, nonuniformity: float = 0.5) -> flo
     return (3.0 * N * D + 3.0 * D * D) * F64
 
 
-def generate(kind: str, N: int, D: int, *, lambda_max: float = 1.0, nonuniformity: float = 0.5,
-             condition: float = 10.0, seed: int = 0) -> PerExampleQuadratic:
+def generate(
+    kind: str,
+    N: int,
+    D: int,
+    *,
+    lambda_max: float = 1.0,
+    nonuniformity: float = 0.5,
+    condition: float = 10.0,
+    seed: int = 0,
+) -> PerExampleQuadratic:
     """Random per-example quadratics with a controlled mean spectrum and spread.
 
     The mean Hessian's top eigenvalue is exactly ``lambda_max``; its spectrum

@@ -28,7 +28,7 @@ def lyapunov_exact(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "wi
     h_batch = q.data[idx].mean(axis=1)  # (B, D)
     moving = np.any(q.data != 0.0, axis=0)
     x = eta * h_batch[:, moving]
-    with np.errstate(divide="ignore", invalid="ignore"):          # log|1 - x|, exact for tiny x (log1p)
+    with np.errstate(divide="ignore", invalid="ignore"):  # log|1 - x|, exact for tiny x (log1p)
         log_factor = np.where(x < 1.0, np.log1p(-np.minimum(x, 1.0)), np.log(np.abs(x - 1.0)))
     gam = prob @ log_factor
     return float(gam.max()) if gam.size else -np.inf
@@ -39,8 +39,17 @@ def _log_dist2(rec: Record) -> np.ndarray:
     return 2.0 * rec.log_norm + np.log(rec.dist2[:, :1])
 
 
-def lyapunov_exponent(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement", *,
-                      n_steps: int = 4000, burn_in: int = 500, n_traj: int = 256, seed: int = 0) -> dict:
+def lyapunov_exponent(
+    q: PerExampleQuadratic,
+    eta: float,
+    S: int,
+    scheme: str = "without_replacement",
+    *,
+    n_steps: int = 4000,
+    burn_in: int = 500,
+    n_traj: int = 256,
+    seed: int = 0,
+) -> dict:
     """The almost-sure growth rate per step of ||u_t||: {'value', 'se', 'method'}.
 
     Exact ('enumeration', se = 0) for diagonal H_i with at most MAX_BATCHES
@@ -51,16 +60,26 @@ def lyapunov_exponent(q: PerExampleQuadratic, eta: float, S: int, scheme: str = 
     one_step = "with_replacement" if scheme == "with_replacement" else "without_replacement"
     if q.kind == "diagonal" and count_batches(q.N, S, one_step) <= MAX_BATCHES:
         return {"value": lyapunov_exact(q, eta, S, scheme), "se": 0.0, "method": "enumeration"}
-    rec = simulate(q, eta, S, steps=n_steps, trajectories=n_traj, seed=seed, scheme=scheme,
-                   record_every=burn_in, renormalize=True)
+    rec = simulate(
+        q, eta, S, steps=n_steps, trajectories=n_traj, seed=seed, scheme=scheme, record_every=burn_in, renormalize=True
+    )
     t0 = int(np.searchsorted(rec.steps, burn_in))
     rates = (rec.log_norm[:, -1] - rec.log_norm[:, t0]) / (rec.steps[-1] - rec.steps[t0])
     value, se = mean_se(rates)
     return {"value": value, "se": se, "method": "monte_carlo"}
 
 
-def mean_square_growth_mc(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement", *,
-                          n_steps: int = 400, burn_in: int = 100, n_traj: int = 4096, seed: int = 0) -> dict:
+def mean_square_growth_mc(
+    q: PerExampleQuadratic,
+    eta: float,
+    S: int,
+    scheme: str = "without_replacement",
+    *,
+    n_steps: int = 400,
+    burn_in: int = 100,
+    n_traj: int = 4096,
+    seed: int = 0,
+) -> dict:
     """Monte Carlo per-step growth rate of E||u_t||^2, to compare with log rho(T(eta)).
 
     Ratio estimator log(mean_r ||u_T||^2 / mean_r ||u_{T0}||^2) / (T - T0)
@@ -72,8 +91,9 @@ def mean_square_growth_mc(q: PerExampleQuadratic, eta: float, S: int, scheme: st
     below ~100 the estimate is not trustworthy whatever its SE says.
     Returns {'value', 'se', 'spectral_radius_estimate', 'effective_sample_size'}.
     """
-    rec = simulate(q, eta, S, steps=n_steps, trajectories=n_traj, seed=seed, scheme=scheme,
-                   record_every=burn_in, renormalize=True)
+    rec = simulate(
+        q, eta, S, steps=n_steps, trajectories=n_traj, seed=seed, scheme=scheme, record_every=burn_in, renormalize=True
+    )
     t0 = int(np.searchsorted(rec.steps, burn_in))
     ld = _log_dist2(rec)
     a_log, b_log = ld[:, -1], ld[:, t0]
@@ -85,5 +105,9 @@ def mean_square_growth_mc(q: PerExampleQuadratic, eta: float, S: int, scheme: st
     var_log_ratio = (cov[0, 0] / am**2 + cov[1, 1] / bm**2 - 2 * cov[0, 1] / (am * bm)) / n
     dt = rec.steps[-1] - rec.steps[t0]
     rate = (np.log(am) + a_log.max() - np.log(bm) - b_log.max()) / dt
-    return {"value": float(rate), "se": float(np.sqrt(max(var_log_ratio, 0.0)) / dt),
-            "spectral_radius_estimate": float(np.exp(rate)), "effective_sample_size": float(a.sum() ** 2 / (a @ a))}
+    return {
+        "value": float(rate),
+        "se": float(np.sqrt(max(var_log_ratio, 0.0)) / dt),
+        "spectral_radius_estimate": float(np.exp(rate)),
+        "effective_sample_size": float(a.sum() ** 2 / (a @ a)),
+    }

@@ -66,8 +66,18 @@ def _one_step(scheme: str) -> str:
     return "with_replacement" if scheme == "with_replacement" else "without_replacement"
 
 
-def lyapunov_boundary(q: PerExampleQuadratic, S: int, scheme: str, eta_lo: float, eta_hi: float, *,
-                      n_traj: int, n_steps: int, seed: int, n_grid: int = 400) -> tuple[float | None, str]:
+def lyapunov_boundary(
+    q: PerExampleQuadratic,
+    S: int,
+    scheme: str,
+    eta_lo: float,
+    eta_hi: float,
+    *,
+    n_traj: int,
+    n_steps: int,
+    seed: int,
+    n_grid: int = 400,
+) -> tuple[float | None, str]:
     """First eta in [eta_lo, eta_hi] where the almost-sure exponent gamma(eta) reaches 0.
 
     Returns (eta or None, method). 'enumeration': exact gamma (diagonal H_i,
@@ -78,13 +88,18 @@ def lyapunov_boundary(q: PerExampleQuadratic, S: int, scheme: str, eta_lo: float
     whole range.
     """
     if q.kind == "diagonal" and count_batches(q.N, S, _one_step(scheme)) <= MAX_BATCHES:
+
         def gamma(e):
             return lyapunov_exact(q, e, S, scheme)
+
         method, xtol = "enumeration", 1e-12
     else:
+
         def gamma(e):
-            return lyapunov_exponent(q, e, S, scheme, n_steps=n_steps, burn_in=max(1, n_steps // 4),
-                                     n_traj=n_traj, seed=seed)["value"]
+            return lyapunov_exponent(
+                q, e, S, scheme, n_steps=n_steps, burn_in=max(1, n_steps // 4), n_traj=n_traj, seed=seed
+            )["value"]
+
         method, n_grid, xtol = "monte_carlo", 16, 1e-6
     grid = np.geomspace(eta_lo, eta_hi, n_grid)
     first = gamma(grid[0])
@@ -98,8 +113,9 @@ def lyapunov_boundary(q: PerExampleQuadratic, S: int, scheme: str, eta_lo: float
     return None, method
 
 
-def evaluate_batch_size(point: dict, *, landscape: str, scheme: str, eta_lo: float, eta_hi: float,
-                        n_traj: int, n_steps: int, seed: int) -> dict:
+def evaluate_batch_size(
+    point: dict, *, landscape: str, scheme: str, eta_lo: float, eta_hi: float, n_traj: int, n_steps: int, seed: int
+) -> dict:
     """Per-S quantities (module docstring). point = {'task': 'batch', 'S': S}."""
     q, S = load_landscape(landscape), point["S"]
     out = {"eta_star": None, "sharpness_bound": None, "noise_bound": None}
@@ -112,7 +128,8 @@ def evaluate_batch_size(point: dict, *, landscape: str, scheme: str, eta_lo: flo
         sharp, noise = necessary_eta_bounds(m.lambda_max, m.nonuniformity(), c)
         out.update(eta_star=_finite(m.eta_star(c)), sharpness_bound=_finite(sharp), noise_bound=_finite(noise))
     out["lyapunov_boundary"], out["lyapunov_boundary_method"] = lyapunov_boundary(
-        q, S, scheme, eta_lo, eta_hi, n_traj=n_traj, n_steps=n_steps, seed=seed)
+        q, S, scheme, eta_lo, eta_hi, n_traj=n_traj, n_steps=n_steps, seed=seed
+    )
     return out
 
 
@@ -123,15 +140,28 @@ def evaluate_point(point: dict, *, landscape: str, scheme: str, n_traj: int, n_s
         rho = reshuffle.per_step_spectral_radius(q, eta, S) if q.N <= reshuffle.MAX_N else None
     else:
         rho = MomentMap(q).spectral_radius(eta, variance_factor(S, q.N, scheme))
-    lyap = lyapunov_exponent(q, eta, S, scheme, n_steps=n_steps, burn_in=max(1, n_steps // 4),
-                             n_traj=n_traj, seed=seed)
+    lyap = lyapunov_exponent(q, eta, S, scheme, n_steps=n_steps, burn_in=max(1, n_steps // 4), n_traj=n_traj, seed=seed)
     r = q.range_basis().shape[1]
-    run = simulate(q, eta, S, steps=n_steps, trajectories=n_traj, seed=seed, scheme=scheme, record_every=n_steps,
-                   divergence_threshold=DIVERGENCE_FACTOR * max(r, 1))
-    return {"spectral_radius": rho, "mean_square_stable": None if rho is None else bool(rho <= 1.0 + 1e-12),
-            "lyapunov_exponent": lyap["value"], "lyapunov_se": lyap["se"], "lyapunov_method": lyap["method"],
-            "almost_sure_stable": bool(lyap["value"] < 0),
-            "diverged_fraction": float(run.diverged.mean())}
+    run = simulate(
+        q,
+        eta,
+        S,
+        steps=n_steps,
+        trajectories=n_traj,
+        seed=seed,
+        scheme=scheme,
+        record_every=n_steps,
+        divergence_threshold=DIVERGENCE_FACTOR * max(r, 1),
+    )
+    return {
+        "spectral_radius": rho,
+        "mean_square_stable": None if rho is None else bool(rho <= 1.0 + 1e-12),
+        "lyapunov_exponent": lyap["value"],
+        "lyapunov_se": lyap["se"],
+        "lyapunov_method": lyap["method"],
+        "almost_sure_stable": bool(lyap["value"] < 0),
+        "diverged_fraction": float(run.diverged.mean()),
+    }
 
 
 def _evaluate(point: dict, *, eta_lo: float, eta_hi: float, **kw) -> dict:
@@ -149,8 +179,9 @@ def _prepare(q: PerExampleQuadratic, out: Path, config: dict) -> Path:
         old = read_json(cfg_path)
         if old != config:
             diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-            raise UserInputError(f"{out} holds a different sweep (differs in: {', '.join(diff)}); "
-                                 "choose another --out or delete it")
+            raise UserInputError(
+                f"{out} holds a different sweep (differs in: {', '.join(diff)}); choose another --out or delete it"
+            )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "landscape.npz"
     if not path.exists():
@@ -159,23 +190,32 @@ def _prepare(q: PerExampleQuadratic, out: Path, config: dict) -> Path:
     return path
 
 
-def phase_diagram(q: PerExampleQuadratic, etas, batch_sizes, out_dir, *, scheme: str = "without_replacement",
-                  n_traj: int = 128, n_steps: int = 1000, seed: int = 0, executor: Executor | None = None,
-                  progress: bool = True) -> list[dict]:
+def phase_diagram(
+    q: PerExampleQuadratic,
+    etas,
+    batch_sizes,
+    out_dir,
+    *,
+    scheme: str = "without_replacement",
+    n_traj: int = 128,
+    n_steps: int = 1000,
+    seed: int = 0,
+    executor: Executor | None = None,
+    progress: bool = True,
+) -> list[dict]:
     """Sweep the grid etas x batch_sizes; returns one dict per (eta, S) (tidy rows, S-major)."""
     check_scheme(scheme)
     etas = sorted({float(q.check_eta(e, "etas")) for e in etas})
-    sizes = sorted({int(check_batch_size(s, q.N, allow_above_n=scheme == "with_replacement"))
-                    for s in batch_sizes})
+    sizes = sorted({int(check_batch_size(s, q.N, allow_above_n=scheme == "with_replacement")) for s in batch_sizes})
     if not etas or not sizes:
         raise UserInputError("the grid needs at least one eta and one batch size")
     check_int_range(n_traj, "n_traj", 2)
     check_int_range(n_steps, "n_steps", 4)
     workers = 1 if executor is not None else min(len(sizes) * (len(etas) + 1), os.cpu_count() or 1)
-    check_fits(workers * (q.data.nbytes + moment_map_bytes(q.kind, q.N, q.D)
-                          + simulate_bytes(q, n_traj, max(sizes), 8)),
-               f"a phase diagram of a {q.kind} landscape (N = {q.N}, D = {q.D}, {n_traj} trajectories) on "
-               f"{workers} worker(s)")
+    check_fits(
+        workers * (q.data.nbytes + moment_map_bytes(q.kind, q.N, q.D) + simulate_bytes(q, n_traj, max(sizes), 8)),
+        f"a phase diagram of a {q.kind} landscape (N = {q.N}, D = {q.D}, {n_traj} trajectories) on {workers} worker(s)",
+    )
     out = Path(out_dir)
     eta_lo, eta_hi = etas[0] / 2, etas[-1] * 2
     config = {"scheme": scheme, "n_traj": n_traj, "n_steps": n_steps, "seed": seed}
@@ -183,10 +223,11 @@ def phase_diagram(q: PerExampleQuadratic, etas, batch_sizes, out_dir, *, scheme:
     fn = functools.partial(_evaluate, landscape=str(landscape.resolve()), eta_lo=eta_lo, eta_hi=eta_hi, **config)
     per_s = [{"task": "batch", "S": s} for s in sizes]
     grid = [{"task": "point", "eta": e, "S": s} for s in sizes for e in etas]
-    results = run_sweep(fn, per_s + grid, out / "sweep.jsonl", executor=executor, progress=progress,
-                        desc="phase diagram")
-    by_s = dict(zip(sizes, results[:len(sizes)]))
-    rows = [{"eta": p["eta"], "S": p["S"], **by_s[p["S"]], **res} for p, res in zip(grid, results[len(sizes):])]
+    results = run_sweep(
+        fn, per_s + grid, out / "sweep.jsonl", executor=executor, progress=progress, desc="phase diagram"
+    )
+    by_s = dict(zip(sizes, results[: len(sizes)]))
+    rows = [{"eta": p["eta"], "S": p["S"], **by_s[p["S"]], **res} for p, res in zip(grid, results[len(sizes) :])]
     _write_csv(rows, out / "phase_diagram.csv")
     plot_phase_diagram(rows, q, scheme, out / "phase_diagram.png")
     return rows
@@ -223,14 +264,23 @@ def plot_phase_diagram(rows: list[dict], q: PerExampleQuadratic, scheme: str, pa
     fig.colorbar(mesh, ax=ax, label="fraction of simulated runs diverged")
     ax.plot(sizes, col("eta_star"), "k-o", ms=4, lw=2, label="mean-square boundary eta*(S) (exact)")
     methods = {per_s[s]["lyapunov_boundary_method"] for s in sizes}
-    how = {"enumeration": "exact", "monte_carlo": "simulated"}[methods.pop()] if len(methods) == 1 else \
-        "exact where batches enumerable, else simulated"
+    how = (
+        {"enumeration": "exact", "monte_carlo": "simulated"}[methods.pop()]
+        if len(methods) == 1
+        else "exact where batches enumerable, else simulated"
+    )
     ax.plot(sizes, col("lyapunov_boundary"), "b--s", ms=4, label=f"almost-sure boundary gamma = 0 ({how})")
     ax.plot(sizes, col("sharpness_bound"), ":", color="0.3", label="necessary: 2 / lambda_max(H)")
     ax.plot(sizes, col("noise_bound"), "-.", color="tab:green", label="necessary: 1 / (sqrt(c) s)")
-    ax.set(xscale="log", yscale="log", xlim=_edges(sizes)[[0, -1]], ylim=_edges(etas)[[0, -1]],
-           xlabel="batch size S", ylabel="learning rate eta",
-           title=f"SGD phase diagram: {q.kind}, N = {q.N}, D = {q.D}, {scheme.replace('_', ' ')}")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlim=_edges(sizes)[[0, -1]],
+        ylim=_edges(etas)[[0, -1]],
+        xlabel="batch size S",
+        ylabel="learning rate eta",
+        title=f"SGD phase diagram: {q.kind}, N = {q.N}, D = {q.D}, {scheme.replace('_', ' ')}",
+    )
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xticks([], minor=True)
     ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))

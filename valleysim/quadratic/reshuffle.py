@@ -34,7 +34,7 @@ def epoch_matrices(q: PerExampleQuadratic, eta: float, S: int) -> np.ndarray:
     perms = np.array(list(itertools.permutations(range(q.N))))
     M = np.broadcast_to(eye, (len(perms), red.D, red.D)).copy()
     for b in range(k):
-        Hb = Hs[perms[:, b * S:(b + 1) * S]].mean(axis=1)
+        Hb = Hs[perms[:, b * S : (b + 1) * S]].mean(axis=1)
         M = (eye - eta * Hb) @ M
     return M
 

@@ -170,8 +170,9 @@ def _dense_parts(q: PerExampleQuadratic, c: float) -> tuple[np.ndarray, np.ndarr
     return lin, quad
 
 
-def mean_square(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement",
-                moments: MomentMap | None = None) -> dict:
+def mean_square(
+    q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement", moments: MomentMap | None = None
+) -> dict:
     """Mean-square stability at (eta, S) for one-step schemes.
 
     Returns eta_star, spectral_radius, mean_square_stable, lambda_max,
@@ -180,7 +181,9 @@ def mean_square(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "witho
     """
     q.check_eta(eta)
     if scheme == "reshuffle":
-        raise UserInputError("mean_square handles one-step schemes; use valleysim.quadratic.reshuffle for scheme='reshuffle'")
+        raise UserInputError(
+            "mean_square handles one-step schemes; use valleysim.quadratic.reshuffle for scheme='reshuffle'"
+        )
     c = variance_factor(S, q.N, scheme)
     m = moments or MomentMap(q)
     rho = m.spectral_radius(eta, c)

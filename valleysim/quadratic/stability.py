@@ -12,8 +12,17 @@ from valleysim.quadratic.second_moment import MomentMap, mean_square
 from valleysim.theory import check_scheme
 
 
-def stability_report(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement", *,
-                     simulate: bool = False, n_traj: int = 20000, n_steps: int = 12, seed: int = 0) -> dict:
+def stability_report(
+    q: PerExampleQuadratic,
+    eta: float,
+    S: int,
+    scheme: str = "without_replacement",
+    *,
+    simulate: bool = False,
+    n_traj: int = 20000,
+    n_steps: int = 12,
+    seed: int = 0,
+) -> dict:
     """Everything known about SGD's stability at (eta, S) on ``q``.
 
     Keys: eta_star, spectral_radius (per step, of E u u^T), mean_square_stable,
@@ -39,14 +48,21 @@ def stability_report(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "
         exact = q.N <= reshuffle.MAX_N
         rho = reshuffle.per_step_spectral_radius(q, eta, S) if exact else None
         ms = mean_square(q, eta, S, "without_replacement", moments)  # curvature facts and bounds
-        ms.update(eta_star=reshuffle.eta_star(q, S) if exact else None, spectral_radius=rho,
-                  mean_square_stable=None if rho is None else bool(rho <= 1.0 + 1e-12))
+        ms.update(
+            eta_star=reshuffle.eta_star(q, S) if exact else None,
+            spectral_radius=rho,
+            mean_square_stable=None if rho is None else bool(rho <= 1.0 + 1e-12),
+        )
     else:
         ms = mean_square(q, eta, S, scheme, moments)
     out.update(ms)
     lyap = lyapunov_exponent(q, eta, S, scheme, seed=seed)
-    out.update(lyapunov_exponent=lyap["value"], lyapunov_se=lyap["se"], lyapunov_method=lyap["method"],
-               almost_sure_stable=bool(lyap["value"] < 0.0))
+    out.update(
+        lyapunov_exponent=lyap["value"],
+        lyapunov_se=lyap["se"],
+        lyapunov_method=lyap["method"],
+        almost_sure_stable=bool(lyap["value"] < 0.0),
+    )
     if simulate:
         t0 = max(1, n_steps // 4)
         mc = mean_square_growth_mc(q, eta, S, scheme, n_steps=n_steps, burn_in=t0, n_traj=n_traj, seed=seed)
@@ -54,9 +70,11 @@ def stability_report(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "
         if scheme != "reshuffle":
             d2 = moments.mean_dist2(eta, out["variance_factor"], [t0, n_steps])
             predicted = float(np.log(d2[1] / d2[0]) / (n_steps - t0))
-        out.update(simulated_growth_rate=mc["value"], simulated_growth_rate_se=mc["se"],
-                   simulated_effective_sample_size=mc["effective_sample_size"],
-                   predicted_growth_rate=predicted, log_spectral_radius=None if out["spectral_radius"] is None
-                   else float(np.log(out["spectral_radius"])))
+        out.update(
+            simulated_growth_rate=mc["value"],
+            simulated_growth_rate_se=mc["se"],
+            simulated_effective_sample_size=mc["effective_sample_size"],
+            predicted_growth_rate=predicted,
+            log_spectral_radius=None if out["spectral_radius"] is None else float(np.log(out["spectral_radius"])),
+        )
     return out
-

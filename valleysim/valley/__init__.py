@@ -8,8 +8,11 @@ predictions along it and the summary; ``plots`` the figure.
 
 from valleysim._lazy import lazy_exports
 
-__getattr__, __all__ = lazy_exports(__name__, {
-    "landscape": ("CATALOGUE", "ValleyLandscape", "catalogue"),
-    "noise": ("NOISES", "NoiseModel", "make_noise"),
-    "sim": ("ValleyRun", "predictions", "simulate", "summarise"),
-})
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "landscape": ("CATALOGUE", "ValleyLandscape", "catalogue"),
+        "noise": ("NOISES", "NoiseModel", "make_noise"),
+        "sim": ("ValleyRun", "predictions", "simulate", "summarise"),
+    },
+)

@@ -43,13 +43,17 @@ from valleysim.valley.noise import SCALE, NoiseModel
 
 CODEGEN_VERSION = "5"
 #: ``reason`` codes of a stopped trajectory.
-REASONS = {0: "completed", 1: "curvature lambda_i <= 0 (left the valley)", 2: "a kink argument changed sign",
-           3: "diverged (non-finite or |x| > 1e100)"}
+REASONS = {
+    0: "completed",
+    1: "curvature lambda_i <= 0 (left the valley)",
+    2: "a kink argument changed sign",
+    3: "diverged (non-finite or |x| > 1e100)",
+}
 #: Columns of the recorded observables.
 OBSERVABLES = ("loss", "trace", "logdet", "f")
 
 
-_FALLBACK: list[Path] = []     # the temporary cache of this process, once the configured one failed
+_FALLBACK: list[Path] = []  # the temporary cache of this process, once the configured one failed
 
 
 def cache_dir() -> Path:
@@ -66,8 +70,10 @@ def cache_dir() -> Path:
     except OSError as exc:
         _FALLBACK.append(Path(tempfile.mkdtemp(prefix="valleysim-kernels-")))
         atexit.register(shutil.rmtree, _FALLBACK[0], ignore_errors=True)
-        warn(f"kernel cache {path} is not writable ({exc.strerror or exc}); compiling into {_FALLBACK[0]} "
-             "for this run (set $VALLEYSIM_CACHE to a writable directory to keep compiled kernels)")
+        warn(
+            f"kernel cache {path} is not writable ({exc.strerror or exc}); compiling into {_FALLBACK[0]} "
+            "for this run (set $VALLEYSIM_CACHE to a writable directory to keep compiled kernels)"
+        )
         return _FALLBACK[0]
 
 
@@ -87,8 +93,10 @@ def _block(assignments: list[tuple[str, sp.Expr]], names: dict, indent: str, sqr
     printer._names = names
     reps, reduced = sp.cse([e for _, e in assignments], symbols=sp.numbered_symbols("c_"))
     lines = [f"{indent}{printer.doprint(s)} = {printer.doprint(e)}" for s, e in reps]
-    lines += [f"{indent}{target} = " + (f"math.sqrt({printer.doprint(e)})" if target in sqrt_of else printer.doprint(e))
-              for (target, _), e in zip(assignments, reduced)]
+    lines += [
+        f"{indent}{target} = " + (f"math.sqrt({printer.doprint(e)})" if target in sqrt_of else printer.doprint(e))
+        for (target, _), e in zip(assignments, reduced)
+    ]
     return lines
 
 
@@ -110,9 +118,16 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
     assign = [(f"g[{d}]", e) for d, e in enumerate(land.gradient)]
     sd = [] if noise.minibatch else [(f"sd[{d}]", v) for d, v in enumerate(noise.variances)]
     assign += sd + [(f"lam[{i}]", e) for i, e in enumerate(lam)] + [(f"kink[{k}]", e) for k, e in enumerate(kinks)]
-    src = ["import math", "import numpy as np", "from numba import njit, prange",
-           "from valleysim.rng import seed_state, normal, bounded", "", "",
-           "@njit(cache=True, inline='always')", "def point(p, scale, g, sd, lam, kink):"]
+    src = [
+        "import math",
+        "import numpy as np",
+        "from numba import njit, prange",
+        "from valleysim.rng import seed_state, normal, bounded",
+        "",
+        "",
+        "@njit(cache=True, inline='always')",
+        "def point(p, scale, g, sd, lam, kink):",
+    ]
     src += unpack + _block(assign, names, ind, sqrt_of={t for t, v in sd if v != 0}) + ["    return 0", "", ""]
 
     # obs(p, out): loss, trace, logdet, F
@@ -133,67 +148,82 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
 
     noisy = [] if noise.minibatch else [d for d, v in enumerate(noise.variances) if v != 0]
     if noise.minibatch:
-        step = ["            for d in range(D):", "                gb[d] = 0.0",
-                "            for j in range(S):",
-                "                k = j + bounded(state, M - j)",
-                "                tmp = perm[j]", "                perm[j] = perm[k]", "                perm[k] = tmp",
-                "                ex_grad(p, data[perm[j]], ge)",
-                "                for d in range(D):", "                    gb[d] += ge[d]",
-                "            for d in range(D):", "                gb[d] /= S"]
+        step = [
+            "            for d in range(D):",
+            "                gb[d] = 0.0",
+            "            for j in range(S):",
+            "                k = j + bounded(state, M - j)",
+            "                tmp = perm[j]",
+            "                perm[j] = perm[k]",
+            "                perm[k] = tmp",
+            "                ex_grad(p, data[perm[j]], ge)",
+            "                for d in range(D):",
+            "                    gb[d] += ge[d]",
+            "            for d in range(D):",
+            "                gb[d] /= S",
+        ]
     else:
         step = [f"            gb[{d}] = g[{d}]" for d in range(D) if d not in noisy]
         step += [f"            gb[{d}] = g[{d}] + sd[{d}] * normal(state)" for d in noisy]
-    src += [
-        "@njit(cache=True, parallel=True)",
-        "def run(x0, eta, scale, n_burn, n_steps, record_every, seed, data, S, rec, acc, status, reason):",
-        "    R = x0.shape[0]",
-        f"    D = {D}",
-        "    M = data.shape[0]",
-        "    for r in prange(R):",
-        "        state = seed_state(seed, r)",
-        "        p = x0[r].copy()",
-        "        g = np.empty(D)", "        gb = np.empty(D)", "        ge = np.empty(D)", "        sd = np.zeros(D)",
-        f"        lam = np.empty({max(n if lam else 0, 1)})",
-        f"        kink = np.empty({max(len(kinks), 1)})", f"        kink0 = np.ones({max(len(kinks), 1)})",
-        "        perm = np.arange(M)",
-        "        point(p, scale, g, sd, lam, kink0)",
-        "        status[r] = -1",
-        "        reason[r] = 0",
-        "        n_total = n_burn + n_steps",
-        "        for t in range(n_total + 1):",
-        "            point(p, scale, g, sd, lam, kink)",
-        "            code = 0",
-        f"            for i in range({n if lam else 0}):",
-        "                if not lam[i] > 0.0:",
-        "                    code = 1",
-        f"            for k in range({len(kinks)}):",
-        "                if not kink[k] * kink0[k] > 0.0:",
-        "                    code = 2",
-        "            for d in range(D):",
-        "                if not abs(p[d]) < 1e100:",
-        "                    code = 3",
-        "            if code > 0:",
-        "                status[r] = t",
-        "                reason[r] = code",
-        "                break",
-        "            w = t - n_burn",
-        "            if w >= 0 and w % record_every == 0:",
-        "                obs(p, rec[r, w // record_every])",
-        "                for d in range(D):",
-        f"                    rec[r, w // record_every, {len(OBSERVABLES)} + d] = p[d]",
-        "            if t == n_total:",
-        "                break",
-    ] + step + [
-        "            if w >= 0:",
-        f"                for i in range({n}):",
-        "                    acc[r, i] += p[i] * p[i]",
-        f"                    acc[r, {n}] += p[i] * gb[i]",
-        f"                    acc[r, {n + 1}] += gb[i] * gb[i]",
-        "            for d in range(D):",
-        "                p[d] -= eta * gb[d]",
-        "    return 0",
-        "",
-    ]
+    src += (
+        [
+            "@njit(cache=True, parallel=True)",
+            "def run(x0, eta, scale, n_burn, n_steps, record_every, seed, data, S, rec, acc, status, reason):",
+            "    R = x0.shape[0]",
+            f"    D = {D}",
+            "    M = data.shape[0]",
+            "    for r in prange(R):",
+            "        state = seed_state(seed, r)",
+            "        p = x0[r].copy()",
+            "        g = np.empty(D)",
+            "        gb = np.empty(D)",
+            "        ge = np.empty(D)",
+            "        sd = np.zeros(D)",
+            f"        lam = np.empty({max(n if lam else 0, 1)})",
+            f"        kink = np.empty({max(len(kinks), 1)})",
+            f"        kink0 = np.ones({max(len(kinks), 1)})",
+            "        perm = np.arange(M)",
+            "        point(p, scale, g, sd, lam, kink0)",
+            "        status[r] = -1",
+            "        reason[r] = 0",
+            "        n_total = n_burn + n_steps",
+            "        for t in range(n_total + 1):",
+            "            point(p, scale, g, sd, lam, kink)",
+            "            code = 0",
+            f"            for i in range({n if lam else 0}):",
+            "                if not lam[i] > 0.0:",
+            "                    code = 1",
+            f"            for k in range({len(kinks)}):",
+            "                if not kink[k] * kink0[k] > 0.0:",
+            "                    code = 2",
+            "            for d in range(D):",
+            "                if not abs(p[d]) < 1e100:",
+            "                    code = 3",
+            "            if code > 0:",
+            "                status[r] = t",
+            "                reason[r] = code",
+            "                break",
+            "            w = t - n_burn",
+            "            if w >= 0 and w % record_every == 0:",
+            "                obs(p, rec[r, w // record_every])",
+            "                for d in range(D):",
+            f"                    rec[r, w // record_every, {len(OBSERVABLES)} + d] = p[d]",
+            "            if t == n_total:",
+            "                break",
+        ]
+        + step
+        + [
+            "            if w >= 0:",
+            f"                for i in range({n}):",
+            "                    acc[r, i] += p[i] * p[i]",
+            f"                    acc[r, {n}] += p[i] * gb[i]",
+            f"                    acc[r, {n + 1}] += gb[i] * gb[i]",
+            "            for d in range(D):",
+            "                p[d] -= eta * gb[d]",
+            "    return 0",
+            "",
+        ]
+    )
     return "\n".join(src)
 
 
@@ -212,7 +242,7 @@ def compile_kernels(land: ValleyLandscape, noise: NoiseModel):
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(kernel_source(land, noise), encoding="utf-8")
-        os.replace(tmp, path)                 # atomic: concurrent runs never see half a file
+        os.replace(tmp, path)  # atomic: concurrent runs never see half a file
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

@@ -60,8 +60,9 @@ class ValleyLandscape:
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def from_strings(cls, loss: str, nondegenerate: str, degenerate: str, init: str | None = None,
-                     name: str = "custom") -> ValleyLandscape:
+    def from_strings(
+        cls, loss: str, nondegenerate: str, degenerate: str, init: str | None = None, name: str = "custom"
+    ) -> ValleyLandscape:
         """Parse the CLI form: ``loss`` over comma-separated coordinate names; ``init`` 'a=1,b=2'."""
         theta = _symbols(nondegenerate.split(","), "--nondegenerate")
         theta_hat = _symbols(degenerate.split(","), "--degenerate")
@@ -90,8 +91,9 @@ class ValleyLandscape:
         x = [float(init.get(n, v)) for n, v in zip(names, self.init)]
         if not np.all(np.isfinite(x)):
             raise UserInputError(f"--init must be finite; got {dict(zip(names, x))}")
-        return ValleyLandscape(self.name, self.theta, self.theta_hat, self.loss, tuple(x), self.data_symbols,
-                               self.data, self.description)
+        return ValleyLandscape(
+            self.name, self.theta, self.theta_hat, self.loss, tuple(x), self.data_symbols, self.data, self.description
+        )
 
     def validate(self) -> None:
         """Every coordinate appears in the loss, and nothing else but declared data symbols does."""
@@ -169,8 +171,10 @@ class ValleyLandscape:
 
     def require_valley_form(self, what: str) -> list[sp.Expr]:
         if self.lambdas is None:
-            raise UserInputError(f"{what} needs a loss of the valley form L* + 1/2 sum theta_i^2 lambda_i(theta_hat); "
-                                 f"{self.name} is not (the simulation itself works with the general Hessian)")
+            raise UserInputError(
+                f"{what} needs a loss of the valley form L* + 1/2 sum theta_i^2 lambda_i(theta_hat); "
+                f"{self.name} is not (the simulation itself works with the general Hessian)"
+            )
         return self.lambdas
 
     @cached_property
@@ -184,8 +188,12 @@ class ValleyLandscape:
     @cached_property
     def key(self) -> str:
         """Content hash: the same landscape always compiles to the same cached kernel."""
-        parts = [sp.srepr(self.loss), repr([s.name for s in self.theta]), repr([s.name for s in self.theta_hat]),
-                 repr([s.name for s in self.data_symbols])]
+        parts = [
+            sp.srepr(self.loss),
+            repr([s.name for s in self.theta]),
+            repr([s.name for s in self.theta_hat]),
+            repr([s.name for s in self.data_symbols]),
+        ]
         if self.data is not None:
             parts.append(hashlib.sha256(np.ascontiguousarray(self.data, dtype=float).tobytes()).hexdigest())
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
@@ -200,8 +208,9 @@ class ValleyLandscape:
             x = np.asarray(x, dtype=float)
             out = np.empty(x.shape[:-1] + (len(flat),))
             for j, v in enumerate(f(*np.moveaxis(x, -1, 0))):
-                out[..., j] = v                      # broadcasts constant entries
+                out[..., j] = v  # broadcasts constant entries
             return out.reshape(x.shape[:-1] + shape)
+
         return call
 
     @cached_property
@@ -250,19 +259,23 @@ def _shape(x):
 
 # --- catalogue ---------------------------------------------------------------------------------------
 
+
 def _hadamard(M: int) -> np.ndarray:
     from scipy.linalg import hadamard
+
     return hadamard(M).astype(float)
 
 
 def _abs_toy() -> ValleyLandscape:
-    return ValleyLandscape.from_strings("Abs(t3 + t4)*t1**2 + Abs(t3 + 2*t4)*t2**2", "t1,t2", "t3,t4",
-                                        "t3=1,t4=1", name="abs-toy")
+    return ValleyLandscape.from_strings(
+        "Abs(t3 + t4)*t1**2 + Abs(t3 + 2*t4)*t2**2", "t1,t2", "t3,t4", "t3=1,t4=1", name="abs-toy"
+    )
 
 
 def _exp_toy() -> ValleyLandscape:
-    return ValleyLandscape.from_strings("(4 - 2*exp(-t3 - t4))*t1**2 + exp(-(t3 - t4)**2)*t2**2", "t1,t2", "t3,t4",
-                                        "t3=2.5,t4=1.5", name="exp-toy")
+    return ValleyLandscape.from_strings(
+        "(4 - 2*exp(-t3 - t4))*t1**2 + exp(-(t3 - t4)**2)*t2**2", "t1,t2", "t3,t4", "t3=2.5,t4=1.5", name="exp-toy"
+    )
 
 
 def _regression_valley(M: int = 32, sigma: float = 0.5) -> ValleyLandscape:
@@ -274,14 +287,22 @@ def _regression_valley(M: int = 32, sigma: float = 0.5) -> ValleyLandscape:
     mini-batch noise aligned with the Hessian.
     """
     H = _hadamard(M)
-    data = np.column_stack([sigma * H[:, 3], H[:, 1], H[:, 2]])        # (y_k, h_k1, h_k2)
+    data = np.column_stack([sigma * H[:, 3], H[:, 1], H[:, 2]])  # (y_k, h_k1, h_k2)
     y, h1, h2 = sp.symbols("y h1 h2", real=True)
     t1, t2, t3, t4 = sp.symbols("t1 t2 t3 t4", real=True)
     lam1 = 1 + t3**2 + t4**2 / 2
     lam2 = 2 + sp.exp(-t3 + t4)
     loss = (sp.sqrt(lam1) * h1 * t1 + sp.sqrt(lam2) * h2 * t2 - y) ** 2 / 2
-    return ValleyLandscape("regression-valley", (t1, t2), (t3, t4), loss, (0.0, 0.0, 1.0, 1.0), (y, h1, h2), data,
-                           "finite-sum least squares in valley form (true mini-batch noise)")
+    return ValleyLandscape(
+        "regression-valley",
+        (t1, t2),
+        (t3, t4),
+        loss,
+        (0.0, 0.0, 1.0, 1.0),
+        (y, h1, h2),
+        data,
+        "finite-sum least squares in valley form (true mini-batch noise)",
+    )
 
 
 def _diag_linear_net(M: int = 32, sigma: float = 0.5) -> ValleyLandscape:
@@ -299,12 +320,24 @@ def _diag_linear_net(M: int = 32, sigma: float = 0.5) -> ValleyLandscape:
     y, x1, x2 = sp.symbols("y x1 x2", real=True)
     u1, u2, v1, v2 = sp.symbols("u1 u2 v1 v2", real=True)
     loss = (u1 * v1 * x1 + u2 * v2 * x2 - y) ** 2 / 2
-    return ValleyLandscape("diag-linear-net", (u1, u2), (v1, v2), loss, (2.0, 1.5, 0.5, 1.0 / 3.0), (y, x1, x2), data,
-                           "diagonal linear network regression (not valley form; trace known in closed form)")
+    return ValleyLandscape(
+        "diag-linear-net",
+        (u1, u2),
+        (v1, v2),
+        loss,
+        (2.0, 1.5, 0.5, 1.0 / 3.0),
+        (y, x1, x2),
+        data,
+        "diagonal linear network regression (not valley form; trace known in closed form)",
+    )
 
 
-CATALOGUE = {"abs-toy": _abs_toy, "exp-toy": _exp_toy, "regression-valley": _regression_valley,
-             "diag-linear-net": _diag_linear_net}
+CATALOGUE = {
+    "abs-toy": _abs_toy,
+    "exp-toy": _exp_toy,
+    "regression-valley": _regression_valley,
+    "diag-linear-net": _diag_linear_net,
+}
 
 
 def catalogue(name: str) -> ValleyLandscape:

@@ -55,7 +55,7 @@ class NoiseModel:
         return repr((self.name if self.minibatch else [sp.srepr(v) for v in self.variances], sp.srepr(self.f)))
 
 
-SCALE = sp.Symbol("noise_scale", positive=True)   # kept symbolic so one kernel serves every scale
+SCALE = sp.Symbol("noise_scale", positive=True)  # kept symbolic so one kernel serves every scale
 
 
 def lam_symbols(n: int) -> list[sp.Symbol]:
@@ -76,8 +76,9 @@ def spectral_function(n: int, spec: str) -> sp.Expr:
     return F
 
 
-def make_noise(land: ValleyLandscape, spec: str, *, scale: float | None = None, S: int | None = None,
-               M: int | None = None) -> NoiseModel:
+def make_noise(
+    land: ValleyLandscape, spec: str, *, scale: float | None = None, S: int | None = None, M: int | None = None
+) -> NoiseModel:
     """Validate a noise specification against a landscape (errors name the parameter)."""
     if S is not None:
         S = check_int_range(S, "--batch S", 1)
@@ -102,8 +103,10 @@ def make_noise(land: ValleyLandscape, spec: str, *, scale: float | None = None, 
     zero = sp.S.Zero
     if spec == "minibatch":
         if not land.finite_sum:
-            raise UserInputError(f"--noise minibatch needs a finite-sum landscape; {land.name} is analytic "
-                                 "(use --noise sgd for Hessian-aligned Gaussian noise)")
+            raise UserInputError(
+                f"--noise minibatch needs a finite-sum landscape; {land.name} is analytic "
+                "(use --noise sgd for Hessian-aligned Gaussian noise)"
+            )
         if S is None:
             raise UserInputError("--noise minibatch needs --batch S")
         return NoiseModel(spec, float(variance_factor(S, M)), None, None, S, M)

@@ -27,7 +27,7 @@ def predicted_path(run: ValleyRun, name: str) -> np.ndarray | None:
     if not run.land.valley_form:
         return None
     ok = run.completed
-    drift = predictions(run, run.coords[ok][:, :, run.land.n:])[f"{name}_drift"]       # (R_ok, n_rec)
+    drift = predictions(run, run.coords[ok][:, :, run.land.n :])[f"{name}_drift"]  # (R_ok, n_rec)
     start = run.observable(name)[ok][:, 0]
     cum = cumulative_trapezoid(drift, dx=run.record_every, axis=1, initial=0.0)
     return (start[:, None] + cum).mean(axis=0)
@@ -41,7 +41,7 @@ def plot_run(run: ValleyRun, path: Path, label: str | None = None, axes=None):
     label = label or run.noise.name
     for ax, name in zip(axes, ("trace", "logdet")):
         steps, mean, se = ensemble_band(run, name)
-        line, = ax.plot(steps, mean, label=f"{label} (simulated)")
+        (line,) = ax.plot(steps, mean, label=f"{label} (simulated)")
         ax.fill_between(steps, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.25, lw=0)
         pred = predicted_path(run, name)
         if pred is not None:

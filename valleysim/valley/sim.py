@@ -53,7 +53,7 @@ class ValleyRun:
     @property
     def coords(self) -> np.ndarray:
         """(R, n_rec, D) recorded coordinates."""
-        return self.rec[:, :, len(OBSERVABLES):]
+        return self.rec[:, :, len(OBSERVABLES) :]
 
     def observable(self, name: str) -> np.ndarray:
         """(R, n_rec) recorded observable ``name`` in ``OBSERVABLES``."""
@@ -68,16 +68,19 @@ def check_start(land: ValleyLandscape, noise: NoiseModel, eta: float) -> np.ndar
         lam = land.eval_lambdas(x0)
         bad = [f"lambda_{i + 1} = {v:.4g}" for i, v in enumerate(lam) if not v > 0]
         if bad:
-            raise UserInputError(f"non-positive curvature at the initial point ({', '.join(bad)}); "
-                                 f"move --init into the valley")
+            raise UserInputError(
+                f"non-positive curvature at the initial point ({', '.join(bad)}); move --init into the valley"
+            )
     for k in land.kinks:
         if float(k.subs(at)) == 0:
             raise UserInputError(f"the initial point sits on a kink ({k} = 0); move --init off it")
     if not noise.minibatch:
         v = np.array([float(e.subs({SCALE: noise.scale, **at})) for e in noise.variances])
         if np.any(~np.isfinite(v)) or np.any(v < 0):
-            raise UserInputError(f"--noise {noise.name}: the noise variances at the initial point are {v}; "
-                                 "designed noise needs dF/dlambda_i >= 0 (Theorem 2)")
+            raise UserInputError(
+                f"--noise {noise.name}: the noise variances at the initial point are {v}; "
+                "designed noise needs dF/dlambda_i >= 0 (Theorem 2)"
+            )
     return x0
 
 
@@ -89,8 +92,17 @@ def valley_bytes(land: ValleyLandscape, trajectories: int, n_records: int) -> fl
     return float(trajectories) * (n_records * per_record + 3.0 * D + max(land.n_examples, 1)) * F64
 
 
-def simulate(land: ValleyLandscape, noise: NoiseModel, eta: float, *, steps: int, burn_in: int = 0,
-                    trajectories: int = 1024, seed: int = 0, record_every: int | None = None) -> ValleyRun:
+def simulate(
+    land: ValleyLandscape,
+    noise: NoiseModel,
+    eta: float,
+    *,
+    steps: int,
+    burn_in: int = 0,
+    trajectories: int = 1024,
+    seed: int = 0,
+    record_every: int | None = None,
+) -> ValleyRun:
     """R trajectories from ``land.init``: ``burn_in`` steps, then a window of ``steps`` steps."""
     eta = check_learning_rate(eta, "--eta")
     steps = check_int_range(steps, "--steps", 1)
@@ -99,8 +111,10 @@ def simulate(land: ValleyLandscape, noise: NoiseModel, eta: float, *, steps: int
     record_every = steps if record_every is None else check_int_range(record_every, "--record-every", 1, steps)
     seed = check_int_range(seed, "--seed", 0, 2**63 - 1)
     n_rec = steps // record_every + 1
-    check_fits(valley_bytes(land, R, n_rec), f"{R} trajectories with {n_rec} records each (--trajectories, "
-               "--steps / --record-every)")
+    check_fits(
+        valley_bytes(land, R, n_rec),
+        f"{R} trajectories with {n_rec} records each (--trajectories, --steps / --record-every)",
+    )
     x0 = check_start(land, noise, eta)
     kernels = compile_kernels(land, noise)
     rec = np.full((R, n_rec, len(OBSERVABLES) + land.n + land.m), np.nan)
@@ -124,7 +138,7 @@ def noise_covariance(run: ValleyRun, x: np.ndarray) -> np.ndarray:
     if not noise.minibatch:
         v = land._lambdify([e.subs(SCALE, noise.scale) for e in noise.variances])(x)
         return v[..., :, None] * np.eye(v.shape[-1])
-    g = _example_gradients(land)(x)                               # (..., M, D)
+    g = _example_gradients(land)(x)  # (..., M, D)
     g = g - g.mean(axis=-2, keepdims=True)
     return noise.scale * np.einsum("...ka,...kb->...ab", g, g) / land.n_examples
 
@@ -141,9 +155,15 @@ def _per_example(land: ValleyLandscape, name: str, exprs: list, shapes: list):
         def call(x):
             x = np.asarray(x, dtype=float)
             lead = x.shape[:-1] + (land.n_examples,)
-            out = np.stack([np.broadcast_to(np.asarray(v, dtype=float), lead)
-                            for v in f(list(np.moveaxis(x, -1, 0)[..., None]), list(land.data.T))], axis=-1)
+            out = np.stack(
+                [
+                    np.broadcast_to(np.asarray(v, dtype=float), lead)
+                    for v in f(list(np.moveaxis(x, -1, 0)[..., None]), list(land.data.T))
+                ],
+                axis=-1,
+            )
             return tuple(out[..., a:b].reshape(lead + s) for a, b, s in zip(sizes[:-1], sizes[1:], shapes))
+
         _EXAMPLE_CACHE[(land.key, name)] = call
     return _EXAMPLE_CACHE[(land.key, name)]
 
@@ -182,21 +202,22 @@ def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
     xhat = np.asarray(xhat, dtype=float)
     x = np.concatenate([np.zeros(xhat.shape[:-1] + (land.n,)), xhat], axis=-1)
     lam, grad_lam = land.eval_lambdas(x), land.eval_grad_lambdas(x)
-    cov = noise_covariance(run, x)                                  # at the floor point
+    cov = noise_covariance(run, x)  # at the floor point
     # W_ii depends on C_ii only (the Lyapunov solution is entrywise), and the theta_hat step on W_ii only
-    C, C_hat = np.diagonal(cov[..., :land.n, :land.n], axis1=-2, axis2=-1), cov[..., land.n:, land.n:]
-    diag = lambda a: a[..., :, None] * np.eye(a.shape[-1])          # noqa: E731
+    C, C_hat = np.diagonal(cov[..., : land.n, : land.n], axis1=-2, axis2=-1), cov[..., land.n :, land.n :]
+    diag = lambda a: a[..., :, None] * np.eye(a.shape[-1])  # noqa: E731
     stable = np.all((lam > 0) & (eta * lam < 2), axis=-1)
     W = np.full(lam.shape, np.nan)
     C_hat_W = np.full(C_hat.shape, np.nan)
-    if run.noise.minibatch:                                         # multiplicative noise: W and C_hat to O(eta) more
+    if run.noise.minibatch:  # multiplicative noise: W and C_hat to O(eta) more
         c, n = run.noise.scale, land.n
         for idx in np.array_split(np.flatnonzero(stable.ravel()), max(1, int(stable.sum()) // 8192)):
             C0, K = vt.minibatch_noise_response(*_example_jets(land)(x.reshape(-1, x.shape[-1])[idx]))
             W_full = vt.stationary_second_moments_minibatch(eta, c, C0, K, lam.reshape(-1, n)[idx])
             W.reshape(-1, n)[idx] = np.diagonal(W_full, axis1=-2, axis2=-1)
-            C_hat_W.reshape((-1,) + C_hat.shape[len(stable.shape):])[idx] = c * (
-                C0 + np.einsum("...ij,...ijab->...ab", W_full, K))[..., n:, n:]
+            C_hat_W.reshape((-1,) + C_hat.shape[len(stable.shape) :])[idx] = (
+                c * (C0 + np.einsum("...ij,...ijab->...ab", W_full, K))[..., n:, n:]
+            )
     else:
         W[stable] = np.diagonal(vt.stationary_second_moments(lam[stable], diag(C[stable]), eta), axis1=-2, axis2=-1)
         C_hat_W = C_hat
@@ -219,7 +240,7 @@ def project_to_floor(land: ValleyLandscape, x: np.ndarray, iterations: int = 20)
     x = np.array(x, dtype=float)
     for _ in range(iterations):
         lam, V = np.linalg.eigh(land.eval_hessian(x))
-        lam_N, V_N = lam[..., -land.n:], V[..., :, -land.n:]
+        lam_N, V_N = lam[..., -land.n :], V[..., :, -land.n :]
         x = x - np.einsum("...ai,...i,...bi,...b->...a", V_N, 1.0 / lam_N, V_N, grad(x))
     return np.where(np.linalg.norm(grad(x), axis=-1, keepdims=True) < 1e-10, x, np.nan)
 
@@ -251,8 +272,10 @@ def _spectral_derivatives(land: ValleyLandscape, name: str, f: sp.Expr):
     """(grad_hat f, hess_hat f) as functions x (..., D) -> (..., m), (..., m, m); cached."""
     key = (land.key, name, sp.srepr(f))
     if key not in _DERIV_CACHE:
-        _DERIV_CACHE[key] = (land._lambdify([diff(f, y) for y in land.theta_hat]),
-                             land._lambdify([[diff(f, y, z) for z in land.theta_hat] for y in land.theta_hat]))
+        _DERIV_CACHE[key] = (
+            land._lambdify([diff(f, y) for y in land.theta_hat]),
+            land._lambdify([[diff(f, y, z) for z in land.theta_hat] for y in land.theta_hat]),
+        )
     return _DERIV_CACHE[key]
 
 
@@ -280,10 +303,20 @@ def summarise(run: ValleyRun) -> dict:
     """
     land, ok = run.land, run.completed
     R_ok = int(ok.sum())
-    out = {"landscape": land.name, "valley_form": land.valley_form, "noise": run.noise.name,
-           "noise_scale": run.noise.scale, "eta": run.eta, "batch": run.noise.S, "dataset_size": run.noise.M,
-           "burn_in": run.n_burn, "steps": run.n_steps, "trajectories": int(ok.size), "completed": R_ok,
-           "stopped": int((~ok).sum())}
+    out = {
+        "landscape": land.name,
+        "valley_form": land.valley_form,
+        "noise": run.noise.name,
+        "noise_scale": run.noise.scale,
+        "eta": run.eta,
+        "batch": run.noise.S,
+        "dataset_size": run.noise.M,
+        "burn_in": run.n_burn,
+        "steps": run.n_steps,
+        "trajectories": int(ok.size),
+        "completed": R_ok,
+        "stopped": int((~ok).sum()),
+    }
     if not ok.all():
         first = int(np.argmin(np.where(ok, np.iinfo(np.int64).max, run.status)))
         out["first_stop_step"] = int(run.status[first])
@@ -297,26 +330,31 @@ def summarise(run: ValleyRun) -> dict:
         if np.all(np.isnan(rec[:, 0, col])):
             continue
         out[f"{name}_start"] = float(np.mean(rec[:, 0, col]))
-        out[f"{name}_drift_per_step"], out[f"{name}_drift_stderr"] = mean_se((rec[:, -1, col] - rec[:, 0, col])
-                                                                             / run.n_steps)
+        out[f"{name}_drift_per_step"], out[f"{name}_drift_stderr"] = mean_se(
+            (rec[:, -1, col] - rec[:, 0, col]) / run.n_steps
+        )
     if not land.valley_form:
-        drift = manifold_trace_drift(run, rec[:, :, len(OBSERVABLES):])
+        drift = manifold_trace_drift(run, rec[:, :, len(OBSERVABLES) :])
         out["trace_drift_predicted"] = float(np.mean(_window_mean(drift)))
-        out["prediction_note"] = (f"{land.name} is not of the valley form; trace = tr H(x), predicted by the "
-                                  "coordinate-free drift along the minimum manifold (valley.theory.manifold_drift)")
+        out["prediction_note"] = (
+            f"{land.name} is not of the valley form; trace = tr H(x), predicted by the "
+            "coordinate-free drift along the minimum manifold (valley.theory.manifold_drift)"
+        )
         return out
 
     tau = relaxation_steps(land, run.eta)
     out["theta_relaxation_steps"] = tau
     if run.n_burn < 5 * tau:
-        out["equilibration_note"] = (f"--burn-in {run.n_burn} is shorter than 5 relaxation times of theta "
-                                     f"({tau:.3g} steps at the start): the second moments may not be stationary")
-    preds = predictions(run, rec[:, :, len(OBSERVABLES) + land.n:])     # each (R_ok, n_rec, ...)
+        out["equilibration_note"] = (
+            f"--burn-in {run.n_burn} is shorter than 5 relaxation times of theta "
+            f"({tau:.3g} steps at the start): the second moments may not be stationary"
+        )
+    preds = predictions(run, rec[:, :, len(OBSERVABLES) + land.n :])  # each (R_ok, n_rec, ...)
     for name in ("trace", "logdet", "f"):
         if f"{name}_drift" in preds:
             out[f"{name}_drift_predicted"] = float(np.mean(_window_mean(preds[f"{name}_drift"])))
             out[f"{name}_drift_predicted_leading"] = float(np.mean(_window_mean(preds[f"{name}_drift_leading"])))
-    m2 = run.acc[ok, :land.n] / run.n_steps
+    m2 = run.acc[ok, : land.n] / run.n_steps
     m2_mean, m2_se = mean_se(m2, axis=0)
     out["second_moments_measured"], out["second_moments_stderr"] = m2_mean.tolist(), m2_se.tolist()
     out["second_moments_predicted"] = np.mean(_window_mean(preds["W"]), axis=0).tolist()
@@ -328,7 +366,7 @@ def summarise(run: ValleyRun) -> dict:
     out["fdr_half_eta_grad_sq"] = float(np.mean(rhs))
     out["fdr_difference"], out["fdr_difference_stderr"] = mean_se(lhs - rhs)
     # R5: negative eigenvalues of the full Hessian at the end of the run against the excess loss
-    eig = np.linalg.eigvalsh(land.eval_hessian(rec[:, -1, len(OBSERVABLES):]))
+    eig = np.linalg.eigvalsh(land.eval_hessian(rec[:, -1, len(OBSERVABLES) :]))
     out["neg_eig_sum"], out["neg_eig_sum_stderr"] = mean_se(np.where(eig < 0, eig, 0.0).sum(axis=1))
     out["loss_excess"], out["loss_excess_stderr"] = mean_se(rec[:, -1, 0] - float(land.floor_loss))
     out["neg_eig_slope_predicted"] = float(np.mean(preds["neg_eig_slope"][:, -1]))

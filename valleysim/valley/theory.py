@@ -100,7 +100,7 @@ def negative_eigenvalue_slope(lam, grad_lam, hess_lam, W_diag):
     """
     A = schur_blocks(lam, grad_lam, hess_lam)
     W = np.asarray(W_diag, dtype=float)
-    tol = 1e-12 * np.maximum(1.0, np.abs(A).max(axis=(-1, -2)))[..., None]         # (..., n, 1)
+    tol = 1e-12 * np.maximum(1.0, np.abs(A).max(axis=(-1, -2)))[..., None]  # (..., n, 1)
     all_nsd = np.all(np.linalg.eigvalsh(A) <= tol, axis=(-2, -1))
     slope = 2.0 * np.sum(W * np.trace(A, axis1=-2, axis2=-1), axis=-1) / np.sum(W * lam, axis=-1)
     return slope, all_nsd
@@ -154,7 +154,7 @@ def minibatch_noise_response(g0, J, T):
     C0 = np.einsum("...ka,...kb->...ab", dg, dg) / M
     Jbar = J.mean(axis=-3)
     P = np.einsum("...kai,...kbj->...ijab", J, J) / M - np.einsum("...ai,...bj->...ijab", Jbar, Jbar)
-    Q = np.einsum("...ka,...kbij->...ijab", dg, T) / M                   # Cov_k(g0, T_k[:, i, j])
+    Q = np.einsum("...ka,...kbij->...ijab", dg, T) / M  # Cov_k(g0, T_k[:, i, j])
     return C0, P + 0.5 * (Q + np.swapaxes(Q, -1, -2))
 
 
@@ -170,7 +170,7 @@ def stationary_second_moments_minibatch(eta, c, C0, K, lam):
     a = 1.0 - eta * lam
     # vec index (i, j) -> (a, b): (W - A W A)_ab = (1 - a_a a_b) W_ab on the diagonal of the operator
     diag = (1.0 - a[..., :, None] * a[..., None, :]).reshape(batch + (n * n,))
-    Kt = K[..., :n, :n].reshape(batch + (n * n, n * n))                   # [(i, j), (a, b)]
+    Kt = K[..., :n, :n].reshape(batch + (n * n, n * n))  # [(i, j), (a, b)]
     Lmat = np.eye(n * n) * diag[..., None, :] - eta**2 * c * np.swapaxes(Kt, -1, -2)
     rhs = eta**2 * c * C0[..., :n, :n].reshape(batch + (n * n, 1))
     return np.linalg.solve(Lmat, rhs)[..., 0].reshape(batch + (n, n))

@@ -66,8 +66,11 @@ the thread count. Every trajectory starts at the same theta_0.
 
 from valleysim._lazy import lazy_exports
 
-__getattr__, __all__ = lazy_exports(__name__, {
-    "metrics": ("BARRIER_RTOL", "GRAD_ATOL", "N_INTERP", "cosine", "interpolation_alphas", "segment_metrics"),
-    "landscape": ("WIDTH_RANGE", "WalkLandscape"),
-    "sim": ("OPTIMIZERS", "TRACE_FIELDS", "WalkRun", "isotropic_sigma", "per_bin", "simulate", "summarise"),
-})
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "metrics": ("BARRIER_RTOL", "GRAD_ATOL", "N_INTERP", "cosine", "interpolation_alphas", "segment_metrics"),
+        "landscape": ("WIDTH_RANGE", "WalkLandscape"),
+        "sim": ("OPTIMIZERS", "TRACE_FIELDS", "WalkRun", "isotropic_sigma", "per_bin", "simulate", "summarise"),
+    },
+)

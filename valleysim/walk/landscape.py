@@ -17,25 +17,39 @@ from valleysim.theory import variance_factor
 class WalkLandscape:
     """The finite-sum valley of the module docstring. Use ``WalkLandscape.make`` to build one."""
 
-    k: np.ndarray               # (N,) wall curvatures k_i
-    a: np.ndarray               # (N,) wall offsets a_i, sum 0
-    e: np.ndarray               # (N,) slope offsets e_i, sum 0
-    slope: float = 0.02         # s
-    width: float = 2.0          # w (inf: quadratic wall)
-    barrier: float = 0.02       # b
-    period: float = 1.0         # p
+    k: np.ndarray  # (N,) wall curvatures k_i
+    a: np.ndarray  # (N,) wall offsets a_i, sum 0
+    e: np.ndarray  # (N,) slope offsets e_i, sum 0
+    slope: float = 0.02  # s
+    width: float = 2.0  # w (inf: quadratic wall)
+    barrier: float = 0.02  # b
+    period: float = 1.0  # p
     barrier_width: float = 0.2  # h (inf: barriers as high everywhere across the valley)
-    kappa: float = 0.01         # curvature of the flat directions z
-    n_flat: int = 8             # m
+    kappa: float = 0.01  # curvature of the flat directions z
+    n_flat: int = 8  # m
     x0: float = 1.0
     y0: float = 0.0
     params: dict = field(default_factory=dict, compare=False)
 
     @classmethod
-    def make(cls, n_examples: int = 32, k: float = 1.0, k_spread: float = 0.2, offset_std: float = 0.4,
-             slope: float = 0.02, slope_std: float = 0.005, width: float = 2.0, barrier: float = 0.02,
-             period: float = 1.0, barrier_width: float = 0.2, kappa: float = 0.01, n_flat: int = 8,
-             x0: float = 1.0, y0: float = 0.0, seed: int = 0) -> WalkLandscape:
+    def make(
+        cls,
+        n_examples: int = 32,
+        k: float = 1.0,
+        k_spread: float = 0.2,
+        offset_std: float = 0.4,
+        slope: float = 0.02,
+        slope_std: float = 0.005,
+        width: float = 2.0,
+        barrier: float = 0.02,
+        period: float = 1.0,
+        barrier_width: float = 0.2,
+        kappa: float = 0.01,
+        n_flat: int = 8,
+        x0: float = 1.0,
+        y0: float = 0.0,
+        seed: int = 0,
+    ) -> WalkLandscape:
         """Per-example k_i = k (1 + k_spread u_i), u_i uniform in [-1, 1]; a_i, e_i Gaussian (std
         offset_std, slope_std), centred so that they sum to zero. Fixed by ``seed``."""
         N = check_int_range(n_examples, "n_examples", 1, 2**31)
@@ -66,11 +80,38 @@ class WalkLandscape:
         else:
             a[:] = 0.0
             e[:] = 0.0
-        params = dict(n_examples=N, k=k, k_spread=k_spread, offset_std=offset_std, slope=slope,
-                      slope_std=slope_std, width=width, barrier=barrier, period=period,
-                      barrier_width=barrier_width, kappa=kappa, n_flat=n_flat, x0=x0, y0=y0, seed=seed)
-        return cls(ks, a, e, float(slope), width, float(barrier), period, barrier_width, float(kappa),
-                   n_flat, float(x0), float(y0), params)
+        params = dict(
+            n_examples=N,
+            k=k,
+            k_spread=k_spread,
+            offset_std=offset_std,
+            slope=slope,
+            slope_std=slope_std,
+            width=width,
+            barrier=barrier,
+            period=period,
+            barrier_width=barrier_width,
+            kappa=kappa,
+            n_flat=n_flat,
+            x0=x0,
+            y0=y0,
+            seed=seed,
+        )
+        return cls(
+            ks,
+            a,
+            e,
+            float(slope),
+            width,
+            float(barrier),
+            period,
+            barrier_width,
+            float(kappa),
+            n_flat,
+            float(x0),
+            float(y0),
+            params,
+        )
 
     @property
     def N(self) -> int:
@@ -87,8 +128,8 @@ class WalkLandscape:
         return t
 
     def _scalars(self):
-        inv_w2 = 0.0 if math.isinf(self.width) else 1.0 / self.width ** 2
-        inv_h2 = 0.0 if math.isinf(self.barrier_width) else 1.0 / self.barrier_width ** 2
+        inv_w2 = 0.0 if math.isinf(self.width) else 1.0 / self.width**2
+        inv_h2 = 0.0 if math.isinf(self.barrier_width) else 1.0 / self.barrier_width**2
         return inv_w2, inv_h2
 
     # --- numpy reference implementations (independent of the kernel; used by tests and tables) -------
@@ -105,19 +146,26 @@ class WalkLandscape:
         """(..., N) per-example losses l_i."""
         th = np.asarray(theta, dtype=float)
         x, y, z = th[..., 0:1], th[..., 1:2], th[..., 2:]
-        return (self.k * _wall(x - self.a, self.width) + self._floor_terms(x, y) - (self.slope + self.e) * y
-                + 0.5 * self.kappa * np.sum(z * z, axis=-1, keepdims=True))
+        return (
+            self.k * _wall(x - self.a, self.width)
+            + self._floor_terms(x, y)
+            - (self.slope + self.e) * y
+            + 0.5 * self.kappa * np.sum(z * z, axis=-1, keepdims=True)
+        )
 
     def example_grads(self, theta) -> np.ndarray:
         """(N, D) per-example gradients at one point theta (D,)."""
         th = np.asarray(theta, dtype=float)
         x, y = th[0], th[1]
         u = x - self.a
-        w2 = self.width ** 2
+        w2 = self.width**2
         dW = u if math.isinf(self.width) else u / (1.0 + u * u / w2)
-        env = 1.0 if math.isinf(self.barrier_width) else math.exp(-x * x / (2 * self.barrier_width ** 2))
-        dVx = 0.0 if math.isinf(self.barrier_width) else \
-            -self.barrier * math.sin(math.pi * y / self.period) ** 2 * env * x / self.barrier_width ** 2
+        env = 1.0 if math.isinf(self.barrier_width) else math.exp(-x * x / (2 * self.barrier_width**2))
+        dVx = (
+            0.0
+            if math.isinf(self.barrier_width)
+            else -self.barrier * math.sin(math.pi * y / self.period) ** 2 * env * x / self.barrier_width**2
+        )
         dVy = self.barrier * (math.pi / self.period) * math.sin(2 * math.pi * y / self.period) * env
         G = np.empty((self.N, self.D))
         G[:, 0] = self.k * dW + dVx
@@ -133,7 +181,7 @@ class WalkLandscape:
         """d^2 L / dx^2 at x = 0, y = 0 (no barrier there): mean k_i W''(-a_i), the k of eta k."""
         if math.isinf(self.width):
             return float(self.k.mean())
-        q = self.a ** 2 / self.width ** 2
+        q = self.a**2 / self.width**2
         return float(np.mean(self.k * (1 - q) / (1 + q) ** 2))
 
     def noise_power(self, theta, S: int) -> float:
@@ -142,11 +190,11 @@ class WalkLandscape:
         return variance_factor(S, self.N) * float(np.sum(G.var(axis=0)))
 
     def _floor_terms(self, x, y):
-        env = 1.0 if math.isinf(self.barrier_width) else np.exp(-np.square(x) / (2 * self.barrier_width ** 2))
+        env = 1.0 if math.isinf(self.barrier_width) else np.exp(-np.square(x) / (2 * self.barrier_width**2))
         return self.barrier * np.sin(np.pi * y / self.period) ** 2 * env
 
 
-WIDTH_RANGE = (1e-3, 1e6)        # a finite width outside it is a quadratic or a cliff to float64: use inf
+WIDTH_RANGE = (1e-3, 1e6)  # a finite width outside it is a quadratic or a cliff to float64: use inf
 
 
 def _check_width(v, name):
@@ -155,8 +203,9 @@ def _check_width(v, name):
     except (TypeError, ValueError):
         v = math.nan
     if not (math.isinf(v) and v > 0 or WIDTH_RANGE[0] <= v <= WIDTH_RANGE[1]):
-        raise UserInputError(f"{name} must be in [{WIDTH_RANGE[0]:g}, {WIDTH_RANGE[1]:g}] or inf (quadratic); "
-                             f"got {v!r}")
+        raise UserInputError(
+            f"{name} must be in [{WIDTH_RANGE[0]:g}, {WIDTH_RANGE[1]:g}] or inf (quadratic); got {v!r}"
+        )
     return v
 
 
@@ -164,7 +213,7 @@ def _wall(u, width):
     u = np.asarray(u, dtype=float)
     if math.isinf(width):
         return 0.5 * u * u
-    return 0.5 * width ** 2 * np.log1p(u * u / width ** 2)
+    return 0.5 * width**2 * np.log1p(u * u / width**2)
 
 
 # --- the metric definitions on one segment (numpy; the kernel does the same in numba) ------------------
@@ -202,5 +251,3 @@ def _batch_grad(x, y, th, idx, nb, k, a, e, slope, inv_w2, barrier, period, inv_
     g[1] = dvy - slope - ge / nb
     for d in range(2, g.shape[0]):
         g[d] = kappa * th[d]
-
-

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 N_INTERP = 10
-BARRIER_RTOL = 1e-10   # "above" means above by more than BARRIER_RTOL (1 + |L|): round-off is not a barrier
-GRAD_ATOL = 1e-12      # cos is skipped when a gradient's norm is below this (GD stopped at a minimum)
+BARRIER_RTOL = 1e-10  # "above" means above by more than BARRIER_RTOL (1 + |L|): round-off is not a barrier
+GRAD_ATOL = 1e-12  # cos is skipped when a gradient's norm is below this (GD stopped at a minimum)
 
 
 def interpolation_alphas(n_interp: int = N_INTERP) -> np.ndarray:
@@ -28,8 +28,12 @@ def segment_metrics(losses) -> dict:
     top = max(L[0], L[-1])
     inner = float(L[1:-1].max()) if L.size > 2 else -np.inf
     crossed = inner > top + BARRIER_RTOL * (1.0 + abs(top))
-    return dict(floor=floor, height=(L[0] + L[-1] - 2 * floor) / 2, barrier=bool(crossed),
-                barrier_size=float(inner - top) if crossed else 0.0)
+    return dict(
+        floor=floor,
+        height=(L[0] + L[-1] - 2 * floor) / 2,
+        barrier=bool(crossed),
+        barrier_size=float(inner - top) if crossed else 0.0,
+    )
 
 
 def cosine(g0, g1) -> float:

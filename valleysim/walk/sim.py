@@ -22,9 +22,36 @@ _BIN_FIELDS = 6  # height sum, cos sum, cos count, barriers, floor rises, barrie
 
 
 @njit(parallel=True, cache=True)
-def _walk_kernel(k, a, e, slope, inv_w2, barrier, period, inv_h2, kappa, theta0, opt, eta, S, sigma,
-                 n_steps, R, seed, n_interp, n_bins, n_rec, div_threshold,
-                 bins, bin_steps, theta_end, dist_end, div_step, traces, interp):
+def _walk_kernel(
+    k,
+    a,
+    e,
+    slope,
+    inv_w2,
+    barrier,
+    period,
+    inv_h2,
+    kappa,
+    theta0,
+    opt,
+    eta,
+    S,
+    sigma,
+    n_steps,
+    R,
+    seed,
+    n_interp,
+    n_bins,
+    n_rec,
+    div_threshold,
+    bins,
+    bin_steps,
+    theta_end,
+    dist_end,
+    div_step,
+    traces,
+    interp,
+):
     N = k.shape[0]
     D = theta0.shape[0]
     for r in prange(R):
@@ -52,11 +79,9 @@ def _walk_kernel(k, a, e, slope, inv_w2, barrier, period, inv_h2, kappa, theta0,
                     tmp = perm[j]
                     perm[j] = perm[jj]
                     perm[jj] = tmp
-                _batch_grad(th[0], th[1], th, perm, S, k, a, e, slope, inv_w2, barrier, period, inv_h2,
-                            kappa, g)
+                _batch_grad(th[0], th[1], th, perm, S, k, a, e, slope, inv_w2, barrier, period, inv_h2, kappa, g)
             else:
-                _batch_grad(th[0], th[1], th, allidx, N, k, a, e, slope, inv_w2, barrier, period, inv_h2,
-                            kappa, g)
+                _batch_grad(th[0], th[1], th, allidx, N, k, a, e, slope, inv_w2, barrier, period, inv_h2, kappa, g)
                 if opt == 2:
                     for d in range(D):
                         g[d] += sigma * normal(state)
@@ -76,8 +101,19 @@ def _walk_kernel(k, a, e, slope, inv_w2, barrier, period, inv_h2, kappa, theta0,
                 for d in range(2, D):
                     zd = th[d] + al * (new[d] - th[d])
                     zsq += zd * zd
-                Ls[j] = _full_loss(th[0] + al * (new[0] - th[0]), th[1] + al * (new[1] - th[1]), zsq,
-                                   k, a, slope, inv_w2, barrier, period, inv_h2, kappa)
+                Ls[j] = _full_loss(
+                    th[0] + al * (new[0] - th[0]),
+                    th[1] + al * (new[1] - th[1]),
+                    zsq,
+                    k,
+                    a,
+                    slope,
+                    inv_w2,
+                    barrier,
+                    period,
+                    inv_h2,
+                    kappa,
+                )
             L1 = Ls[n_interp + 1]
             fl = Ls[0]
             inner = -np.inf
@@ -140,6 +176,7 @@ def _walk_kernel(k, a, e, slope, inv_w2, barrier, period, inv_h2, kappa, theta0,
 
 # --- the driver ---------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class WalkRun:
     """An ensemble walk. R trajectories, T steps, n_bins windows of the run.
@@ -177,9 +214,21 @@ def isotropic_sigma(land: WalkLandscape, S: int, noise_factor: float = 1.0) -> f
     return math.sqrt(noise_factor * land.noise_power(land.theta0, S) / land.D)
 
 
-def simulate(land: WalkLandscape, eta: float, batch_size: int | None = None, *, optimizer: str = "sgd",
-             steps: int, trajectories: int = 64, seed: int = 0, n_bins: int = 4, n_rec: int = 4,
-             noise_factor: float = 1.0, n_interp: int = N_INTERP, div_threshold: float = 1e8) -> WalkRun:
+def simulate(
+    land: WalkLandscape,
+    eta: float,
+    batch_size: int | None = None,
+    *,
+    optimizer: str = "sgd",
+    steps: int,
+    trajectories: int = 64,
+    seed: int = 0,
+    n_bins: int = 4,
+    n_rec: int = 4,
+    noise_factor: float = 1.0,
+    n_interp: int = N_INTERP,
+    div_threshold: float = 1e8,
+) -> WalkRun:
     """Run ``trajectories`` walks of ``steps`` steps from theta_0 (see the package docstring); ``batch_size``
     is S for sgd and gd-noise (ignored by gd, which uses all N)."""
     if optimizer not in OPTIMIZERS:
@@ -196,14 +245,18 @@ def simulate(land: WalkLandscape, eta: float, batch_size: int | None = None, *, 
         S = land.N
     else:
         if batch_size is None:
-            raise UserInputError(f"optimizer {optimizer} needs a batch size S (gd-noise: its noise power is "
-                                 "SGD's at batch S at the start)")
+            raise UserInputError(
+                f"optimizer {optimizer} needs a batch size S (gd-noise: its noise power is "
+                "SGD's at batch S at the start)"
+            )
         S = check_batch_size(batch_size, land.N)
     sigma = isotropic_sigma(land, S, noise_factor) if optimizer == "gd-noise" else 0.0
     n_rec = min(n_rec, R)
-    check_fits(float(R) * (n_bins * (_BIN_FIELDS + 1) + land.D + 4 + land.N) * F64
-               + float(n_rec) * steps * (len(TRACE_FIELDS) + n_interp + 2) * F64,
-               f"{R} trajectories of {steps} steps in {n_bins} windows ({n_rec} traced)")
+    check_fits(
+        float(R) * (n_bins * (_BIN_FIELDS + 1) + land.D + 4 + land.N) * F64
+        + float(n_rec) * steps * (len(TRACE_FIELDS) + n_interp + 2) * F64,
+        f"{R} trajectories of {steps} steps in {n_bins} windows ({n_rec} traced)",
+    )
     inv_w2, inv_h2 = land._scalars()
     bins = np.zeros((R, n_bins, _BIN_FIELDS))
     bin_steps = np.zeros((R, n_bins), dtype=np.int64)
@@ -212,11 +265,53 @@ def simulate(land: WalkLandscape, eta: float, batch_size: int | None = None, *, 
     div_step = np.empty(R, dtype=np.int64)
     traces = np.full((n_rec, steps, len(TRACE_FIELDS)), np.nan)
     interp = np.full((n_rec, steps, n_interp + 2), np.nan)
-    _walk_kernel(land.k, land.a, land.e, land.slope, inv_w2, land.barrier, land.period, inv_h2, land.kappa,
-                 land.theta0, _OPT_CODE[optimizer], eta, S, sigma, steps, R, seed, n_interp, n_bins, n_rec,
-                 float(div_threshold), bins, bin_steps, theta_end, dist_end, div_step, traces, interp)
-    return WalkRun(land, optimizer, eta, None if optimizer == "gd" else S, sigma, steps, R, seed, bins,
-                   bin_steps, theta_end, dist_end, div_step, traces, interp)
+    _walk_kernel(
+        land.k,
+        land.a,
+        land.e,
+        land.slope,
+        inv_w2,
+        land.barrier,
+        land.period,
+        inv_h2,
+        land.kappa,
+        land.theta0,
+        _OPT_CODE[optimizer],
+        eta,
+        S,
+        sigma,
+        steps,
+        R,
+        seed,
+        n_interp,
+        n_bins,
+        n_rec,
+        float(div_threshold),
+        bins,
+        bin_steps,
+        theta_end,
+        dist_end,
+        div_step,
+        traces,
+        interp,
+    )
+    return WalkRun(
+        land,
+        optimizer,
+        eta,
+        None if optimizer == "gd" else S,
+        sigma,
+        steps,
+        R,
+        seed,
+        bins,
+        bin_steps,
+        theta_end,
+        dist_end,
+        div_step,
+        traces,
+        interp,
+    )
 
 
 def per_bin(run: WalkRun) -> dict:
@@ -225,8 +320,9 @@ def per_bin(run: WalkRun) -> dict:
     ok = run.diverged_step < 0
     b, n = run.bins[ok], run.bin_steps[ok].astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cols = dict(height=b[..., 0] / n, cos=b[..., 1] / b[..., 2], barriers=b[..., 3],
-                    floor_rise_fraction=b[..., 4] / n)
+        cols = dict(
+            height=b[..., 0] / n, cos=b[..., 1] / b[..., 2], barriers=b[..., 3], floor_rise_fraction=b[..., 4] / n
+        )
     return {k: [mean_se(v[:, j]) for j in range(v.shape[1])] for k, v in cols.items()}
 
 
@@ -241,17 +337,33 @@ def summarise(run: WalkRun, window: str = "second-half") -> dict:
     ball = run.bins[ok].sum(axis=1)
     y0 = run.land.y0
     with np.errstate(invalid="ignore", divide="ignore"):
-        metrics = dict(height=b[:, 0] / n, cos=b[:, 1] / b[:, 2], barriers_per_step=b[:, 3] / n,
-                       barriers_total=ball[:, 3], floor_rise_fraction=b[:, 4] / n,
-                       distance=run.dist_end[ok], progress=run.theta_end[ok, 1] - y0,
-                       final_loss=run.land.loss(run.theta_end[ok]),
-                       wall_amplitude=np.abs(run.theta_end[ok, 0]),
-                       flat_norm=np.linalg.norm(run.theta_end[ok, 2:], axis=1))
-    out = dict(optimizer=run.optimizer, eta=run.eta, batch=run.batch, eta_k=run.eta * run.land.floor_curvature(),
-               sigma=run.sigma, steps=run.steps, trajectories=run.trajectories, seed=run.seed,
-               window=window, completed=int(ok.sum()), diverged=int((~ok).sum()),
-               first_divergence_step=int(run.diverged_step[~ok].min()) if (~ok).any() else None,
-               landscape=run.land.params)
+        metrics = dict(
+            height=b[:, 0] / n,
+            cos=b[:, 1] / b[:, 2],
+            barriers_per_step=b[:, 3] / n,
+            barriers_total=ball[:, 3],
+            floor_rise_fraction=b[:, 4] / n,
+            distance=run.dist_end[ok],
+            progress=run.theta_end[ok, 1] - y0,
+            final_loss=run.land.loss(run.theta_end[ok]),
+            wall_amplitude=np.abs(run.theta_end[ok, 0]),
+            flat_norm=np.linalg.norm(run.theta_end[ok, 2:], axis=1),
+        )
+    out = dict(
+        optimizer=run.optimizer,
+        eta=run.eta,
+        batch=run.batch,
+        eta_k=run.eta * run.land.floor_curvature(),
+        sigma=run.sigma,
+        steps=run.steps,
+        trajectories=run.trajectories,
+        seed=run.seed,
+        window=window,
+        completed=int(ok.sum()),
+        diverged=int((~ok).sum()),
+        first_divergence_step=int(run.diverged_step[~ok].min()) if (~ok).any() else None,
+        landscape=run.land.params,
+    )
     for key, v in metrics.items():
         m, se = mean_se(v)
         out[key], out[f"{key}_se"] = m, se
