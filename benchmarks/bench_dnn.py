@@ -49,7 +49,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import argparse  # noqa: E402
 import copy  # noqa: E402
 import hashlib  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -65,6 +64,7 @@ from dnn.data import batches, channel_stats, load_cifar10, measurement_subset, n
 from dnn.models import build_model  # noqa: E402
 from dnn.objective import Objective  # noqa: E402
 from dnn.train import TrainConfig, seed_for  # noqa: E402
+from valleysim.jsonout import atomic_write, dumps  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = math.ceil(50000 / 128)  # 391
@@ -544,8 +544,7 @@ def main(argv=None) -> dict:
         "overhead": ov,
     }
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2, default=float)
+        atomic_write(args.out, (dumps(result, indent=2) + "\n").encode())
     return result
 
 

@@ -36,13 +36,13 @@ THREADS = min(2, os.cpu_count() or 1)
 os.environ.setdefault("OPENBLAS_NUM_THREADS", str(THREADS))  # numpy's BLAS, before numpy loads
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import time  # noqa: E402
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from valleysim.jsonout import atomic_write, dumps  # noqa: E402
 from valleysim.quadratic.integrator import simulate  # noqa: E402
 from valleysim.quadratic.landscape import generate  # noqa: E402
 
@@ -248,8 +248,7 @@ def main(argv=None) -> dict:
         "numba_bitwise_across_threads": bitwise,
     }
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2)
+        atomic_write(args.out, (dumps(result, indent=2) + "\n").encode())
     return result
 
 

@@ -39,7 +39,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import ast  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -51,6 +50,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
+from valleysim.jsonout import atomic_write, dumps  # noqa: E402
 from valleysim.rng import normal, seed_state  # noqa: E402
 from valleysim.stats import mean_se  # noqa: E402
 from valleysim.valley.codegen import OBSERVABLES, kernel_source  # noqa: E402
@@ -643,8 +643,7 @@ def main(argv=None) -> dict:
         "compile_cache": cache,
     }
     if args.out:
-        with open(args.out, "w") as fh:
-            json.dump(result, fh, indent=2, default=float)
+        atomic_write(args.out, (dumps(result, indent=2) + "\n").encode())
     return result
 
 
