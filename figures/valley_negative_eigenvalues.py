@@ -94,7 +94,9 @@ def measure(land, eta: float, S: int, M: int, R: int, n_rec: int, seed: int) -> 
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--landscapes", default=",".join(LANDSCAPES), help=f"comma-separated, from {list(LANDSCAPES)}")
-    p.add_argument("--dataset-size", type=T.integer(2), default=32, help="data-set size M")
+    p.add_argument(
+        "--n-examples", "--dataset-size", dest="dataset_size", type=T.integer(2), default=32, help="data-set size M"
+    )
     args = p.parse_args(argv)
     timer = C.Timer()
     R, n_rec = (1000, 20) if not args.quick else (200, 5)

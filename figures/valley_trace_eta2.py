@@ -23,7 +23,9 @@ ETAS = (0.002, 0.004, 0.006, 0.008, 0.010, 0.012, 0.016, 0.020, 0.025, 0.030)
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=T.count, default=10, help="mini-batch size S")
-    p.add_argument("--dataset-size", type=T.integer(2), default=1000, help="data-set size M")
+    p.add_argument(
+        "--n-examples", "--dataset-size", dest="dataset_size", type=T.integer(2), default=1000, help="data-set size M"
+    )
     p.add_argument("--init", default="t3=1,t4=1", help="start (theta = 0)")
     args = p.parse_args(argv)
     timer = C.Timer()

@@ -86,7 +86,9 @@ def main(argv=None) -> int:
     p.add_argument("--inits", default=";".join(INITS), help="';'-separated starting points (one figure row each)")
     p.add_argument("--eta", type=T.positive, default=0.01)
     p.add_argument("--batch", type=T.count, default=10, help="mini-batch size S (sgd scale c(S, M))")
-    p.add_argument("--dataset-size", type=T.integer(2), default=1000, help="data-set size M")
+    p.add_argument(
+        "--n-examples", "--dataset-size", dest="dataset_size", type=T.integer(2), default=1000, help="data-set size M"
+    )
     args = p.parse_args(argv)
     timer = C.Timer()
     steps, burn_in, R = (20000, 3000, 1000) if not args.quick else (4000, 2000, 200)

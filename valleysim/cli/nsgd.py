@@ -35,7 +35,9 @@ def add_parser(sub) -> None:
     v.add_argument("--trajectories", type=T.count, default=8, help="ensemble size R")
     v.add_argument("--dim", type=T.integer(2), default=20, metavar="D", help="dimension")
     v.add_argument("--sharp", type=T.count, default=2, metavar="Ks", help="sharp directions")
-    v.add_argument("--examples", type=T.count, default=100, metavar="N", help="examples")
+    v.add_argument(
+        "--n-examples", "--examples", dest="examples", type=T.count, default=100, metavar="N", help="examples"
+    )
     v.add_argument("--a-hi", type=T.positive, default=100.0, help="wall curvature in the sharp region")
     v.add_argument("--seed", type=T.seed, default=0)
     v.add_argument("--json", action="store_true", help="print one JSON object")

@@ -32,7 +32,14 @@ def add_parser(sub) -> None:
     v.add_argument("--noise-scale", type=T.positive, help="noise scale > 0 (default c(S, M) = (M - S) / (S (M - 1)))")
     v.add_argument("--eta", type=T.positive, required=True, help="learning rate > 0")
     v.add_argument("--batch", type=T.count, metavar="S", help="mini-batch size")
-    v.add_argument("--dataset-size", type=T.integer(2), metavar="M", help="training-set size (finite sums: their own)")
+    v.add_argument(
+        "--n-examples",
+        "--dataset-size",
+        dest="dataset_size",
+        type=T.integer(2),
+        metavar="M",
+        help="training-set size (finite sums: their own)",
+    )
     v.add_argument("--steps", type=T.count, default=1000, help="steps in the measurement window")
     v.add_argument("--burn-in", type=T.natural, default=1000, help="steps before the window (equilibrates theta)")
     v.add_argument("--trajectories", type=T.integer(2), default=1024, help="ensemble size R (>= 2)")
@@ -40,6 +47,7 @@ def add_parser(sub) -> None:
     v.add_argument("--seed", type=T.seed, default=0)
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument(
+        "--out",
         "--plot",
         type=T.out_dir,
         metavar="DIR",
@@ -80,18 +88,18 @@ def cmd_valley(args) -> int:
         record_every=record_every,
     )
     summary = {k: json_safe(v) for k, v in summarise(run).items()}
-    if args.plot is not None:
+    if args.out is not None:
         from valleysim.valley.plots import plot_run
 
-        args.plot.mkdir(parents=True, exist_ok=True)
-        plot_run(run, args.plot / "valley.png")
-        (args.plot / "valley.json").write_text(dumps(summary, indent=2) + "\n", encoding="utf-8")
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot_run(run, args.out / "valley.png")
+        (args.out / "valley.json").write_text(dumps(summary, indent=2) + "\n", encoding="utf-8")
     if args.json:
         print(dumps(summary, indent=2))
     else:
         print(format_summary(summary))
-        if args.plot is not None:
-            print(f"figure -> {(args.plot / 'valley.png').resolve()}")
+        if args.out is not None:
+            print(f"figure -> {(args.out / 'valley.png').resolve()}")
     return 0
 
 
