@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
-import math
 import os
 from concurrent.futures import Executor
 from pathlib import Path
@@ -37,7 +36,7 @@ from matplotlib.ticker import FormatStrFormatter, FuncFormatter  # noqa: E402
 from scipy.optimize import brentq  # noqa: E402
 
 from valleysim.errors import UserInputError, check_batch_size, check_int_range  # noqa: E402
-from valleysim.jsonout import dumps, read_json  # noqa: E402
+from valleysim.jsonout import dumps, json_safe, read_json  # noqa: E402
 from valleysim.memory import check_fits  # noqa: E402
 from valleysim.quadratic import reshuffle  # noqa: E402
 from valleysim.quadratic.batches import MAX_BATCHES, count_batches  # noqa: E402
@@ -49,11 +48,6 @@ from valleysim.runner import run_sweep  # noqa: E402
 from valleysim.theory import check_scheme, necessary_eta_bounds, variance_factor  # noqa: E402
 
 DIVERGENCE_FACTOR = 1e12
-
-
-def _finite(x) -> float | None:
-    """JSON-safe number: None for nan/inf (meaning 'none in range' / 'not available')."""
-    return float(x) if x is not None and math.isfinite(x) else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -121,12 +115,12 @@ def evaluate_batch_size(
     out = {"eta_star": None, "sharpness_bound": None, "noise_bound": None}
     if scheme == "reshuffle":
         if q.N <= reshuffle.MAX_N:
-            out["eta_star"] = _finite(reshuffle.eta_star(q, S))
+            out["eta_star"] = json_safe(reshuffle.eta_star(q, S))
     else:
         m = MomentMap(q)
         c = variance_factor(S, q.N, scheme)
         sharp, noise = necessary_eta_bounds(m.lambda_max, m.nonuniformity(), c)
-        out.update(eta_star=_finite(m.eta_star(c)), sharpness_bound=_finite(sharp), noise_bound=_finite(noise))
+        out.update(eta_star=json_safe(m.eta_star(c)), sharpness_bound=json_safe(sharp), noise_bound=json_safe(noise))
     out["lyapunov_boundary"], out["lyapunov_boundary_method"] = lyapunov_boundary(
         q, S, scheme, eta_lo, eta_hi, n_traj=n_traj, n_steps=n_steps, seed=seed
     )
