@@ -217,9 +217,9 @@ def test_hessians_with_huge_finite_values_are_refused(workdir, cli):
 
 def test_unwritable_kernel_cache_falls_back_with_a_warning(workdir, cli, monkeypatch):
     monkeypatch.setenv("VALLEYSIM_CACHE", str(workdir / "afile"))  # under a file: cannot be created
-    from valleysim.valley import codegen as valley_codegen
+    from valleysim.valley import codegen
 
-    monkeypatch.setattr(valley_codegen, "_FALLBACK", [])
+    monkeypatch.setattr(codegen, "_FALLBACK", [])
     code, out, err = cli(*QUICK_VALLEY)
     assert code == 0 and "trace drift" in out
     assert err.startswith("valleysim: warning: kernel cache") and err.count("\n") == 1, err

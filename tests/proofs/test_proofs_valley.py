@@ -327,7 +327,7 @@ def test_toy_drifts(t3, t4, eta, c, s):
 @settings(max_examples=10)
 @given(seed=st.integers(0, 2**31), batch=st.integers(1, 4))
 def test_functions_broadcast_over_a_batch_axis(seed, batch):
-    """Every valley_theory function, given a leading batch axis, returns the per-item results stacked."""
+    """Every valley.theory function, given a leading batch axis, returns the per-item results stacked."""
     rng = np.random.default_rng(seed)
     eta = 0.1
     lam = rng.uniform(0.5, 5.0, (batch, 2))
