@@ -27,6 +27,8 @@ HELP = {
     "momentum": "in [0, 1)",
     "n_train": "use the first n training examples",
     "augment": "no random crop / flip",
+    "drop_last": "keep each epoch's last partial batch (default: dropped)",
+    "test_size": "score the first n test examples in every row (default: the whole test set; 0: none)",
     "nsgd_every": "steps between eigenvector recomputations",
     "noise_std": "gd-noise: sigma per coordinate",
     "probes": "comma list of lanczos, trace, covariance, step, curvature, walk, negative",
@@ -74,6 +76,7 @@ OPTIONS = {
     "weight_decay": dict(type=T.nonnegative),
     "noise_std": dict(type=T.nonnegative),
     "probe_every": dict(type=T.natural),
+    "test_size": dict(type=T.natural),
     "measure_fraction": dict(type=T.fraction),
     "measure_dtype": dict(choices=("float32", "float64")),
     "cov_batches": dict(type=T.integer(2)),
@@ -156,7 +159,8 @@ def cmd_train(a) -> int:
     cfg = config_from_args(a)  # checks every value and the device
     order = None if a.label_order == "none" else a.label_order
     images, labels = load_cifar10(a.data, "train", label_order=order)
-    store = train(cfg, a.out, images, labels, progress=not a.no_progress)
+    test = None if cfg.test_size == 0 else load_cifar10(a.data, "test", label_order=order)
+    store = train(cfg, a.out, images, labels, test=test, progress=not a.no_progress)
     rows = store.rows()
     last = rows[-1] if rows else {}
     keys = (
@@ -164,6 +168,8 @@ def cmd_train(a) -> int:
         "epoch",
         "measure_loss",
         "measure_acc",
+        "test_loss",
+        "test_acc",
         "lambda_max",
         "trace_hessian",
         "lambda_K",

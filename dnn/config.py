@@ -34,6 +34,8 @@ class TrainConfig:
     max_steps: int | None = None
     n_train: int | None = None  # first n training examples (canonical order); None: all
     augment: bool = True
+    drop_last: bool = True  # drop each epoch's last partial batch (its few examples make transient spikes)
+    test_size: int | None = None  # first n test examples scored in every row; None: all given, 0: none
     nsgd_gamma: float = 0.01
     nsgd_k: int = 5
     nsgd_every: int = 100
@@ -102,6 +104,8 @@ class TrainConfig:
             check_int_range(getattr(self, name), name, 1)
         check_int_range(self.cov_batches, "cov_batches (a covariance needs two gradients)", 2)
         check_int_range(self.probe_every, "probe_every (steps; 0: off)", 0)
+        if self.test_size is not None:
+            check_int_range(self.test_size, "test_size (0: no test metrics)", 0)
         for name in ("momentum", "weight_decay", "noise_std"):
             check_range(getattr(self, name), name, 0, math.inf)
         if self.momentum >= 1:

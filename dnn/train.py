@@ -88,13 +88,17 @@ def train(
     images: np.ndarray,
     labels: np.ndarray,
     *,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
     progress: bool = True,
     input_shape=None,
     num_classes: int = 10,
 ) -> RunStore:
     """Trains (or resumes) the run ``cfg`` in ``out`` on ``images`` uint8 (N, H, W, C), ``labels`` (N,).
 
-    Returns the store; rows via ``store.rows()``. Resumes from ``out/checkpoint.pt`` if present.
+    ``test`` (images, labels): every probe row gets ``test_loss`` and ``test_acc`` on its first
+    ``cfg.test_size`` examples (all when None; 0: none), normalised with the training statistics,
+    BatchNorm in eval mode. Returns the store; rows via ``store.rows()``. Resumes from
+    ``out/checkpoint.pt`` if present.
     """
     if cfg.n_train is not None:
         if not (1 <= cfg.n_train <= len(images)):
@@ -102,6 +106,8 @@ def train(
         images, labels = images[: cfg.n_train], labels[: cfg.n_train]
     if cfg.batch > len(images):
         raise UserInputError(f"batch {cfg.batch} is larger than the training set ({len(images)})")
+    if test is not None and cfg.test_size is not None and cfg.test_size > len(test[0]):
+        raise UserInputError(f"test_size must be in 0..{len(test[0])} (the test set given); got {cfg.test_size}")
     device = check_device(cfg.device)
     input_shape = input_shape or (images.shape[3], images.shape[1], images.shape[2])
     params, acts = footprint(cfg.model, num_classes=num_classes, input_shape=input_shape, width=cfg.width)
@@ -126,7 +132,10 @@ def train(
         model.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True))
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     n = len(images)
-    steps_per_epoch = 1 if cfg.optimizer in ("gd", "gd-noise") else math.ceil(n / cfg.batch)
+    if cfg.optimizer in ("gd", "gd-noise"):
+        steps_per_epoch = 1
+    else:
+        steps_per_epoch = n // cfg.batch if cfg.drop_last else math.ceil(n / cfg.batch)
     total_steps = cfg.epochs * steps_per_epoch
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -171,6 +180,11 @@ def train(
     )
     acc_hist = deque(state["acc_hist"], maxlen=cfg.acc_window)
     full_x = full_y = None
+    test_x = test_y = None
+    if test is not None and cfg.test_size != 0:
+        k = len(test[0]) if cfg.test_size is None else cfg.test_size
+        test_x = _model_data(test[0][:k], mean, std, channels_last).to(device)
+        test_y = torch.as_tensor(np.asarray(test[1][:k])).to(device)
     if cfg.optimizer in ("gd", "gd-noise"):
         full_x, full_y = _model_data(images, mean, std, channels_last).to(device), torch.as_tensor(labels).to(device)
 
@@ -203,6 +217,8 @@ def train(
             measure_acc=objective.accuracy(),
             **metrics,
         )
+        if test_x is not None:
+            row["test_loss"], row["test_acc"] = evaluate(model, test_x, test_y, max(cfg.batch, 256))
         state["probe_time"] += time.perf_counter() - t0
         state["wall"] = time.perf_counter() - t_start
         row.update(
@@ -231,6 +247,7 @@ def train(
                 cfg.batch,
                 gen,
                 augment=cfg.augment,
+                drop_last=cfg.drop_last,
                 mean=mean,
                 std=std,
                 device=device,
@@ -312,6 +329,20 @@ def train(
     checkpoint()
     bar.close()
     return store
+
+
+@torch.no_grad()
+def evaluate(model, x, y, chunk: int) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` in eval mode on (x, y), in chunks; the mode is restored."""
+    was_training = model.training
+    model.eval()
+    total, correct = 0.0, 0
+    for s in range(0, x.shape[0], chunk):
+        logits = model(x[s : s + chunk])
+        total += float(F.cross_entropy(logits.double(), y[s : s + chunk], reduction="sum"))
+        correct += int((logits.argmax(1) == y[s : s + chunk]).sum())
+    model.train(was_training)
+    return total / x.shape[0], correct / x.shape[0]
 
 
 def _full_gradient(model, x, y, chunk: int) -> tuple[float, float]:

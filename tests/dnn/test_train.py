@@ -298,3 +298,40 @@ def test_a_network_that_cannot_fit_is_refused_before_the_run_directory_exists(tm
     code, _, err = cli("dnn", "train", "--data", data, "--out", tmp_path / "run", "--width", "1000", "--batch", "4")
     assert code == 2 and "parameters, batch 4) needs about" in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("drop_last, steps", [(True, 2), (False, 3)])
+def test_the_last_partial_batch_is_dropped_unless_kept(tmp_path, drop_last, steps):
+    """20 examples in batches of 8: 2 full batches an epoch (the 4-example rest dropped), or 3 with it."""
+    x, y = synthetic(20)
+    rows = train(cfg(epochs=2, probes=(), drop_last=drop_last), tmp_path, x, y, progress=False).rows()
+    assert [(r["step"], r["reason"]) for r in rows] == [(0, "start"), (steps, "epoch"), (2 * steps, "end")]
+
+
+def test_test_metrics_are_the_eval_mode_loss_on_the_test_set(tmp_path):
+    """test_loss / test_acc of the last row against a float64 forward pass by hand: the final weights,
+    the test images normalised with the training set's channel statistics (numpy), log-softmax."""
+    import numpy as np
+
+    x, y = synthetic(24)
+    tx, ty = synthetic(30, seed=5)
+    rows = train(
+        cfg(model="simplecnn-bn", epochs=1, probes=(), test_size=20), tmp_path, x, y, test=(tx, ty), progress=False
+    ).rows()
+    assert all("test_loss" in r and "test_acc" in r for r in rows)
+    m = build_model("simplecnn-bn", input_shape=(3, 8, 8), width=0.125)
+    m.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]["model"])
+    f = x.astype(np.float64) / 255
+    mean, std = f.mean(axis=(0, 1, 2)), f.std(axis=(0, 1, 2))
+    t = ((tx[:20].astype(np.float64) / 255 - mean) / std).transpose(0, 3, 1, 2)
+    m.eval()
+    with torch.no_grad():
+        logits = m.double()(torch.as_tensor(t)).numpy()
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    assert rows[-1]["test_loss"] == pytest.approx(-logp[np.arange(20), ty[:20]].mean(), rel=1e-5)
+    assert rows[-1]["test_acc"] == np.mean(logits.argmax(1) == ty[:20])
+    with pytest.raises(UserInputError, match="test_size must be in 0..30"):
+        train(cfg(test_size=31), tmp_path / "b", x, y, test=(tx, ty), progress=False)
+    none = train(cfg(epochs=1, probes=(), test_size=0), tmp_path / "c", x, y, test=(tx, ty), progress=False)
+    assert all("test_loss" not in r for r in none.rows())
