@@ -15,8 +15,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# the demo's network section runs on CIFAR-10 at $(DATA): $VALLEYSIM_DATA, else ../shared/data when present
+DATA ?= $(or $(VALLEYSIM_DATA),$(wildcard ../shared/data))
+
 demo: $(STAMP)
-	$(BIN)/valleysim demo --out $(RESULTS)
+	$(BIN)/valleysim demo --out $(RESULTS) $(if $(DATA),--data $(DATA))
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -61,3 +61,11 @@ def test_bad_hessian_files_are_named(tmp_path, installed, array, message):
     np.save(path, array)
     res = installed("stability", "--hessians", path, "--eta", "0.1", "--batch", "1")
     assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr
+
+
+def test_the_demo_network_section_says_how_to_enable_it(monkeypatch):
+    from valleysim.cli.dnn import network_section
+
+    monkeypatch.delenv("VALLEYSIM_DATA", raising=False)
+    summary, md = network_section(None, None)
+    assert summary is None and "valleysim demo --data ../shared/data" in md and "$VALLEYSIM_DATA" in md

@@ -18,7 +18,7 @@ COMMAND_GROUPS = (quadratic, valley, break_even, walk, nsgd, dnn)
 def cmd_demo(args) -> int:
     from valleysim.cli.demo import run_demo  # the main job (matplotlib and every toy) loads only here
 
-    run_demo(args.out, quick=args.quick)
+    run_demo(args.out, quick=args.quick, data=args.data)
     return 0
 
 
@@ -28,6 +28,9 @@ def build_parser() -> T.OneLineParser:
     d = sub.add_parser("demo", help="the main job: theory vs simulation on built-in landscapes, figures")
     d.add_argument("--out", type=T.out_dir, default="results", help="output directory (default results/)")
     d.add_argument("--quick", action="store_true", help="smaller ensembles (about a minute)")
+    d.add_argument(
+        "--data", default=None, help="CIFAR-10 path for the network section (default $VALLEYSIM_DATA; none: skipped)"
+    )
     d.set_defaults(func=cmd_demo)
     for group in COMMAND_GROUPS:
         group.add_parser(sub)

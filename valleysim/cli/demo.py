@@ -314,7 +314,8 @@ def walk_table(quick: bool) -> tuple[list[dict], str]:
     return rows, "\n".join(md)
 
 
-def run_demo(out: Path, quick: bool = False) -> dict:
+def run_demo(out: Path, quick: bool = False, data=None) -> dict:
+    """The main job into ``out``; the network section runs when ``data`` (or ``$VALLEYSIM_DATA``) names CIFAR-10."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     print("valleysim demo: SGD stability on per-example quadratics (theory vs simulation)\n")
@@ -359,6 +360,11 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         )
         phases[name] = str(out / slug / "phase_diagram.png")
         print(f"phase diagram {name}: {len(phase_rows)} points -> {phases[name]}")
+    from valleysim.cli.dnn import network_section
+
+    print("\na network at the edge of stability: full-batch GD, lambda_max against 2/eta (R1, R7)\n")
+    network, network_md = network_section(data, out, quick)
+    print(network_md, "\n")
     from proofs.__main__ import main as proofs_main
 
     proofs_main(["--out", str(out / "proofs.md")])
@@ -369,6 +375,7 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         "break_even": be_rows,
         "walk": walk_rows,
         "phase_diagrams": phases,
+        "network_edge_of_stability": network,
         "seconds": round(time.time() - t0, 1),
     }
     (out / "demo_summary.json").write_text(dumps(summary, indent=2))
@@ -383,6 +390,8 @@ def run_demo(out: Path, quick: bool = False) -> dict:
         + be_md
         + "\n\n## A walk with SGD (R9)\n\n"
         + walk_md
+        + "\n\n## A network at the edge of stability (R1, R7)\n\n"
+        + network_md
         + "\n"
     )
     print(f"\nwrote {out}/ in {summary['seconds']} s")
