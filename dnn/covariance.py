@@ -138,7 +138,8 @@ def covariance_from_gram(
     without replacement), c = 1 / M when it is None (indices i.i.d. with replacement). The spectrum
     comes from the L x L Gram matrix D D^T / (L c) (same nonzero eigenvalues as K_hat); eigenvectors
     D^T u / ||D^T u||. Tr K_hat = ||D||_F^2 / (L c) exactly. Returns the keys of the module docstring
-    (top min(k, L) eigenpairs).
+    (top min(k, L) eigenpairs), and the paper's units: ``lambda_K_gram`` and ``trace_K_gram``, the top
+    eigenvalue and the trace of the Gram D D^T itself (= L c x ours; E Tr = L c Tr K, not Tr K).
     """
     if G_batches.ndim != 2:
         raise UserInputError(f"G_batches must have shape (L, P), got {tuple(G_batches.shape)}")
@@ -155,7 +156,10 @@ def covariance_from_gram(
         )
     c = variance_factor(M, M, "with_replacement") if n_total is None else variance_factor(M, n_total)
     D = G_batches.to(torch.float64) - g_full.to(device=G_batches.device, dtype=torch.float64)
-    return _spectrum(D, 1.0 / (L * c), k)
+    out = _spectrum(D, 1.0 / (L * c), k)
+    # the paper's K_hat (break-even-point.txt App. B): the L x L Gram <g_i - g, g_j - g>, no 1/L, no 1/c
+    out.update(lambda_K_gram=L * c * out["lambda_K"], trace_K_gram=float((D * D).sum()))
+    return out
 
 
 def gradient_covariance(

@@ -117,7 +117,7 @@ def _covariance(ctx: ProbeContext) -> dict:
     G = covariance.mini_batch_gradients(obj, ctx.cfg.cov_batches, m, seed=ctx.cfg.seed + ctx.step)
     res = covariance.covariance_from_gram(G, obj.grad(), m, obj.n, k=5)
     ctx.state["eigvecs_K"] = res["eigenvectors_K"].detach().cpu()  # top-5 of K, kept with the checkpoint
-    out = {k: float(res[k]) for k in ("lambda_K", "trace_K", "trace_ratio")}
+    out = {k: float(res[k]) for k in ("lambda_K", "trace_K", "trace_ratio", "lambda_K_gram", "trace_K_gram")}
     out.update({f"lambda_K_{i + 1}": float(v) for i, v in enumerate(res["eigenvalues_K"])})
     V5 = res["eigenvectors_K"][:5]
     if V5.shape[0] == 5 and bool((V5.norm(dim=1) > 0).all()):  # zero rows: K's rank < 5

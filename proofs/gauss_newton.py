@@ -74,6 +74,8 @@ def check_batch_covariance() -> None:
     cov = sum(((mb - vbar) * (mb - vbar).T for mb in means), sp.zeros(2, 2)) / len(batches)
     cfac = variance_factor_without_replacement.subs({N_: 3, S_: 2})
     check(cov, cfac * Kv, "Cov(g_B) = c K")
+    L = sp.Symbol("L", positive=True, integer=True)
+    check(L * cov.trace(), L * cfac * Kv.trace(), "E Tr K_hat = L c Tr K for the Gram of L batches (no 1/L, no 1/c)")
     check_true(any(sp.expand(e) != 0 for e in cov - cfac * Gv), "Cov(g_B) != c G unless g = 0")
 
 
