@@ -144,7 +144,7 @@ def plot(s: dict, path: Path) -> None:
     ax.set(xlabel="GD step", ylabel=r"$\lambda_{max}$ of the training loss", title="edge of stability on a network")
     ax2 = ax.twinx()
     ax2.plot(steps, [t["loss"] for t in s["probes"]], color="C3", lw=1, label="training loss")
-    ax2.set(ylabel="training loss", yscale="log")
+    ax2.set(ylabel="training loss")
     h1, l1 = ax.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax.legend(h1 + h2, l1 + l2, fontsize=8, loc="lower right")
