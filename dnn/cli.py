@@ -145,6 +145,21 @@ def add_parser(sub) -> None:
     c.add_argument("--no-progress", action="store_true")
     c.set_defaults(func=cmd_crosscheck)
 
+    s = dsub.add_parser(
+        "study",
+        help="a network study with seeds and confidence intervals (resumable): report.md and tidy CSVs",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    s.add_argument("name", choices=STUDIES, help="the study (the other papers' studies are not built yet)")
+    s.add_argument("--data", default=None, help="CIFAR-10 path (default $VALLEYSIM_DATA)")
+    s.add_argument("--label-order", default="auto", help="as for dnn train")
+    s.add_argument("--preset", default="quick", help="quick (2-core CPU) or paper (meant for a GPU)")
+    s.add_argument("--seeds", type=T.count, default=None, help="seeds per grid point (default: the preset's)")
+    s.add_argument("--out", type=T.out_dir, required=True, help="study directory (runs/, report.md, CSVs)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--no-progress", action="store_true")
+    s.set_defaults(func=cmd_study)
+
 
 def config_from_args(a) -> TrainConfig:
     return TrainConfig(
@@ -181,6 +196,34 @@ def cmd_train(a) -> int:
     )
     print(dumps({k: last[k] for k in keys if k in last}), file=sys.stdout)
     print(f"{len(rows)} rows in {store.metrics_path}")
+    return 0
+
+
+STUDIES = ("break-even",)
+
+
+def cmd_study(a) -> int:
+    from dnn import break_even_study as study
+    from dnn.data import load_cifar10
+    from dnn.train import check_device
+
+    if a.preset not in study.PRESETS:
+        raise UserInputError(f"unknown preset {a.preset!r}; choose from {', '.join(study.PRESETS)}")
+    check_device(a.device)
+    order = None if a.label_order == "none" else a.label_order
+    images, labels = load_cifar10(a.data, "train", label_order=order)
+    test = load_cifar10(a.data, "test", label_order=order)
+    study.run(
+        study.PRESETS[a.preset],
+        a.out,
+        images,
+        labels,
+        test=test,
+        seeds=a.seeds,
+        device=a.device,
+        progress=not a.no_progress,
+    )
+    print((a.out / "report.md").read_text())
     return 0
 
 

@@ -258,7 +258,7 @@ def run_maxima(rows, *, max_acc: float | None = None) -> dict:
     return out
 
 
-def _kendall(x, y) -> tuple[float, float]:
+def kendall_tau(x, y) -> tuple[float, float]:
     """Kendall tau-b and its two-sided p-value (NaN, NaN when x or y is constant)."""
     if np.unique(x).size < 2 or np.unique(y).size < 2:
         return math.nan, math.nan
@@ -304,7 +304,7 @@ def conjecture_orderings(runs: Sequence[dict], quantities: Sequence[str] = tuple
             ok = np.isfinite(y)
             if ok.sum() < 2:
                 continue
-            tau, p = _kendall(knob[ok], y[ok])
+            tau, p = kendall_tau(knob[ok], y[ok])
             sign = CONJECTURE_SIGNS[q]
             out.append(
                 {

@@ -10,6 +10,8 @@ treats observations from one run (a cluster) as correlated: the cluster-robust
     Var(b) = G / (G - 1) * sum_g (sum_{i in g} x_i e_i)^2 / (sum_i x_i^2)^2,
 e_i = y_i - b x_i, G clusters; the naive SE (every point independent) is
 returned beside it.
+
+``t_interval``: mean, SE and the Student-t confidence interval over independent runs (seeds).
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ def mean_se(values, axis: int | None = None):
         dev2 = np.where(ok, (v - np.expand_dims(mean, axis)) ** 2, 0.0).sum(axis=axis)
         se = np.where(n > 1, np.sqrt(dev2 / np.maximum(n - 1, 1)) / np.sqrt(n), np.nan)
     return np.where(n > 0, mean, np.nan), se
+
+
+def t_interval(values, level: float = 0.95) -> dict:
+    """{n, mean, se, lo, hi} over the n finite values of independent runs: mean +- t_{n-1} SE, the
+    two-sided ``level`` Student-t interval (lo = hi = nan below two values)."""
+    from scipy.stats import t as student_t
+
+    mean, se = mean_se(values)
+    n = int(np.isfinite(np.asarray(values, dtype=float)).sum())
+    half = float(student_t.ppf(0.5 + level / 2, n - 1)) * se if n >= 2 else math.nan
+    return {"n": n, "mean": mean, "se": se, "lo": mean - half, "hi": mean + half}
 
 
 def slope_through_origin(x, y, clusters) -> dict:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from valleysim.stats import mean_se, slope_through_origin
+from valleysim.stats import mean_se, slope_through_origin, t_interval
 
 
 def test_mean_se_has_one_meaning():
@@ -70,3 +70,12 @@ def test_one_cluster_has_no_clustered_se():
     assert math.isnan(f["slope_se"]) and f["slope_se_naive"] > 0
     with pytest.raises(ValueError, match="one length"):
         slope_through_origin([1.0, 2.0], [1.0], ["a", "a"])
+
+
+def test_t_interval_by_hand():
+    ci = t_interval([1.0, 2.0, 6.0, np.nan])  # n = 3, mean 3, sd sqrt(7), t_{2, 0.975} = 4.302652729...
+    assert ci["n"] == 3 and ci["mean"] == 3.0 and ci["se"] == pytest.approx(math.sqrt(7 / 3))
+    assert ci["hi"] - 3.0 == pytest.approx(4.302652729911275 * math.sqrt(7 / 3), rel=1e-10)
+    assert ci["lo"] == pytest.approx(6.0 - ci["hi"])
+    one = t_interval([2.0])
+    assert one["mean"] == 2.0 and math.isnan(one["se"]) and math.isnan(one["lo"]) and math.isnan(one["hi"])

@@ -1,0 +1,251 @@
+"""The break-even study (break-even-point.txt Sec. 4, Figs. 2-3): SimpleCNN SGD on a learning-rate grid at
+fixed S and a batch-size grid at fixed eta, every point under several seeds (:mod:`dnn.study`).
+
+Per run, over the probes up to the first with running training accuracy >= ``max_acc`` (the paper's
+window; the whole run when it is not reached, flagged by ``reached_max_acc``): the maxima of
+lambda_H^1, lambda_K^1 and Tr K / lambda_K^1 (:func:`dnn.predictions.run_maxima`), lambda_K^1 and
+Tr K also in the paper's K_hat units (``*_gram``: L c(M, N) x ours, ERRATA 14), the measured
+alpha = lambda_K / lambda_H over the early phase (median) and the break-even curvature it predicts,
+lambda* = 2/eta - alpha c(S, N) (R2), the final test accuracy. Across seeds: mean, SE, 95% t interval;
+Conjectures 1-2 as Kendall tau per seed (:func:`dnn.study.orderings_across_seeds`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dnn import predictions as P
+from dnn.config import TrainConfig
+from dnn.study import Point, across_seeds, orderings_across_seeds, run_study, write_csv
+from valleysim.jsonout import atomic_write, dumps
+
+SIGNS = dict(P.CONJECTURE_SIGNS)  # Conj. 1: max lambda_H, lambda_K fall with the noise; Conj. 2: Tr K / lambda_K rises
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What the study runs. The two grids share the point (lr_fixed, batch_fixed)."""
+
+    name: str
+    lr_grid: tuple[float, ...]
+    batch_grid: tuple[int, ...]
+    lr_fixed: float
+    batch_fixed: int = 128
+    seeds: int = 2
+    model: str = "simplecnn"
+    width: float = 1.0
+    n_train: int | None = None
+    epochs: int = 10
+    max_steps: int | None = None
+    probe_every: int = 100
+    max_acc: float = 0.6
+    measure_size: int | None = None
+    top_k: int = 1
+    lanczos_tol: float = 1e-3
+    cov_batches: int = 25
+    cov_batch: int = 128
+    test_size: int | None = None
+
+
+PRESETS = {
+    # 2-core CPU: 5,000 training images, 256 measurement images, top-1 Lanczos at tolerance 1e-2,
+    # <= 300 steps per run, probes every 25 steps, 2 seeds; 7 grid points x 2 seeds = 14 runs.
+    "quick": Preset(
+        name="quick",
+        lr_grid=(0.01, 0.02, 0.05, 0.1),
+        batch_grid=(32, 64, 128, 256),
+        lr_fixed=0.05,
+        seeds=2,
+        n_train=5000,
+        epochs=8,
+        max_steps=300,
+        probe_every=25,
+        measure_size=256,
+        lanczos_tol=1e-2,
+        test_size=2000,
+    ),
+    # tiny: the end-to-end test on synthetic 8x8 images (seconds)
+    "smoke": Preset(
+        name="smoke",
+        lr_grid=(0.02, 0.05),
+        batch_grid=(4, 8),
+        lr_fixed=0.05,
+        batch_fixed=8,
+        seeds=2,
+        width=0.125,
+        epochs=1,
+        max_steps=4,
+        probe_every=2,
+        measure_size=16,
+        lanczos_tol=1e-3,
+        cov_batches=3,
+        cov_batch=4,
+    ),
+    # the full training set, a 5% measurement set, 3 seeds, 10 epochs (meant for a GPU). The grid is ours:
+    # the paper's per-figure grids (App. C) are not transcribed yet.
+    "paper": Preset(
+        name="paper",
+        lr_grid=(0.01, 0.025, 0.05, 0.1),
+        batch_grid=(32, 64, 128, 256),
+        lr_fixed=0.05,
+        seeds=3,
+        epochs=10,
+        probe_every=100,
+    ),
+}
+
+
+def points(p: Preset, device: str = "cpu") -> list[Point]:
+    """The grid points (eta, S) of ``p``: knob eta on the learning-rate grid, 1/S on the batch grid."""
+    pts = {}
+    for lr in p.lr_grid:
+        pts.setdefault((lr, p.batch_fixed), {})["learning_rate"] = lr
+    for b in p.batch_grid:
+        pts.setdefault((p.lr_fixed, b), {})["batch_size"] = 1.0 / b
+    out = []
+    for (lr, b), knobs in sorted(pts.items()):
+        cfg = TrainConfig(
+            model=p.model,
+            width=p.width,
+            lr=lr,
+            batch=b,
+            n_train=p.n_train,
+            epochs=p.epochs,
+            max_steps=p.max_steps,
+            probes=("lanczos", "covariance", "curvature"),
+            probe_every=p.probe_every,
+            probe_acc=(p.max_acc,),
+            measure_size=p.measure_size,
+            top_k=p.top_k,
+            lanczos_tol=p.lanczos_tol,
+            cov_batches=p.cov_batches,
+            cov_batch=p.cov_batch,
+            test_size=p.test_size,
+            device=device,
+        )
+        out.append(Point(f"lr{lr:g}_S{b}", cfg, knobs))
+    return out
+
+
+def summarise_run(rows: list[dict], cfg: TrainConfig, max_acc: float, n_train: int) -> dict:
+    """The per-run numbers of the module docstring (NaN where a quantity is undefined)."""
+    probes = [r for r in rows if r.get("reason") != "diverged"]
+    acc = np.array([r.get("train_acc_running", math.nan) for r in probes], dtype=float)
+    m = P.run_maxima(probes, max_acc=max_acc)
+    window = probes[: m["n"]]
+    gram = {
+        k: max((r[k] for r in window if k in r and math.isfinite(r[k])), default=math.nan)
+        for k in ("lambda_K_gram", "trace_K_gram")
+    }
+    a = P.alpha_ratio(probes, cfg.lr, cfg.batch, n_train, max_acc=max_acc)
+    lam_star = (
+        P.predicted_break_even_curvature(cfg.lr, cfg.batch, n_train, a["alpha"])
+        if math.isfinite(a["alpha"])
+        else math.nan
+    )
+    return {
+        "eta": cfg.lr,
+        "S": cfg.batch,
+        "steps": probes[-1]["step"] if probes else 0,
+        "diverged": float(any(r.get("reason") == "diverged" for r in rows)),
+        "reached_max_acc": float(bool(np.any(acc >= max_acc))),
+        **{k: m[k] for k in ("max_lambda_max", "max_lambda_K", "max_trace_ratio", "max_trace_K")},
+        "max_lambda_K_gram": gram["lambda_K_gram"],
+        "max_trace_K_gram": gram["trace_K_gram"],
+        "alpha": a["alpha"],
+        "lambda_star": lam_star,
+        "max_over_lambda_star": m["max_lambda_max"] / lam_star if lam_star > 0 else math.nan,
+        "final_test_acc": probes[-1].get("test_acc", math.nan) if probes else math.nan,
+    }
+
+
+def run(
+    preset: Preset,
+    out,
+    images,
+    labels,
+    *,
+    test=None,
+    seeds: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Train the study into ``out``, write per_run.csv, across_seeds.csv, orderings.csv, summary.json and
+    report.md; returns the summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pts = points(preset, device)
+    n_train = len(images) if preset.n_train is None else preset.n_train
+    seed_list = list(range(seeds if seeds is not None else preset.seeds))
+    per_run = run_study(
+        pts,
+        seed_list,
+        out,
+        images,
+        labels,
+        summarise_run=lambda rows, cfg: summarise_run(rows, cfg, preset.max_acc, n_train),
+        test=test,
+        progress=progress,
+    )
+    agg = across_seeds(per_run)
+    orders = orderings_across_seeds(per_run, pts, SIGNS)
+    write_csv(per_run, out / "per_run.csv")
+    write_csv(agg, out / "across_seeds.csv")
+    write_csv(orders, out / "orderings.csv")
+    summary = {"preset": preset.name, "seeds": seed_list, "per_run": per_run, "across_seeds": agg, "orderings": orders}
+    atomic_write(out / "summary.json", (dumps(summary, indent=2) + "\n").encode())
+    atomic_write(out / "report.md", report(preset, summary).encode())
+    return summary
+
+
+def report(preset: Preset, s: dict) -> str:
+    """Markdown: the per-point means +- 95% t intervals across seeds, and the orderings seed by seed."""
+    keys = (
+        "max_lambda_max",
+        "lambda_star",
+        "max_lambda_K",
+        "max_lambda_K_gram",
+        "max_trace_ratio",
+        "alpha",
+        "final_test_acc",
+        "reached_max_acc",
+    )
+    by = {(r["label"], r["quantity"]): r for r in s["across_seeds"]}
+    labels = list(dict.fromkeys(r["label"] for r in s["across_seeds"]))
+    lines = [
+        f"# Break-even study, preset `{preset.name}` ({len(s['seeds'])} seeds per point)\n",
+        "Mean over seeds [95% t interval]; maxima over the probes before running training accuracy "
+        f"{preset.max_acc:g} (the whole run where it was not reached: `reached_max_acc` < 1).\n",
+        "| point | " + " | ".join(keys) + " |",
+        "|---" * (len(keys) + 1) + "|",
+    ]
+    for lab in labels:
+        cells = []
+        for k in keys:
+            r = by.get((lab, k))
+            cells.append(
+                "-"
+                if r is None or not math.isfinite(r["mean"])
+                else f"{r['mean']:.4g}" + (f" [{r['lo']:.3g}, {r['hi']:.3g}]" if math.isfinite(r["lo"]) else "")
+            )
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Orderings (Kendall tau per seed; predicted sign: -1 for the maxima of lambda_H, lambda_K against "
+        "the noise knob eta or 1/S, +1 for Tr K / lambda_K):",
+        "",
+        "| grid | quantity | taus per seed | mean tau [95% t] | seeds agreeing |",
+        "|---|---|---|---|---|",
+    ]
+    for o in s["orderings"]:
+        taus = ", ".join("nan" if not math.isfinite(t) else f"{t:+.2f}" for t in o["taus"])
+        ci = f"{o['mean_tau']:+.2f}" + (
+            f" [{o['tau_lo']:+.2f}, {o['tau_hi']:+.2f}]" if math.isfinite(o["tau_lo"]) else ""
+        )
+        agree = "-" if not math.isfinite(o["agree_fraction"]) else f"{o['agree_fraction']:.0%}"
+        lines.append(f"| {o['grid']} | {o['quantity']} | {taus} | {ci} | {agree} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,133 @@
+"""Network studies with seeds: a grid of train runs, each point under several seeds, summarised per run
+and across seeds with Student-t intervals, orderings tested seed by seed, every number in a tidy CSV.
+
+A study is a list of :class:`Point` (a label, the grids it belongs to with its knob value there, and a
+``TrainConfig`` whose seed is replaced per seed). :func:`run_study` trains every (point, seed) into
+``out/runs/<label>_seed<k>`` (resumable: a finished run is read back, a killed one continues), calls
+the study's ``summarise_run(rows, cfg) -> {quantity: float}`` on each, and aggregates:
+
+* :func:`across_seeds`: per point and quantity, n, mean, SE and the 95% t interval over the seeds
+  (seeds are independent runs; probes of one run are not, so they never count as samples here);
+* :func:`orderings_across_seeds`: per grid, quantity and seed, Kendall's tau between the knob and the
+  quantity, then the mean tau over seeds with its t interval and the fraction of seeds whose tau has
+  the predicted sign.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from dnn.config import TrainConfig
+from dnn.predictions import kendall_tau
+from valleysim.errors import UserInputError
+from valleysim.stats import t_interval
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: ``knobs`` maps each grid it belongs to onto its knob value there."""
+
+    label: str
+    cfg: TrainConfig
+    knobs: dict = dataclasses.field(default_factory=dict)
+
+
+def run_dir(out: Path, label: str, seed: int) -> Path:
+    return Path(out) / "runs" / f"{label}_seed{seed}"
+
+
+def run_study(
+    points: list[Point],
+    seeds,
+    out,
+    images,
+    labels,
+    *,
+    summarise_run: Callable[[list[dict], TrainConfig], dict],
+    test=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train (or read back) every (point, seed); returns one row per run: label, seed, the summary."""
+    from dnn.train import train
+
+    seeds = [int(s) for s in seeds]
+    if not points or not seeds:
+        raise UserInputError("a study needs at least one grid point and one seed")
+    rows = []
+    for p in points:
+        for s in seeds:
+            cfg = dataclasses.replace(p.cfg, seed=s)
+            store = train(cfg, run_dir(out, p.label, s), images, labels, test=test, progress=progress)
+            rows.append({"label": p.label, "seed": s, **summarise_run(store.rows(), cfg)})
+    return rows
+
+
+def _numeric(v) -> bool:
+    return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool)
+
+
+def across_seeds(per_run: list[dict], level: float = 0.95) -> list[dict]:
+    """Tidy rows {label, quantity, n, mean, se, lo, hi} over the seeds of each label, one per numeric
+    quantity of the run summaries (``t_interval``: non-finite values are left out and counted in n)."""
+    out = []
+    labels = list(dict.fromkeys(r["label"] for r in per_run))
+    for label in labels:
+        runs = [r for r in per_run if r["label"] == label]
+        keys = [k for k in runs[0] if k not in ("label", "seed") and _numeric(runs[0][k])]
+        for k in keys:
+            vals = [float(r[k]) if _numeric(r.get(k)) else math.nan for r in runs]
+            out.append({"label": label, "quantity": k, **t_interval(vals, level)})
+    return out
+
+
+def orderings_across_seeds(per_run: list[dict], points: list[Point], signs: dict[str, int]) -> list[dict]:
+    """Per grid (the keys of the points' ``knobs``) and quantity (``signs``: predicted sign of tau):
+    Kendall tau between knob and quantity for each seed, then mean tau +- t interval over seeds and the
+    fraction of seeds that agree (tau x sign > 0). Seeds with a constant or incomplete grid give NaN."""
+    grids = list(dict.fromkeys(g for p in points for g in p.knobs))
+    seeds = sorted({r["seed"] for r in per_run})
+    by = {(r["label"], r["seed"]): r for r in per_run}
+    out = []
+    for g in grids:
+        members = [p for p in points if g in p.knobs]
+        knob = np.array([p.knobs[g] for p in members], dtype=float)
+        for q, sign in signs.items():
+            taus = []
+            for s in seeds:
+                y = np.array([float(by[(p.label, s)].get(q, math.nan)) for p in members])
+                ok = np.isfinite(y)
+                taus.append(kendall_tau(knob[ok], y[ok])[0] if ok.sum() >= 2 else math.nan)
+            finite = [t for t in taus if math.isfinite(t)]
+            ci = t_interval(taus)
+            out.append(
+                {
+                    "grid": g,
+                    "quantity": q,
+                    "predicted_sign": sign,
+                    "taus": taus,
+                    "mean_tau": ci["mean"],
+                    "tau_se": ci["se"],
+                    "tau_lo": ci["lo"],
+                    "tau_hi": ci["hi"],
+                    "n_seeds": len(finite),
+                    "agree_fraction": float(np.mean([t * sign > 0 for t in finite])) if finite else math.nan,
+                }
+            )
+    return out
+
+
+def write_csv(rows: list[dict], path) -> None:
+    """Tidy CSV: one column per key seen in any row (lists joined by ';'), rows in order."""
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ";".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in r.items()})

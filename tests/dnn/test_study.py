@@ -1,0 +1,81 @@
+"""Network studies with seeds: aggregation and orderings against hand arithmetic, a tiny end-to-end
+break-even study on synthetic images that resumes after a kill, bad input."""
+
+import math
+import shutil
+
+import pytest
+
+from dnn import break_even_study as bes
+from dnn.config import TrainConfig
+from dnn.study import Point, across_seeds, orderings_across_seeds, run_dir
+from valleysim.errors import UserInputError
+
+from tiny_nets import synthetic_images
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def test_across_seeds_is_a_t_interval_per_point():
+    per_run = [dict(label="a", seed=s, x=v, flag=True) for s, v in enumerate([1.0, 2.0, 6.0])]
+    per_run += [dict(label="b", seed=0, x=float("nan"), flag=False)]
+    rows = {(r["label"], r["quantity"]): r for r in across_seeds(per_run)}
+    a = rows[("a", "x")]
+    assert a["n"] == 3 and a["mean"] == 3.0 and a["se"] == pytest.approx(math.sqrt(7 / 3))
+    assert a["hi"] - a["mean"] == pytest.approx(4.302652729911275 * math.sqrt(7 / 3))  # t_{2, 0.975}
+    assert rows[("b", "x")]["n"] == 0 and math.isnan(rows[("b", "x")]["mean"])
+    assert ("a", "flag") not in rows  # booleans are not quantities
+
+
+def test_orderings_are_tested_seed_by_seed():
+    cfg = TrainConfig(model="mlp")
+    pts = [Point(f"p{i}", cfg, {"g": k}) for i, k in enumerate([1.0, 2.0, 3.0])]
+    # seed 0 falls with the knob (tau -1), seed 1 rises (tau +1), seed 2 has one point missing then falls
+    y = {0: [3, 2, 1], 1: [1, 2, 3], 2: [5, float("nan"), 4]}
+    per_run = [dict(label=f"p{i}", seed=s, q=float(v[i])) for s, v in y.items() for i in range(3)]
+    (o,) = orderings_across_seeds(per_run, pts, {"q": -1})
+    assert o["taus"] == pytest.approx([-1.0, 1.0, -1.0]) and o["n_seeds"] == 3
+    assert o["mean_tau"] == pytest.approx(-1 / 3) and o["agree_fraction"] == pytest.approx(2 / 3)
+
+
+def test_points_share_the_fixed_point_and_carry_their_knobs():
+    p = bes.PRESETS["quick"]
+    pts = {q.label: q for q in bes.points(p)}
+    assert len(pts) == len(p.lr_grid) + len(p.batch_grid) - 1  # (0.05, 128) is on both grids
+    shared = pts["lr0.05_S128"]
+    assert shared.knobs == {"learning_rate": 0.05, "batch_size": 1 / 128}
+    assert shared.cfg.probes == ("lanczos", "covariance", "curvature") and shared.cfg.probe_acc == (0.6,)
+
+
+def test_a_tiny_study_end_to_end_and_resumed(tmp_path):
+    x, y = synthetic_images(40)
+    tx, ty = synthetic_images(10, seed=9)
+    preset = bes.PRESETS["smoke"]
+    s = bes.run(preset, tmp_path, x, y, test=(tx, ty), progress=False)
+    labels = {r["label"] for r in s["per_run"]}
+    assert labels == {"lr0.02_S8", "lr0.05_S4", "lr0.05_S8"} and len(s["per_run"]) == 6
+    for r in s["per_run"]:
+        assert r["steps"] == 4 and math.isfinite(r["max_lambda_max"]) and 0 <= r["final_test_acc"] <= 1
+        # the paper's Gram units are L c(M, n) x ours: L = 3 batches of M = 4 from the n = 16 measured
+        lc = 3 * (16 - 4) / (4 * (16 - 1))
+        assert r["max_lambda_K_gram"] == pytest.approx(lc * r["max_lambda_K"], rel=1e-12)
+        assert r["max_trace_K_gram"] == pytest.approx(lc * r["max_trace_K"], rel=1e-9)
+    for f in ("per_run.csv", "across_seeds.csv", "orderings.csv", "summary.json", "report.md"):
+        assert (tmp_path / f).stat().st_size > 0
+    assert "Break-even study, preset `smoke` (2 seeds per point)" in (tmp_path / "report.md").read_text()
+    # an interrupted study: one run never finished (its directory gone) -> the rerun trains only that run
+    # again (the others are read back) and gives the same table
+    shutil.rmtree(run_dir(tmp_path, "lr0.05_S4", 1))
+    again = bes.run(preset, tmp_path, x, y, test=(tx, ty), progress=False)
+    assert again["per_run"] == s["per_run"]
+
+
+def test_bad_study_input_is_named(tmp_path, cli):
+    code, _, err = cli("dnn", "study", "walk", "--out", tmp_path / "o")
+    assert code == 2 and "argument name: invalid choice: 'walk'" in err
+    code, _, err = cli("dnn", "study", "break-even", "--preset", "huge", "--out", tmp_path / "o")
+    assert code == 2 and "unknown preset 'huge'" in err
+    with pytest.raises(UserInputError, match="at least one grid point and one seed"):
+        from dnn.study import run_study
+
+        run_study([], [0], tmp_path, None, None, summarise_run=None)
