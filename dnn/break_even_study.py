@@ -20,34 +20,18 @@ import numpy as np
 
 from dnn import predictions as P
 from dnn.config import TrainConfig
-from dnn.study import Point, across_seeds, orderings_across_seeds, run_study, write_csv
+from dnn.study import Point, SGDGrid, across_seeds, orderings_across_seeds, run_study, write_csv
 from valleysim.jsonout import atomic_write, dumps
 
 SIGNS = dict(P.CONJECTURE_SIGNS)  # Conj. 1: max lambda_H, lambda_K fall with the noise; Conj. 2: Tr K / lambda_K rises
 
 
-@dataclass(frozen=True)
-class Preset:
-    """What the study runs. The two grids share the point (lr_fixed, batch_fixed)."""
+@dataclass(frozen=True, kw_only=True)
+class Preset(SGDGrid):
+    """The SGD grids (:class:`dnn.study.SGDGrid`), each point under ``seeds`` seeds, the first
+    ``test_size`` test images scored in every row."""
 
-    name: str
-    lr_grid: tuple[float, ...]
-    batch_grid: tuple[int, ...]
-    lr_fixed: float
-    batch_fixed: int = 128
     seeds: int = 2
-    model: str = "simplecnn"
-    width: float = 1.0
-    n_train: int | None = None
-    epochs: int = 10
-    max_steps: int | None = None
-    probe_every: int = 100
-    max_acc: float = 0.6
-    measure_size: int | None = None
-    top_k: int = 1
-    lanczos_tol: float = 1e-3
-    cov_batches: int = 25
-    cov_batch: int = 128
     test_size: int | None = None
 
 
@@ -65,6 +49,7 @@ PRESETS = {
         max_steps=300,
         probe_every=25,
         measure_size=256,
+        top_k=1,
         lanczos_tol=1e-2,
         test_size=2000,
     ),
@@ -81,6 +66,7 @@ PRESETS = {
         max_steps=4,
         probe_every=2,
         measure_size=16,
+        top_k=1,
         lanczos_tol=1e-3,
         cov_batches=3,
         cov_batch=4,
@@ -100,35 +86,11 @@ PRESETS = {
 
 
 def points(p: Preset, device: str = "cpu") -> list[Point]:
-    """The grid points (eta, S) of ``p``: knob eta on the learning-rate grid, 1/S on the batch grid."""
-    pts = {}
-    for lr in p.lr_grid:
-        pts.setdefault((lr, p.batch_fixed), {})["learning_rate"] = lr
-    for b in p.batch_grid:
-        pts.setdefault((p.lr_fixed, b), {})["batch_size"] = 1.0 / b
-    out = []
-    for (lr, b), knobs in sorted(pts.items()):
-        cfg = TrainConfig(
-            model=p.model,
-            width=p.width,
-            lr=lr,
-            batch=b,
-            n_train=p.n_train,
-            epochs=p.epochs,
-            max_steps=p.max_steps,
-            probes=("lanczos", "covariance", "curvature"),
-            probe_every=p.probe_every,
-            probe_acc=(p.max_acc,),
-            measure_size=p.measure_size,
-            top_k=p.top_k,
-            lanczos_tol=p.lanczos_tol,
-            cov_batches=p.cov_batches,
-            cov_batch=p.cov_batch,
-            test_size=p.test_size,
-            device=device,
-        )
-        out.append(Point(f"lr{lr:g}_S{b}", cfg, knobs))
-    return out
+    """The grid points (eta, S) of ``p`` with their knobs (:meth:`dnn.study.SGDGrid.grid`)."""
+    return [
+        Point(f"lr{lr:g}_S{b}", p.train_config(lr=lr, batch=b, test_size=p.test_size, device=device), knobs)
+        for (lr, b), knobs in p.grid().items()
+    ]
 
 
 def summarise_run(rows: list[dict], cfg: TrainConfig, max_acc: float, n_train: int) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dnn import predictions as P
+from dnn.study import SGDGrid
 from dnn.train import TrainConfig, train
 from valleysim.errors import UserInputError
 from valleysim.jsonout import dumps
@@ -37,27 +38,10 @@ PAPER_REFERENCE = (
 )
 
 
-@dataclass(frozen=True)
-class Preset:
-    """What the cross-check runs. Grids share the (lr_fixed, batch_fixed) point."""
+@dataclass(frozen=True, kw_only=True)
+class Preset(SGDGrid):
+    """What the cross-check runs: the SGD grids (:class:`dnn.study.SGDGrid`), GD, R5."""
 
-    name: str
-    model: str = "simplecnn"
-    width: float = 1.0
-    n_train: int | None = None  # first n examples of the training set (None: all 50,000)
-    lr_grid: tuple[float, ...] = (0.01, 0.05, 0.1)
-    batch_fixed: int = 128
-    batch_grid: tuple[int, ...] = (32, 128, 512)
-    lr_fixed: float = 0.05
-    epochs: int = 10
-    max_steps: int | None = None
-    probe_every: int = 100
-    max_acc: float = 0.6
-    measure_size: int | None = None  # None: 5% of the training set
-    top_k: int = 5
-    lanczos_tol: float = 1e-3
-    cov_batches: int = 25
-    cov_batch: int = 128
     gd_n_train: int = 4096
     gd_lrs: tuple[float, ...] = (0.05,)
     gd_steps: int = 2000
@@ -69,8 +53,6 @@ class Preset:
     r5_steps: int = 2000
     r5_probe_every: int = 250
     r5_top_k: int = 20
-    augment: bool = True
-    seed: int = 0
     note: str = ""
 
 
@@ -108,38 +90,13 @@ PRESETS = {
 }
 
 
-def _train_config(p: Preset, **kw) -> TrainConfig:
-    base = dict(
-        model=p.model,
-        width=p.width,
-        n_train=p.n_train,
-        epochs=p.epochs,
-        max_steps=p.max_steps,
-        probes=("lanczos", "covariance", "curvature"),
-        probe_every=p.probe_every,
-        probe_epochs=True,
-        probe_acc=(p.max_acc,),
-        measure_size=p.measure_size,
-        top_k=p.top_k,
-        lanczos_tol=p.lanczos_tol,
-        cov_batches=p.cov_batches,
-        cov_batch=p.cov_batch,
-        augment=p.augment,
-        seed=p.seed,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
 def plan(p: Preset, out: Path) -> dict[str, list[tuple[str, TrainConfig]]]:
     """{"sgd": [...], "gd": [...], "r5_pretrain": [...], "r5": [...]} of (run name, config)."""
-    points = sorted({(lr, p.batch_fixed) for lr in p.lr_grid} | {(p.lr_fixed, b) for b in p.batch_grid})
-    sgd = [(f"sgd_lr{lr:g}_S{b}", _train_config(p, lr=lr, batch=b)) for lr, b in points]
+    sgd = [(f"sgd_lr{lr:g}_S{b}", p.train_config(lr=lr, batch=b)) for lr, b in p.grid()]
     gd = [
         (
             f"gd_lr{lr:g}",
-            _train_config(
-                p,
+            p.train_config(
                 optimizer="gd",
                 lr=lr,
                 n_train=p.gd_n_train,

@@ -30,6 +30,65 @@ from valleysim.errors import UserInputError
 from valleysim.stats import t_interval
 
 
+@dataclass(frozen=True, kw_only=True)
+class SGDGrid:
+    """SGD runs of one model on a learning-rate grid at ``batch_fixed`` and a batch-size grid at
+    ``lr_fixed`` (the grids share the point (lr_fixed, batch_fixed)), probing lambda_H^1, K and the
+    per-example curvature along e_H^1 on a schedule and when the running training accuracy first
+    reaches ``max_acc``: the part the cross-check and the break-even study share."""
+
+    name: str
+    model: str = "simplecnn"
+    width: float = 1.0
+    n_train: int | None = None  # first n examples of the training set (None: all 50,000)
+    lr_grid: tuple[float, ...] = (0.01, 0.05, 0.1)
+    batch_fixed: int = 128
+    batch_grid: tuple[int, ...] = (32, 128, 512)
+    lr_fixed: float = 0.05
+    epochs: int = 10
+    max_steps: int | None = None
+    probe_every: int = 100
+    max_acc: float = 0.6
+    measure_size: int | None = None  # None: 5% of the training set
+    top_k: int = 5
+    lanczos_tol: float = 1e-3
+    cov_batches: int = 25
+    cov_batch: int = 128
+    augment: bool = True
+    seed: int = 0
+
+    def grid(self) -> dict[tuple[float, int], dict]:
+        """{(eta, S): knobs}, sorted: knob eta on the learning-rate grid, 1/S on the batch grid."""
+        pts: dict = {}
+        for lr in self.lr_grid:
+            pts.setdefault((lr, self.batch_fixed), {})["learning_rate"] = lr
+        for b in self.batch_grid:
+            pts.setdefault((self.lr_fixed, b), {})["batch_size"] = 1.0 / b
+        return dict(sorted(pts.items()))
+
+    def train_config(self, **kw) -> TrainConfig:
+        """The SGD run of this grid (probes lanczos, covariance, curvature) with ``kw`` overriding."""
+        base = dict(
+            model=self.model,
+            width=self.width,
+            n_train=self.n_train,
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            probes=("lanczos", "covariance", "curvature"),
+            probe_every=self.probe_every,
+            probe_epochs=True,
+            probe_acc=(self.max_acc,),
+            measure_size=self.measure_size,
+            top_k=self.top_k,
+            lanczos_tol=self.lanczos_tol,
+            cov_batches=self.cov_batches,
+            cov_batch=self.cov_batch,
+            augment=self.augment,
+            seed=self.seed,
+        )
+        return TrainConfig(**{**base, **kw})
+
+
 @dataclass(frozen=True)
 class Point:
     """One grid point: ``knobs`` maps each grid it belongs to onto its knob value there."""
