@@ -48,6 +48,7 @@ class SGDGrid:
     epochs: int = 10
     max_steps: int | None = None
     probe_every: int = 100
+    probe_epochs: bool = True
     max_acc: float = 0.6
     measure_size: int | None = None  # None: 5% of the training set
     top_k: int = 5
@@ -76,7 +77,7 @@ class SGDGrid:
             max_steps=self.max_steps,
             probes=("lanczos", "covariance", "curvature"),
             probe_every=self.probe_every,
-            probe_epochs=True,
+            probe_epochs=self.probe_epochs,
             probe_acc=(self.max_acc,),
             measure_size=self.measure_size,
             top_k=self.top_k,
