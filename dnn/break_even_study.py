@@ -163,7 +163,40 @@ def run(
     summary = {"preset": preset.name, "seeds": seed_list, "per_run": per_run, "across_seeds": agg, "orderings": orders}
     atomic_write(out / "summary.json", (dumps(summary, indent=2) + "\n").encode())
     atomic_write(out / "report.md", report(preset, summary).encode())
+    figure(preset, summary, out / "break_even_study.png")
     return summary
+
+
+def figure(preset: Preset, s: dict, path: Path) -> None:
+    """Per grid: the mean over seeds (95% t interval as error bars) of max lambda_H^1 and of the lambda*
+    predicted from the run's alpha against the knob, with 2/eta; and max lambda_K^1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = {(r["label"], r["quantity"]): r for r in s["across_seeds"]}
+    fig, axes = plt.subplots(2, 2, figsize=(9.5, 6.4), constrained_layout=True)
+    grids = (("learning_rate", "eta (S = %d)" % preset.batch_fixed), ("batch_size", "S (eta = %g)" % preset.lr_fixed))
+    for col, (grid, xlabel) in enumerate(grids):
+        pts = [(lr, b) for (lr, b), knobs in preset.grid().items() if grid in knobs]
+        x = np.array([lr if grid == "learning_rate" else b for lr, b in pts], dtype=float)
+        for row, quantities in enumerate((("max_lambda_max", "lambda_star"), ("max_lambda_K", "max_lambda_K_gram"))):
+            ax = axes[row, col]
+            for q in quantities:
+                r = [by.get((f"lr{lr:g}_S{b}", q)) for lr, b in pts]
+                m = np.array([v["mean"] if v else np.nan for v in r])
+                err = np.array([[v["mean"] - v["lo"], v["hi"] - v["mean"]] if v else [np.nan, np.nan] for v in r]).T
+                ax.errorbar(x, m, yerr=np.nan_to_num(err), fmt="o-", capsize=3, label=q)
+            if row == 0:
+                ax.plot(x, [2 / lr for lr, _ in pts], "k--", lw=1, label="2/eta")
+            ax.set(xscale="log", yscale="log", xlabel=xlabel)
+            ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("curvature (mean over seeds, 95% t)")
+    axes[1, 0].set_ylabel("lambda_K^1 (ours; Gram: the paper's units)")
+    fig.suptitle(f"break-even study ({preset.name}, {len(s['seeds'])} seeds)", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def report(preset: Preset, s: dict) -> str:

@@ -60,7 +60,7 @@ def test_a_tiny_study_end_to_end_and_resumed(tmp_path):
         lc = 3 * (16 - 4) / (4 * (16 - 1))
         assert r["max_lambda_K_gram"] == pytest.approx(lc * r["max_lambda_K"], rel=1e-12)
         assert r["max_trace_K_gram"] == pytest.approx(lc * r["max_trace_K"], rel=1e-9)
-    for f in ("per_run.csv", "across_seeds.csv", "orderings.csv", "summary.json", "report.md"):
+    for f in ("per_run.csv", "across_seeds.csv", "orderings.csv", "summary.json", "report.md", "break_even_study.png"):
         assert (tmp_path / f).stat().st_size > 0
     assert "Break-even study, preset `smoke` (2 seeds per point)" in (tmp_path / "report.md").read_text()
     # an interrupted study: one run never finished (its directory gone) -> the rerun trains only that run
