@@ -87,10 +87,15 @@ PRESETS = {
 }
 
 
+def label(eta: float, S: int) -> str:
+    """The name of the grid point (eta, S): its run directories are ``runs/<label>_seed<k>``."""
+    return f"lr{eta:g}_S{S}"
+
+
 def points(p: Preset, device: str = "cpu") -> list[Point]:
     """The grid points (eta, S) of ``p`` with their knobs (:meth:`dnn.study.SGDGrid.grid`)."""
     return [
-        Point(f"lr{lr:g}_S{b}", p.train_config(lr=lr, batch=b, test_size=p.test_size, device=device), knobs)
+        Point(label(lr, b), p.train_config(lr=lr, batch=b, test_size=p.test_size, device=device), knobs)
         for (lr, b), knobs in p.grid().items()
     ]
 
@@ -98,13 +103,7 @@ def points(p: Preset, device: str = "cpu") -> list[Point]:
 def summarise_run(rows: list[dict], cfg: TrainConfig, max_acc: float, n_train: int) -> dict:
     """The per-run numbers of the module docstring (NaN where a quantity is undefined)."""
     probes = [r for r in rows if r.get("reason") != "diverged"]
-    acc = np.array([r.get("train_acc_running", math.nan) for r in probes], dtype=float)
     m = P.run_maxima(probes, max_acc=max_acc)
-    window = probes[: m["n"]]
-    gram = {
-        k: max((r[k] for r in window if k in r and math.isfinite(r[k])), default=math.nan)
-        for k in ("lambda_K_gram", "trace_K_gram")
-    }
     a = P.alpha_ratio(probes, cfg.lr, cfg.batch, n_train, max_acc=max_acc)
     lam_star = (
         P.predicted_break_even_curvature(cfg.lr, cfg.batch, n_train, a["alpha"])
@@ -116,10 +115,8 @@ def summarise_run(rows: list[dict], cfg: TrainConfig, max_acc: float, n_train: i
         "S": cfg.batch,
         "steps": probes[-1]["step"] if probes else 0,
         "diverged": float(any(r.get("reason") == "diverged" for r in rows)),
-        "reached_max_acc": float(bool(np.any(acc >= max_acc))),
-        **{k: m[k] for k in ("max_lambda_max", "max_lambda_K", "max_trace_ratio", "max_trace_K")},
-        "max_lambda_K_gram": gram["lambda_K_gram"],
-        "max_trace_K_gram": gram["trace_K_gram"],
+        "reached_max_acc": float(m["reached_max_acc"]),
+        **{k: v for k, v in m.items() if k.startswith("max_")},
         "alpha": a["alpha"],
         "lambda_star": lam_star,
         "max_over_lambda_star": m["max_lambda_max"] / lam_star if lam_star > 0 else math.nan,
@@ -184,7 +181,7 @@ def figure(preset: Preset, s: dict, path: Path) -> None:
         for row, quantities in enumerate((("max_lambda_max", "lambda_star"), ("max_lambda_K", "max_lambda_K_gram"))):
             ax = axes[row, col]
             for q in quantities:
-                r = [by.get((f"lr{lr:g}_S{b}", q)) for lr, b in pts]
+                r = [by.get((label(lr, b), q)) for lr, b in pts]
                 m = np.array([v["mean"] if v else np.nan for v in r])
                 err = np.array([[v["mean"] - v["lo"], v["hi"] - v["mean"]] if v else [np.nan, np.nan] for v in r]).T
                 ax.errorbar(x, m, yerr=np.nan_to_num(err), fmt="o-", capsize=3, label=q)

@@ -149,11 +149,13 @@ def covariance_from_gram(
     if tuple(g_full.shape) != (P,):
         raise UserInputError(f"g_full must have shape ({P},), got {tuple(g_full.shape)}")
     M = check_int_range(batch_size, "batch_size", 1)
-    if n_total is not None and check_int_range(M, "batch_size", 1, check_int_range(n_total, "n_total", 1)) == n_total:
-        raise UserInputError(
-            f"batch_size must be < n_total = {n_total} for batches drawn without replacement (a batch of all "
-            f"examples has g_B = g, so it carries no information on K); got {M}"
-        )
+    if n_total is not None:
+        N = check_int_range(n_total, "n_total", 1)
+        if check_int_range(M, "batch_size", 1, N) == N:
+            raise UserInputError(
+                f"batch_size must be < n_total = {n_total} for batches drawn without replacement (a batch of all "
+                f"examples has g_B = g, so it carries no information on K); got {M}"
+            )
     c = variance_factor(M, M, "with_replacement") if n_total is None else variance_factor(M, n_total)
     D = G_batches.to(torch.float64) - g_full.to(device=G_batches.device, dtype=torch.float64)
     out = _spectrum(D, 1.0 / (L * c), k)

@@ -242,16 +242,16 @@ def alpha_ratio(rows, eta, S, N, *, max_acc: float | None = None, q_threshold: f
 
 
 def run_maxima(rows, *, max_acc: float | None = None) -> dict:
-    """{max_lambda_max, max_lambda_K, max_trace_ratio, max_trace_K, n}: nan-max over the probes up to
-    and including the first with train_acc_running >= max_acc (all probes when max_acc is None).
-    Absent keys give NaN."""
+    """{max_lambda_max, max_lambda_K, max_trace_ratio, max_trace_K, max_lambda_K_gram, max_trace_K_gram, n,
+    reached_max_acc}: nan-max over the probes up to and including the first with train_acc_running >=
+    max_acc (all probes when max_acc is None; reached_max_acc None then). Absent keys give NaN."""
     rows, _ = _rows(rows, ())
-    end = len(rows) - 1
+    end, reached = len(rows) - 1, None
     if max_acc is not None:
         i = _first(_column(rows, "train_acc_running") >= float(max_acc))
-        end = end if i is None else i
-    out = {"n": end + 1}
-    for k in ("lambda_max", "lambda_K", "trace_ratio", "trace_K"):
+        end, reached = (end, False) if i is None else (i, True)
+    out = {"n": end + 1, "reached_max_acc": reached}
+    for k in ("lambda_max", "lambda_K", "trace_ratio", "trace_K", "lambda_K_gram", "trace_K_gram"):
         v = _opt(rows[: end + 1], k)
         v = v[np.isfinite(v)]
         out["max_" + k] = float(v.max()) if v.size else math.nan

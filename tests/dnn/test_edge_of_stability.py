@@ -3,7 +3,6 @@
 import math
 
 import pytest
-import torch
 
 from dnn import edge_of_stability as eos
 
@@ -40,4 +39,3 @@ def test_a_tiny_run_end_to_end(tmp_path):
     assert (tmp_path / "eos.png").read_bytes()[:4] == b"\x89PNG"
     again = eos.run(x, y, tmp_path / "run", test=(tx, ty), **over)  # resumes: a finished run is read back
     assert again["probes"] == s["probes"]
-    assert torch.get_num_threads() == 1

@@ -192,11 +192,16 @@ def test_run_maxima_up_to_accuracy():
         lambda_max=[1.0, 5.0, 3.0, 9.0],
         lambda_K=[0.5, 0.1, 2.0, 0.0],
         trace_ratio=[3.0, 4.0, 2.0, 8.0],
+        lambda_K_gram=[0.05, 0.01, 0.2, 0.9],
         train_acc_running=[0.2, 0.5, 0.61, 0.8],
     )
     m = P.run_maxima(rows, max_acc=0.6)
     assert (m["max_lambda_max"], m["max_lambda_K"], m["max_trace_ratio"], m["n"]) == (5.0, 2.0, 4.0, 3)
-    assert math.isnan(m["max_trace_K"]) and P.run_maxima(rows)["max_lambda_max"] == 9.0
+    assert m["max_lambda_K_gram"] == 0.2 and m["reached_max_acc"] is True
+    assert math.isnan(m["max_trace_K"]) and math.isnan(m["max_trace_K_gram"])
+    whole = P.run_maxima(rows)
+    assert whole["max_lambda_max"] == 9.0 and whole["reached_max_acc"] is None
+    assert P.run_maxima(rows, max_acc=0.9)["reached_max_acc"] is False
 
 
 # --------------------------------------------------------------------------------------------- calibrated toy

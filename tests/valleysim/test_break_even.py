@@ -201,25 +201,8 @@ def test_same_seed_same_numbers_for_one_and_two_threads(land):
 
 
 def test_cli_json(capsys):
-    assert (
-        main(
-            [
-                "break-even",
-                "--eta",
-                "0.2",
-                "--batch",
-                "8",
-                "--n-examples",
-                "16",
-                "--beta",
-                "0.01",
-                "--trajectories",
-                "8",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    argv = ["break-even", "--eta", "0.2", "--batch", "8", "--n-examples", "16", "--beta", "0.01"]
+    assert main([*argv, "--trajectories", "8", "--json"]) == 0
     s = json.loads(capsys.readouterr().out)
     for k in (
         "max_curvature",
@@ -231,24 +214,7 @@ def test_cli_json(capsys):
     ):
         assert k in s
     assert s["predicted_break_even"] == pytest.approx(bes.predicted_break_even(0.2, 8, 16, 1.0))
-    assert (
-        main(
-            [
-                "break-even",
-                "--eta",
-                "0.2",
-                "--batch",
-                "8",
-                "--n-examples",
-                "16",
-                "--beta",
-                "0.01",
-                "--trajectories",
-                "4",
-            ]
-        )
-        == 0
-    )
+    assert main([*argv, "--trajectories", "4"]) == 0
     assert "predicted_break_even" in capsys.readouterr().out
 
 
