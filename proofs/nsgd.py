@@ -97,6 +97,11 @@ alpha_best = 1 / (eta * lam)
 loss_change_min = -(G**2) / (2 * lam)
 expected_loss_change = sp.expand(loss_change).subs(g1**2, G**2 + s2).subs(g1, G)  # E g1 = G, E g1^2 = G^2 + s2
 alpha_cross_noisy = 2 * G**2 / (eta * lam * (G**2 + s2))
+# on a network: B measured projections g_b with sample moments m1 = mean g_b, m2 = mean g_b^2
+m1 = sp.Symbol("m1", real=True)
+m2 = sp.Symbol("m2", positive=True)
+sample_loss_change = -alpha * eta * G * m1 + lam * alpha**2 * eta**2 * m2 / 2
+sample_alpha_cross = 2 * G * m1 / (eta * lam * m2)
 
 
 def check_loss_change() -> None:
@@ -114,6 +119,20 @@ def check_loss_change() -> None:
     check_true(
         sp.solveset(u * (u - 1) < 0, u, sp.Interval.open(0, sp.oo)) == sp.Interval.open(0, 1),
         "decrease exactly for alpha < 2/(eta lam)",
+    )
+    # the mean over B measured batch projections: linear in g_b and g_b^2, so their sample moments enter
+    gs = sp.symbols("g_b0:4", real=True)
+    mean_change = sum(loss_change.subs(g1, gb) for gb in gs) / len(gs)
+    check(
+        mean_change,
+        sample_loss_change.subs({m1: sum(gs) / len(gs), m2: sum(gb**2 for gb in gs) / len(gs)}),
+        "mean over batches = -alpha eta G m1 + lam alpha^2 eta^2 m2 / 2",
+    )
+    roots = sp.solve(sp.Eq(sample_loss_change, 0), alpha)
+    check_true(len(roots) == 1, "one positive root of the sample-moment parabola")
+    check(roots[0], sample_alpha_cross, "its root 2 G m1 / (eta lam m2)")
+    check(
+        sample_alpha_cross.subs({m1: G, m2: G**2 + s2}), alpha_cross_noisy, "= the expected root when m1, m2 are exact"
     )
     # alpha = 1 (the SGD step itself) decreases the loss along e_1 iff eta lam < 2 (GD stability)
     check(loss_change_full.subs(alpha, 1), eta * G**2 * (eta * lam - 2) / 2, "alpha = 1")
@@ -220,6 +239,8 @@ def derive() -> dict:
         "loss_change_min": loss_change_min,
         "expected_loss_change": expected_loss_change,
         "alpha_cross_noisy": alpha_cross_noisy,
+        "sample_loss_change": sample_loss_change,
+        "sample_alpha_cross": sample_alpha_cross,
         "nsgd_factor_top": nsgd_factor_top,
         "nsgd_stable_top": nsgd_stable_top,
         **{

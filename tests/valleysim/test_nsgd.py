@@ -1,5 +1,7 @@
 """R8: proofs.nsgd agrees with valleysim.nsgd; the NSGD / SGD-variant steps, the landscape, bad input."""
 
+import math
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -15,6 +17,8 @@ from valleysim.errors import UserInputError
 _dL = sp.lambdify((pn.alpha, pn.eta, pn.g1, pn.G, pn.lam), pn.loss_change)
 _dL_full = sp.lambdify((pn.alpha, pn.eta, pn.G, pn.lam), pn.loss_change_full)
 _alpha_cross = sp.lambdify((pn.eta, pn.lam), pn.alpha_cross)
+_sample_dL = sp.lambdify((pn.alpha, pn.eta, pn.lam, pn.G, pn.m1, pn.m2), pn.sample_loss_change)
+_sample_cross = sp.lambdify((pn.eta, pn.lam, pn.G, pn.m1, pn.m2), pn.sample_alpha_cross)
 _factor = sp.lambdify((pn.gamma, pn.eta, pn.lam), pn.nsgd_factor_top)
 _newton = sp.lambdify((pn.eta, *pn.gvec), pn.newton_step_app_e)
 _match = sp.lambdify((pn.a, pn.b, pn.lam_N, pn.eta), [pn.matching_gamma, pn.matching_eta_N])
@@ -331,3 +335,44 @@ def test_lambda_max_reached_is_flagged_while_it_still_changes():
     assert ns.settled(flat[:10]) is None  # 2 records in the window: cannot tell
     rising[-5:, :] = np.nan  # trajectories that diverged at the end
     assert ns.settled(rising) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lam=st.floats(0.1, 100.0),
+    x=st.floats(-3.0, 3.0).filter(lambda v: abs(v) > 1e-3),
+    eta=st.floats(1e-3, 0.5),
+    noise=st.lists(st.floats(-5.0, 5.0), min_size=1, max_size=12),
+)
+def test_quadratic_loss_change_is_the_mean_of_direct_evaluations(lam, x, eta, noise):
+    """On L(x) = lam x^2 / 2 (G = lam x), batch projections g_b = G + noise_b: the prediction equals the
+    mean of L(x - alpha eta g_b) - L(x) evaluated directly, and changes sign at alpha_cross_quadratic."""
+    from valleysim.nsgd.directions import alpha_cross_quadratic, loss_change_quadratic
+
+    G = lam * x
+    g = G + np.array(noise)
+
+    def direct(a):
+        return float(np.mean(lam / 2 * ((x - a * eta * g) ** 2 - x**2)))
+
+    alphas = np.array([0.25, 0.5, 1.0, 2.0, 4.0])
+    pred = loss_change_quadratic(alphas, eta, lam, G, g)
+    np.testing.assert_allclose(pred, [direct(a) for a in alphas], rtol=1e-9, atol=1e-9 * lam * (x**2 + 1))
+    m1, m2 = float(np.mean(g)), float(np.mean(g * g))
+    np.testing.assert_allclose(pred, _sample_dL(alphas, eta, lam, G, m1, m2), rtol=1e-12, atol=1e-300)
+    ac = alpha_cross_quadratic(eta, lam, G, g)
+    if m2 > 0:
+        assert ac == pytest.approx(_sample_cross(eta, lam, G, m1, m2), rel=1e-12)
+    if np.mean(g * g) > 1e-9 and ac > 1e-6:
+        assert direct(0.5 * ac) < 0 < direct(2.0 * ac)
+        assert abs(direct(ac)) <= 1e-9 * (1 + abs(direct(2 * ac)))
+    elif np.mean(g * g) > 1e-9:
+        assert direct(1.0) >= -1e-12  # root at alpha <= 0: the change is positive for every alpha > 0
+
+
+def test_quadratic_crossing_without_curvature_is_nan():
+    from valleysim.nsgd.directions import alpha_cross_quadratic
+
+    assert math.isnan(alpha_cross_quadratic(0.1, 0.0, 1.0, [1.0]))
+    assert math.isnan(alpha_cross_quadratic(0.1, -2.0, 1.0, [1.0, 2.0]))
+    assert alpha_cross_quadratic(0.1, 10.0, 1.0, [1.0]) == pytest.approx(2.0)  # 2/(eta lam), no noise

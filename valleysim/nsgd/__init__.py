@@ -39,7 +39,16 @@ __getattr__, __all__ = lazy_exports(
     __name__,
     {
         "landscape": ("SharpValley", "make_valley", "quadratic_valley"),
-        "directions": ("ALPHAS", "METHODS", "lambda_max", "nsgd_direction", "step_direction", "top_eigen"),
+        "directions": (
+            "ALPHAS",
+            "METHODS",
+            "alpha_cross_quadratic",
+            "lambda_max",
+            "loss_change_quadratic",
+            "nsgd_direction",
+            "step_direction",
+            "top_eigen",
+        ),
         "sim": ("GAMMAS", "BatchStream", "gamma_sweep", "loss_change_along_top", "settled", "simulate"),
     },
 )

@@ -45,3 +45,30 @@ def step_direction(method: str, g, E=None, gamma: float = 1.0):
 def nsgd_direction(g, E, gamma: float):
     """NSGD's direction g - (1 - gamma) E^T E g."""
     return step_direction("nsgd", g, E, gamma)
+
+
+# --- the loss change along e_1 of a quadratic model (proofs.nsgd: sample_loss_change, sample_alpha_cross) ---
+def _moments(g_full, g_batch):
+    g = np.asarray(g_batch, dtype=np.float64).ravel()
+    if g.size == 0:
+        raise UserInputError("g_batch needs at least one mini-batch projection")
+    return float(g_full), float(np.mean(g)), float(np.mean(g * g))
+
+
+def loss_change_quadratic(alphas, eta: float, lam: float, g_full: float, g_batch) -> np.ndarray:
+    """The mean over mini-batches b of L(theta - alpha eta g_b e_1) - L(theta) if L were quadratic along e_1
+    with curvature lam: -alpha eta G m1 + lam alpha^2 eta^2 m2 / 2, G = <grad L, e_1>, g_b = <g_B, e_1>
+    (g_batch (B,)), m1 = mean g_b, m2 = mean g_b^2. Returns (len(alphas),)."""
+    G, m1, m2 = _moments(g_full, g_batch)
+    a = np.asarray(alphas, dtype=np.float64)
+    return -a * eta * G * m1 + 0.5 * lam * a**2 * eta**2 * m2
+
+
+def alpha_cross_quadratic(eta: float, lam: float, g_full: float, g_batch) -> float:
+    """The step multiple where that change turns from negative to positive, 2 G m1 / (eta lam m2)
+    (= 2 G^2 / (eta lam (G^2 + s^2)) when m1 = G and m2 = G^2 + s^2); nan when lam <= 0 (no curvature to
+    turn it) or m2 = 0. A value <= 0 means the change is positive for every alpha > 0."""
+    G, m1, m2 = _moments(g_full, g_batch)
+    if not (lam > 0 and m2 > 0):
+        return float("nan")
+    return 2.0 * G * m1 / (eta * lam * m2)
