@@ -34,6 +34,7 @@ class TrainConfig:
     max_steps: int | None = None
     n_train: int | None = None  # first n training examples (canonical order); None: all
     augment: bool = True
+    label_smoothing: float = 0.0  # the training loss against smoothed targets (noise-hessian-spectrum's setting)
     drop_last: bool = True  # drop each epoch's last partial batch (its few examples make transient spikes)
     test_size: int | None = None  # first n test examples scored in every row; None: all given, 0: none
     nsgd_gamma: float = 0.01
@@ -108,6 +109,8 @@ class TrainConfig:
             check_int_range(self.test_size, "test_size (0: no test metrics)", 0)
         for name in ("momentum", "weight_decay", "noise_std"):
             check_range(getattr(self, name), name, 0, math.inf)
+        if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
+            raise UserInputError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if self.momentum >= 1:
             raise UserInputError(f"momentum must be in [0, 1), got {self.momentum}")
         check_positive(self.lanczos_tol, "lanczos_tol")
@@ -128,6 +131,8 @@ class TrainConfig:
             raise UserInputError(
                 "the curvature and covariance probes need independent examples: use --bn eval with a BatchNorm model"
             )
+        if "alignment" in self.probes and not {"lanczos", "trace", "covariance"} <= set(self.probes):
+            raise UserInputError("probe alignment needs lanczos, trace and covariance in --probes")
         needs_eigvecs = {"step", "curvature"} & set(self.probes)
         if needs_eigvecs and "lanczos" not in self.probes:
             raise UserInputError(

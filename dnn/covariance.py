@@ -127,6 +127,28 @@ def _spectrum(D: torch.Tensor, scale: float, k: int) -> dict:
     }
 
 
+def centred_batch_gradients(G_batches: torch.Tensor, g_full: torch.Tensor, batch_size: int, n_total: int | None):
+    """(D, c): D = G_batches - g_full (L, P) in float64 and the sampling factor c(M, N) of
+    :func:`covariance_from_gram` (so K_hat = D^T D / (L c)); checks the shapes and M < N."""
+    if G_batches.ndim != 2:
+        raise UserInputError(f"G_batches must have shape (L, P), got {tuple(G_batches.shape)}")
+    L, P = G_batches.shape
+    check_int_range(L, "n_batches", 2)
+    if tuple(g_full.shape) != (P,):
+        raise UserInputError(f"g_full must have shape ({P},), got {tuple(g_full.shape)}")
+    M = check_int_range(batch_size, "batch_size", 1)
+    if n_total is not None:
+        N = check_int_range(n_total, "n_total", 1)
+        if check_int_range(M, "batch_size", 1, N) == N:
+            raise UserInputError(
+                f"batch_size must be < n_total = {n_total} for batches drawn without replacement (a batch of all "
+                f"examples has g_B = g, so it carries no information on K); got {M}"
+            )
+    c = variance_factor(M, M, "with_replacement") if n_total is None else variance_factor(M, n_total)
+    D = G_batches.to(torch.float64) - g_full.to(device=G_batches.device, dtype=torch.float64)
+    return D, c
+
+
 def covariance_from_gram(
     G_batches: torch.Tensor, g_full: torch.Tensor, batch_size: int, n_total: int | None = None, k: int = 5
 ) -> dict:
@@ -141,23 +163,9 @@ def covariance_from_gram(
     (top min(k, L) eigenpairs), and the paper's units: ``lambda_K_gram`` and ``trace_K_gram``, the top
     eigenvalue and the trace of the Gram D D^T itself (= L c x ours; E Tr = L c Tr K, not Tr K).
     """
-    if G_batches.ndim != 2:
-        raise UserInputError(f"G_batches must have shape (L, P), got {tuple(G_batches.shape)}")
-    L, P = G_batches.shape
-    check_int_range(L, "n_batches", 2)
+    D, c = centred_batch_gradients(G_batches, g_full, batch_size, n_total)
+    L = D.shape[0]
     check_int_range(k, "k", 1)
-    if tuple(g_full.shape) != (P,):
-        raise UserInputError(f"g_full must have shape ({P},), got {tuple(g_full.shape)}")
-    M = check_int_range(batch_size, "batch_size", 1)
-    if n_total is not None:
-        N = check_int_range(n_total, "n_total", 1)
-        if check_int_range(M, "batch_size", 1, N) == N:
-            raise UserInputError(
-                f"batch_size must be < n_total = {n_total} for batches drawn without replacement (a batch of all "
-                f"examples has g_B = g, so it carries no information on K); got {M}"
-            )
-    c = variance_factor(M, M, "with_replacement") if n_total is None else variance_factor(M, n_total)
-    D = G_batches.to(torch.float64) - g_full.to(device=G_batches.device, dtype=torch.float64)
     out = _spectrum(D, 1.0 / (L * c), k)
     # the paper's K_hat (break-even-point.txt App. B): the L x L Gram <g_i - g, g_j - g>, no 1/L, no 1/c
     out.update(lambda_K_gram=L * c * out["lambda_K"], trace_K_gram=float((D * D).sum()))
@@ -201,3 +209,49 @@ def exact_covariance(objective, theta: torch.Tensor | None = None, k: int = 5) -
     G = objective.per_example_grads(theta).to(torch.float64)
     D = G - G.mean(0)
     return _spectrum(D, 1.0 / G.shape[0], k)
+
+
+def alignment(
+    hvp,
+    G_batches,
+    g_full,
+    batch_size: int,
+    n_total: int | None,
+    eigvecs_H,
+    lambda_H1: float,
+    frobenius_H: float,
+    eigvecs_K,
+) -> dict:
+    """How the gradient covariance K_hat = D^T D / (L c) (:func:`covariance_from_gram`) lines up with the
+    Hessian H (``hvp``: v -> H v), with s = 1 / (L c), D = G_batches - g_full (L, P):
+
+        trace_HK      tr(H K) = s sum_l d_l^T H d_l                      (L HVPs)
+        frobenius_K   ||K||_F = s ||D D^T||_F
+        cos_HK        tr(H K) / (||H||_F ||K||_F): 1 iff K = c H (the valley paper's assumption C ~ c H)
+        c_fit_HK      tr(H K) / ||H||_F^2, the least-squares c of K ~ c H
+        cos_eK1_eH1   |<e_K^1, e_H^1>|
+        overlap_K_H   ||V_H V_K^T||_F^2 / k_K: the fraction of K's top-k_K subspace (rows of ``eigvecs_K``)
+                      inside the span of ``eigvecs_H`` (k_H rows), 1 when contained
+        alpha_eH1     e_H^1^T K e_H^1 / lambda_H^1 = s ||D e_H^1||^2 / lambda_H^1 (R2's alpha, along e_H^1)
+
+    ``frobenius_H`` is ||H||_F (the Hutchinson estimate of the trace probe); eigenvectors are rows.
+    """
+    D, c = centred_batch_gradients(G_batches, g_full, batch_size, n_total)
+    L = D.shape[0]
+    s = 1.0 / (L * c)
+    VH = torch.as_tensor(eigvecs_H).to(D)
+    VK = torch.as_tensor(eigvecs_K).to(D)
+    VK = VK[VK.norm(dim=1) > 0]
+    tr_hk = s * sum(float(d @ hvp(d.to(G_batches.dtype)).to(D)) for d in D)  # H in the objective's dtype
+    gram = D @ D.T
+    fro_k = s * float(torch.linalg.matrix_norm(gram))
+    e1 = VH[0]
+    return {
+        "trace_HK": tr_hk,
+        "frobenius_K": fro_k,
+        "cos_HK": tr_hk / (frobenius_H * fro_k) if frobenius_H > 0 and fro_k > 0 else math.nan,
+        "c_fit_HK": tr_hk / frobenius_H**2 if frobenius_H > 0 else math.nan,
+        "cos_eK1_eH1": float(abs(VK[0] @ e1)) if VK.shape[0] else math.nan,
+        "overlap_K_H": float(((VH @ VK.T) ** 2).sum()) / VK.shape[0] if VK.shape[0] else math.nan,
+        "alpha_eH1": s * float(((D @ e1) ** 2).sum()) / lambda_H1 if lambda_H1 > 0 else math.nan,
+    }

@@ -12,7 +12,8 @@ seed gives the same start vectors on any device (and the same result on the same
   reorthogonalisation (block size 1 = classical Lanczos), warm start from previous eigenvectors.
 * :func:`power_iteration` -- PyHessian's ``hessian.eigenvalue(maxIter, tol, top_n=1)`` (baseline).
 * :func:`hutchinson_trace` -- Hutchinson trace estimate ``mean_z z^T A z``, optionally deflated by
-  known eigenpairs (``tr A = sum theta_i + tr(Pi A Pi)``, ``Pi = I - V^T V``).
+  known eigenpairs (``tr A = sum theta_i + tr(Pi A Pi)``, ``Pi = I - V^T V``);
+  :func:`hutchinson_trace_frobenius` -- the same probes also estimate ``||A||_F`` (``E ||A z||^2``).
 * :func:`dense_matrix` -- ``A`` applied to the identity columns (oracle for tiny ``P``).
 * :func:`frobenius_from_top` -- ``sqrt(sum lambda_i^2)`` over the given top eigenvalues.
 """
@@ -35,6 +36,7 @@ __all__ = [
     "lanczos_top",
     "power_iteration",
     "hutchinson_trace",
+    "hutchinson_trace_frobenius",
     "dense_matrix",
     "frobenius_from_top",
 ]
@@ -485,39 +487,69 @@ def hutchinson_trace(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> tuple[float, float, int]:
-    """Hutchinson estimate of ``tr A``: ``mean_s z_s^T A z_s`` over ``n_samples`` probes.
+    """Hutchinson estimate of ``tr A``: ``(estimate, standard_error, n_matvec)`` of
+    :func:`hutchinson_trace_frobenius` (same probes, same numbers)."""
+    r = hutchinson_trace_frobenius(
+        matvec,
+        dim_or_like,
+        n_samples=n_samples,
+        seed=seed,
+        distribution=distribution,
+        deflate=deflate,
+        dtype=dtype,
+        device=device,
+    )
+    return r["trace"], r["trace_se"], r["n_matvec"]
+
+
+def hutchinson_trace_frobenius(
+    matvec: MatVec,
+    dim_or_like: int | torch.Tensor,
+    *,
+    n_samples: int = 100,
+    seed: int = 0,
+    distribution: str = "rademacher",
+    deflate: Eigenpairs | None = None,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> dict:
+    """Hutchinson estimates of ``tr A`` and ``||A||_F`` from the same ``n_samples`` probes ``z``.
 
     ``z`` has i.i.d. Rademacher (+-1) or standard Gaussian entries (``E z z^T = I``), drawn from a
-    generator seeded ``seed``. Standard error = sample std (ddof 1) / sqrt(n) (NaN for n = 1).
+    generator seeded ``seed``, so ``E z^T A z = tr A`` and ``E ||A z||^2 = tr(A^T A) = ||A||_F^2``.
+    Standard errors = sample std (ddof 1) / sqrt(n) (NaN for n = 1).
 
-    ``deflate`` (orthonormal ``V (j, P)``, values ``theta``; Ritz pairs from :func:`lanczos_top`)::
+    ``deflate`` (orthonormal ``V (j, P)``, values ``theta``, residual norms ``r``; Ritz pairs from
+    :func:`lanczos_top`), ``Pi = I - V^T V``, ``u = Pi z``::
 
-        tr A = sum_i theta_i + tr(Pi A Pi),   Pi = I - V^T V,
+        tr A      = sum_i theta_i + E u^T A u
+        ||A||_F^2 = sum_i theta_i^2 + 2 sum_i r_i^2 + E ||Pi A u||^2
 
-    with ``tr(Pi A Pi)`` estimated by Hutchinson (probes ``u = Pi z``, ``n_samples`` matvecs). It is
-    unbiased whenever ``theta_i = v_i^T A v_i`` -- true for Ritz pairs, as ``V A V^T = diag(theta)``
-    -- and the reported SE is that of the stochastic part only. Variance per probe: Rademacher
-    ``2 sum_{i!=j} B_ij^2``, Gaussian ``2 ||B||_F^2``, with ``B = A`` or ``B = Pi A Pi``; for exact
-    eigenpairs ``||Pi A Pi||_F^2 = ||A||_F^2 - sum_i lambda_i^2``, a large reduction when a few
-    eigenvalues dominate (the Hutch++ idea with the Lanczos vectors as the sketch).
+    (``A = (V^T V + Pi) A (V^T V + Pi)``; for Ritz pairs ``V A V^T = diag(theta)`` and
+    ``Pi A v_i = A v_i - theta_i v_i``, whose norm is the residual ``r_i``). Unbiased whenever the pairs
+    are Ritz pairs; the SEs are those of the stochastic parts. Variance per trace probe: Rademacher
+    ``2 sum_{i!=j} B_ij^2``, Gaussian ``2 ||B||_F^2``, ``B = A`` or ``Pi A Pi``: small when a few
+    eigenvalues dominate and are deflated (the Hutch++ idea with the Lanczos vectors as the sketch).
 
-    Returns ``(estimate, standard_error, n_matvec)``.
+    Returns {trace, trace_se, frobenius, frobenius_se (delta method: se(F^2) / 2F), n_matvec}.
     """
     P, dt, dev = _resolve(dim_or_like, dtype, device)
     n_samples = check_int_range(n_samples, "n_samples", 1)
     if distribution not in ("rademacher", "gaussian"):
         raise UserInputError(f"distribution must be 'rademacher' or 'gaussian'; got {distribution!r}")
     V = None
-    base = 0.0
+    base_trace = base_frob = 0.0
     if deflate is not None:
         if len(deflate) > 0:
             V = deflate.vectors.detach().to(device=dev, dtype=dt)
             if V.ndim != 2 or V.shape[1] != P:
                 raise UserInputError(f"deflate.vectors must have shape (j, {P}); got {tuple(V.shape)}")
-            base = float(np.sum(deflate.values))
+            vals, res = np.asarray(deflate.values, float), np.asarray(deflate.residuals, float)
+            base_trace = float(np.sum(vals))
+            base_frob = float(np.sum(vals**2) + 2 * np.sum(res**2))
     g = torch.Generator(device="cpu")
     g.manual_seed(int(seed))
-    samples = np.empty(n_samples)
+    tr, fr = np.empty(n_samples), np.empty(n_samples)
     for s in range(n_samples):
         if distribution == "rademacher":
             z = torch.randint(0, 2, (P,), generator=g, dtype=torch.int8).to(torch.float64) * 2 - 1
@@ -526,11 +558,23 @@ def hutchinson_trace(
         z = z.to(device=dev, dtype=dt)
         if V is not None:
             z = z - V.T @ (V @ z)
-        samples[s] = float(torch.dot(z, _apply(matvec, z)))
-    if not np.all(np.isfinite(samples)):
+        w = _apply(matvec, z)
+        tr[s] = float(torch.dot(z, w))
+        if V is not None:
+            w = w - V.T @ (V @ w)
+        fr[s] = float(torch.dot(w, w))
+    if not (np.all(np.isfinite(tr)) and np.all(np.isfinite(fr))):
         raise ValueError("matvec returned non-finite values")
-    mean, se = mean_se(samples)
-    return base + mean, se, n_samples
+    t, t_se = mean_se(tr)
+    f2, f2_se = mean_se(fr)
+    frob = math.sqrt(max(base_frob + f2, 0.0))
+    return {
+        "trace": base_trace + t,
+        "trace_se": t_se,
+        "frobenius": frob,
+        "frobenius_se": f2_se / (2 * frob) if frob > 0 else math.nan,
+        "n_matvec": n_samples,
+    }
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -66,7 +66,9 @@ def _cast(t: torch.Tensor, device, dtype) -> torch.Tensor:
 
 
 class Objective:
-    """Mean cross-entropy of ``model`` on ``(inputs, targets)`` as a function of a flat ``theta``.
+    """Mean cross-entropy of ``model`` on ``(inputs, targets)`` as a function of a flat ``theta``
+    (against the targets smoothed by ``label_smoothing`` eps: weight 1 - eps + eps/C on the label, eps/C
+    on each of the C classes, torch's definition).
 
     inputs (n, ...) float, targets (n,) int64. ``theta`` defaults to the model's parameters at
     construction (``self.theta0``, shape (P,)); every method takes an optional ``theta`` (P,) and an
@@ -87,6 +89,7 @@ class Objective:
         bn: str = "eval",
         bn_batch: int = 128,
         chunk: int = 64,
+        label_smoothing: float = 0.0,
     ):
         if bn not in BN_POLICIES:
             raise UserInputError(f"bn policy must be one of {', '.join(BN_POLICIES)}, got {bn!r}")
@@ -97,6 +100,9 @@ class Objective:
             )
         if chunk < 1 or bn_batch < 1:
             raise UserInputError(f"chunk and bn_batch must be >= 1, got {chunk} and {bn_batch}")
+        if not 0.0 <= label_smoothing < 1.0:
+            raise UserInputError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
         device = torch.device(device) if device is not None else next(model.parameters()).device
         self.dtype, self.device, self.bn = dtype, device, bn
         self.has_bn = has_batchnorm(model)
@@ -168,7 +174,7 @@ class Objective:
 
     def _losses(self, params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-example losses (m,) of one chunk."""
-        return F.cross_entropy(self._logits(params, x), y, reduction="none")
+        return F.cross_entropy(self._logits(params, x), y, reduction="none", label_smoothing=self.label_smoothing)
 
     def _chunks(self, idx):
         if idx is None:

@@ -7,11 +7,15 @@ warm-start the next Lanczos run and by the ``step`` and ``curvature`` probes). R
 :data:`PROBES`, so ``lanczos`` runs before the probes that use its eigenvectors.
 
   lanczos      top-k Hessian eigenpairs: lambda_max, lambda_H_i, residuals, n_hvp, frobenius_top
-  trace        Hutchinson Tr(H) with its SE, deflated by this probe time's Lanczos pairs when the
-               lanczos probe ran (their eigenvalues + Hutchinson on the rest: smaller SE)
+  trace        Hutchinson Tr(H) and ||H||_F (from the same HVPs) with their SEs, deflated by this
+               probe time's Lanczos pairs when the lanczos probe ran (smaller SE)
   covariance   lambda_K, trace_K, trace_ratio = Tr K / lambda_K, lambda_K_i (Gram of L mini-batch grads),
                grad_norm_ratio_top5 (||g|| / ||g_5||, g_5 on the top-5 eigenvectors of K)
-  step         alpha_star (+ alpha_star_reached), loss_change_a{alpha} (+ _se), mean |cos(g_b, e_i)|, bn_scale_norm
+  alignment    K against H (needs lanczos, trace, covariance): tr(HK), ||K||_F, cos_HK = tr(HK)/(||H||_F
+               ||K||_F), c_fit_HK, |cos(e_K^1, e_H^1)|, overlap of K's top 5 with H's top k, alpha_eH1
+  step         alpha_star (+ alpha_star_reached), loss_change_a{alpha} (+ _se) and what a parabola along e_1
+               with curvature lambda_1 predicts from the same batches (loss_change_quad_a{alpha},
+               alpha_cross_quad, g_e1_*), mean |cos(g_b, e_i)|, bn_scale_norm
   curvature    per-example curvature along e_H^1 (curvature_mean, curvature_var) and R1's
                stability_factor (1 - eta lambda)^2 + eta^2 c(S, N) s^2 with lambda, s^2 from them
   negative     the most negative eigenvalues (Lanczos on -H): lambda_min, neg_eig_sum (R5)
@@ -44,6 +48,8 @@ class ProbeContext:
     step: int = 0
     n_train: int | None = None  # size of the training set (for c(S, N)); default: measurement set
     pairs: Any = None  # this probe time's Lanczos Eigenpairs (set by the lanczos probe)
+    batch_grads: Any = None  # the covariance probe's (G (L, P), g, M): reused by the alignment probe
+    results: dict = field(default_factory=dict)  # the metrics of the probes run so far at this probe time
 
 
 def top_eigenpairs(objective: Objective, cfg, init=None, k: int | None = None) -> eigen.Eigenpairs:
@@ -98,14 +104,20 @@ def _negative(ctx: ProbeContext) -> dict:
 
 
 def _trace(ctx: ProbeContext) -> dict:
-    est, se, n = eigen.hutchinson_trace(
+    r = eigen.hutchinson_trace_frobenius(
         ctx.objective.hvp,
         ctx.objective.theta0,
         deflate=ctx.pairs,
         n_samples=ctx.cfg.hutchinson_samples,
         seed=ctx.cfg.seed + ctx.step,
     )
-    return {"trace_hessian": est, "trace_hessian_se": se, "trace_n_hvp": n}
+    return {
+        "trace_hessian": r["trace"],
+        "trace_hessian_se": r["trace_se"],
+        "frobenius_hessian": r["frobenius"],
+        "frobenius_hessian_se": r["frobenius_se"],
+        "trace_n_hvp": r["n_matvec"],
+    }
 
 
 def _covariance(ctx: ProbeContext) -> dict:
@@ -115,7 +127,9 @@ def _covariance(ctx: ProbeContext) -> dict:
     break-even-point.txt Sec. 4.3) averaged over the L batches."""
     obj, m = ctx.objective, min(ctx.cfg.cov_batch, ctx.objective.n - 1)
     G = covariance.mini_batch_gradients(obj, ctx.cfg.cov_batches, m, seed=ctx.cfg.seed + ctx.step)
-    res = covariance.covariance_from_gram(G, obj.grad(), m, obj.n, k=5)
+    g = obj.grad()
+    ctx.batch_grads = (G, g, m)
+    res = covariance.covariance_from_gram(G, g, m, obj.n, k=5)
     ctx.state["eigvecs_K"] = res["eigenvectors_K"].detach().cpu()  # top-5 of K, kept with the checkpoint
     out = {k: float(res[k]) for k in ("lambda_K", "trace_K", "trace_ratio", "lambda_K_gram", "trace_K_gram")}
     out.update({f"lambda_K_{i + 1}": float(v) for i, v in enumerate(res["eigenvalues_K"])})
@@ -124,6 +138,23 @@ def _covariance(ctx: ProbeContext) -> dict:
         ratios = [step_probes.gradient_alignment(g, V5)["grad_norm_ratio_top5"] for g in G]
         out["grad_norm_ratio_top5"] = float(np.mean(ratios))
     return out
+
+
+def _alignment(ctx: ProbeContext) -> dict:
+    """K (the covariance probe's Gram estimate, its batches reused) against H: tr(HK), ||K||_F, cos_HK,
+    c_fit_HK, cos_eK1_eH1, overlap_K_H (K's top 5 in H's top-k), alpha_eH1 (:func:`dnn.covariance.alignment`)."""
+    G, g, m = ctx.batch_grads
+    return covariance.alignment(
+        ctx.objective.hvp,
+        G,
+        g,
+        m,
+        ctx.objective.n,
+        ctx.pairs.vectors,
+        float(ctx.pairs.values[0]),
+        ctx.results["frobenius_hessian"],
+        ctx.state["eigvecs_K"],
+    )
 
 
 def _step(ctx: ProbeContext) -> dict:
@@ -140,6 +171,8 @@ def _step(ctx: ProbeContext) -> dict:
     )
     out = dict(step_probes.alpha_star(ctx.objective, G[0], ctx.cfg.lr))
     out.update(step_probes.loss_change_along_top(ctx.objective, E[0], G, ctx.cfg.lr))
+    lam1 = float(ctx.pairs.values[0]) if ctx.pairs is not None else float(E[0] @ ctx.objective.hvp(E[0]))
+    out.update(step_probes.loss_change_quadratic_model(ctx.objective, E[0], G, ctx.cfg.lr, lam1))
     cos = [step_probes.gradient_alignment(g, E) for g in G]
     out.update({k: float(np.mean([c[k] for c in cos])) for k in cos[0] if k.startswith("cos_g_e")})
     out.update(step_probes.bn_scale_norm(ctx.model))
@@ -163,6 +196,7 @@ PROBES: dict[str, Callable[[ProbeContext], dict]] = {
     "lanczos": _lanczos,
     "trace": _trace,
     "covariance": _covariance,
+    "alignment": _alignment,
     "step": _step,
     "curvature": _curvature,
     "walk": _walk,
@@ -172,7 +206,7 @@ PROBES: dict[str, Callable[[ProbeContext], dict]] = {
 
 def run_probes(names, ctx: ProbeContext) -> dict:
     """Runs the named probes in registry order; one flat dict of metrics."""
-    out = {}
+    out = ctx.results
     for name in PROBES:
         if name in names:
             out.update(PROBES[name](ctx))

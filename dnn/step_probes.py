@@ -43,6 +43,7 @@ __all__ = [
     "ALPHAS",
     "alpha_key",
     "loss_change_along_top",
+    "loss_change_quadratic_model",
     "alpha_star",
     "gradient_alignment",
     "per_example_curvature_stats",
@@ -123,6 +124,39 @@ def loss_change_along_top(
         mean, se = mean_se(d)
         out[f"loss_change_{alpha_key(a)}"] = mean
         out[f"loss_change_{alpha_key(a)}_se"] = se
+    return out
+
+
+def loss_change_quadratic_model(
+    objective, eigvec, batch_grads, eta: float, curvature: float, alphas: Sequence[float] = ALPHAS, theta=None
+) -> dict:
+    """What ``loss_change_along_top`` would return if the loss were quadratic along e (curvature e^T H e =
+    ``curvature``, lambda_1 for the top Ritz pair), from the same mini-batch gradients G (B, P):
+
+        g_e1_full              G_e = <grad L(theta), e>
+        g_e1_batch_mean, _sq   m1 = mean_b <g_b, e>, m2 = mean_b <g_b, e>^2
+        loss_change_quad_a{alpha} = -alpha eta G_e m1 + curvature alpha^2 eta^2 m2 / 2
+        alpha_cross_quad       2 G_e m1 / (eta curvature m2), the sign change of the above
+
+    (:func:`valleysim.nsgd.directions.loss_change_quadratic`, derived in ``proofs.nsgd``). The gap to the
+    measured change is the loss's departure from a parabola along e_1 over the step. Cost: one gradient.
+    """
+    from valleysim.nsgd.directions import alpha_cross_quadratic, loss_change_quadratic
+
+    eta = check_positive(eta, "eta")
+    th = _theta(objective, theta)
+    e = _unit(check_vector(eigvec, "eigvec", objective.dim).to(th), "eigvec")
+    G = _rows(batch_grads, "batch_grads", objective.dim).to(th)
+    proj = (G @ e).double().cpu().numpy()
+    G_e = float(objective.grad(th) @ e)
+    pred = loss_change_quadratic(alphas, eta, float(curvature), G_e, proj)
+    out = {
+        "g_e1_full": G_e,
+        "g_e1_batch_mean": float(np.mean(proj)),
+        "g_e1_batch_sq": float(np.mean(proj**2)),
+        "alpha_cross_quad": alpha_cross_quadratic(eta, float(curvature), G_e, proj),
+    }
+    out.update({f"loss_change_quad_{alpha_key(a)}": float(v) for a, v in zip(alphas, pred)})
     return out
 
 

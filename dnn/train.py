@@ -150,6 +150,7 @@ def train(
         device=device,
         bn=cfg.bn,
         bn_batch=cfg.batch,
+        label_smoothing=cfg.label_smoothing,
     )
     state = dict(
         step=0,
@@ -264,10 +265,10 @@ def train(
             model.train()
             opt.zero_grad(set_to_none=False)
             if cfg.optimizer in ("gd", "gd-noise"):
-                loss, correct = _full_gradient(model, xb, yb, cfg.batch)
+                loss, correct = _full_gradient(model, xb, yb, cfg.batch, cfg.label_smoothing)
             else:
                 logits = model(xb)
-                loss_t = F.cross_entropy(logits, yb)
+                loss_t = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
                 loss_t.backward()
                 loss, correct = float(loss_t.detach()), float((logits.argmax(1) == yb).float().mean())
             if not math.isfinite(loss):
@@ -345,13 +346,13 @@ def evaluate(model, x, y, chunk: int) -> tuple[float, float]:
     return total / x.shape[0], correct / x.shape[0]
 
 
-def _full_gradient(model, x, y, chunk: int) -> tuple[float, float]:
+def _full_gradient(model, x, y, chunk: int, label_smoothing: float = 0.0) -> tuple[float, float]:
     """Accumulates d(mean loss)/dtheta over all of (x, y) into .grad; returns (loss, accuracy)."""
     n = x.shape[0]
     total, correct = 0.0, 0
     for s in range(0, n, chunk):
         logits = model(x[s : s + chunk])
-        loss = F.cross_entropy(logits, y[s : s + chunk], reduction="sum") / n
+        loss = F.cross_entropy(logits, y[s : s + chunk], reduction="sum", label_smoothing=label_smoothing) / n
         loss.backward()
         total += float(loss.detach())
         correct += int((logits.argmax(1) == y[s : s + chunk]).sum())

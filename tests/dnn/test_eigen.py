@@ -14,7 +14,15 @@ import pytest
 import scipy.linalg
 import torch
 
-from dnn.eigen import Eigenpairs, dense_matrix, frobenius_from_top, hutchinson_trace, lanczos_top, power_iteration
+from dnn.eigen import (
+    Eigenpairs,
+    dense_matrix,
+    frobenius_from_top,
+    hutchinson_trace,
+    hutchinson_trace_frobenius,
+    lanczos_top,
+    power_iteration,
+)
 from valleysim.errors import UserInputError
 
 F64 = torch.float64
@@ -360,6 +368,51 @@ def test_hutchinson_deflated_unbiased_smaller_se():
     assert np.mean(se_defl) < 0.1 * np.mean(se_plain)
     # unbiased: the mean of the 6 estimates is within 4 SE of the mean
     assert abs(np.mean(ests) - tr) < 4 * np.mean(se_defl) / math.sqrt(6)
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_hutchinson_frobenius_within_se_of_the_exact_norm(distribution: str):
+    P = 80
+    lam = np.random.default_rng(12).uniform(-1.0, 2.0, P)
+    A = spectral(lam, seed=13)
+    frob = float(np.sqrt(np.sum(lam**2)))
+    for seed in range(4):
+        mv = Counted(A)
+        r = hutchinson_trace_frobenius(mv, like(P), n_samples=100, seed=seed, distribution=distribution)
+        assert mv.n == r["n_matvec"] == 100
+        assert abs(r["frobenius"] - frob) < 4 * r["frobenius_se"]
+        # the trace from the same probes is hutchinson_trace's
+        assert (r["trace"], r["trace_se"]) == hutchinson_trace(
+            Counted(A), like(P), n_samples=100, seed=seed, distribution=distribution
+        )[:2]
+
+
+def test_hutchinson_frobenius_deflated_counts_the_ritz_residuals():
+    """Loose Lanczos (tol 0.3): Ritz vectors with sizeable residuals; sum theta^2 alone would be biased
+    low, the 2 sum r^2 term restores ||A||_F^2. All P eigenpairs deflated: exact with no probe noise."""
+    P = 60
+    lam = np.random.default_rng(14).uniform(-0.5, 0.5, P)
+    lam[:4] = [30.0, 20.0, 12.0, 8.0]
+    A = spectral(lam, seed=15)
+    frob = float(np.sqrt(np.sum(lam**2)))
+    top = lanczos_top(Counted(A), like(P), 4, tol=0.3, max_iter=6)
+    assert np.max(top.residuals) > 0.1  # the test needs inexact pairs
+    ests = []
+    for seed in range(5):
+        r = hutchinson_trace_frobenius(Counted(A), like(P), n_samples=40, seed=seed, deflate=top)
+        assert abs(r["frobenius"] - frob) < 4 * r["frobenius_se"]
+        ests.append(r["frobenius"] ** 2)
+    assert abs(np.mean(ests) - frob**2) < 0.02 * frob**2
+    w, V = np.linalg.eigh(A.numpy())
+    full = Eigenpairs(
+        values=w[::-1].copy(),
+        vectors=torch.as_tensor(V[:, ::-1].T.copy()),
+        residuals=np.zeros(P),
+        n_matvec=0,
+        converged=True,
+    )
+    r = hutchinson_trace_frobenius(Counted(A), like(P), n_samples=3, seed=0, deflate=full)
+    assert r["frobenius"] == pytest.approx(frob, rel=1e-10) and r["frobenius_se"] < 1e-8 * frob
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -53,6 +53,26 @@ def test_loss_grad_hvp_against_dense_truth(bn):
     torch.testing.assert_close(obj.hvp(v), H @ v, rtol=1e-10, atol=1e-12)
 
 
+def test_label_smoothing_is_the_smoothed_cross_entropy():
+    """eps-smoothed targets by hand: (1 - eps) (-log p_y) + eps mean_c (-log p_c); gradient and HVP of it."""
+    net, (x, y) = tiny_net(bn=False), data()
+    eps = 0.2
+    obj = Objective(net, x, y, chunk=3, label_smoothing=eps)
+    net64, logits = reference_logits(net, x, "eval", 4)
+    logp = torch.log_softmax(logits, dim=1)
+    by_hand = ((1 - eps) * -logp.gather(1, y[:, None])[:, 0] - eps * logp.mean(1)).mean()
+    assert obj.loss() == pytest.approx(by_hand.item(), rel=1e-13)
+    assert abs(obj.loss() - Objective(net, x, y).loss()) > 1e-3  # eps changes the loss
+    by_hand.backward()
+    g_ref = torch.cat([p.grad.reshape(-1) for p in net64.parameters()])
+    torch.testing.assert_close(obj.grad(), g_ref, rtol=1e-12, atol=1e-14)
+    H = reference_hessian(obj)
+    v = torch.randn(obj.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(obj.hvp(v), H @ v, rtol=1e-10, atol=1e-12)
+    with pytest.raises(UserInputError, match="label_smoothing must be in"):
+        Objective(net, x, y, label_smoothing=1.0)
+
+
 def test_eval_policy_does_not_depend_on_chunking_and_subsets_are_exact():
     net, (x, y) = tiny_net(bn=True), data(n=13)
     a, b = Objective(net, x, y, chunk=13), Objective(net, x, y, chunk=3)

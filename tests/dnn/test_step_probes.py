@@ -17,6 +17,7 @@ from dnn.step_probes import (
     frobenius_top,
     gradient_alignment,
     loss_change_along_top,
+    loss_change_quadratic_model,
     nsgd_direction,
     per_example_curvature_stats,
 )
@@ -106,6 +107,20 @@ def test_loss_change_closed_form_on_quadratic():
         s = a * eta * (G @ e)
         closed = -s * float(e @ g_full) + s**2 * lam1 / 2
         assert out[f"loss_change_{alpha_key(a)}"] == pytest.approx(float(closed.mean()), rel=1e-9, abs=1e-13)
+    # on a quadratic the parabola model along the eigenvector is exact
+    q = loss_change_quadratic_model(quad, e, G, eta, lam1)
+    flipped = loss_change_quadratic_model(quad, -3 * e, G, eta, lam1)  # not unit, other sign: same changes
+    assert {k: v for k, v in flipped.items() if "quad" in k} == pytest.approx(
+        {k: v for k, v in q.items() if "quad" in k}
+    )
+    for a in ALPHAS:
+        assert q[f"loss_change_quad_{alpha_key(a)}"] == pytest.approx(out[f"loss_change_{alpha_key(a)}"], rel=1e-9)
+    proj = (G @ e).numpy()
+    assert q["g_e1_full"] == pytest.approx(float(g_full @ e), rel=1e-12)
+    assert (q["g_e1_batch_mean"], q["g_e1_batch_sq"]) == pytest.approx((proj.mean(), (proj**2).mean()), rel=1e-12)
+    ac = q["alpha_cross_quad"]  # the measured change vanishes there
+    s = ac * eta * (G @ e)
+    assert float((-s * float(e @ g_full) + s**2 * lam1 / 2).mean()) == pytest.approx(0.0, abs=1e-12)
 
 
 def _alpha_star_1d(c, k, x, eta, thr=1.2):

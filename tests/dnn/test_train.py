@@ -222,7 +222,7 @@ def test_cli_missing_data_path_is_a_clear_error(tmp_path, monkeypatch, capsys):
 
 
 def test_curvature_probes_against_the_dense_hessian():
-    """lanczos + trace + curvature through the registry vs eigh / trace of the autograd Hessian (float64)."""
+    """lanczos + trace (and ||H||_F) + curvature through the registry vs the autograd Hessian (float64)."""
     x, y = synthetic(16)
     m = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125, seed=2)
     obj = Objective(m, torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0)), torch.as_tensor(y))
@@ -236,6 +236,7 @@ def test_curvature_probes_against_the_dense_hessian():
     for i in range(3):
         assert out[f"lambda_H_{i + 1}"] == pytest.approx(float(w[i]), rel=1e-6)
     assert abs(out["trace_hessian"] - float(H.trace())) < 4 * out["trace_hessian_se"]
+    assert abs(out["frobenius_hessian"] - float(torch.linalg.matrix_norm(H))) < 4 * out["frobenius_hessian_se"]
     assert out["lambda_min"] == pytest.approx(float(w[-1]), rel=1e-6)
     assert out["neg_eig_sum"] == pytest.approx(float(w[-3:].clamp(max=0).sum()), rel=1e-6)
     assert out["curvature_mean"] == pytest.approx(float(w[0]), rel=1e-6)
@@ -335,3 +336,41 @@ def test_test_metrics_are_the_eval_mode_loss_on_the_test_set(tmp_path):
         train(cfg(test_size=31), tmp_path / "b", x, y, test=(tx, ty), progress=False)
     none = train(cfg(epochs=1, probes=(), test_size=0), tmp_path / "c", x, y, test=(tx, ty), progress=False)
     assert all("test_loss" not in r for r in none.rows())
+
+
+def test_alignment_probe_against_explicit_K_and_dense_H():
+    """alignment through the registry vs tr(H K), ||K||_F, eigenvectors of the explicit K = D^T D / (L c) and
+    the autograd Hessian (float64)."""
+    from dnn.covariance import mini_batch_gradients
+    from valleysim.theory import variance_factor
+
+    x, y = synthetic(16)
+    m = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125, seed=3)
+    obj = Objective(m, torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(1)), torch.as_tensor(y))
+    c = cfg(
+        probes=("lanczos", "trace", "covariance", "alignment"),
+        top_k=3,
+        lanczos_tol=1e-9,
+        lanczos_max_iter=300,
+        hutchinson_samples=5,
+        cov_batches=6,
+        cov_batch=4,
+    )
+    out = probes_mod.run_probes(c.probes, probes_mod.ProbeContext(cfg=c, model=m, objective=obj, n_train=16))
+    H = torch.autograd.functional.hessian(
+        lambda t: obj._losses(obj.unflatten(t), obj.inputs, obj.targets).mean(), obj.theta0
+    )
+    D = mini_batch_gradients(obj, 6, 4, seed=c.seed) - obj.grad()  # the probe's batches (seed + step 0)
+    K = D.T @ D / (6 * variance_factor(4, 16))
+    assert out["trace_HK"] == pytest.approx(float(torch.trace(H @ K)), rel=1e-9)
+    assert out["frobenius_K"] == pytest.approx(float(torch.linalg.matrix_norm(K)), rel=1e-9)
+    assert out["cos_HK"] == pytest.approx(out["trace_HK"] / (out["frobenius_hessian"] * out["frobenius_K"]), rel=1e-12)
+    assert out["c_fit_HK"] == pytest.approx(out["trace_HK"] / out["frobenius_hessian"] ** 2, rel=1e-12)
+    wH, VH = torch.linalg.eigh(H)
+    wK, VK = torch.linalg.eigh(K)
+    eH, VK5 = VH[:, -3:].flip(1).T, VK[:, -5:].flip(1).T  # rows, largest first
+    assert out["cos_eK1_eH1"] == pytest.approx(float(abs(VK5[0] @ eH[0])), rel=1e-6)
+    assert out["overlap_K_H"] == pytest.approx(float(((eH @ VK5.T) ** 2).sum()) / 5, rel=1e-6)
+    assert out["alpha_eH1"] == pytest.approx(float(eH[0] @ K @ eH[0]) / float(wH[-1]), rel=1e-6)
+    with pytest.raises(UserInputError, match="alignment needs lanczos, trace and covariance"):
+        cfg(probes=("lanczos", "alignment"))
