@@ -20,8 +20,7 @@ import numpy as np
 
 from dnn import predictions as P
 from dnn.config import TrainConfig
-from dnn.study import Point, SGDGrid, across_seeds, orderings_across_seeds, run_study, write_csv
-from valleysim.jsonout import atomic_write, dumps
+from dnn.study import Point, SGDGrid, cell, finish, orderings_table, run_study, seeds_for
 
 SIGNS = dict(P.CONJECTURE_SIGNS)  # Conj. 1: max lambda_H, lambda_K fall with the noise; Conj. 2: Tr K / lambda_K rises
 
@@ -141,7 +140,7 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     pts = points(preset, device)
     n_train = len(images) if preset.n_train is None else preset.n_train
-    seed_list = list(range(seeds if seeds is not None else preset.seeds))
+    seed_list = seeds_for(seeds, preset.seeds)
     per_run = run_study(
         pts,
         seed_list,
@@ -152,16 +151,17 @@ def run(
         test=test,
         progress=progress,
     )
-    agg = across_seeds(per_run)
-    orders = orderings_across_seeds(per_run, pts, SIGNS)
-    write_csv(per_run, out / "per_run.csv")
-    write_csv(agg, out / "across_seeds.csv")
-    write_csv(orders, out / "orderings.csv")
-    summary = {"preset": preset.name, "seeds": seed_list, "per_run": per_run, "across_seeds": agg, "orderings": orders}
-    atomic_write(out / "summary.json", (dumps(summary, indent=2) + "\n").encode())
-    atomic_write(out / "report.md", report(preset, summary).encode())
-    figure(preset, summary, out / "break_even_study.png")
-    return summary
+    return finish(
+        out,
+        preset.name,
+        seed_list,
+        per_run,
+        pts,
+        SIGNS,
+        lambda s: report(preset, s),
+        lambda s, path: figure(preset, s, path),
+        "break_even_study.png",
+    )
 
 
 def figure(preset: Preset, s: dict, path: Path) -> None:
@@ -218,28 +218,12 @@ def report(preset: Preset, s: dict) -> str:
         "|---" * (len(keys) + 1) + "|",
     ]
     for lab in labels:
-        cells = []
-        for k in keys:
-            r = by.get((lab, k))
-            cells.append(
-                "-"
-                if r is None or not math.isfinite(r["mean"])
-                else f"{r['mean']:.4g}" + (f" [{r['lo']:.3g}, {r['hi']:.3g}]" if math.isfinite(r["lo"]) else "")
-            )
-        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+        lines.append(f"| {lab} | " + " | ".join(cell(by.get((lab, k))) for k in keys) + " |")
     lines += [
         "",
         "Orderings (Kendall tau per seed; predicted sign: -1 for the maxima of lambda_H, lambda_K against "
         "the noise knob eta or 1/S, +1 for Tr K / lambda_K):",
         "",
-        "| grid | quantity | taus per seed | mean tau [95% t] | seeds agreeing |",
-        "|---|---|---|---|---|",
+        *orderings_table(s["orderings"]),
     ]
-    for o in s["orderings"]:
-        taus = ", ".join("nan" if not math.isfinite(t) else f"{t:+.2f}" for t in o["taus"])
-        ci = f"{o['mean_tau']:+.2f}" + (
-            f" [{o['tau_lo']:+.2f}, {o['tau_hi']:+.2f}]" if math.isfinite(o["tau_lo"]) else ""
-        )
-        agree = "-" if not math.isfinite(o["agree_fraction"]) else f"{o['agree_fraction']:.0%}"
-        lines.append(f"| {o['grid']} | {o['quantity']} | {taus} | {ci} | {agree} |")
     return "\n".join(lines) + "\n"

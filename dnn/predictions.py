@@ -44,6 +44,7 @@ from valleysim.stats import mean_se
 from valleysim.theory import break_even_curvature, eta_star_1d, stability_factor, variance_factor
 
 __all__ = [
+    "column",
     "stability_factors",
     "break_even_point",
     "early_phase_end",
@@ -73,11 +74,15 @@ def _check_run(eta, S, N) -> tuple[float, int, int]:
     return eta, S, N
 
 
-def _column(rows: Sequence[dict], key: str) -> np.ndarray:
-    """rows[*][key] as floats (None -> NaN); UserInputError naming ``key`` when a row lacks it."""
+def column(rows: Sequence[dict], key: str, *, strict: bool = True) -> np.ndarray:
+    """rows[*][key] as floats (None, a NaN stored as JSON null -> NaN); a row without ``key``: a
+    UserInputError naming it when ``strict``, NaN otherwise."""
     out = np.empty(len(rows))
     for i, r in enumerate(rows):
         if key not in r:
+            if not strict:
+                out[i] = math.nan
+                continue
             raise UserInputError(f"rows[{i}] has no {key!r} (needed here); it has {sorted(r)[:12]}...")
         v = r[key]
         out[i] = math.nan if v is None else float(v)
@@ -92,7 +97,7 @@ def _rows(rows, keys: Iterable[str]) -> tuple[list[dict], dict[str, np.ndarray]]
     for i, r in enumerate(rows):
         if not isinstance(r, dict):
             raise UserInputError(f"rows[{i}] must be a dict of metrics; got {type(r).__name__}")
-    cols = {k: _column(rows, k) for k in dict.fromkeys(("step", *keys))}
+    cols = {k: column(rows, k) for k in dict.fromkeys(("step", *keys))}
     if np.any(np.diff(cols["step"]) < 0):
         raise UserInputError("rows must be in step order (non-decreasing 'step')")
     return rows, cols
@@ -196,7 +201,7 @@ def early_phase_end(rows, eta, S, N, *, max_acc: float | None = None, q_threshol
     if be["reached"]:
         ends.append((be["index"], "break_even"))
     if max_acc is not None:
-        acc = _column(rows, "train_acc_running")
+        acc = column(rows, "train_acc_running")
         i = _first(acc >= float(max_acc))
         if i is not None:
             ends.append((i, "accuracy"))
@@ -248,7 +253,7 @@ def run_maxima(rows, *, max_acc: float | None = None) -> dict:
     rows, _ = _rows(rows, ())
     end, reached = len(rows) - 1, None
     if max_acc is not None:
-        i = _first(_column(rows, "train_acc_running") >= float(max_acc))
+        i = _first(column(rows, "train_acc_running") >= float(max_acc))
         end, reached = (end, False) if i is None else (i, True)
     out = {"n": end + 1, "reached_max_acc": reached}
     for k in ("lambda_max", "lambda_K", "trace_ratio", "trace_K", "lambda_K_gram", "trace_K_gram"):
@@ -512,7 +517,7 @@ def comparison_table(
         al = alpha_ratio(rows, eta, S, N, max_acc=max_acc, q_threshold=q_threshold)
         be = break_even_point(rows, eta, S, N, q_threshold=q_threshold)
         q = stability_factors(rows, eta, S, N)
-        lmax = _column(rows, "lambda_max")[: mx["n"]]  # the probes run_maxima looked at
+        lmax = column(rows, "lambda_max")[: mx["n"]]  # the probes run_maxima looked at
         i_max = int(np.nanargmax(lmax)) if np.isfinite(lmax).any() else None
         after = q[be["index"] + 1 :] if be["reached"] else np.array([])
         after = after[np.isfinite(after)]

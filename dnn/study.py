@@ -103,6 +103,18 @@ def run_dir(out: Path, label: str, seed: int) -> Path:
     return Path(out) / "runs" / f"{label}_seed{seed}"
 
 
+def seeds_for(seeds: int | None, default: int) -> list[int]:
+    """Seeds 0..K-1, K = ``seeds`` (the --seeds flag) or the preset's ``default``."""
+    return list(range(seeds if seeds is not None else default))
+
+
+def run_rows(out: Path, label: str, seed: int) -> list[dict]:
+    """A finished run's metrics rows, less the row that records a divergence."""
+    from dnn.store import read_rows
+
+    return [r for r in read_rows(run_dir(out, label, seed) / "metrics.jsonl") if r.get("reason") != "diverged"]
+
+
 def run_study(
     points: list[Point],
     seeds,
@@ -147,8 +159,9 @@ def across_seeds(per_run: list[dict], level: float = 0.95) -> list[dict]:
     return out
 
 
-def orderings_across_seeds(per_run: list[dict], points: list[Point], signs: dict[str, int]) -> list[dict]:
-    """Per grid (the keys of the points' ``knobs``) and quantity (``signs``: predicted sign of tau):
+def orderings_across_seeds(per_run: list[dict], points: list[Point], signs: dict) -> list[dict]:
+    """Per grid (the keys of the points' ``knobs``) and quantity (``signs``: predicted sign of tau, one
+    {quantity: sign} for every grid or {grid: {quantity: sign}}):
     Kendall tau between knob and quantity for each seed, then mean tau +- t interval over seeds and the
     fraction of seeds that agree (tau x sign > 0). Seeds with a constant or incomplete grid give NaN."""
     grids = list(dict.fromkeys(g for p in points for g in p.knobs))
@@ -158,7 +171,8 @@ def orderings_across_seeds(per_run: list[dict], points: list[Point], signs: dict
     for g in grids:
         members = [p for p in points if g in p.knobs]
         knob = np.array([p.knobs[g] for p in members], dtype=float)
-        for q, sign in signs.items():
+        grid_signs = signs.get(g, {}) if any(isinstance(v, dict) for v in signs.values()) else signs
+        for q, sign in grid_signs.items():
             taus = []
             for s in seeds:
                 y = np.array([float(by[(p.label, s)].get(q, math.nan)) for p in members])
@@ -191,3 +205,54 @@ def write_csv(rows: list[dict], path) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: ";".join(map(str, v)) if isinstance(v, (list, tuple)) else v for k, v in r.items()})
+
+
+def finish(
+    out: Path,
+    name: str,
+    seeds: list[int],
+    per_run: list[dict],
+    points: list[Point],
+    signs: dict[str, int],
+    report: Callable[[dict], str],
+    figure: Callable[[dict, Path], None],
+    figure_name: str,
+) -> dict:
+    """Aggregates a study's runs (:func:`across_seeds`, :func:`orderings_across_seeds` with ``signs``) and
+    writes per_run.csv, across_seeds.csv, orderings.csv, summary.json, report.md (``report(summary)``) and
+    ``figure_name`` (``figure(summary, path)``); returns the summary."""
+    from valleysim.jsonout import atomic_write, dumps
+
+    out = Path(out)
+    agg = across_seeds(per_run)
+    orders = orderings_across_seeds(per_run, points, signs)
+    write_csv(per_run, out / "per_run.csv")
+    write_csv(agg, out / "across_seeds.csv")
+    write_csv(orders, out / "orderings.csv")
+    summary = {"preset": name, "seeds": seeds, "per_run": per_run, "across_seeds": agg, "orderings": orders}
+    atomic_write(out / "summary.json", (dumps(summary, indent=2) + "\n").encode())
+    atomic_write(out / "report.md", report(summary).encode())
+    figure(summary, out / figure_name)
+    return summary
+
+
+def cell(r: dict | None, fmt: str = ".4g") -> str:
+    """A table cell 'mean [lo, hi]' from an across_seeds row ('-' when absent or not finite)."""
+    if r is None or not math.isfinite(r["mean"]):
+        return "-"
+    ci = f" [{r['lo']:.3g}, {r['hi']:.3g}]" if math.isfinite(r["lo"]) else ""
+    return f"{r['mean']:{fmt}}" + ci
+
+
+def orderings_table(orderings: list[dict]) -> list[str]:
+    """Markdown lines: per grid and quantity, the taus per seed, mean tau [95% t] and the seeds agreeing."""
+    lines = ["| grid | quantity | predicted sign | taus per seed | mean tau [95% t] | seeds agreeing |"]
+    lines.append("|---|---|---|---|---|---|")
+    for o in orderings:
+        taus = ", ".join("nan" if not math.isfinite(t) else f"{t:+.2f}" for t in o["taus"])
+        ci = f"{o['mean_tau']:+.2f}" + (
+            f" [{o['tau_lo']:+.2f}, {o['tau_hi']:+.2f}]" if math.isfinite(o["tau_lo"]) else ""
+        )
+        agree = "-" if not math.isfinite(o["agree_fraction"]) else f"{o['agree_fraction']:.0%}"
+        lines.append(f"| {o['grid']} | {o['quantity']} | {o['predicted_sign']:+d} | {taus} | {ci} | {agree} |")
+    return lines

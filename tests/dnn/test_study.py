@@ -71,8 +71,8 @@ def test_a_tiny_study_end_to_end_and_resumed(tmp_path):
 
 
 def test_bad_study_input_is_named(tmp_path, cli):
-    code, _, err = cli("dnn", "study", "walk", "--out", tmp_path / "o")
-    assert code == 2 and "argument name: invalid choice: 'walk'" in err
+    code, _, err = cli("dnn", "study", "hessian", "--out", tmp_path / "o")
+    assert code == 2 and "argument name: invalid choice: 'hessian'" in err
     code, _, err = cli("dnn", "study", "break-even", "--preset", "huge", "--out", tmp_path / "o")
     assert code == 2 and "unknown preset 'huge'" in err
     with pytest.raises(UserInputError, match="at least one grid point and one seed"):
