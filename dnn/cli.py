@@ -28,10 +28,11 @@ HELP = {
     "n_train": "use the first n training examples",
     "augment": "no random crop / flip",
     "drop_last": "keep each epoch's last partial batch (default: dropped)",
+    "label_smoothing": "eps in [0, 1): train on targets smoothed by eps (torch cross_entropy label_smoothing)",
     "test_size": "score the first n test examples in every row (default: the whole test set; 0: none)",
     "nsgd_every": "steps between eigenvector recomputations",
     "noise_std": "gd-noise: sigma per coordinate",
-    "probes": "comma list of lanczos, trace, covariance, step, curvature, walk, negative",
+    "probes": "comma list of lanczos, trace, covariance, alignment, step, curvature, walk, negative",
     "probe_every": "probe every n steps (0: off)",
     "probe_epochs": "no probe at epoch ends",
     "probe_acc": "probe when the running training accuracy first reaches each of these, e.g. 0.6",
@@ -150,7 +151,7 @@ def add_parser(sub) -> None:
         help="a network study with seeds and confidence intervals (resumable): report.md and tidy CSVs",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    s.add_argument("name", choices=STUDIES, help="the study (the other papers' studies are not built yet)")
+    s.add_argument("name", choices=STUDIES, help="break-even, sharpest, walk or valley (one per paper; see the README)")
     s.add_argument("--data", default=None, help="CIFAR-10 path (default $VALLEYSIM_DATA)")
     s.add_argument("--label-order", default="auto", help="as for dnn train")
     s.add_argument("--preset", default="quick", help="quick (2-core CPU) or paper (meant for a GPU)")
@@ -199,14 +200,22 @@ def cmd_train(a) -> int:
     return 0
 
 
-STUDIES = ("break-even",)
+#: study name -> its module under dnn (each has PRESETS and run(preset, out, images, labels, ...))
+STUDIES = {
+    "break-even": "break_even_study",
+    "sharpest": "sharpest_study",
+    "walk": "walk_study",
+    "valley": "valley_study",
+}
 
 
 def cmd_study(a) -> int:
-    from dnn import break_even_study as study
+    import importlib
+
     from dnn.data import load_cifar10
     from dnn.train import check_device
 
+    study = importlib.import_module(f"dnn.{STUDIES[a.name]}")
     if a.preset not in study.PRESETS:
         raise UserInputError(f"unknown preset {a.preset!r}; choose from {', '.join(study.PRESETS)}")
     check_device(a.device)

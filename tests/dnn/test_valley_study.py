@@ -1,0 +1,74 @@
+"""The valley study: the smoothed-entropy floor, the per-run arithmetic on hand-made rows, and a tiny
+end-to-end run (minimum, calibration, runs) that resumes."""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnn import valley_study as vs
+from dnn.config import TrainConfig
+from dnn.study import run_dir
+
+from tiny_nets import synthetic_images
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
+def test_floor_is_the_smoothed_cross_entropy_of_the_smoothed_target(eps):
+    C = 10
+    target = torch.full((1, C), eps / C, dtype=torch.float64)
+    target[0, 3] += 1 - eps
+    logits = torch.log(target.clamp_min(1e-300))  # the network that outputs the smoothed target
+    got = float(F.cross_entropy(logits, torch.tensor([3]), label_smoothing=eps))
+    assert vs.smoothed_entropy(eps, C) == pytest.approx(got, rel=1e-12, abs=1e-12)
+    other = float(F.cross_entropy(torch.randn(1, C, dtype=torch.float64), torch.tensor([3]), label_smoothing=eps))
+    assert other >= vs.smoothed_entropy(eps, C)
+
+
+def _row(step, trace, lams, loss, neg, cos=0.5):
+    r = dict(step=step, reason="every", trace_hessian=trace, measure_loss=loss, neg_eig_sum=neg, cos_HK=cos)
+    r.update({f"lambda_H_{i + 1}": v for i, v in enumerate(lams)})
+    return r
+
+
+def test_summarise_run_by_hand():
+    cfg = TrainConfig(model="mlp", lr=0.1, batch=5, top_k=2)
+    floor = 0.5
+    rows = [
+        _row(0, 10.0, [4.0, 1.0], 0.5, -0.0),
+        _row(10, 9.0, [4.0, math.e], 0.6, -1.0, cos=0.7),
+        _row(20, 7.0, [2.0, 1e-9], 0.7, -2.0, cos=None),  # lambda_2 below 1e-6 lambda_1: left out of log det
+    ]
+    s = vs.summarise_run(rows, cfg, floor)
+    assert s["trace_drift"] == pytest.approx(np.polyfit([0, 10, 20], [10, 9, 7], 1)[0])
+    assert s["trace_drift_over_eta2"] == pytest.approx(s["trace_drift"] / 0.01)
+    ld = [math.log(4), math.log(4) + 1, math.log(2)]
+    assert s["logdet_drift"] == pytest.approx(np.polyfit([0, 10, 20], ld, 1)[0])
+    assert (s["initial_trace"], s["final_trace"]) == (10.0, 7.0)
+    assert s["mean_loss"] == pytest.approx(0.65) and s["excess_loss"] == pytest.approx(0.15)
+    # R5 through the probes after step 0: (0.1, -1), (0.2, -2): w = -10, b = 0
+    assert (s["r5_slope"], s["r5_intercept"]) == (pytest.approx(-10.0), pytest.approx(0.0, abs=1e-12))
+    assert s["mean_cos_HK"] == pytest.approx(0.6)  # the None (NaN) probe left out
+    assert math.isnan(s["mean_overlap_K_H"])
+
+
+def test_a_tiny_valley_study_end_to_end_and_resumed(tmp_path):
+    x, y = synthetic_images(40)
+    preset = vs.PRESETS["smoke"]
+    s = vs.run(preset, tmp_path, x, y, progress=False)
+    assert {r["label"] for r in s["per_run"]} == {"sgd_lr0.02", "sgd_lr0.05", "gd", "gd_noise"}
+    assert s["minimum"]["steps"] == preset.min_steps and (tmp_path / "minimum.pt").is_file()
+    assert s["minimum"]["loss"] >= s["minimum"]["floor"]
+    for r in s["per_run"]:
+        assert r["steps"] == preset.steps and math.isfinite(r["trace_drift"]) and math.isfinite(r["mean_cos_HK"])
+    # every run starts at the minimum: the same Tr H at step 0 whatever the point (same Hutchinson seed)
+    first = {r["label"]: r["initial_trace"] for r in s["per_run"] if r["seed"] == 0}
+    assert len({round(v, 6) for v in first.values()}) == 1
+    for f in ("per_run.csv", "orderings.csv", "summary.json", "report.md", "valley_study.png", "minimum.json"):
+        assert (tmp_path / f).stat().st_size > 0
+    shutil.rmtree(run_dir(tmp_path, "gd", 1))
+    again = vs.run(preset, tmp_path, x, y, progress=False)
+    assert again["per_run"] == s["per_run"]
