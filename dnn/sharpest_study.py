@@ -323,11 +323,13 @@ def figure(preset: Preset, pts: list[Point], curves: dict, s: dict, path: Path) 
     axes[2].axhline(0, color="k", lw=0.6)
     axes[2].set(
         xscale="log",
-        yscale="symlog",
         xlabel="alpha",
         ylabel="E[L(theta - alpha eta g_1 e_1) - L(theta)]",
         title="loss change along e_1 (points) vs parabola (lines)",
     )
+    axes[2].set_yscale("symlog", linthresh=1e-2)
+    axes[2].set_xticks(ALPHAS, [f"{a:g}" for a in ALPHAS])
+    axes[2].minorticks_off()
     for ax in axes:
         ax.legend(fontsize=7)
     fig.suptitle(f"sharpest-directions study ({preset.name}, {len(seeds)} seeds)", fontsize=10)
