@@ -70,7 +70,7 @@ class Preset:
     lr_fixed: float = 0.05
     batch: int = 50
     steps: int = 300
-    probe_every: int = 50
+    probe_every: int = 100
     top_k: int = 5
     lanczos_tol: float = 1e-2
     hutchinson_samples: int = 20
@@ -116,7 +116,7 @@ class Preset:
 PRESETS = {
     # 2-core CPU: SimpleCNN at width 0.25 on the first 500 training images (all of them measured), label
     # smoothing 0.1; the minimum: 1,500 SGD steps (momentum 0.9, eta 0.05, S 50); then 300 steps per run,
-    # probes every 50 (top-5 Lanczos at tolerance 1e-2, 20 Hutchinson probes, K from 25 batches of 50, the
+    # probes every 100 (top-5 Lanczos at tolerance 1e-2, 20 Hutchinson probes, K from 25 batches of 50, the
     # 5 most negative eigenvalues); 5 points x 2 seeds = 10 runs.
     "quick": Preset(name="quick"),
     # tiny: the end-to-end test on synthetic 8x8 images (seconds)
