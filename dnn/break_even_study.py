@@ -12,15 +12,19 @@ Conjectures 1-2 as Kendall tau per seed (:func:`dnn.study.orderings_across_seeds
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from dnn import predictions as P
 from dnn.config import TrainConfig
-from dnn.study import Point, SGDGrid, cell, finish, orderings_table, run_study, seeds_for
+from dnn.store import read_rows
+from dnn.study import Point, SGDGrid, cell, finish, orderings_table, run_dir, run_study, seeds_for
 
 SIGNS = dict(P.CONJECTURE_SIGNS)  # Conj. 1: max lambda_H, lambda_K fall with the noise; Conj. 2: Tr K / lambda_K rises
 
@@ -32,6 +36,9 @@ class Preset(SGDGrid):
 
     seeds: int = 2
     test_size: int | None = None
+    bn_lr_grid: tuple[float, ...] = ()  # SimpleCNN-BN at S = batch_fixed (Sec. 4.3, Fig. 5)
+    edge_sizes: tuple[int, ...] = ()  # measurement sizes of the batch-size-effect analysis (dnn.edge)
+    edge_k: int = 5  # its subspace: the top-k Hessian eigenvectors
 
 
 PRESETS = {
@@ -53,6 +60,8 @@ PRESETS = {
         top_k=1,
         lanczos_tol=1e-2,
         test_size=2000,
+        bn_lr_grid=(0.001, 0.01, 0.1, 1.0),
+        edge_sizes=(256, 1024),
     ),
     # tiny: the end-to-end test on synthetic 8x8 images (seconds)
     "smoke": Preset(
@@ -71,6 +80,9 @@ PRESETS = {
         lanczos_tol=1e-3,
         cov_batches=3,
         cov_batch=4,
+        bn_lr_grid=(0.01, 0.1),
+        edge_sizes=(16, 24),
+        edge_k=2,
     ),
     # the full training set, a 5% measurement set, 3 seeds, 10 epochs (meant for a GPU). The grid is ours:
     # the paper's per-figure grids (App. C) are not transcribed yet.
@@ -82,20 +94,33 @@ PRESETS = {
         seeds=3,
         epochs=10,
         probe_every=100,
+        bn_lr_grid=(0.001, 0.01, 0.1, 1.0),
+        edge_sizes=(2500, 10000),
     ),
 }
 
 
-def label(eta: float, S: int) -> str:
-    """The name of the grid point (eta, S): its run directories are ``runs/<label>_seed<k>``."""
-    return f"lr{eta:g}_S{S}"
+def label(eta: float, S: int, model: str = "simplecnn") -> str:
+    """The name of the grid point (eta, S): its run directories are ``runs/<label>_seed<k>``
+    (``bn_`` in front for SimpleCNN-BN)."""
+    return ("bn_" if model.endswith("-bn") else "") + f"lr{eta:g}_S{S}"
 
 
 def points(p: Preset, device: str = "cpu") -> list[Point]:
-    """The grid points (eta, S) of ``p`` with their knobs (:meth:`dnn.study.SGDGrid.grid`)."""
-    return [
+    """The grid points (eta, S) of ``p`` with their knobs (:meth:`dnn.study.SGDGrid.grid`), then the
+    SimpleCNN-BN points of ``bn_lr_grid`` (knob ``bn_learning_rate``)."""
+    sgd = [
         Point(label(lr, b), p.train_config(lr=lr, batch=b, test_size=p.test_size, device=device), knobs)
         for (lr, b), knobs in p.grid().items()
+    ]
+    bn_model = p.model + "-bn"
+    return sgd + [
+        Point(
+            label(lr, p.batch_fixed, bn_model),
+            p.train_config(model=bn_model, lr=lr, batch=p.batch_fixed, test_size=p.test_size, device=device),
+            {"bn_learning_rate": lr},
+        )
+        for lr in p.bn_lr_grid
     ]
 
 
@@ -120,7 +145,24 @@ def summarise_run(rows: list[dict], cfg: TrainConfig, max_acc: float, n_train: i
         "lambda_star": lam_star,
         "max_over_lambda_star": m["max_lambda_max"] / lam_star if lam_star > 0 else math.nan,
         "final_test_acc": probes[-1].get("test_acc", math.nan) if probes else math.nan,
+        **_window_extremes(probes, max_acc),
     }
+
+
+def _window_extremes(probes: list[dict], max_acc: float) -> dict:
+    """Over the probes of the paper's window (:func:`dnn.predictions.accuracy_window`): max and min of
+    ||g|| / ||g_5||; for a BatchNorm model ||gamma|| of the last BN layer at the start, its minimum and
+    its value at the window's end (Fig. 5 bottom: high eta first shrinks ||gamma||)."""
+    window, _ = P.accuracy_window(probes, max_acc)
+    out = {}
+    ratio = P.column(window, "grad_norm_ratio_top5", strict=False)
+    if np.isfinite(ratio).any():
+        out.update(max_grad_norm_ratio=float(np.nanmax(ratio)), min_grad_norm_ratio=float(np.nanmin(ratio)))
+    gamma = P.column(window, "bn_scale_norm", strict=False)
+    if np.isfinite(gamma).any():
+        out.update(bn_scale_norm_start=float(gamma[0]), bn_scale_norm_min=float(np.nanmin(gamma)))
+        out["bn_scale_norm_end"] = float(gamma[np.isfinite(gamma)][-1])
+    return out
 
 
 def run(
@@ -151,6 +193,9 @@ def run(
         test=test,
         progress=progress,
     )
+    edge = batch_size_effect(preset, out, pts, seed_list, images, labels, progress=progress)
+    if preset.bn_lr_grid:
+        bn_figure(preset, out, seed_list, out / "bn_study.png")
     return finish(
         out,
         preset.name,
@@ -158,10 +203,72 @@ def run(
         per_run,
         pts,
         SIGNS,
-        lambda s: report(preset, s),
+        lambda s: report(preset, s, edge),
         lambda s, path: figure(preset, s, path),
         "break_even_study.png",
     )
+
+
+EDGE_QUANTITIES = ("lambda_1", "curvature_var", "rho_ms", "eta_over_eta_star", "gamma_as", "half_log_rho_ms")
+
+
+def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images, labels, progress=True) -> dict:
+    """Where each run of the batch grid ends against the linear-stability edges (:mod:`dnn.edge`): at its
+    final weights, per measurement size in ``preset.edge_sizes`` and for e_H^1 alone (k = 1) and the top
+    ``edge_k`` subspace, R1's mean-square factor rho_ms, eta / eta*_ms, the almost-sure exponent gamma_as.
+    Cached per run in ``out/edge/<label>_seed<k>.json``; writes edge.csv (per run) and
+    edge_across_seeds.csv; returns {"per_run": [...], "across_seeds": [...]} (empty without edge_sizes)."""
+    import torch
+
+    from dnn.edge import analyse_checkpoint
+    from dnn.study import run_rows, write_csv
+    from valleysim.jsonout import atomic_write, dumps
+    from valleysim.stats import t_interval
+
+    if not preset.edge_sizes:
+        return {"per_run": [], "across_seeds": []}
+    (out / "edge").mkdir(exist_ok=True)
+    members = [p for p in pts if "batch_size" in p.knobs]
+    per_run = []
+    for p in tqdm(members, desc="edge analysis", disable=not progress):
+        for seed in seeds:
+            path = out / "edge" / f"{p.label}_seed{seed}.json"
+            if path.exists():
+                per_run += json.loads(path.read_text())
+                continue
+            rd = run_dir(out, p.label, seed)
+            if any(r.get("diverged") is not None for r in read_rows(rd / "metrics.jsonl")):
+                rows = []  # a diverged run has no final point to analyse
+            else:
+                cfg = dataclasses.replace(p.cfg, seed=seed)
+                state = torch.load(rd / "checkpoint.pt", map_location=cfg.device, weights_only=False)["state"]["model"]
+                found = analyse_checkpoint(
+                    cfg, state, images, labels, sizes=preset.edge_sizes, top_k=preset.edge_k, seed=seed
+                )
+                step = run_rows(out, p.label, seed)[-1]["step"]
+                rows = [
+                    {"label": p.label, "seed": seed, "S": cfg.batch, "eta": cfg.lr, "step": step, **r} for r in found
+                ]
+            atomic_write(path, (dumps(rows) + "\n").encode())
+            per_run += rows
+    groups = dict.fromkeys((r["label"], r["measure_size"], r["k"]) for r in per_run)
+    agg = []
+    for lab, m, k in groups:
+        rs = [r for r in per_run if (r["label"], r["measure_size"], r["k"]) == (lab, m, k)]
+        for q in EDGE_QUANTITIES:
+            agg.append(
+                {
+                    "label": lab,
+                    "S": rs[0]["S"],
+                    "measure_size": m,
+                    "k": k,
+                    "quantity": q,
+                    **t_interval([r[q] for r in rs]),
+                }
+            )
+    write_csv(per_run, out / "edge.csv")
+    write_csv(agg, out / "edge_across_seeds.csv")
+    return {"per_run": per_run, "across_seeds": agg}
 
 
 def figure(preset: Preset, s: dict, path: Path) -> None:
@@ -196,8 +303,45 @@ def figure(preset: Preset, s: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def report(preset: Preset, s: dict) -> str:
-    """Markdown: the per-point means +- 95% t intervals across seeds, and the orderings seed by seed."""
+def bn_figure(preset: Preset, out: Path, seeds, path: Path) -> None:
+    """Fig. 5 (bottom) of the paper: lambda_K^1 and ||gamma|| of the last BN layer against the step for
+    each eta of the SimpleCNN-BN grid, every seed (one colour per eta)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dnn.study import run_rows
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), constrained_layout=True)
+    keys = (
+        ("lambda_K", "lambda_K^1 (ours)"),
+        ("bn_scale_norm", "||gamma||, last BN layer"),
+        ("trace_ratio", "Tr K / lambda_K^1"),
+    )
+    for j, lr in enumerate(preset.bn_lr_grid):
+        for seed in seeds:
+            rows = run_rows(out, label(lr, preset.batch_fixed, "-bn"), seed)
+            step = P.column(rows, "step")
+            for ax, (k, _) in zip(axes, keys):
+                ax.plot(
+                    step,
+                    P.column(rows, k, strict=False),
+                    color=f"C{j}",
+                    lw=1,
+                    label=f"eta {lr:g}" if seed == seeds[0] else None,
+                )
+    for ax, (k, name) in zip(axes, keys):
+        ax.set(xlabel="step", ylabel=name, yscale="log" if k == "lambda_K" else "linear")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"SimpleCNN-BN at S = {preset.batch_fixed} ({preset.name}, {len(seeds)} seeds)", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(preset: Preset, s: dict, edge: dict | None = None) -> str:
+    """Markdown: the per-point means +- 95% t intervals across seeds, the orderings seed by seed, the
+    SimpleCNN-BN grid (||gamma||, ||g|| / ||g_5||) and the batch-size-effect analysis."""
     keys = (
         "max_lambda_max",
         "lambda_star",
@@ -213,7 +357,8 @@ def report(preset: Preset, s: dict) -> str:
     lines = [
         f"# Break-even study, preset `{preset.name}` ({len(s['seeds'])} seeds per point)\n",
         "Mean over seeds [95% t interval]; maxima over the probes before running training accuracy "
-        f"{preset.max_acc:g} (the whole run where it was not reached: `reached_max_acc` < 1).\n",
+        f"{preset.max_acc:g} (the whole run where it was not reached: `reached_max_acc` < 1). "
+        "Points named `bn_...` are SimpleCNN-BN.\n",
         "| point | " + " | ".join(keys) + " |",
         "|---" * (len(keys) + 1) + "|",
     ]
@@ -226,4 +371,47 @@ def report(preset: Preset, s: dict) -> str:
         "",
         *orderings_table(s["orderings"]),
     ]
+    gkeys = (
+        "bn_scale_norm_start",
+        "bn_scale_norm_min",
+        "bn_scale_norm_end",
+        "max_grad_norm_ratio",
+        "min_grad_norm_ratio",
+        "max_lambda_K",
+        "max_trace_ratio",
+    )
+    rows = [lab for lab in labels if lab.startswith("bn_")]
+    if rows:
+        lines += [
+            "",
+            "## SimpleCNN-BN (Sec. 4.3, Fig. 5)",
+            "",
+            "||gamma|| of the last BN layer at the first probe, its minimum and its value at the window's end; "
+            "||g|| / ||g_5|| (g_5: the batch gradient on K's top 5) over the window. The paper compares "
+            f"SimpleCNN-BN at eta = 0.001 with SimpleCNN at eta = 0.01: the row {label(0.01, preset.batch_fixed)}.",
+            "",
+            "| point | " + " | ".join(gkeys) + " |",
+            "|---" * (len(gkeys) + 1) + "|",
+        ]
+        for lab in rows + [label(0.01, preset.batch_fixed)]:
+            if (lab, "max_lambda_K") in by:
+                lines.append(f"| {lab} | " + " | ".join(cell(by.get((lab, k))) for k in gkeys) + " |")
+    if edge and edge["across_seeds"]:
+        eby = {(r["label"], r["measure_size"], r["k"], r["quantity"]): r for r in edge["across_seeds"]}
+        groups = list(dict.fromkeys((r["label"], r["measure_size"], r["k"]) for r in edge["across_seeds"]))
+        lines += [
+            "",
+            "## The batch-size effect: the final weights against SGD's linear-stability edges (dnn.edge)",
+            "",
+            "Per-example Hessians projected on e_H^1 (k = 1) or the top-k subspace of m measured examples; "
+            "rho_ms: the mean-square growth factor per step (R1's q for k = 1; edge 1), eta / eta*_ms (edge 1), "
+            "gamma_as: the almost-sure exponent per step (edge 0; <= log(rho_ms) / 2).",
+            "",
+            "| point | m | k | " + " | ".join(EDGE_QUANTITIES) + " |",
+            "|---" * (len(EDGE_QUANTITIES) + 3) + "|",
+        ]
+        for lab, m, k in groups:
+            lines.append(
+                f"| {lab} | {m} | {k} | " + " | ".join(cell(eby.get((lab, m, k, q))) for q in EDGE_QUANTITIES) + " |"
+            )
     return "\n".join(lines) + "\n"

@@ -246,18 +246,24 @@ def alpha_ratio(rows, eta, S, N, *, max_acc: float | None = None, q_threshold: f
 # --------------------------------------------------------------------------------------------- conjectures
 
 
+def accuracy_window(rows, max_acc: float | None) -> tuple[list[dict], bool | None]:
+    """(the rows up to and including the first with train_acc_running >= max_acc, whether one reached it):
+    the break-even paper's window; all rows and None when max_acc is None."""
+    rows, _ = _rows(rows, ())
+    if max_acc is None:
+        return rows, None
+    i = _first(column(rows, "train_acc_running") >= float(max_acc))
+    return (rows, False) if i is None else (rows[: i + 1], True)
+
+
 def run_maxima(rows, *, max_acc: float | None = None) -> dict:
     """{max_lambda_max, max_lambda_K, max_trace_ratio, max_trace_K, max_lambda_K_gram, max_trace_K_gram, n,
-    reached_max_acc}: nan-max over the probes up to and including the first with train_acc_running >=
-    max_acc (all probes when max_acc is None; reached_max_acc None then). Absent keys give NaN."""
-    rows, _ = _rows(rows, ())
-    end, reached = len(rows) - 1, None
-    if max_acc is not None:
-        i = _first(column(rows, "train_acc_running") >= float(max_acc))
-        end, reached = (end, False) if i is None else (i, True)
-    out = {"n": end + 1, "reached_max_acc": reached}
+    reached_max_acc}: nan-max over the probes of :func:`accuracy_window` (reached_max_acc None when
+    max_acc is None). Absent keys give NaN."""
+    window, reached = accuracy_window(rows, max_acc)
+    out = {"n": len(window), "reached_max_acc": reached}
     for k in ("lambda_max", "lambda_K", "trace_ratio", "trace_K", "lambda_K_gram", "trace_K_gram"):
-        v = _opt(rows[: end + 1], k)
+        v = _opt(window, k)
         v = v[np.isfinite(v)]
         out["max_" + k] = float(v.max()) if v.size else math.nan
     return out

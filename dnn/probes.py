@@ -15,12 +15,14 @@ warm-start the next Lanczos run and by the ``step`` and ``curvature`` probes). R
                ||K||_F), c_fit_HK, |cos(e_K^1, e_H^1)|, overlap of K's top 5 with H's top k, alpha_eH1
   step         alpha_star (+ alpha_star_reached), loss_change_a{alpha} (+ _se) and what a parabola along e_1
                with curvature lambda_1 predicts from the same batches (loss_change_quad_a{alpha},
-               alpha_cross_quad, g_e1_*), mean |cos(g_b, e_i)|, bn_scale_norm
+               alpha_cross_quad, g_e1_*), mean |cos(g_b, e_i)|
   curvature    per-example curvature along e_H^1 (curvature_mean, curvature_var) and R1's
                stability_factor (1 - eta lambda)^2 + eta^2 c(S, N) s^2 with lambda, s^2 from them
   negative     the most negative eigenvalues (Lanczos on -H): lambda_min, neg_eig_sum (R5)
   walk         the last step's walk metrics (floor, height, barrier, ...), cos_consecutive,
                distance_from_init
+
+Every row of a BatchNorm model also gets bn_scale_norm, ||gamma|| of its last BatchNorm layer.
 """
 
 from __future__ import annotations
@@ -175,7 +177,6 @@ def _step(ctx: ProbeContext) -> dict:
     out.update(step_probes.loss_change_quadratic_model(ctx.objective, E[0], G, ctx.cfg.lr, lam1))
     cos = [step_probes.gradient_alignment(g, E) for g in G]
     out.update({k: float(np.mean([c[k] for c in cos])) for k in cos[0] if k.startswith("cos_g_e")})
-    out.update(step_probes.bn_scale_norm(ctx.model))
     return out
 
 
@@ -205,9 +206,11 @@ PROBES: dict[str, Callable[[ProbeContext], dict]] = {
 
 
 def run_probes(names, ctx: ProbeContext) -> dict:
-    """Runs the named probes in registry order; one flat dict of metrics."""
+    """Runs the named probes in registry order; one flat dict of metrics, with bn_scale_norm (||gamma|| of
+    the last BatchNorm layer, break-even-point.txt Fig. 5) whatever the probes when the model has one."""
     out = ctx.results
     for name in PROBES:
         if name in names:
             out.update(PROBES[name](ctx))
+    out.update(step_probes.bn_scale_norm(ctx.model))
     return out

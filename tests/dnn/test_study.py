@@ -9,6 +9,7 @@ import pytest
 from dnn import break_even_study as bes
 from dnn.config import TrainConfig
 from dnn.study import Point, across_seeds, orderings_across_seeds, run_dir
+from valleysim import theory
 from valleysim.errors import UserInputError
 
 from tiny_nets import synthetic_images
@@ -41,7 +42,9 @@ def test_orderings_are_tested_seed_by_seed():
 def test_points_share_the_fixed_point_and_carry_their_knobs():
     p = bes.PRESETS["quick"]
     pts = {q.label: q for q in bes.points(p)}
-    assert len(pts) == len(p.lr_grid) + len(p.batch_grid) - 1  # (0.05, 128) is on both grids
+    assert len(pts) == len(p.lr_grid) + len(p.batch_grid) - 1 + len(p.bn_lr_grid)  # (0.05, 128) is on both grids
+    bn = pts["bn_lr1_S128"]
+    assert bn.knobs == {"bn_learning_rate": 1.0} and bn.cfg.model == "simplecnn-bn" and bn.cfg.bn == "eval"
     shared = pts["lr0.05_S128"]
     assert shared.knobs == {"learning_rate": 0.05, "batch_size": 1 / 128}
     assert shared.cfg.probes == ("lanczos", "covariance", "curvature") and shared.cfg.probe_acc == (0.6,)
@@ -53,15 +56,37 @@ def test_a_tiny_study_end_to_end_and_resumed(tmp_path):
     preset = bes.PRESETS["smoke"]
     s = bes.run(preset, tmp_path, x, y, test=(tx, ty), progress=False)
     labels = {r["label"] for r in s["per_run"]}
-    assert labels == {"lr0.02_S8", "lr0.05_S4", "lr0.05_S8"} and len(s["per_run"]) == 6
+    assert labels == {"lr0.02_S8", "lr0.05_S4", "lr0.05_S8", "bn_lr0.01_S8", "bn_lr0.1_S8"}
+    assert len(s["per_run"]) == 10
+    for r in s["per_run"]:
+        assert ("bn_scale_norm_min" in r) == r["label"].startswith("bn_")
+        if r["label"].startswith("bn_"):
+            assert r["bn_scale_norm_min"] <= r["bn_scale_norm_start"]
     for r in s["per_run"]:
         assert r["steps"] == 4 and math.isfinite(r["max_lambda_max"]) and 0 <= r["final_test_acc"] <= 1
         # the paper's Gram units are L c(M, n) x ours: L = 3 batches of M = 4 from the n = 16 measured
         lc = 3 * (16 - 4) / (4 * (16 - 1))
         assert r["max_lambda_K_gram"] == pytest.approx(lc * r["max_lambda_K"], rel=1e-12)
         assert r["max_trace_K_gram"] == pytest.approx(lc * r["max_trace_K"], rel=1e-9)
-    for f in ("per_run.csv", "across_seeds.csv", "orderings.csv", "summary.json", "report.md", "break_even_study.png"):
+    files = ("per_run.csv", "across_seeds.csv", "orderings.csv", "summary.json", "report.md", "break_even_study.png")
+    for f in (*files, "bn_study.png", "edge.csv", "edge_across_seeds.csv"):
         assert (tmp_path / f).stat().st_size > 0
+    assert {o["grid"] for o in s["orderings"]} == {"learning_rate", "batch_size", "bn_learning_rate"}
+    # the batch-size-effect analysis: the batch grid's runs x seeds x sizes x (e_H^1, top-k); along e_H^1
+    # alone rho_ms is R1's closed-form factor of the reported curvature mean and variance
+    edge = bes.batch_size_effect(preset, tmp_path, bes.points(preset), [0, 1], x, y, progress=False)["per_run"]
+    assert len(edge) == 2 * 2 * len(preset.edge_sizes) * 2 and {r["label"] for r in edge} == {"lr0.05_S4", "lr0.05_S8"}
+    for r in edge:
+        if r["k"] == 1:
+            q = theory.stability_factor(
+                r["eta"], r["curvature_mean"], r["curvature_var"], theory.variance_factor(r["S"], 40)
+            )
+            assert r["rho_ms"] == pytest.approx(float(q), rel=1e-8) and r["lambda_1"] == pytest.approx(
+                r["curvature_mean"]
+            )
+        else:
+            assert r["k"] == preset.edge_k and r["lambda_1"] >= r["lambda_2"]
+    assert "## The batch-size effect" in (tmp_path / "report.md").read_text()
     assert "Break-even study, preset `smoke` (2 seeds per point)" in (tmp_path / "report.md").read_text()
     # an interrupted study: one run never finished (its directory gone) -> the rerun trains only that run
     # again (the others are read back) and gives the same table
