@@ -43,6 +43,7 @@ from valleysim.theory import variance_factor
 SIGNS = {
     "learning_rate": {"mean_height": +1, "final_distance": +1, "mean_cos": -1},
     "batch_size": {"mean_height": +1, "final_distance": +1, "mean_cos": +1},
+    "batch_size_epochs": {"mean_height": +1, "final_distance": +1, "mean_cos": +1},
 }
 
 
@@ -64,6 +65,8 @@ class Preset:
     steps: int = 150
     measure_size: int | None = 128
     table_epochs: tuple[int, ...] = (1, 2, 5, 10)
+    epoch_batch_grid: tuple[int, ...] = ()  # SGD at lr_fixed for `epochs_fixed` epochs at each S (same data seen)
+    epochs_fixed: int = 2
     augment: bool = True
     seeds: int = 2
     test_size: int | None = 500
@@ -89,7 +92,8 @@ PRESETS = {
     # 2-core CPU: SimpleCNN at width 0.5 on the first 2,000 training images (15 steps an epoch at S = 128;
     # GD's step is then 0.6 s), the walk loss on 128 of them, 150 steps a run (the walk probe at every
     # step: 12 losses of the 128 images), 500 test images a row; 7 points x 2 seeds = 14 runs.
-    "quick": Preset(name="quick", width=0.5, n_train=2000),
+    # + the batch grid at a fixed 2 epochs (124, 30 and 6 steps at S = 32, 128, 512): 3 x 2 = 6 runs more.
+    "quick": Preset(name="quick", width=0.5, n_train=2000, epoch_batch_grid=(32, 128, 512)),
     # tiny: the end-to-end test on synthetic 8x8 images (seconds)
     "smoke": Preset(
         name="smoke",
@@ -101,6 +105,8 @@ PRESETS = {
         steps=6,
         measure_size=16,
         table_epochs=(1, 2),
+        epoch_batch_grid=(4, 8),
+        epochs_fixed=1,
         test_size=None,
     ),
     # the paper's VGG-11 on CIFAR-10 (S = 100, eta = 0.1; Table 2's eta = 0.05 and 0.1), 100 epochs of
@@ -117,18 +123,21 @@ PRESETS = {
         steps=45000,
         measure_size=2500,
         table_epochs=(1, 10, 25, 100),
+        epoch_batch_grid=(25, 100, 400),
+        epochs_fixed=10,
         seeds=3,
         test_size=None,
     ),
 }
 
 
-def label_sgd(eta: float, S: int) -> str:
-    return f"sgd_lr{eta:g}_S{S}"
+def label_sgd(eta: float, S: int, epochs: int | None = None) -> str:
+    return f"sgd_lr{eta:g}_S{S}" + ("" if epochs is None else f"_ep{epochs}")
 
 
 def points(p: Preset, noise_std: float | None = None, device: str = "cpu") -> list[Point]:
-    """The SGD grid points (knobs learning_rate eta, batch_size 1/S), then GD and GD + noise (no knob)."""
+    """The SGD grid points at ``steps`` steps (knobs learning_rate eta, batch_size 1/S), the batch grid at
+    ``epochs_fixed`` epochs (knob batch_size_epochs 1/S), then GD and GD + noise (no knob)."""
     grid: dict = {}
     for lr in p.lr_grid:
         grid.setdefault((lr, p.batch_fixed), {})["learning_rate"] = lr
@@ -137,6 +146,14 @@ def points(p: Preset, noise_std: float | None = None, device: str = "cpu") -> li
     pts = [
         Point(label_sgd(lr, b), p.train_config(lr=lr, batch=b, device=device), knobs)
         for (lr, b), knobs in sorted(grid.items())
+    ]
+    pts += [
+        Point(
+            label_sgd(p.lr_fixed, b, p.epochs_fixed),
+            p.train_config(lr=p.lr_fixed, batch=b, epochs=p.epochs_fixed, max_steps=None, device=device),
+            {"batch_size_epochs": 1.0 / b},
+        )
+        for b in p.epoch_batch_grid
     ]
     if p.gd:
         pts.append(Point("gd", p.train_config(lr=p.lr_fixed, batch=p.batch_fixed, optimizer="gd", device=device)))
@@ -345,13 +362,20 @@ def figure(preset: Preset, pts: list[Point], curves: dict, s: dict, path: Path) 
     axes[1, 0].set(xlabel="step", ylabel="||theta_t - theta_0||")
     by = {(r["label"], r["quantity"]): r for r in s["across_seeds"]}
     ax = axes[1, 1]
-    for j, (grid, q, marker) in enumerate((("learning_rate", "mean_cos", "o-"), ("batch_size", "mean_cos", "s--"))):
+    grids = (
+        ("learning_rate", "eta", "o-"),
+        ("batch_size", "1/S", "s--"),
+        ("batch_size_epochs", "1/S, fixed epochs", "^:"),
+    )
+    for grid, name, marker in grids:
+        q = "mean_cos"
         members = [p for p in pts if grid in p.knobs]
         x = [p.knobs[grid] for p in members]
         r = [by.get((p.label, q)) for p in members]
         m = np.array([v["mean"] if v else np.nan for v in r])
         err = np.array([[v["mean"] - v["lo"], v["hi"] - v["mean"]] if v else [np.nan] * 2 for v in r]).T
-        ax.errorbar(x, m, yerr=np.nan_to_num(err), fmt=marker, capsize=3, label=f"{q} vs {'eta' if j == 0 else '1/S'}")
+        if members:
+            ax.errorbar(x, m, yerr=np.nan_to_num(err), fmt=marker, capsize=3, label=f"{q} vs {name}")
     ax.set(xscale="log", xlabel="knob: eta (S fixed) or 1/S (eta fixed)", ylabel="mean cos, second half")
     for a in axes.ravel():
         a.legend(fontsize=6)
@@ -396,7 +420,8 @@ def report(preset: Preset, s: dict, noise: dict | None) -> str:
         "## Orderings (Kendall tau per seed)\n",
         "Predicted: height rises with eta and with 1/S, distance rises with both; the cosine: the paper "
         "predicts tau(1/S, cos) > 0 and tau(eta, cos) ~ 0, the toy tau(eta, cos) < 0 (the sign column is the "
-        "toy's for eta, the paper's for 1/S).\n",
+        "toy's for eta, the paper's for 1/S). `batch_size_epochs`: the batch grid run for "
+        f"{preset.epochs_fixed} epochs at every S (the same examples seen; the `batch_size` grid fixes the steps).\n",
         *orderings_table(s["orderings"]),
     ]
     return "\n".join(lines) + "\n"

@@ -63,13 +63,21 @@ def test_points_grid_and_gd_noise():
         "sgd_lr0.05_S128",
         "sgd_lr0.05_S512",
         "sgd_lr0.1_S128",
+        "sgd_lr0.05_S32_ep2",
+        "sgd_lr0.05_S128_ep2",
+        "sgd_lr0.05_S512_ep2",
         "gd",
         "gd_noise",
     ]
     shared = pts[labels.index("sgd_lr0.05_S128")]
     assert shared.knobs == {"learning_rate": 0.05, "batch_size": 1 / 128}
     assert pts[-1].cfg.noise_std == 0.01 and pts[-1].cfg.optimizer == "gd-noise" and pts[-1].knobs == {}
-    assert all(q.cfg.max_steps == p.steps and q.cfg.probe_every == 1 and q.cfg.probes == ("walk",) for q in pts)
+    fixed_epochs = [q for q in pts if "batch_size_epochs" in q.knobs]
+    assert [q.cfg.batch for q in fixed_epochs] == [32, 128, 512]
+    assert all(q.cfg.epochs == 2 and q.cfg.max_steps is None for q in fixed_epochs)
+    fixed_steps = [q for q in pts if q not in fixed_epochs]
+    assert all(q.cfg.max_steps == p.steps for q in fixed_steps)
+    assert all(q.cfg.probe_every == 1 and q.cfg.probes == ("walk",) for q in pts)
 
 
 def test_noise_calibration_is_sgd_noise_power():
@@ -90,10 +98,18 @@ def test_a_tiny_walk_study_end_to_end_and_resumed(tmp_path):
         "sgd_lr0.02_S8",
         "sgd_lr0.05_S4",
         "sgd_lr0.05_S8",
+        "sgd_lr0.05_S4_ep1",
+        "sgd_lr0.05_S8_ep1",
         "gd",
         "gd_noise",
     }
+    # one epoch of the 40 images: 10 steps at S = 4, 5 at S = 8 (the fixed-epoch grid)
+    steps = {r["label"]: r["steps"] for r in s["per_run"]}
+    assert steps.pop("sgd_lr0.05_S4_ep1") == 10 and steps.pop("sgd_lr0.05_S8_ep1") == 5
+    assert "batch_size_epochs" in {o["grid"] for o in s["orderings"]}
     for r in s["per_run"]:
+        if r["label"].endswith("_ep1"):
+            continue
         assert r["steps"] == 6 and math.isfinite(r["mean_height"]) and math.isfinite(r["final_distance"])
     assert s["noise_calibration"]["noise_std"] > 0
     for f in ("per_run.csv", "across_seeds.csv", "orderings.csv", "summary.json", "report.md", "walk_study.png"):
