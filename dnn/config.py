@@ -57,6 +57,7 @@ class TrainConfig:
     cov_batches: int = 25
     cov_batch: int = 128
     loss_change_batches: int = 10
+    keep_every: int = 0  # steps between the model weights kept as weights/step{N}.pt (and step 0); 0: none
     seed: int = 0
     init_from: str | None = None  # a model state_dict (.pt) to start from instead of the seeded init
     device: str = "cpu"
@@ -105,6 +106,7 @@ class TrainConfig:
             check_int_range(getattr(self, name), name, 1)
         check_int_range(self.cov_batches, "cov_batches (a covariance needs two gradients)", 2)
         check_int_range(self.probe_every, "probe_every (steps; 0: off)", 0)
+        check_int_range(self.keep_every, "keep_every (steps; 0: off)", 0)
         if self.test_size is not None:
             check_int_range(self.test_size, "test_size (0: no test metrics)", 0)
         for name in ("momentum", "weight_decay", "noise_std"):
@@ -141,3 +143,8 @@ class TrainConfig:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @staticmethod
+    def defaults() -> dict:
+        """{field: default}: what an option means in a stored config that predates it."""
+        return {f.name: f.default for f in dataclasses.fields(TrainConfig)}

@@ -45,7 +45,9 @@ class RunStore:
     #: config keys that may change between a run and its resumption (where it runs, not what it computes)
     RESUMABLE_KEYS = ("device",)
 
-    def __init__(self, out: str | Path, config: dict):
+    def __init__(self, out: str | Path, config: dict, defaults: dict | None = None):
+        """``defaults``: the value a key takes when a stored config lacks it (an option added after the run
+        was started, whose default reproduces the old behaviour), so such a run still resumes."""
         self.dir = Path(out)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "config.json"
@@ -54,8 +56,11 @@ class RunStore:
         config = json.loads(dumps(config, sort_keys=True))
         if self.config_path.exists():
             old = read_json(self.config_path)
+            base = json.loads(dumps(defaults or {}, sort_keys=True))
             diff = sorted(
-                k for k in set(old) | set(config) if old.get(k) != config.get(k) and k not in self.RESUMABLE_KEYS
+                k
+                for k in set(old) | set(config)
+                if old.get(k, base.get(k)) != config.get(k, base.get(k)) and k not in self.RESUMABLE_KEYS
             )
             if diff:
                 raise UserInputError(

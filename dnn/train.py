@@ -12,7 +12,8 @@ Data order: epoch e shuffles and augments with a generator seeded by (seed, e), 
 regenerates the same batches (it skips the ones already taken). Probes run at step 0, every
 ``probe_every`` steps, at each epoch end (``probe_epochs``), when the running training accuracy
 (last ``acc_window`` batches) first reaches each of ``probe_acc``, and at the end; each probe writes
-one row (run config, step, epoch, accuracy, every probe's metrics) and a checkpoint. A non-finite
+one row (run config, step, epoch, accuracy, every probe's metrics) and a checkpoint. ``keep_every``
+keeps the weights every that many steps in ``out/weights/`` (the valley study's projected path). A non-finite
 loss stops the run with a final row ``diverged = step`` (a result, not a crash).
 """
 
@@ -82,6 +83,42 @@ def _model_data(images, mean, std, channels_last: bool, idx=None) -> torch.Tenso
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def uses_channels_last(cfg: TrainConfig) -> bool:
+    """cfg.channels_last, or its default: on for SimpleCNN / VGG, off for ResNet-32 and the MLP."""
+    return cfg.channels_last if cfg.channels_last is not None else cfg.model.startswith(("simplecnn", "vgg"))
+
+
+def run_model(cfg: TrainConfig, input_shape, num_classes: int = 10) -> torch.nn.Module:
+    """The run's network at its seeded initialisation (on the CPU)."""
+    return build_model(
+        cfg.model,
+        num_classes=num_classes,
+        input_shape=input_shape,
+        width=cfg.width,
+        seed=cfg.seed,
+        channels_last=uses_channels_last(cfg),
+    )
+
+
+def measurement_objective(cfg: TrainConfig, model, images, labels, mean, std, size: int | None = None) -> Objective:
+    """The probes' Objective on the run's measurement subset of ``images`` (the training set, uint8 NHWC),
+    normalised by the training statistics ``mean``, ``std``; ``size`` overrides cfg.measure_size (a
+    subset of that size drawn with the run's seed, :func:`dnn.data.measurement_subset`)."""
+    idx = measurement_subset(
+        len(images), cfg.measure_fraction, seed=cfg.seed, size=cfg.measure_size if size is None else size
+    )
+    return Objective(
+        model,
+        _model_data(images, mean, std, uses_channels_last(cfg), idx),
+        torch.as_tensor(labels[idx]),
+        dtype=torch.float64 if cfg.measure_dtype == "float64" else torch.float32,
+        device=torch.device(cfg.device),
+        bn=cfg.bn,
+        bn_batch=cfg.batch,
+        label_smoothing=cfg.label_smoothing,
+    )
+
+
 def train(
     cfg: TrainConfig,
     out: str | Path,
@@ -115,17 +152,10 @@ def train(
         train_bytes(cfg, params, acts),
         f"training {cfg.model} at width {cfg.width:g} ({params:,} parameters, batch {cfg.batch})",
     )
-    store = RunStore(out, cfg.as_dict())
+    store = RunStore(out, cfg.as_dict(), defaults=TrainConfig.defaults())
     mean, std = channel_stats(images)
-    channels_last = cfg.channels_last if cfg.channels_last is not None else cfg.model.startswith(("simplecnn", "vgg"))
-    model = build_model(
-        cfg.model,
-        num_classes=num_classes,
-        input_shape=input_shape,
-        width=cfg.width,
-        seed=cfg.seed,
-        channels_last=channels_last,
-    ).to(device)
+    channels_last = uses_channels_last(cfg)
+    model = run_model(cfg, input_shape, num_classes).to(device)
     if cfg.init_from is not None:
         if not Path(cfg.init_from).is_file():
             raise UserInputError(f"init_from: no such file {cfg.init_from}")
@@ -140,18 +170,7 @@ def train(
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
 
-    midx = measurement_subset(n, cfg.measure_fraction, seed=cfg.seed, size=cfg.measure_size)
-    mdtype = torch.float64 if cfg.measure_dtype == "float64" else torch.float32
-    objective = Objective(
-        model,
-        _model_data(images, mean, std, channels_last, midx),
-        torch.as_tensor(labels[midx]),
-        dtype=mdtype,
-        device=device,
-        bn=cfg.bn,
-        bn_batch=cfg.batch,
-        label_smoothing=cfg.label_smoothing,
-    )
+    objective = measurement_objective(cfg, model, images, labels, mean, std)
     state = dict(
         step=0,
         epoch=0,
@@ -188,6 +207,15 @@ def train(
         test_y = torch.as_tensor(np.asarray(test[1][:k])).to(device)
     if cfg.optimizer in ("gd", "gd-noise"):
         full_x, full_y = _model_data(images, mean, std, channels_last).to(device), torch.as_tensor(labels).to(device)
+
+    def keep():
+        """The model's weights at this step as weights/step{N:07d}.pt (atomic; a replayed step rewrites the
+        same weights)."""
+        if cfg.keep_every and state["step"] % cfg.keep_every == 0:
+            path = store.dir / "weights" / f"step{state['step']:07d}.pt"
+            path.parent.mkdir(exist_ok=True)
+            torch.save(model.state_dict(), path.with_suffix(".tmp"))
+            path.with_suffix(".tmp").replace(path)
 
     def checkpoint():
         state.update(acc_hist=list(acc_hist), walk=walk.state())
@@ -235,6 +263,7 @@ def train(
     t_start = time.perf_counter() - state["wall"]
     bar = tqdm(total=total_steps, initial=state["step"], disable=not progress, unit="step", desc=cfg.model)
     if state["step"] == 0 and store.n_rows == 0:
+        keep()
         probe("start")
     while state["step"] < total_steps:
         epoch = state["epoch"]
@@ -299,6 +328,7 @@ def train(
             state["batch_in_epoch"] += 1
             if "walk" in cfg.probes:
                 walk.update(theta_before, flat_params(model).double(), g_step)
+            keep()
             state["wall"] = time.perf_counter() - t_start
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}", acc=f"{np.mean(acc_hist):.2f}")

@@ -28,8 +28,12 @@ Per run (:func:`summarise_run`):
 
 What the theory does not give here: the leading-order drift itself needs the derivatives of the
 non-degenerate eigenvalues along the degenerate directions (a third-derivative contraction); it is not
-measured, so only its eta^2 scaling and its sign (SGD: Tr H falls) are tested. The projected path of
-Fig. 1 (GD projection of checkpoints, line connectedness) is not built.
+measured, so only its eta^2 scaling and its sign (SGD: Tr H falls) are tested.
+
+3. **The projected path** (Figs. 1, 3; :mod:`dnn.projected_path`): each SGD run keeps its weights every
+   ``keep_every`` steps; each kept state is projected by GD to the minimum's loss, consecutive projections
+   are tested for line connectedness (recursively refined, the paper's scheme), and Tr H and the test loss
+   are measured at the projections (:func:`projected_paths`, :func:`path_summary`).
 """
 
 from __future__ import annotations
@@ -77,6 +81,10 @@ class Preset:
     cov_batch: int = 50
     seeds: int = 2
     test_size: int | None = 1000
+    keep_every: int = 50  # SGD runs keep their weights this often: the states of the projected path
+    path_coarse: int = 2  # the path's coarse pairs are this many kept states apart (the paper: epochs)
+    project_max_steps: int = 300  # GD steps at most per projection (heavy ball at min_lr, min_momentum)
+    connect_factor: float = 2.0  # line connected: excess loss <= this x the minimum's excess at all 10 points
 
     def train_config(self, **kw) -> TrainConfig:
         base = dict(
@@ -135,6 +143,8 @@ PRESETS = {
         hutchinson_samples=3,
         cov_batch=4,
         test_size=None,
+        keep_every=2,
+        project_max_steps=20,
     ),
     # the paper's Fig. 2a setting as far as this data allows (it used MNIST, a 6,220-parameter MLP): 500
     # images, GD-like minimum (10,000 steps), longer runs, 3 seeds. Meant for a GPU.
@@ -150,6 +160,7 @@ PRESETS = {
         hutchinson_samples=50,
         seeds=3,
         test_size=None,
+        keep_every=250,
     ),
 }
 
@@ -161,7 +172,11 @@ def label_sgd(eta: float) -> str:
 def points(p: Preset, minimum: str, noise_std: float, device: str = "cpu") -> list[Point]:
     """SGD at each learning rate (knob learning_rate), GD and GD + noise at lr_fixed, all from ``minimum``."""
     pts = [
-        Point(label_sgd(lr), p.train_config(lr=lr, init_from=minimum, device=device), {"learning_rate": lr})
+        Point(
+            label_sgd(lr),
+            p.train_config(lr=lr, init_from=minimum, keep_every=p.keep_every, device=device),
+            {"learning_rate": lr},
+        )
         for lr in p.lr_grid
     ]
     pts.append(Point("gd", p.train_config(lr=p.lr_fixed, optimizer="gd", init_from=minimum, device=device)))
@@ -303,6 +318,9 @@ def run(
         test=test,
         progress=progress,
     )
+    paths = projected_paths(preset, out, pts, seed_list, images, labels, test, minimum, progress=progress)
+    for r in per_run:
+        r.update(path_summary(paths.get((r["label"], r["seed"])), floor))
     curves = {(p.label, s): _curve(out, p.label, s, preset.top_k) for p in pts for s in seed_list}
     summary = finish(
         out,
@@ -315,7 +333,149 @@ def run(
         lambda s, path: figure(preset, pts, curves, s, floor, path),
         "valley_study.png",
     )
+    if paths:
+        path_figure(preset, paths, floor, out / "projected_path.png")
     return {**summary, "minimum": minimum, "noise_calibration": noise}
+
+
+def projected_paths(preset: Preset, out: Path, pts, seeds, images, labels, test, minimum: dict, progress=True) -> dict:
+    """{(label, seed): dnn.projected_path.projected_path(...)} for every run that kept its weights (the SGD
+    grid): projections by heavy-ball GD on the training loss to the minimum's loss, the threshold of line
+    connectedness at ``connect_factor`` x the minimum's excess loss, and at each projection the Hutchinson
+    Tr H (+- SE, ``hutchinson_samples`` probes) and the test loss / accuracy (plain cross-entropy on the
+    first ``test_size`` test images). Cached per run in ``out/projected/<label>_seed<k>.json``."""
+    import dataclasses
+
+    import torch
+    from tqdm import tqdm
+
+    from dnn.data import channel_stats
+    from dnn.eigen import hutchinson_trace_frobenius
+    from dnn.objective import Objective
+    from dnn.projected_path import projected_path
+    from dnn.study import run_dir
+    from dnn.train import _model_data, measurement_objective, run_model, uses_channels_last
+    from valleysim.jsonout import atomic_write, dumps
+
+    runs = [(p, sd) for p in pts if p.cfg.keep_every for sd in seeds]
+    if not runs:
+        return {}
+    (out / "projected").mkdir(exist_ok=True)
+    x, y = images[: preset.n_train], labels[: preset.n_train]
+    mean, std = channel_stats(x)
+    floor = minimum["floor"]
+    target, threshold = minimum["loss"], floor + preset.connect_factor * (minimum["loss"] - floor)
+    found = {}
+    for p, sd in tqdm(runs, desc="projected paths", disable=not progress):
+        cache = out / "projected" / f"{p.label}_seed{sd}.json"
+        if cache.exists():
+            found[(p.label, sd)] = json.loads(cache.read_text())
+            continue
+        cfg = dataclasses.replace(p.cfg, seed=sd)
+        shape = (x.shape[3], x.shape[1], x.shape[2])
+        model = run_model(cfg, shape).to(torch.device(cfg.device))
+        obj = measurement_objective(cfg, model, x, y, mean, std, size=len(x))
+        tst = None
+        if test is not None and preset.test_size != 0:
+            k = len(test[0]) if preset.test_size is None else preset.test_size
+            tx = _model_data(test[0][:k], mean, std, uses_channels_last(cfg))
+            tst = Objective(model, tx, torch.as_tensor(np.asarray(test[1][:k])), dtype=obj.dtype, device=obj.device)
+        weights = run_dir(out, p.label, sd) / "weights"
+        steps = sorted(int(f.stem.removeprefix("step")) for f in weights.glob("step*.pt"))
+
+        def load(step: int):
+            model.load_state_dict(
+                torch.load(weights / f"step{step:07d}.pt", map_location=cfg.device, weights_only=True)
+            )
+            return obj.load(model).theta0.clone()
+
+        def measure(theta):
+            tr = hutchinson_trace_frobenius(
+                lambda v: obj.hvp(v, theta=theta), theta, n_samples=preset.hutchinson_samples, seed=sd
+            )
+            m = {"trace_hessian": tr["trace"], "trace_hessian_se": tr["trace_se"]}
+            if tst is not None:
+                m.update(test_loss=tst.loss(theta), test_acc=tst.accuracy(theta))
+            return m
+
+        res = projected_path(
+            steps,
+            load,
+            obj,
+            coarse=preset.path_coarse,
+            lr=preset.min_lr,
+            momentum=preset.min_momentum,
+            target=target,
+            threshold=threshold,
+            max_steps=preset.project_max_steps,
+            measure=measure,
+        )
+        res.update(target=target, threshold=threshold)
+        atomic_write(cache, (dumps(res, indent=1) + "\n").encode())
+        found[(p.label, sd)] = res
+    return found
+
+
+def path_summary(path: dict | None, floor: float) -> dict:
+    """Per run: path_points (projected states), path_reached (fraction whose GD reached the target),
+    path_connected (fraction of the finest segments, those not split further, that are line connected),
+    path_max_excess (the largest excess loss on any finest segment), path_trace_drift (slope of Tr H
+    against the step over the projections, per step), path_trace_first / _last."""
+    if path is None:
+        return {}
+    pts, finest = path["points"], [s for s in path["segments"] if not s["refined"]]
+    step = np.array([q["step"] for q in pts], dtype=float)
+    tr = np.array([q["trace_hessian"] for q in pts], dtype=float)
+    return {
+        "path_points": float(len(pts)),
+        "path_reached": float(np.mean([q["reached"] for q in pts])),
+        "path_connected": float(np.mean([s["connected"] for s in finest])) if finest else math.nan,
+        "path_max_excess": max(s["max_loss"] for s in finest) - floor if finest else math.nan,
+        "path_trace_drift": _slope(step, tr),
+        "path_trace_first": float(tr[0]),
+        "path_trace_last": float(tr[-1]),
+    }
+
+
+def path_figure(preset: Preset, paths: dict, floor: float, path: Path) -> None:
+    """Figs. 1 and 3 of the paper: along each projected path (every run), the training excess loss at the
+    projections with each finest segment's worst excess loss, the test loss, and Tr H +- SE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), constrained_layout=True)
+    labels = list(dict.fromkeys(lab for lab, _ in paths))
+    for (lab, sd), res in paths.items():
+        c = f"C{labels.index(lab)}"
+        name = lab if sd == min(s for lb, s in paths if lb == lab) else None
+        pts = res["points"]
+        step = [q["step"] for q in pts]
+        axes[0].plot(step, [q["loss"] - floor for q in pts], "o-", color=c, ms=3, lw=1, label=name)
+        for s in (s for s in res["segments"] if not s["refined"]):
+            axes[0].plot([s["step_a"], s["step_b"]], [s["max_loss"] - floor] * 2, "-", color=c, lw=3, alpha=0.3)
+        if "test_loss" in pts[0]:
+            axes[1].plot(step, [q["test_loss"] for q in pts], "o-", color=c, ms=3, lw=1, label=name)
+        axes[2].errorbar(
+            step,
+            [q["trace_hessian"] for q in pts],
+            yerr=[q["trace_hessian_se"] for q in pts],
+            color=c,
+            lw=1,
+            capsize=2,
+            label=name,
+        )
+    threshold = next(iter(paths.values()))["threshold"]
+    axes[0].axhline(threshold - floor, color="k", ls="--", lw=0.8, label="connectedness threshold")
+    axes[0].set(xlabel="step of the SGD run", ylabel="excess training loss (bars: worst on the segment)", yscale="log")
+    axes[1].set(xlabel="step of the SGD run", ylabel="test loss at the projection")
+    axes[2].set(xlabel="step of the SGD run", ylabel="Tr H at the projection (+- SE)")
+    for a in axes:
+        a.legend(fontsize=6)
+    fig.suptitle(f"projected paths ({preset.name}): GD projections of the kept SGD states", fontsize=10)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _curve(out, label: str, seed: int, k: int) -> dict:
@@ -403,6 +563,24 @@ def report(preset: Preset, s: dict, minimum: dict, noise: dict) -> str:
         f"neg_eig_sum = w (loss - L_floor) + b per run over its probes after step 0; neg_eig_sum sums the "
         f"{preset.top_k} most negative eigenvalues only (a lower bound on the negative mass).\n",
         *table(("r5_slope", "r5_intercept", "final_test_acc")),
+        "",
+        "## The projected path (paper, Figs. 1 and 3)\n",
+        f"Every {preset.keep_every} steps of each SGD run projected by GD (momentum {preset.min_momentum:g}, eta "
+        f"{preset.min_lr:g}, at most {preset.project_max_steps} steps) to the minimum's loss {minimum['loss']:.4f}; "
+        f"consecutive projections line connected when the loss at 10 points of the segment stays within "
+        f"{preset.connect_factor:g} x the minimum's excess loss; pairs {preset.path_coarse} kept states apart are "
+        "split recursively until connected or adjacent. Tr H at the projections (Hutchinson).\n",
+        *table(
+            (
+                "path_points",
+                "path_reached",
+                "path_connected",
+                "path_max_excess",
+                "path_trace_first",
+                "path_trace_last",
+                "path_trace_drift",
+            )
+        ),
         "",
         "## Orderings (Kendall tau per seed)\n",
         "Predicted along eta (S fixed): the trace falls faster (tau(eta, drift) < 0) and ends lower, the loss "

@@ -67,6 +67,25 @@ def test_store_truncates_to_the_checkpoint_and_refuses_another_config(tmp_path):
         RunStore(tmp_path, {"a": 2})
     RunStore(tmp_path / "d", {"a": 1, "device": "cpu"})
     RunStore(tmp_path / "d", {"a": 1, "device": "cuda"})  # where it runs may change on resume
+    # an option added after the run started resumes it at its default, and only there
+    RunStore(tmp_path / "d", {"a": 1, "new": 0}, defaults={"new": 0})
+    with pytest.raises(UserInputError, match="differs in: new"):
+        RunStore(tmp_path / "d", {"a": 1, "new": 5}, defaults={"new": 0})
+
+
+def test_kept_weights_are_the_models_at_those_steps(tmp_path):
+    x, y = synthetic(24)
+    c = cfg(epochs=1, batch=4, measure_size=8, probes=(), keep_every=2)
+    store = train(c, tmp_path / "k", x, y, progress=False)
+    kept = sorted(p.name for p in (tmp_path / "k" / "weights").iterdir())
+    assert kept == [f"step{s:07d}.pt" for s in (0, 2, 4, 6)]  # 6 steps of 4 images
+    final = torch.load(tmp_path / "k" / "checkpoint.pt", weights_only=False)["state"]["model"]
+    last = torch.load(tmp_path / "k" / "weights" / "step0000006.pt", weights_only=True)
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    start = build_model(c.model, input_shape=(3, 8, 8), width=c.width, seed=c.seed).state_dict()
+    first = torch.load(tmp_path / "k" / "weights" / "step0000000.pt", weights_only=True)
+    assert all(torch.equal(start[k], first[k]) for k in start)
+    assert store.rows()[-1]["step"] == 6
 
 
 def test_gd_step_is_the_full_gradient_step(tmp_path):
@@ -161,6 +180,8 @@ def test_probes_leave_the_model_bit_identical():
         assert k in out, k
     after = model_state(m)
     assert all(torch.equal(before[k], after[k]) for k in before) and m.training
+    lanczos_only = probes_mod.run_probes(("lanczos",), probes_mod.ProbeContext(cfg=c, model=m, objective=obj))
+    assert lanczos_only["bn_scale_norm"] == out["bn_scale_norm"] > 0  # ||gamma|| in every row of a BN model
 
 
 def test_killed_run_resumes_with_identical_rows(tmp_path, monkeypatch):

@@ -1,6 +1,7 @@
 """The valley study: the smoothed-entropy floor, the per-run arithmetic on hand-made rows, and a tiny
 end-to-end run (minimum, calibration, runs) that resumes."""
 
+import json
 import math
 import shutil
 
@@ -57,8 +58,9 @@ def test_summarise_run_by_hand():
 
 def test_a_tiny_valley_study_end_to_end_and_resumed(tmp_path):
     x, y = synthetic_images(40)
+    test = synthetic_images(10, seed=9)
     preset = vs.PRESETS["smoke"]
-    s = vs.run(preset, tmp_path, x, y, progress=False)
+    s = vs.run(preset, tmp_path, x, y, test=test, progress=False)
     assert {r["label"] for r in s["per_run"]} == {"sgd_lr0.02", "sgd_lr0.05", "gd", "gd_noise"}
     assert s["minimum"]["steps"] == preset.min_steps and (tmp_path / "minimum.pt").is_file()
     assert s["minimum"]["loss"] >= s["minimum"]["floor"]
@@ -67,8 +69,18 @@ def test_a_tiny_valley_study_end_to_end_and_resumed(tmp_path):
     # every run starts at the minimum: the same Tr H at step 0 whatever the point (same Hutchinson seed)
     first = {r["label"]: r["initial_trace"] for r in s["per_run"] if r["seed"] == 0}
     assert len({round(v, 6) for v in first.values()}) == 1
-    for f in ("per_run.csv", "orderings.csv", "summary.json", "report.md", "valley_study.png", "minimum.json"):
+    files = ("per_run.csv", "orderings.csv", "summary.json", "report.md", "valley_study.png", "minimum.json")
+    for f in (*files, "projected_path.png"):
         assert (tmp_path / f).stat().st_size > 0
+    # the projected path of each SGD run: kept states 0, 2, 4, 6; the first is the minimum itself
+    for r in s["per_run"]:
+        assert ("path_points" in r) == r["label"].startswith("sgd")
+    path = json.loads((tmp_path / "projected" / "sgd_lr0.05_seed0.json").read_text())
+    first = path["points"][0]
+    assert first["step"] == 0 and first["reached"] and first["gd_steps"] == 0
+    assert {q["step"] for q in path["points"]} <= {0, 2, 4, 6} and len(path["points"]) >= 3
+    assert all(math.isfinite(q["trace_hessian"]) and 0 <= q["test_acc"] <= 1 for q in path["points"])
+    assert path["target"] == s["minimum"]["loss"] and path["threshold"] > path["target"]
     shutil.rmtree(run_dir(tmp_path, "gd", 1))
-    again = vs.run(preset, tmp_path, x, y, progress=False)
+    again = vs.run(preset, tmp_path, x, y, test=test, progress=False)
     assert again["per_run"] == s["per_run"]
