@@ -39,6 +39,12 @@ class Preset(SGDGrid):
     bn_lr_grid: tuple[float, ...] = ()  # SimpleCNN-BN at S = batch_fixed (Sec. 4.3, Fig. 5)
     edge_sizes: tuple[int, ...] = ()  # measurement sizes of the batch-size-effect analysis (dnn.edge)
     edge_k: int = 5  # its subspace: the top-k Hessian eigenvectors
+    loss_change_batches: int = 2  # mini-batch gradients of the step probe (alpha*: the first one)
+
+    def train_config(self, **kw) -> TrainConfig:
+        """:meth:`dnn.study.SGDGrid.train_config` with the step probe (alpha*, Fig. 2) added."""
+        probes = ("lanczos", "covariance", "step", "curvature")
+        return super().train_config(**{"probes": probes, "loss_change_batches": self.loss_change_batches, **kw})
 
 
 PRESETS = {
@@ -152,9 +158,29 @@ def summarise_run(rows: list[dict], cfg: TrainConfig, max_acc: float, n_train: i
 def _window_extremes(probes: list[dict], max_acc: float) -> dict:
     """Over the probes of the paper's window (:func:`dnn.predictions.accuracy_window`): max and min of
     ||g|| / ||g_5||; for a BatchNorm model ||gamma|| of the last BN layer at the start, its minimum and
-    its value at the window's end (Fig. 5 bottom: high eta first shrinks ||gamma||)."""
+    its value at the window's end (Fig. 5 bottom: high eta first shrinks ||gamma||); alpha* (Fig. 2: it
+    falls to ~2 at the break-even point): its minimum, its median over the window's second half and
+    Kendall's tau between alpha* and lambda_K^1 over the window's probes (Fig. 2: anti-correlated; probes
+    of one run are correlated, so the tau describes the run, it is not a test); R1's factor q along
+    e_H^1 (the curvature probe): its median over the second half and its maximum."""
     window, _ = P.accuracy_window(probes, max_acc)
     out = {}
+    half = len(window) // 2
+    a_star = _alpha_star(window)
+    if np.isfinite(a_star).any():
+        lam_k = P.column(window, "lambda_K", strict=False)
+        ok = np.isfinite(a_star) & np.isfinite(lam_k)
+        out.update(
+            min_alpha_star=float(np.nanmin(a_star)),
+            alpha_star_late=float(np.nanmedian(a_star[half:])),
+            tau_alpha_star_lambda_K=P.kendall_tau(a_star[ok], lam_k[ok])[0] if ok.sum() >= 2 else math.nan,
+        )
+    q = P.column(window, "stability_factor", strict=False)
+    if np.isfinite(q).any():
+        out.update(
+            r1_factor_late=float(np.nanmedian(q[half:])),
+            max_r1_factor=float(np.nanmax(q)),
+        )
     ratio = P.column(window, "grad_norm_ratio_top5", strict=False)
     if np.isfinite(ratio).any():
         out.update(max_grad_norm_ratio=float(np.nanmax(ratio)), min_grad_norm_ratio=float(np.nanmin(ratio)))
@@ -163,6 +189,14 @@ def _window_extremes(probes: list[dict], max_acc: float) -> dict:
         out.update(bn_scale_norm_start=float(gamma[0]), bn_scale_norm_min=float(np.nanmin(gamma)))
         out["bn_scale_norm_end"] = float(gamma[np.isfinite(gamma)][-1])
     return out
+
+
+def _alpha_star(rows: list[dict]) -> np.ndarray:
+    """alpha* per row: inf where the loss never rose 20% (stored as null with alpha_star_reached false),
+    NaN where the step probe did not run."""
+    a = P.column(rows, "alpha_star", strict=False)
+    unreached = np.array([r.get("alpha_star_reached") is False and r.get("alpha_star") is None for r in rows])
+    return np.where(unreached, np.inf, a)
 
 
 def run(
@@ -349,6 +383,10 @@ def report(preset: Preset, s: dict, edge: dict | None = None) -> str:
         "max_lambda_K_gram",
         "max_trace_ratio",
         "alpha",
+        "min_alpha_star",
+        "alpha_star_late",
+        "tau_alpha_star_lambda_K",
+        "r1_factor_late",
         "final_test_acc",
         "reached_max_acc",
     )
@@ -358,7 +396,10 @@ def report(preset: Preset, s: dict, edge: dict | None = None) -> str:
         f"# Break-even study, preset `{preset.name}` ({len(s['seeds'])} seeds per point)\n",
         "Mean over seeds [95% t interval]; maxima over the probes before running training accuracy "
         f"{preset.max_acc:g} (the whole run where it was not reached: `reached_max_acc` < 1). "
-        "Points named `bn_...` are SimpleCNN-BN.\n",
+        "Points named `bn_...` are SimpleCNN-BN. alpha = lambda_K / lambda_H (R2); alpha*: the step multiple "
+        "that raises the loss 20% (Fig. 2), its minimum, its median over the window's second half, and its "
+        "Kendall tau against lambda_K^1 along the run (descriptive: probes of one run are correlated); "
+        "r1_factor_late: R1's q along e_H^1, median over the second half.\n",
         "| point | " + " | ".join(keys) + " |",
         "|---" * (len(keys) + 1) + "|",
     ]

@@ -47,7 +47,35 @@ def test_points_share_the_fixed_point_and_carry_their_knobs():
     assert bn.knobs == {"bn_learning_rate": 1.0} and bn.cfg.model == "simplecnn-bn" and bn.cfg.bn == "eval"
     shared = pts["lr0.05_S128"]
     assert shared.knobs == {"learning_rate": 0.05, "batch_size": 1 / 128}
-    assert shared.cfg.probes == ("lanczos", "covariance", "curvature") and shared.cfg.probe_acc == (0.6,)
+    assert shared.cfg.probes == ("lanczos", "covariance", "step", "curvature") and shared.cfg.probe_acc == (0.6,)
+
+
+def test_window_extremes_against_hand_arithmetic():
+    """The window ends at the first probe with running accuracy >= 0.6 (the 4th); alpha* unreached is inf."""
+    acc = [0.1, 0.2, 0.4, 0.7, 0.9]
+    a_star = [8.0, None, 2.5, 2.0, 0.5]
+    lam_k = [1.0, 2.0, 3.0, 4.0, 99.0]
+    rows = [
+        dict(
+            step=10 * i,
+            train_acc_running=a,
+            alpha_star=s,
+            alpha_star_reached=s is not None,
+            lambda_K=k,
+            stability_factor=0.1 * (i + 1),
+            grad_norm_ratio_top5=1 + i,
+            bn_scale_norm=5.0 - i,
+        )
+        for i, (a, s, k) in enumerate(zip(acc, a_star, lam_k))
+    ]
+    out = bes._window_extremes(rows, 0.6)
+    assert out["min_alpha_star"] == 2.0 and out["alpha_star_late"] == 2.25  # median of (2.5, 2.0)
+    # tau over the finite pairs (8, 1), (2.5, 3), (2, 4): perfectly anti-correlated
+    assert out["tau_alpha_star_lambda_K"] == pytest.approx(-1.0)
+    assert out["r1_factor_late"] == pytest.approx(0.35) and out["max_r1_factor"] == pytest.approx(0.4)
+    assert (out["max_grad_norm_ratio"], out["min_grad_norm_ratio"]) == (4.0, 1.0)
+    assert (out["bn_scale_norm_start"], out["bn_scale_norm_min"], out["bn_scale_norm_end"]) == (5.0, 2.0, 2.0)
+    assert math.isinf(bes._alpha_star(rows)[1])
 
 
 def test_a_tiny_study_end_to_end_and_resumed(tmp_path):
