@@ -209,6 +209,7 @@ def run(
     seeds: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    executor=None,
 ) -> dict:
     """Train the study into ``out``, write per_run.csv, across_seeds.csv, orderings.csv, summary.json and
     report.md; returns the summary."""
@@ -226,6 +227,7 @@ def run(
         summarise_run=lambda rows, cfg: summarise_run(rows, cfg, preset.max_acc, n_train),
         test=test,
         progress=progress,
+        executor=executor,
     )
     edge = batch_size_effect(preset, out, pts, seed_list, images, labels, progress=progress)
     if preset.bn_lr_grid:

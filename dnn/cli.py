@@ -14,6 +14,7 @@ from pathlib import Path
 from dnn.config import TrainConfig
 from valleysim import argtypes as T
 from valleysim.errors import UserInputError
+from valleysim.executors import add_executor_options, sweep_executor
 from valleysim.jsonout import dumps
 
 # torch and the dnn modules load only when a dnn command runs (3 s): the options come from the torch-free
@@ -44,7 +45,6 @@ HELP = {
     "cov_batches": "L mini-batch gradients for K",
     "cov_batch": "M, their batch size",
     "loss_change_batches": "mini-batch gradients of the step probe",
-    "keep_every": dict(type=T.natural),
     "init_from": "model state_dict (.pt) to start from instead of the seeded init",
     "device": "cpu, cuda, cuda:1, ...",
     "channels_last": "channels-last memory format (auto: on for SimpleCNN / VGG, off for ResNet-32 and the MLP)",
@@ -162,6 +162,7 @@ def add_parser(sub) -> None:
     s.add_argument("--out", type=T.out_dir, required=True, help="study directory (runs/, report.md, CSVs)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--no-progress", action="store_true")
+    add_executor_options(s)
     s.set_defaults(func=cmd_study)
 
 
@@ -225,16 +226,18 @@ def cmd_study(a) -> int:
     order = None if a.label_order == "none" else a.label_order
     images, labels = load_cifar10(a.data, "train", label_order=order)
     test = load_cifar10(a.data, "test", label_order=order)
-    study.run(
-        study.PRESETS[a.preset],
-        a.out,
-        images,
-        labels,
-        test=test,
-        seeds=a.seeds,
-        device=a.device,
-        progress=not a.no_progress,
-    )
+    with sweep_executor(a) as executor:  # None: the runs one after another in this process
+        study.run(
+            study.PRESETS[a.preset],
+            a.out,
+            images,
+            labels,
+            test=test,
+            seeds=a.seeds,
+            device=a.device,
+            progress=not a.no_progress,
+            executor=executor,
+        )
     print((a.out / "report.md").read_text())
     return 0
 

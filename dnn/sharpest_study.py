@@ -233,6 +233,7 @@ def run(
     seeds: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    executor=None,
 ) -> dict:
     """Train the study into ``out`` and write its CSVs, summary.json, report.md and figure."""
     out = Path(out)
@@ -240,7 +241,17 @@ def run(
     n = len(images) if preset.n_train is None else min(preset.n_train, len(images))
     pts = points(preset, n, device)
     seed_list = seeds_for(seeds, preset.seeds)
-    per_run = run_study(pts, seed_list, out, images, labels, summarise_run=summarise_run, test=test, progress=progress)
+    per_run = run_study(
+        pts,
+        seed_list,
+        out,
+        images,
+        labels,
+        summarise_run=summarise_run,
+        test=test,
+        progress=progress,
+        executor=executor,
+    )
     curves = {
         (p.label, s): _curve(out, p.label, s, p.cfg) for p in pts for s in seed_list
     }  # lambda_1 along training, for the figure

@@ -125,20 +125,56 @@ def run_study(
     summarise_run: Callable[[list[dict], TrainConfig], dict],
     test=None,
     progress: bool = True,
+    executor=None,
 ) -> list[dict]:
-    """Train (or read back) every (point, seed); returns one row per run: label, seed, the summary."""
+    """Train (or read back) every (point, seed); returns one row per run: label, seed, the summary.
+
+    ``executor`` (a ``concurrent.futures.Executor``, :mod:`valleysim.executors`): each run is one task
+    (:func:`train_task`, the training images cut to the run's n_train), its results stay in its run
+    directory, so a retried or resubmitted task resumes from the checkpoint and a finished run is only
+    read back. The rows are then read in (point, seed) order, whatever the order of completion."""
+    from dnn.store import read_rows
     from dnn.train import train
 
     seeds = [int(s) for s in seeds]
     if not points or not seeds:
         raise UserInputError("a study needs at least one grid point and one seed")
-    rows = []
-    for p in points:
-        for s in seeds:
-            cfg = dataclasses.replace(p.cfg, seed=s)
-            store = train(cfg, run_dir(out, p.label, s), images, labels, test=test, progress=progress)
-            rows.append({"label": p.label, "seed": s, **summarise_run(store.rows(), cfg)})
-    return rows
+    runs = [(p, dataclasses.replace(p.cfg, seed=s)) for p in points for s in seeds]
+    if executor is None:
+        stores = [
+            train(cfg, run_dir(out, p.label, cfg.seed), images, labels, test=test, progress=progress) for p, cfg in runs
+        ]
+        all_rows = [st.rows() for st in stores]
+    else:
+        from concurrent.futures import as_completed
+
+        from tqdm import tqdm
+
+        futures = []
+        for p, cfg in runs:
+            n = len(images) if cfg.n_train is None else cfg.n_train
+            k = None if test is None else (len(test[0]) if cfg.test_size is None else cfg.test_size)
+            part = None if test is None else (test[0][:k], test[1][:k])
+            futures.append(
+                executor.submit(train_task, cfg, str(run_dir(out, p.label, cfg.seed)), images[:n], labels[:n], part)
+            )
+        with tqdm(total=len(futures), desc="study runs", disable=not progress) as bar:
+            for fut in as_completed(futures):
+                fut.result()  # a failed run raises here, the others keep their directories
+                bar.update()
+        all_rows = [read_rows(run_dir(out, p.label, cfg.seed) / "metrics.jsonl") for p, cfg in runs]
+    return [{"label": p.label, "seed": cfg.seed, **summarise_run(rows, cfg)} for (p, cfg), rows in zip(runs, all_rows)]
+
+
+def train_task(cfg: TrainConfig, out: str, images, labels, test=None) -> int:
+    """One study run in a worker (torch single-threaded there): trains or resumes ``out``; returns its
+    number of rows."""
+    import torch
+
+    from dnn.train import train
+
+    torch.set_num_threads(1)
+    return len(train(cfg, out, images, labels, test=test, progress=False).rows())
 
 
 def _numeric(v) -> bool:

@@ -276,6 +276,7 @@ def run(
     seeds: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    executor=None,
 ) -> dict:
     """The minimum, the noise calibration at it, the runs from it; writes the CSVs, summary.json, report.md,
     the figure; returns the summary (with ``minimum`` and ``noise_calibration``)."""
@@ -317,6 +318,7 @@ def run(
         summarise_run=lambda rows, cfg: summarise_run(rows, cfg, floor),
         test=test,
         progress=progress,
+        executor=executor,
     )
     paths = projected_paths(preset, out, pts, seed_list, images, labels, test, minimum, progress=progress)
     for r in per_run:

@@ -281,6 +281,7 @@ def run(
     seeds: int | None = None,
     device: str = "cpu",
     progress: bool = True,
+    executor=None,
 ) -> dict:
     """Calibrate GD + noise, train the study into ``out``, write its CSVs, summary.json, report.md, figure."""
     from valleysim.jsonout import atomic_write, dumps
@@ -309,6 +310,7 @@ def run(
         summarise_run=lambda rows, cfg: summarise_run(rows, cfg, n, preset.table_epochs),
         test=test,
         progress=progress,
+        executor=executor,
     )
     curves = {(p.label, s): _curve(out, p.label, s) for p in pts for s in seed_list}
     summary = finish(

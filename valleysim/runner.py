@@ -8,8 +8,10 @@ JSON) is not there yet. A torn last line (a kill mid-write) is dropped.
 
 The default executor is a local process pool of single-threaded workers
 (numba, OpenBLAS and torch each get one thread, so workers do not fight over
-the cores). Any other ``Executor`` (a cluster backend) can be passed in;
-``fn`` and the points must then be picklable and JSON-serialisable.
+the cores). Any other ``Executor`` (a cluster backend: :mod:`valleysim.executors`)
+can be passed in; ``fn`` and the points must then be picklable and
+JSON-serialisable. Only this process writes the store, once per point, so a
+point that an engine retries after a lost worker is still stored exactly once.
 """
 
 from __future__ import annotations
@@ -103,7 +105,11 @@ def run_sweep(
         own = executor is None
         pool = default_executor(min(len(todo), os.cpu_count() or 1)) if own else executor
         try:
-            futures = {pool.submit(fn, p): k for k, p in todo.items()}
+            items = list(todo.items())
+            if hasattr(pool, "submit_all"):  # one array job on Slurm (valleysim.executors.SubmititExecutor)
+                futures = dict(zip(pool.submit_all(fn, [p for _, p in items]), (k for k, _ in items)))
+            else:
+                futures = {pool.submit(fn, p): k for k, p in items}
             error = None
             with (
                 open(path, "a", encoding="utf-8") as fh,

@@ -9,6 +9,7 @@ import numpy as np
 
 from valleysim import argtypes as T
 from valleysim.errors import UserInputError, check_batch_size
+from valleysim.executors import add_executor_options, sweep_executor
 from valleysim.jsonout import dumps
 from valleysim.quadratic.landscape import KINDS, NONUNIFORMITY_RANGE, generate, load_hessians
 from valleysim.theory import SCHEMES
@@ -57,6 +58,7 @@ def _add_phase_diagram(sub) -> None:
         "--out", type=T.out_dir, default="results/phase_diagram", help="output directory (resumes if present)"
     )
     ph.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_executor_options(ph)
     ph.set_defaults(func=cmd_phase_diagram)
 
 
@@ -125,16 +127,18 @@ def cmd_phase_diagram(args) -> int:
     sizes = sorted({int(s) for s in sizes})
     for s in sizes:
         check_batch_size(s, q.N, allow_above_n=args.scheme == "with_replacement")
-    rows = phase_diagram(
-        q,
-        etas,
-        sizes,
-        args.out,
-        scheme=args.scheme,
-        n_traj=args.trajectories,
-        n_steps=args.steps,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
+    with sweep_executor(args) as executor:
+        rows = phase_diagram(
+            q,
+            etas,
+            sizes,
+            args.out,
+            scheme=args.scheme,
+            n_traj=args.trajectories,
+            n_steps=args.steps,
+            seed=args.seed,
+            executor=executor,
+            progress=not args.quiet,
+        )
     print(f"{len(rows)} grid points -> {Path(args.out).resolve()}")
     return 0
