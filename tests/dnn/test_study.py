@@ -153,3 +153,36 @@ def test_runs_through_a_process_pool_give_the_same_table(tmp_path):
         pool.shutdown()
     assert there["per_run"] == here["per_run"] == again["per_run"]
     assert {p: p.read_text() for p in rows} == rows  # nothing retrained (train_time_s would differ)
+
+
+def test_a_study_on_dask_survives_a_killed_worker(tmp_path):
+    """4 runs on a 2-process LocalCluster; one worker SIGKILLed once a run has written rows: dask reruns
+    its task, which resumes from the run's checkpoint; the table equals the in-process one."""
+    import dataclasses
+    import os
+    import signal
+    import threading
+    import time
+
+    pytest.importorskip("distributed", reason="the cluster extra is not installed")
+    from valleysim.executors import ExecutorOptions, open_executor
+
+    x, y = synthetic_images(40)
+    preset = dataclasses.replace(bes.PRESETS["smoke"], bn_lr_grid=(), edge_sizes=(), lr_grid=(0.05,), max_steps=6)
+    here = bes.run(preset, tmp_path / "here", x, y, progress=False)
+    with open_executor("dask", ExecutorOptions(workers=2), log=lambda m: None) as ex:
+        pids = list(ex._client.run(os.getpid).values())
+        got = {}
+        t = threading.Thread(
+            target=lambda: got.update(s=bes.run(preset, tmp_path / "dask", x, y, progress=False, executor=ex))
+        )
+        t.start()
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(
+            len(p.read_text().splitlines()) >= 2 for p in (tmp_path / "dask").rglob("metrics.jsonl")
+        ):
+            time.sleep(0.05)
+        os.kill(pids[0], signal.SIGKILL)
+        t.join(300)
+        assert not t.is_alive()
+    assert got["s"]["per_run"] == here["per_run"]
