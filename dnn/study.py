@@ -167,13 +167,16 @@ def run_study(
 
 
 def train_task(cfg: TrainConfig, out: str, images, labels, test=None) -> int:
-    """One study run in a worker (torch single-threaded there): trains or resumes ``out``; returns its
-    number of rows."""
+    """One study run in a worker (torch single-threaded there, one GPU per worker for ``--device cuda``:
+    :func:`valleysim.executors.pinned_device`): trains or resumes ``out``; returns its number of rows."""
     import torch
 
     from dnn.train import train
+    from valleysim.executors import pinned_device, worker_slot
 
     torch.set_num_threads(1)
+    n_gpus = torch.cuda.device_count() if cfg.device == "cuda" else 0
+    cfg = dataclasses.replace(cfg, device=pinned_device(cfg.device, n_gpus, worker_slot()))
     return len(train(cfg, out, images, labels, test=test, progress=False).rows())
 
 

@@ -192,6 +192,28 @@ def open_executor(
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def worker_slot() -> int | None:
+    """This worker's number: ``$VALLEYSIM_WORKER_SLOT`` (the local pool), the dask worker's name when it is
+    an integer (a LocalCluster's), ``$SLURM_LOCALID`` (a Slurm task); None outside a worker."""
+    if "VALLEYSIM_WORKER_SLOT" in os.environ:
+        return int(os.environ["VALLEYSIM_WORKER_SLOT"])
+    with contextlib.suppress(ImportError, ValueError, TypeError):
+        from distributed import get_worker
+
+        return int(get_worker().name)
+    if "SLURM_LOCALID" in os.environ:
+        return int(os.environ["SLURM_LOCALID"])
+    return None
+
+
+def pinned_device(device: str, n_gpus: int, slot: int | None) -> str:
+    """One GPU per worker: a bare ``cuda`` becomes ``cuda:<slot mod n_gpus>`` on a machine with several
+    GPUs; any other device (cpu, cuda:N) is kept."""
+    if device != "cuda" or n_gpus <= 1 or slot is None:
+        return device
+    return f"cuda:{slot % n_gpus}"
+
+
 class _Requeueable:
     """``fn(*args)`` as a submitit job that Slurm may preempt or time out: its checkpoint resubmits the
     same call (a point is recomputed from (seed, point), so a rerun gives the same result)."""

@@ -63,17 +63,24 @@ def load_store(store: str | Path) -> dict[str, dict]:
     return done
 
 
-def _single_threaded_worker() -> None:
+def _single_threaded_worker(counter=None) -> None:
     for var in _THREAD_VARS:
         os.environ[var] = "1"
+    if counter is not None:  # the worker's slot 0, 1, ...: which GPU it takes (valleysim.executors.worker_slot)
+        with counter.get_lock():
+            os.environ["VALLEYSIM_WORKER_SLOT"] = str(counter.value)
+            counter.value += 1
 
 
 def default_executor(max_workers: int | None = None) -> ProcessPoolExecutor:
-    """A pool of ``max_workers`` (default: all cores) fresh single-threaded processes."""
+    """A pool of ``max_workers`` (default: all cores) fresh single-threaded processes, numbered by
+    ``$VALLEYSIM_WORKER_SLOT`` in the order they start."""
+    ctx = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(
         max_workers=max_workers or os.cpu_count() or 1,
-        mp_context=multiprocessing.get_context("spawn"),
+        mp_context=ctx,
         initializer=_single_threaded_worker,
+        initargs=(ctx.Value("i", 0),),
     )
 
 

@@ -110,3 +110,37 @@ def test_cli_phase_diagram_on_dask(tmp_path, cli):
     assert code == 0, err
     assert "dask: 2 worker(s); dashboard http" in printed
     assert (out / "phase_diagram.csv").is_file()
+
+
+def test_one_gpu_per_worker():
+    from valleysim.executors import pinned_device
+
+    assert [pinned_device("cuda", 4, s) for s in range(6)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:2",
+        "cuda:3",
+        "cuda:0",
+        "cuda:1",
+    ]
+    assert pinned_device("cuda", 1, 3) == "cuda" and pinned_device("cuda:2", 4, 1) == "cuda:2"
+    assert pinned_device("cpu", 4, 1) == "cpu" and pinned_device("cuda", 4, None) == "cuda"
+
+
+def _slot(_):
+    from valleysim.executors import worker_slot
+
+    return worker_slot()
+
+
+def test_workers_know_their_slot():
+    from valleysim.runner import default_executor
+
+    pool = default_executor(2)
+    try:
+        slots = set(pool.map(_slot, range(8), chunksize=1))
+    finally:
+        pool.shutdown()
+    assert slots <= {0, 1} and slots
+    with open_executor("dask", QUIET, log=lambda m: None) as ex:
+        assert set(ex.map(_slot, range(8))) <= {0, 1}
