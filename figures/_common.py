@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:  # run as `python figures/x.py` from a checkout wi
 
 from valleysim import argtypes as T  # noqa: E402
 from valleysim.errors import report_errors  # noqa: E402,F401  (re-exported for the scripts)
+from valleysim.executors import add_executor_options, sweep_executor  # noqa: E402,F401  (re-exported)
 from valleysim.jsonout import dumps  # noqa: E402
 
 DEFAULT_OUT = ROOT / "docs" / "figures" / "valley"
@@ -29,6 +30,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=T.out_dir, default=str(DEFAULT_OUT), help="output directory (PNG + data file)")
     p.add_argument("--quick", action="store_true", help="small ensemble / short runs (< 30 s): a smoke test")
     p.add_argument("--seed", type=T.seed, default=0, help="base seed of the simulations")
+    add_executor_options(p)
     return p
 
 

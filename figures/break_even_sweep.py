@@ -30,13 +30,19 @@ def main(argv=None) -> int:
     etas, batches, R = (ETAS, BATCHES, args.trajectories) if not args.quick else ((0.1, 0.2, 0.4), (2, 8, 64), 8)
 
     land = bes.SharpeningLandscape.make(n_examples=64, sigma=1.0, offset=0.001, beta=0.001)
-    rows = bes.sweep(etas, batches, land, trajectories=R, seed=args.seed, keep_runs=True)
     land2 = bes.SharpeningLandscape.make(
         n_examples=64, sigma=1.0, offset=0.001, beta=0.001, a0=(1.0, 1.0), rates=(1.0, 0.5)
     )
-    rows2 = bes.sweep(
-        etas, (batches[1], 8, 64) if not args.quick else (2, 64), land2, trajectories=max(R // 2, 4), seed=args.seed
-    )
+    with C.sweep_executor(args) as ex:
+        rows = bes.sweep(etas, batches, land, trajectories=R, seed=args.seed, keep_runs=True, executor=ex)
+        rows2 = bes.sweep(
+            etas,
+            (batches[1], 8, 64) if not args.quick else (2, 64),
+            land2,
+            trajectories=max(R // 2, 4),
+            seed=args.seed,
+            executor=ex,
+        )
 
     cols = [
         ("eta", "eta", "g"),

@@ -131,17 +131,19 @@ def main(argv=None) -> int:
     )
 
     # --- panels 2-3: gamma sweep and the SGD variants ------------------------------------------------------
-    sweep = ns.gamma_sweep(
-        land,
-        eta=eta,
-        batch_size=S,
-        steps=T,
-        K=K,
-        recompute=recompute,
-        trajectories=R,
-        seed=args.seed,
-        record_every=every,
-    )
+    with C.sweep_executor(args) as ex:
+        sweep = ns.gamma_sweep(
+            land,
+            eta=eta,
+            batch_size=S,
+            steps=T,
+            K=K,
+            recompute=recompute,
+            trajectories=R,
+            seed=args.seed,
+            record_every=every,
+            executor=ex,
+        )
     variants = {}
     for m in ("sgd_top", "sgd_no_top", "sgd_constant_top"):
         run = ns.simulate(

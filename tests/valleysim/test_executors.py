@@ -144,3 +144,28 @@ def test_workers_know_their_slot():
     assert slots <= {0, 1} and slots
     with open_executor("dask", QUIET, log=lambda m: None) as ex:
         assert set(ex.map(_slot, range(8))) <= {0, 1}
+
+
+def test_toy_sweeps_on_a_pool_and_on_dask_give_the_in_process_rows():
+    from valleysim import break_even as bes
+    from valleysim import nsgd as ns
+    from valleysim.runner import default_executor
+
+    land = bes.SharpeningLandscape.make(n_examples=16, beta=0.01)
+    grid = ([0.2, 0.4], [4, 16])
+    here = bes.sweep(*grid, land, trajectories=4, seed=2)
+    valley = ns.make_valley(seed=0)
+    kw = dict(eta=0.05, batch_size=8, steps=60, K=2, gammas=(0.1, 1.0), trajectories=2, seed=1, record_every=20)
+    g_here = ns.gamma_sweep(valley, **kw)
+    pool = default_executor(2)
+    try:
+        assert bes.sweep(*grid, land, trajectories=4, seed=2, executor=pool) == here
+        g_pool = ns.gamma_sweep(valley, **kw, executor=pool)
+    finally:
+        pool.shutdown()
+    with open_executor("dask", QUIET, log=lambda m: None) as ex:
+        assert bes.sweep(*grid, land, trajectories=4, seed=2, executor=ex) == here
+    for a, b in zip(g_here, g_pool):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])

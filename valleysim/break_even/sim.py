@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -343,18 +344,25 @@ def sweep(
     trajectories: int = 128,
     seed: int = 0,
     keep_runs: bool = False,
+    executor=None,
 ) -> list[dict]:
     """``summarise`` at every (eta, S) of the grid (same seed: common random numbers); rows in grid order.
 
-    With keep_runs, each row carries its BreakEvenRun under "run" (for plots).
+    With keep_runs, each row carries its BreakEvenRun under "run" (for plots). ``executor`` (any
+    ``concurrent.futures.Executor``, :mod:`valleysim.executors`): one task per point, the same rows.
     """
     land = SharpeningLandscape.make() if land is None else land
-    rows = []
-    for eta in etas:
-        for S in batch_sizes:
-            run = simulate(land, eta, S, steps=steps, trajectories=trajectories, seed=seed)
-            row = summarise(run)
-            if keep_runs:
-                row["run"] = run
-            rows.append(row)
-    return rows
+    fn = functools.partial(
+        _sweep_point, land=land, steps=steps, trajectories=trajectories, seed=seed, keep_runs=keep_runs
+    )
+    grid = [(eta, S) for eta in etas for S in batch_sizes]
+    return list(executor.map(fn, grid) if executor is not None else map(fn, grid))
+
+
+def _sweep_point(point, *, land, steps, trajectories, seed, keep_runs) -> dict:
+    eta, S = point
+    run = simulate(land, eta, S, steps=steps, trajectories=trajectories, seed=seed)
+    row = summarise(run)
+    if keep_runs:
+        row["run"] = run
+    return row

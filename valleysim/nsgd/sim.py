@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from valleysim.errors import UserInputError, check_int_range, check_positive
@@ -194,37 +196,51 @@ def gamma_sweep(
     seed: int = 0,
     record_every: int = 20,
     tail: float = 0.2,
+    executor=None,
 ) -> list[dict]:
     """NSGD for each gamma: final loss and the lambda_max of the region reached (mean over the last
-    ``tail`` of the recorded steps and over trajectories), plus the curves."""
-    out = []
-    for gm in gammas:
-        res = simulate(
-            land,
-            eta,
-            batch_size,
-            method="nsgd",
-            steps=steps,
-            trajectories=trajectories,
-            seed=seed,
-            record_every=record_every,
-            K=K,
-            gamma=gm,
-            recompute=recompute,
-        )
-        n = max(1, int(round(tail * len(res["steps"]))))
-        out.append(
-            {
-                "gamma": float(gm),
-                "final_loss": float(np.nanmean(res["loss"][-1])),
-                "final_loss_sd": float(np.nanstd(res["loss"][-1])),
-                "lambda_max_reached": float(np.nanmean(res["lambda_max"][-n:])),
-                "lambda_max_settled": settled(res["lambda_max"], tail),
-                "peak_lambda_max": float(np.nanmax(np.nanmean(res["lambda_max"], axis=1))),
-                "diverged": int(res["diverged"].sum()),
-                "steps": res["steps"],
-                "loss_curve": np.nanmean(res["loss"], axis=1),
-                "lambda_curve": np.nanmean(res["lambda_max"], axis=1),
-            }
-        )
-    return out
+    ``tail`` of the recorded steps and over trajectories), plus the curves. ``executor``: one task per
+    gamma (:mod:`valleysim.executors`), the same rows."""
+    fn = functools.partial(
+        _gamma_point,
+        land=land,
+        eta=eta,
+        batch_size=batch_size,
+        steps=steps,
+        K=K,
+        recompute=recompute,
+        trajectories=trajectories,
+        seed=seed,
+        record_every=record_every,
+        tail=tail,
+    )
+    return list(executor.map(fn, gammas) if executor is not None else map(fn, gammas))
+
+
+def _gamma_point(gm, *, land, eta, batch_size, steps, K, recompute, trajectories, seed, record_every, tail) -> dict:
+    res = simulate(
+        land,
+        eta,
+        batch_size,
+        method="nsgd",
+        steps=steps,
+        trajectories=trajectories,
+        seed=seed,
+        record_every=record_every,
+        K=K,
+        gamma=gm,
+        recompute=recompute,
+    )
+    n = max(1, int(round(tail * len(res["steps"]))))
+    return {
+        "gamma": float(gm),
+        "final_loss": float(np.nanmean(res["loss"][-1])),
+        "final_loss_sd": float(np.nanstd(res["loss"][-1])),
+        "lambda_max_reached": float(np.nanmean(res["lambda_max"][-n:])),
+        "lambda_max_settled": settled(res["lambda_max"], tail),
+        "peak_lambda_max": float(np.nanmax(np.nanmean(res["lambda_max"], axis=1))),
+        "diverged": int(res["diverged"].sum()),
+        "steps": res["steps"],
+        "loss_curve": np.nanmean(res["loss"], axis=1),
+        "lambda_curve": np.nanmean(res["lambda_max"], axis=1),
+    }
