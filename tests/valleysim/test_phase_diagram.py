@@ -123,3 +123,16 @@ def test_cli_phase_diagram_dense(tmp_path, capsys):
 def test_cli_phase_diagram_bad_input(tmp_path, cli, argv, message):
     code, _, err = cli("phase-diagram", "--out", tmp_path / "x", *argv)
     assert code == 2 and message in err and not (tmp_path / "x").exists()
+
+
+def test_a_resume_with_another_eta_range_recomputes_the_boundary(tmp_path):
+    """The per-S Lyapunov boundary is searched within the grid's eta range: a resume into the same
+    directory with a wider range must give the fresh run's boundary, not the narrow range's."""
+    q = PerExampleQuadratic("diagonal", H[:, None])
+    kw = dict(n_traj=16, n_steps=200, seed=1, progress=False)
+    narrow = phase_diagram(q, [0.5], [2], tmp_path / "x", **kw)
+    wide = phase_diagram(q, [0.05, 0.5, 5.0], [2], tmp_path / "x", **kw)
+    fresh = phase_diagram(q, [0.05, 0.5, 5.0], [2], tmp_path / "fresh", **kw)
+    assert narrow[0]["lyapunov_boundary"] is None  # not inside [0.25, 1]
+    assert wide == fresh
+    assert abs(gamma_by_hand(wide[0]["lyapunov_boundary"], 2)) < 1e-9  # the exact boundary, inside [0.025, 10]

@@ -158,9 +158,9 @@ def evaluate_point(point: dict, *, landscape: str, scheme: str, n_traj: int, n_s
     }
 
 
-def _evaluate(point: dict, *, eta_lo: float, eta_hi: float, **kw) -> dict:
-    if point["task"] == "batch":
-        return evaluate_batch_size(point, eta_lo=eta_lo, eta_hi=eta_hi, **kw)
+def _evaluate(point: dict, **kw) -> dict:
+    if point["task"] == "batch":  # its Lyapunov boundary is searched in the grid's range, part of its key
+        return evaluate_batch_size(point, eta_lo=point["eta_lo"], eta_hi=point["eta_hi"], **kw)
     return evaluate_point(point, **kw)
 
 
@@ -214,8 +214,10 @@ def phase_diagram(
     eta_lo, eta_hi = etas[0] / 2, etas[-1] * 2
     config = {"scheme": scheme, "n_traj": n_traj, "n_steps": n_steps, "seed": seed}
     landscape = _prepare(q, out, config)
-    fn = functools.partial(_evaluate, landscape=str(landscape.resolve()), eta_lo=eta_lo, eta_hi=eta_hi, **config)
-    per_s = [{"task": "batch", "S": s} for s in sizes]
+    fn = functools.partial(_evaluate, landscape=str(landscape.resolve()), **config)
+    # per-S results depend on the grid's eta range: it is part of their key, so a resume with another
+    # range recomputes them instead of reusing the old range's boundary
+    per_s = [{"task": "batch", "S": s, "eta_lo": eta_lo, "eta_hi": eta_hi} for s in sizes]
     grid = [{"task": "point", "eta": e, "S": s} for s in sizes for e in etas]
     results = run_sweep(
         fn, per_s + grid, out / "sweep.jsonl", executor=executor, progress=progress, desc="phase diagram"
