@@ -152,7 +152,6 @@ def train(
         train_bytes(cfg, params, acts),
         f"training {cfg.model} at width {cfg.width:g} ({params:,} parameters, batch {cfg.batch})",
     )
-    store = RunStore(out, cfg.as_dict(), defaults=TrainConfig.defaults())
     mean, std = channel_stats(images)
     channels_last = uses_channels_last(cfg)
     model = run_model(cfg, input_shape, num_classes).to(device)
@@ -171,6 +170,8 @@ def train(
         total_steps = min(total_steps, cfg.max_steps)
 
     objective = measurement_objective(cfg, model, images, labels, mean, std)
+    # everything above validated the options and the data: only now is --out touched
+    store = RunStore(out, cfg.as_dict(), defaults=TrainConfig.defaults())
     state = dict(
         step=0,
         epoch=0,

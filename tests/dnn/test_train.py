@@ -395,3 +395,16 @@ def test_alignment_probe_against_explicit_K_and_dense_H():
     assert out["alpha_eH1"] == pytest.approx(float(eH[0] @ K @ eH[0]) / float(wH[-1]), rel=1e-6)
     with pytest.raises(UserInputError, match="alignment needs lanczos, trace and covariance"):
         cfg(probes=("lanczos", "alignment"))
+
+
+def test_a_refused_run_leaves_out_untouched(tmp_path):
+    """Options checked against the data (here the measurement size) fail before --out is written, so the
+    corrected command then starts the run (issue 18)."""
+    x, y = synthetic(24)
+    with pytest.raises(UserInputError, match="measurement subset size must be in 1..24"):
+        train(cfg(measure_size=100000), tmp_path / "r", x, y, progress=False)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(UserInputError, match="init_from: no such file"):
+        train(cfg(init_from=str(tmp_path / "missing.pt")), tmp_path / "r", x, y, progress=False)
+    assert not (tmp_path / "r").exists()
+    assert train(cfg(measure_size=8, epochs=1), tmp_path / "r", x, y, progress=False).rows()
