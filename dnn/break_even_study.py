@@ -37,8 +37,11 @@ class Preset(SGDGrid):
     seeds: int = 2
     test_size: int | None = None
     bn_lr_grid: tuple[float, ...] = ()  # SimpleCNN-BN at S = batch_fixed (Sec. 4.3, Fig. 5)
+    bn_probe_every: int | None = None  # the BN runs' probe interval (None: probe_every)
     edge_sizes: tuple[int, ...] = ()  # measurement sizes of the batch-size-effect analysis (dnn.edge)
+    edge_batches: tuple[int, ...] = ()  # the batch-grid runs it analyses (empty: all)
     edge_k: int = 5  # its subspace: the top-k Hessian eigenvectors
+    edge_tol: float = 1e-3  # its Lanczos tolerance
     loss_change_batches: int = 2  # mini-batch gradients of the step probe (alpha*: the first one)
 
     def train_config(self, **kw) -> TrainConfig:
@@ -67,7 +70,10 @@ PRESETS = {
         lanczos_tol=1e-2,
         test_size=2000,
         bn_lr_grid=(0.001, 0.01, 0.1, 1.0),
-        edge_sizes=(256, 1024),
+        bn_probe_every=60,
+        edge_sizes=(256, 512),
+        edge_batches=(32, 128),
+        edge_tol=1e-2,
     ),
     # tiny: the end-to-end test on synthetic 8x8 images (seconds)
     "smoke": Preset(
@@ -123,7 +129,14 @@ def points(p: Preset, device: str = "cpu") -> list[Point]:
     return sgd + [
         Point(
             label(lr, p.batch_fixed, bn_model),
-            p.train_config(model=bn_model, lr=lr, batch=p.batch_fixed, test_size=p.test_size, device=device),
+            p.train_config(
+                model=bn_model,
+                lr=lr,
+                batch=p.batch_fixed,
+                test_size=p.test_size,
+                device=device,
+                probe_every=p.bn_probe_every or p.probe_every,
+            ),
             {"bn_learning_rate": lr},
         )
         for lr in p.bn_lr_grid
@@ -264,7 +277,9 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
     if not preset.edge_sizes:
         return {"per_run": [], "across_seeds": []}
     (out / "edge").mkdir(exist_ok=True)
-    members = [p for p in pts if "batch_size" in p.knobs]
+    members = [
+        p for p in pts if "batch_size" in p.knobs and (not preset.edge_batches or p.cfg.batch in preset.edge_batches)
+    ]
     per_run = []
     for p in tqdm(members, desc="edge analysis", disable=not progress):
         for seed in seeds:
@@ -279,7 +294,14 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
                 cfg = dataclasses.replace(p.cfg, seed=seed)
                 state = torch.load(rd / "checkpoint.pt", map_location=cfg.device, weights_only=False)["state"]["model"]
                 found = analyse_checkpoint(
-                    cfg, state, images, labels, sizes=preset.edge_sizes, top_k=preset.edge_k, seed=seed
+                    cfg,
+                    state,
+                    images,
+                    labels,
+                    sizes=preset.edge_sizes,
+                    top_k=preset.edge_k,
+                    tol=preset.edge_tol,
+                    seed=seed,
                 )
                 step = run_rows(out, p.label, seed)[-1]["step"]
                 rows = [

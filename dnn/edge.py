@@ -91,9 +91,12 @@ def stability_edges(
     }
 
 
-def analyse_checkpoint(cfg, model_state: dict, images, labels, *, sizes, top_k: int, seed: int = 0) -> list[dict]:
+def analyse_checkpoint(
+    cfg, model_state: dict, images, labels, *, sizes, top_k: int, tol: float = 1e-3, seed: int = 0
+) -> list[dict]:
     """For each measurement size m in ``sizes``: the run ``cfg``'s network at ``model_state`` (its
-    training images uint8 NHWC and labels, the first cfg.n_train), Lanczos top-``top_k`` on m examples,
+    training images uint8 NHWC and labels, the first cfg.n_train), Lanczos top-``top_k`` (relative
+    residual ``tol``) on m examples,
     then :func:`stability_edges` on e_H^1 alone (k = 1) and on the top-k subspace, with the curvature
     spread along e_H^1 (curvature_mean, curvature_var over the m examples). One row per (m, k)."""
     import dataclasses
@@ -111,7 +114,6 @@ def analyse_checkpoint(cfg, model_state: dict, images, labels, *, sizes, top_k: 
     rows = []
     for m in sizes:
         obj = measurement_objective(cfg, model, images, labels, mean, std, size=min(int(m), n)).load(model)
-        tol = min(cfg.lanczos_tol, 1e-3)
         pairs = probes_mod.top_eigenpairs(obj, dataclasses.replace(cfg, top_k=top_k, lanczos_tol=tol), k=top_k)
         A = projected_hessians(obj, pairs.vectors)
         spread = {"curvature_mean": float(A[:, 0, 0].mean()), "curvature_var": float(A[:, 0, 0].var())}

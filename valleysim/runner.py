@@ -16,9 +16,14 @@ point that an engine retries after a lost worker is still stored exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
@@ -63,9 +68,28 @@ def load_store(store: str | Path) -> dict[str, dict]:
     return done
 
 
+def _die_with_parent() -> None:
+    """A worker exits when the process that started it dies (SIGKILL included): Linux's parent-death
+    signal, and a watchdog thread that polls the parent pid elsewhere (and as a fallback)."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
 def _single_threaded_worker(counter=None) -> None:
     for var in _THREAD_VARS:
         os.environ[var] = "1"
+    _die_with_parent()
     if counter is not None:  # the worker's slot 0, 1, ...: which GPU it takes (valleysim.executors.worker_slot)
         with counter.get_lock():
             os.environ["VALLEYSIM_WORKER_SLOT"] = str(counter.value)

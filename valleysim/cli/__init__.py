@@ -6,7 +6,9 @@ One module per command group; each has ``add_parser(sub)``. User errors print on
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 
 from valleysim import argtypes as T
 from valleysim.cli import break_even, dnn, nsgd, quadratic, valley, walk
@@ -37,9 +39,21 @@ def build_parser() -> T.OneLineParser:
     return p
 
 
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C: the sweeps' finally blocks shut their pools down; finished points
+    are already on disk."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return report_errors(args.func, args)
+    if threading.current_thread() is not threading.main_thread():
+        return report_errors(args.func, args)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return report_errors(args.func, args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
