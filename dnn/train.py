@@ -38,6 +38,7 @@ from dnn.objective import Objective, flat_params
 from dnn.store import RunStore
 from dnn.walk_metrics import WalkTracker
 from valleysim.errors import UserInputError
+from valleysim.locking import DirectoryLock
 from valleysim.memory import check_fits
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "train", "seed_for"]
@@ -171,196 +172,208 @@ def train(
 
     objective = measurement_objective(cfg, model, images, labels, mean, std)
     # everything above validated the options and the data: only now is --out touched
-    store = RunStore(out, cfg.as_dict(), defaults=TrainConfig.defaults())
-    state = dict(
-        step=0,
-        epoch=0,
-        batch_in_epoch=0,
-        acc_hist=[],
-        fired=[],
-        probe_state={},
-        nsgd_vectors=None,
-        nsgd_step=None,
-        walk=None,
-        wall=0.0,
-        probe_time=0.0,
-        done=False,
-        last_loss=float("nan"),
-    )
-    ck = store.load_checkpoint(map_location=device)
-    if ck is not None:
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        state = ck["state"]
-    if state["done"]:
-        return store
-    walk = (
-        WalkTracker.from_state(state["walk"])
-        if state["walk"] is not None
-        else WalkTracker(objective.load(model).theta0.clone())
-    )
-    acc_hist = deque(state["acc_hist"], maxlen=cfg.acc_window)
-    full_x = full_y = None
-    test_x = test_y = None
-    if test is not None and cfg.test_size != 0:
-        k = len(test[0]) if cfg.test_size is None else cfg.test_size
-        test_x = _model_data(test[0][:k], mean, std, channels_last).to(device)
-        test_y = torch.as_tensor(np.asarray(test[1][:k])).to(device)
-    if cfg.optimizer in ("gd", "gd-noise"):
-        full_x, full_y = _model_data(images, mean, std, channels_last).to(device), torch.as_tensor(labels).to(device)
-
-    def keep():
-        """The model's weights at this step as weights/step{N:07d}.pt (atomic; a replayed step rewrites the
-        same weights)."""
-        if cfg.keep_every and state["step"] % cfg.keep_every == 0:
-            path = store.dir / "weights" / f"step{state['step']:07d}.pt"
-            path.parent.mkdir(exist_ok=True)
-            torch.save(model.state_dict(), path.with_suffix(".tmp"))
-            path.with_suffix(".tmp").replace(path)
-
-    def checkpoint():
-        state.update(acc_hist=list(acc_hist), walk=walk.state())
-        store.save_checkpoint(dict(model=model.state_dict(), optimizer=opt.state_dict(), state=state))
-
-    def probe(reason: str):
-        t0 = time.perf_counter()
-        train_time = (t0 - t_start) - state["probe_time"]  # wall time so far minus earlier probes
-        objective.load(model)
-        ctx = probes_mod.ProbeContext(
-            cfg=cfg,
-            model=model,
-            objective=objective,
-            state=state["probe_state"],
-            walk=walk,
-            step=state["step"],
-            n_train=n,
+    Path(out).mkdir(parents=True, exist_ok=True)
+    lock = DirectoryLock(out, "dnn train").acquire()  # one writer per run directory, before any file
+    try:
+        store = RunStore(out, cfg.as_dict(), defaults=TrainConfig.defaults())
+        state = dict(
+            step=0,
+            epoch=0,
+            batch_in_epoch=0,
+            acc_hist=[],
+            fired=[],
+            probe_state={},
+            nsgd_vectors=None,
+            nsgd_step=None,
+            walk=None,
+            wall=0.0,
+            probe_time=0.0,
+            done=False,
+            last_loss=float("nan"),
         )
-        metrics = probes_mod.run_probes(cfg.probes, ctx)
-        row = dict(
-            cfg.as_dict(),
-            step=state["step"],
-            epoch=state["step"] / steps_per_epoch,
-            reason=reason,
-            train_loss_batch=state["last_loss"],
-            train_acc_running=float(np.mean(acc_hist)) if acc_hist else float("nan"),
-            measure_loss=objective.loss(),
-            measure_acc=objective.accuracy(),
-            **metrics,
+        ck = store.load_checkpoint(map_location=device)
+        if ck is not None:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            state = ck["state"]
+        if state["done"]:
+            return store
+        walk = (
+            WalkTracker.from_state(state["walk"])
+            if state["walk"] is not None
+            else WalkTracker(objective.load(model).theta0.clone())
         )
-        if test_x is not None:
-            row["test_loss"], row["test_acc"] = evaluate(model, test_x, test_y, max(cfg.batch, 256))
-        state["probe_time"] += time.perf_counter() - t0
-        state["wall"] = time.perf_counter() - t_start
-        row.update(
-            train_time_s=train_time,
-            probe_time_s=state["probe_time"],
-            probes=",".join(cfg.probes),
-            probe_acc=list(cfg.probe_acc),
-        )
-        state["last_probe"] = state["step"]
-        store.append(row)
-        checkpoint()
-
-    t_start = time.perf_counter() - state["wall"]
-    bar = tqdm(total=total_steps, initial=state["step"], disable=not progress, unit="step", desc=cfg.model)
-    if state["step"] == 0 and store.n_rows == 0:
-        keep()
-        probe("start")
-    while state["step"] < total_steps:
-        epoch = state["epoch"]
+        acc_hist = deque(state["acc_hist"], maxlen=cfg.acc_window)
+        full_x = full_y = None
+        test_x = test_y = None
+        if test is not None and cfg.test_size != 0:
+            k = len(test[0]) if cfg.test_size is None else cfg.test_size
+            test_x = _model_data(test[0][:k], mean, std, channels_last).to(device)
+            test_y = torch.as_tensor(np.asarray(test[1][:k])).to(device)
         if cfg.optimizer in ("gd", "gd-noise"):
-            stream = iter([(full_x, full_y)])
-        else:
-            gen = torch.Generator().manual_seed(seed_for(cfg.seed, 1, epoch))
-            stream = batches(
-                images,
-                labels,
-                cfg.batch,
-                gen,
-                augment=cfg.augment,
-                drop_last=cfg.drop_last,
-                mean=mean,
-                std=std,
-                device=device,
-                memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+            full_x, full_y = (
+                _model_data(images, mean, std, channels_last).to(device),
+                torch.as_tensor(labels).to(device),
             )
-            for _ in range(state["batch_in_epoch"]):
-                next(stream)
-        for xb, yb in stream:
-            theta_before = (
-                (walk.theta_after if walk.theta_after is not None else walk.theta_init)
-                if "walk" in cfg.probes
-                else None
-            )  # the parameters now: what the last update left
-            model.train()
-            opt.zero_grad(set_to_none=False)
-            if cfg.optimizer in ("gd", "gd-noise"):
-                loss, correct = _full_gradient(model, xb, yb, cfg.batch, cfg.label_smoothing)
-            else:
-                logits = model(xb)
-                loss_t = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-                loss_t.backward()
-                loss, correct = float(loss_t.detach()), float((logits.argmax(1) == yb).float().mean())
-            if not math.isfinite(loss):
-                state["wall"] = time.perf_counter() - t_start
-                store.append(
-                    dict(
-                        cfg.as_dict(),
-                        step=state["step"],
-                        epoch=state["step"] / steps_per_epoch,
-                        reason="diverged",
-                        diverged=state["step"],
-                        train_loss_batch=loss,
-                        probes=",".join(cfg.probes),
-                        probe_acc=list(cfg.probe_acc),
-                    )
-                )
-                state["done"] = True
-                checkpoint()
-                bar.close()
-                return store
-            _modify_gradient(cfg, model, objective, state)
-            if "walk" in cfg.probes:
-                g_step = objective.vector([p.grad for p in model.parameters()])
-            opt.step()
-            state["last_loss"] = loss
-            acc_hist.append(correct)
-            state["step"] += 1
-            state["batch_in_epoch"] += 1
-            if "walk" in cfg.probes:
-                walk.update(theta_before, flat_params(model).double(), g_step)
-            keep()
+
+        def keep():
+            """The model's weights at this step as weights/step{N:07d}.pt (atomic; a replayed step rewrites the
+            same weights)."""
+            if cfg.keep_every and state["step"] % cfg.keep_every == 0:
+                path = store.dir / "weights" / f"step{state['step']:07d}.pt"
+                path.parent.mkdir(exist_ok=True)
+                torch.save(model.state_dict(), path.with_suffix(".tmp"))
+                path.with_suffix(".tmp").replace(path)
+
+        def checkpoint():
+            state.update(acc_hist=list(acc_hist), walk=walk.state())
+            store.save_checkpoint(dict(model=model.state_dict(), optimizer=opt.state_dict(), state=state))
+
+        def probe(reason: str):
+            t0 = time.perf_counter()
+            train_time = (t0 - t_start) - state["probe_time"]  # wall time so far minus earlier probes
+            objective.load(model)
+            ctx = probes_mod.ProbeContext(
+                cfg=cfg,
+                model=model,
+                objective=objective,
+                state=state["probe_state"],
+                walk=walk,
+                step=state["step"],
+                n_train=n,
+            )
+            metrics = probes_mod.run_probes(cfg.probes, ctx)
+            row = dict(
+                cfg.as_dict(),
+                step=state["step"],
+                epoch=state["step"] / steps_per_epoch,
+                reason=reason,
+                train_loss_batch=state["last_loss"],
+                train_acc_running=float(np.mean(acc_hist)) if acc_hist else float("nan"),
+                measure_loss=objective.loss(),
+                measure_acc=objective.accuracy(),
+                **metrics,
+            )
+            if test_x is not None:
+                row["test_loss"], row["test_acc"] = evaluate(model, test_x, test_y, max(cfg.batch, 256))
+            state["probe_time"] += time.perf_counter() - t0
             state["wall"] = time.perf_counter() - t_start
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}", acc=f"{np.mean(acc_hist):.2f}")
-            due = []
-            if cfg.probe_every and state["step"] % cfg.probe_every == 0:
-                due.append("every")
-            running = float(np.mean(acc_hist))
-            for a in cfg.probe_acc:
-                if a not in state["fired"] and running >= a and len(acc_hist) >= min(cfg.acc_window, steps_per_epoch):
-                    state["fired"].append(a)
-                    due.append(f"acc>={a:g}")
-            if state["step"] == total_steps:
-                due.append("end")
-            if due:
-                probe("+".join(due))
-            if state["step"] >= total_steps:
-                break
-        else:  # the epoch ran to its end
-            state["epoch"] += 1
-            state["batch_in_epoch"] = 0
-            if (
-                cfg.probe_epochs
-                and steps_per_epoch > 1
-                and state["step"] < total_steps
-                and state.get("last_probe") != state["step"]
-            ):  # GD: every step is an epoch
-                probe("epoch")
-    state["done"] = True
-    checkpoint()
-    bar.close()
-    return store
+            row.update(
+                train_time_s=train_time,
+                probe_time_s=state["probe_time"],
+                probes=",".join(cfg.probes),
+                probe_acc=list(cfg.probe_acc),
+            )
+            state["last_probe"] = state["step"]
+            store.append(row)
+            checkpoint()
+
+        t_start = time.perf_counter() - state["wall"]
+        bar = tqdm(total=total_steps, initial=state["step"], disable=not progress, unit="step", desc=cfg.model)
+        if state["step"] == 0 and store.n_rows == 0:
+            keep()
+            probe("start")
+        while state["step"] < total_steps:
+            epoch = state["epoch"]
+            if cfg.optimizer in ("gd", "gd-noise"):
+                stream = iter([(full_x, full_y)])
+            else:
+                gen = torch.Generator().manual_seed(seed_for(cfg.seed, 1, epoch))
+                stream = batches(
+                    images,
+                    labels,
+                    cfg.batch,
+                    gen,
+                    augment=cfg.augment,
+                    drop_last=cfg.drop_last,
+                    mean=mean,
+                    std=std,
+                    device=device,
+                    memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+                )
+                for _ in range(state["batch_in_epoch"]):
+                    next(stream)
+            for xb, yb in stream:
+                theta_before = (
+                    (walk.theta_after if walk.theta_after is not None else walk.theta_init)
+                    if "walk" in cfg.probes
+                    else None
+                )  # the parameters now: what the last update left
+                model.train()
+                opt.zero_grad(set_to_none=False)
+                if cfg.optimizer in ("gd", "gd-noise"):
+                    loss, correct = _full_gradient(model, xb, yb, cfg.batch, cfg.label_smoothing)
+                else:
+                    logits = model(xb)
+                    loss_t = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                    loss_t.backward()
+                    loss, correct = float(loss_t.detach()), float((logits.argmax(1) == yb).float().mean())
+                if not math.isfinite(loss):
+                    state["wall"] = time.perf_counter() - t_start
+                    store.append(
+                        dict(
+                            cfg.as_dict(),
+                            step=state["step"],
+                            epoch=state["step"] / steps_per_epoch,
+                            reason="diverged",
+                            diverged=state["step"],
+                            train_loss_batch=loss,
+                            probes=",".join(cfg.probes),
+                            probe_acc=list(cfg.probe_acc),
+                        )
+                    )
+                    state["done"] = True
+                    checkpoint()
+                    bar.close()
+                    return store
+                _modify_gradient(cfg, model, objective, state)
+                if "walk" in cfg.probes:
+                    g_step = objective.vector([p.grad for p in model.parameters()])
+                opt.step()
+                state["last_loss"] = loss
+                acc_hist.append(correct)
+                state["step"] += 1
+                state["batch_in_epoch"] += 1
+                if "walk" in cfg.probes:
+                    walk.update(theta_before, flat_params(model).double(), g_step)
+                keep()
+                state["wall"] = time.perf_counter() - t_start
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", acc=f"{np.mean(acc_hist):.2f}")
+                due = []
+                if cfg.probe_every and state["step"] % cfg.probe_every == 0:
+                    due.append("every")
+                running = float(np.mean(acc_hist))
+                for a in cfg.probe_acc:
+                    if (
+                        a not in state["fired"]
+                        and running >= a
+                        and len(acc_hist) >= min(cfg.acc_window, steps_per_epoch)
+                    ):
+                        state["fired"].append(a)
+                        due.append(f"acc>={a:g}")
+                if state["step"] == total_steps:
+                    due.append("end")
+                if due:
+                    probe("+".join(due))
+                if state["step"] >= total_steps:
+                    break
+            else:  # the epoch ran to its end
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+                if (
+                    cfg.probe_epochs
+                    and steps_per_epoch > 1
+                    and state["step"] < total_steps
+                    and state.get("last_probe") != state["step"]
+                ):  # GD: every step is an epoch
+                    probe("epoch")
+        state["done"] = True
+        checkpoint()
+        bar.close()
+        return store
+    finally:
+        lock.release()
 
 
 @torch.no_grad()

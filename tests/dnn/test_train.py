@@ -2,6 +2,7 @@
 probes that leave the model bit-identical, and clear errors. Synthetic 8x8 images, tiny networks."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -408,3 +409,20 @@ def test_a_refused_run_leaves_out_untouched(tmp_path):
         train(cfg(init_from=str(tmp_path / "missing.pt")), tmp_path / "r", x, y, progress=False)
     assert not (tmp_path / "r").exists()
     assert train(cfg(measure_size=8, epochs=1), tmp_path / "r", x, y, progress=False).rows()
+
+
+def test_a_second_writer_is_refused_by_name(tmp_path):
+    from valleysim.locking import DirectoryLock
+
+    x, y = synthetic(24)
+    (tmp_path / "r").mkdir()
+    holder = DirectoryLock(tmp_path / "r", "test").acquire()  # another process's lock, as far as flock knows
+    try:
+        with pytest.raises(UserInputError, match=rf"in use by another dnn train \(pid {os.getpid()}\)"):
+            train(cfg(epochs=1, measure_size=8), tmp_path / "r", x, y, progress=False)
+        assert not (tmp_path / "r" / "config.json").exists()
+    finally:
+        holder.release()
+    rows = train(cfg(epochs=1, measure_size=8), tmp_path / "r", x, y, progress=False).rows()
+    again = train(cfg(epochs=1, measure_size=8), tmp_path / "r", x, y, progress=False).rows()  # released
+    assert again == rows

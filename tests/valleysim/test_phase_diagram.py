@@ -136,3 +136,14 @@ def test_a_resume_with_another_eta_range_recomputes_the_boundary(tmp_path):
     assert narrow[0]["lyapunov_boundary"] is None  # not inside [0.25, 1]
     assert wide == fresh
     assert abs(gamma_by_hand(wide[0]["lyapunov_boundary"], 2)) < 1e-9  # the exact boundary, inside [0.025, 10]
+
+
+def test_a_second_sweep_into_a_busy_directory_is_refused(tmp_path):
+    from valleysim.locking import DirectoryLock
+
+    q = PerExampleQuadratic("diagonal", H[:, None])
+    (tmp_path / "x").mkdir()
+    with DirectoryLock(tmp_path / "x", "phase-diagram"):
+        with pytest.raises(UserInputError, match=r"in use by another phase-diagram \(pid \d+\)"):
+            phase_diagram(q, [0.5], [2], tmp_path / "x", n_traj=4, n_steps=8, progress=False)
+    assert not (tmp_path / "x" / "sweep.jsonl").exists()

@@ -37,6 +37,7 @@ from scipy.optimize import brentq  # noqa: E402
 
 from valleysim.errors import UserInputError, check_batch_size, check_int_range  # noqa: E402
 from valleysim.jsonout import dumps, json_safe, read_json  # noqa: E402
+from valleysim.locking import DirectoryLock  # noqa: E402
 from valleysim.memory import check_fits  # noqa: E402
 from valleysim.quadratic import reshuffle  # noqa: E402
 from valleysim.quadratic.batches import MAX_BATCHES, count_batches  # noqa: E402
@@ -213,19 +214,21 @@ def phase_diagram(
     out = Path(out_dir)
     eta_lo, eta_hi = etas[0] / 2, etas[-1] * 2
     config = {"scheme": scheme, "n_traj": n_traj, "n_steps": n_steps, "seed": seed}
-    landscape = _prepare(q, out, config)
-    fn = functools.partial(_evaluate, landscape=str(landscape.resolve()), **config)
-    # per-S results depend on the grid's eta range: it is part of their key, so a resume with another
-    # range recomputes them instead of reusing the old range's boundary
-    per_s = [{"task": "batch", "S": s, "eta_lo": eta_lo, "eta_hi": eta_hi} for s in sizes]
-    grid = [{"task": "point", "eta": e, "S": s} for s in sizes for e in etas]
-    results = run_sweep(
-        fn, per_s + grid, out / "sweep.jsonl", executor=executor, progress=progress, desc="phase diagram"
-    )
-    by_s = dict(zip(sizes, results[: len(sizes)]))
-    rows = [{"eta": p["eta"], "S": p["S"], **by_s[p["S"]], **res} for p, res in zip(grid, results[len(sizes) :])]
-    _write_csv(rows, out / "phase_diagram.csv")
-    plot_phase_diagram(rows, q, scheme, out / "phase_diagram.png")
+    out.mkdir(parents=True, exist_ok=True)
+    with DirectoryLock(out, "phase-diagram"):  # one writer: a second sweep into out is refused
+        landscape = _prepare(q, out, config)
+        fn = functools.partial(_evaluate, landscape=str(landscape.resolve()), **config)
+        # per-S results depend on the grid's eta range: it is part of their key, so a resume with another
+        # range recomputes them instead of reusing the old range's boundary
+        per_s = [{"task": "batch", "S": s, "eta_lo": eta_lo, "eta_hi": eta_hi} for s in sizes]
+        grid = [{"task": "point", "eta": e, "S": s} for s in sizes for e in etas]
+        results = run_sweep(
+            fn, per_s + grid, out / "sweep.jsonl", executor=executor, progress=progress, desc="phase diagram"
+        )
+        by_s = dict(zip(sizes, results[: len(sizes)]))
+        rows = [{"eta": p["eta"], "S": p["S"], **by_s[p["S"]], **res} for p, res in zip(grid, results[len(sizes) :])]
+        _write_csv(rows, out / "phase_diagram.csv")
+        plot_phase_diagram(rows, q, scheme, out / "phase_diagram.png")
     return rows
 
 
