@@ -84,6 +84,34 @@ def _model_data(images, mean, std, channels_last: bool, idx=None) -> torch.Tenso
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def environment() -> dict:
+    """What a run's numbers depend on beyond its config: torch's version and intra-op thread count (float32
+    reductions split differently across threads, so 1- and 2-thread runs diverge after tens of steps)."""
+    return {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def check_environment(run_dir: Path) -> None:
+    """Records :func:`environment` in ``run_dir/environment.json`` at the start; on a resume under another
+    one, warns that the continued run is no longer bitwise the uninterrupted one."""
+    import json
+
+    from valleysim.errors import warn
+    from valleysim.jsonout import atomic_write
+
+    path, now = Path(run_dir) / "environment.json", environment()
+    if not path.exists():
+        atomic_write(path, (json.dumps(now, indent=1) + "\n").encode())
+        return
+    was = json.loads(path.read_text())
+    diff = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
+    if diff:
+        what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
+        warn(
+            f"{run_dir} was started with another environment ({what}): "
+            "the resumed run will not be bitwise the uninterrupted one"
+        )
+
+
 def uses_channels_last(cfg: TrainConfig) -> bool:
     """cfg.channels_last, or its default: on for SimpleCNN / VGG, off for ResNet-32 and the MLP."""
     return cfg.channels_last if cfg.channels_last is not None else cfg.model.startswith(("simplecnn", "vgg"))
@@ -176,6 +204,7 @@ def train(
     lock = DirectoryLock(out, "dnn train").acquire()  # one writer per run directory, before any file
     try:
         store = RunStore(out, cfg.as_dict(), defaults=TrainConfig.defaults())
+        check_environment(store.dir)
         state = dict(
             step=0,
             epoch=0,

@@ -1,6 +1,7 @@
 """dnn.train / dnn.store / dnn.probes: update rules against explicit formulas, exactly-once resumable rows,
 probes that leave the model bit-identical, and clear errors. Synthetic 8x8 images, tiny networks."""
 
+import json
 import math
 import os
 
@@ -426,3 +427,21 @@ def test_a_second_writer_is_refused_by_name(tmp_path):
     rows = train(cfg(epochs=1, measure_size=8), tmp_path / "r", x, y, progress=False).rows()
     again = train(cfg(epochs=1, measure_size=8), tmp_path / "r", x, y, progress=False).rows()  # released
     assert again == rows
+
+
+def test_a_resume_under_another_thread_count_is_flagged(tmp_path, capsys):
+    x, y = synthetic(24)
+    c = cfg(epochs=1, measure_size=8)
+    n = torch.get_num_threads()
+    train(c, tmp_path / "r", x, y, progress=False)
+    env = json.loads((tmp_path / "r" / "environment.json").read_text())
+    assert env == {"torch_version": torch.__version__, "torch_threads": n}
+    capsys.readouterr()
+    train(c, tmp_path / "r", x, y, progress=False)
+    assert "another environment" not in capsys.readouterr().err
+    torch.set_num_threads(n + 1)
+    try:
+        train(c, tmp_path / "r", x, y, progress=False)
+    finally:
+        torch.set_num_threads(n)
+    assert f"torch_threads {n} -> {n + 1}" in capsys.readouterr().err
