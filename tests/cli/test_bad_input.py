@@ -170,6 +170,8 @@ CASES = [
     (["stability", "--eta", "0.5", "--batch", "4", "--kind", "bogus"], "argument --kind: invalid choice"),
     (["stability", "--eta", "0.5", "--batch", "4", "--hessians", "missing.npy"], "hessians file not found"),
     (["walk", "--optimizer", "bogus"], "argument --optimizer: invalid choice"),
+    (["walk", "--steps", "1"], "--bins must be in 1..1 (at most one window per step of --steps); got 4"),
+    (["stability", "--eta", "0.5", "--batch", "4", "--hessians", "."], "--hessians . is a directory"),
 ]
 
 
@@ -207,6 +209,32 @@ def test_unwritable_directories_are_refused(workdir, cli):
     ):
         code, _, err = cli(*argv)
         assert code == 2 and "is not writable" in err and err.count("\n") == 1, err
+
+
+def test_hessian_files_that_lie_or_lose_information_are_refused(workdir, cli):
+    import struct
+
+    np.save("C.npy", np.ones((4, 2, 2)) + 1j)  # the imaginary part would be dropped
+    np.save("H.npy", np.ones((4, 2)))
+    hdr = "{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 1000, 1000), }"
+    hdr += " " * (118 - len(hdr)) + "\n"
+    Path("big.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(hdr)) + hdr.encode() + bytes(900))
+    base = ("stability", "--eta", "0.1", "--batch", "2", "--hessians")
+    for argv, message in (
+        ((*base, "C.npy"), "hessians must be real numbers (integer or float); C.npy holds complex128"),
+        (
+            (*base, "big.npy"),
+            "its header claims shape (100000, 1000, 1000) of float64 (800,000,000,000 bytes), the file holds 900 bytes",
+        ),
+        (
+            (*base, "H.npy", "--kind", "dense", "--dim", "3"),
+            "--hessians gives the landscape, --kind, --dim a generated",
+        ),
+    ):
+        code, _, err = cli(*argv)
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    code, out, _ = cli(*base, "H.npy")
+    assert code == 0 and "mean_square_stable" in out
 
 
 def test_hessians_with_huge_finite_values_are_refused(workdir, cli):

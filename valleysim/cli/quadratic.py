@@ -65,32 +65,49 @@ def _add_phase_diagram(sub) -> None:
 def add_landscape_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("landscape (a file, or a generated one)")
     g.add_argument("--hessians", type=Path, help="per-example Hessians .npy: (N,), (N, D) diagonal or (N, D, D)")
-    g.add_argument("--kind", choices=KINDS, default="diagonal", help="generated landscape kind (default diagonal)")
-    g.add_argument("--n-examples", type=T.count, default=32, metavar="N", help="generated N (default 32)")
-    g.add_argument("--dim", type=T.count, default=1, metavar="D", help="generated D (default 1)")
-    g.add_argument("--lambda-max", type=T.positive, default=1.0, help="top eigenvalue of the mean Hessian (default 1)")
+    g.add_argument("--kind", choices=KINDS, default=None, help="generated landscape kind (default diagonal)")
+    g.add_argument("--n-examples", type=T.count, default=None, metavar="N", help="generated N (default 32)")
+    g.add_argument("--dim", type=T.count, default=None, metavar="D", help="generated D (default 1)")
+    g.add_argument("--lambda-max", type=T.positive, default=None, help="top eigenvalue of the mean Hessian (default 1)")
     g.add_argument(
         "--nonuniformity",
         type=T.positive,
-        default=0.5,
+        default=None,
         help=f"relative spread of per-example curvature, {NONUNIFORMITY_RANGE[0]:g}..."
         f"{NONUNIFORMITY_RANGE[1]:g} (default 0.5)",
     )
-    g.add_argument("--condition", type=T.positive, default=10.0, help="condition number of the mean spectrum, >= 1")
-    g.add_argument("--landscape-seed", type=T.seed, default=0, help="seed of the generated landscape")
+    g.add_argument("--condition", type=T.positive, default=None, help="condition number of the mean spectrum, >= 1")
+    g.add_argument("--landscape-seed", type=T.seed, default=None, help="seed of the generated landscape")
+
+
+#: the generated landscape's options and their defaults (None on the parser: "not given")
+GENERATED = {
+    "kind": "diagonal",
+    "n_examples": 32,
+    "dim": 1,
+    "lambda_max": 1.0,
+    "nonuniformity": 0.5,
+    "condition": 10.0,
+    "landscape_seed": 0,
+}
 
 
 def landscape_from_args(args):
+    given = [k for k in GENERATED if getattr(args, k) is not None]
     if args.hessians is not None:
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise UserInputError(f"--hessians gives the landscape, {flags} a generated one: give one of them")
         return load_hessians(args.hessians)
+    g = {k: GENERATED[k] if getattr(args, k) is None else getattr(args, k) for k in GENERATED}
     return generate(
-        args.kind,
-        args.n_examples,
-        args.dim,
-        lambda_max=args.lambda_max,
-        nonuniformity=args.nonuniformity,
-        condition=args.condition,
-        seed=args.landscape_seed,
+        g["kind"],
+        g["n_examples"],
+        g["dim"],
+        lambda_max=g["lambda_max"],
+        nonuniformity=g["nonuniformity"],
+        condition=g["condition"],
+        seed=g["landscape_seed"],
     )
 
 

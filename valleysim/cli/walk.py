@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from valleysim import argtypes as T
+from valleysim.errors import UserInputError
 from valleysim.jsonout import dumps
 from valleysim.walk import OPTIMIZERS, WalkLandscape, per_bin, simulate, summarise
 
@@ -61,6 +62,10 @@ def add_parser(sub) -> None:
 
 
 def cmd_walk(args) -> int:
+    if args.bins > args.steps:
+        raise UserInputError(
+            f"--bins must be in 1..{args.steps} (at most one window per step of --steps); got {args.bins}"
+        )
     land = WalkLandscape.make(
         n_examples=args.n_examples,
         width=args.wall_width,

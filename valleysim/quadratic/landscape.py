@@ -163,18 +163,42 @@ def landscape_bytes(kind: str, N: int, D: int) -> float:
     return (float(N) * D * (D if kind == "dense" else 1) + 6.0 * D * D) * F64
 
 
+def _npy_header(path: Path) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from a .npy header, checked against the file's size before any array is allocated
+    (a 1 KB file whose header claims 745 GiB is refused here, not by the allocator)."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            offset = fh.tell()
+    except (ValueError, OSError, SyntaxError) as err:
+        raise UserInputError(f"hessians file {path} is not a readable .npy array: {err}") from None
+    need = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
+    have = path.stat().st_size - offset
+    if dtype.hasobject or need != have:
+        raise UserInputError(
+            f"hessians file {path}: its header claims shape {shape} of {dtype} ({need:,} bytes), "
+            f"the file holds {have:,} bytes of data"
+        )
+    return shape, dtype
+
+
 def load_hessians(path: str | Path) -> PerExampleQuadratic:
     """Per-example Hessians from ``.npy``: (N,) 1-D, (N, D) diagonal, (N, D, D) dense."""
     path = Path(path)
+    if path.is_dir():
+        raise UserInputError(f"--hessians {path} is a directory, not a .npy file")
     if not path.is_file():
-        raise UserInputError(f"hessians file not found: {path}")
-    check_fits(3.0 * path.stat().st_size, f"the hessians file {path} ({path.stat().st_size} bytes)")
+        raise UserInputError(f"--hessians file not found: {path}")
+    shape, dtype = _npy_header(path)
+    if dtype.kind not in "iuf":  # complex: the imaginary part would be dropped; bool, str, object: not numbers
+        raise UserInputError(f"hessians must be real numbers (integer or float); {path} holds {dtype}")
+    check_fits(3.0 * F64 * int(np.prod(shape, dtype=np.float64)), f"the hessians in {path} (shape {shape})")
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as err:
         raise UserInputError(f"hessians file {path} is not a readable .npy array: {err}") from None
-    if not np.issubdtype(arr.dtype, np.number):
-        raise UserInputError(f"hessians must be numeric; {path} holds {arr.dtype}")
     if arr.ndim == 1:
         return PerExampleQuadratic("diagonal", arr[:, None])
     if arr.ndim == 2:
