@@ -16,14 +16,21 @@ class UserInputError(ValueError):
     """Bad input from a user (not a bug): the message names the parameter."""
 
 
+def _shown(value) -> str:
+    """``value`` as the user would write it: numpy scalars as plain numbers (-1.0, not np.float64(-1.0))."""
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    return repr(value)
+
+
 def check_positive(value: float, name: str) -> float:
     """``value`` must be a finite number > 0."""
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise UserInputError(f"{name} must be a finite number > 0; got {value!r}") from None
+        raise UserInputError(f"{name} must be a finite number > 0; got {_shown(value)}") from None
     if not math.isfinite(v) or v <= 0:
-        raise UserInputError(f"{name} must be a finite number > 0; got {value!r}")
+        raise UserInputError(f"{name} must be a finite number > 0; got {_shown(value)}")
     return v
 
 
@@ -32,9 +39,9 @@ def check_range(value: float, name: str, lo: float, hi: float) -> float:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise UserInputError(f"{name} must be a finite number in [{lo:g}, {hi:g}]; got {value!r}") from None
+        raise UserInputError(f"{name} must be a finite number in [{lo:g}, {hi:g}]; got {_shown(value)}") from None
     if not (math.isfinite(v) and lo <= v <= hi):
-        raise UserInputError(f"{name} must be a finite number in [{lo:g}, {hi:g}]; got {value!r}")
+        raise UserInputError(f"{name} must be a finite number in [{lo:g}, {hi:g}]; got {_shown(value)}")
     return v
 
 
@@ -51,7 +58,7 @@ def check_learning_rate(eta: float, name: str = "eta") -> float:
 def check_int_range(value: int, name: str, lo: int, hi: int | None = None) -> int:
     """``value`` must be an integer in [lo, hi] (hi None: unbounded)."""
     if isinstance(value, bool) or int(value) != value:
-        raise UserInputError(f"{name} must be an integer; got {value!r}")
+        raise UserInputError(f"{name} must be an integer; got {_shown(value)}")
     v = int(value)
     if v < lo or (hi is not None and v > hi):
         allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"

@@ -37,3 +37,17 @@ def test_import_is_cheap_and_the_command_line_does_not_load_torch():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["[]", "False"], out
+
+
+def test_messages_show_numpy_scalars_as_plain_numbers():
+    import numpy as np
+    import pytest
+
+    from valleysim.errors import UserInputError, check_int_range, check_positive, check_range
+
+    with pytest.raises(UserInputError, match=r"got -1\.0$"):
+        check_positive(np.float64(-1.0), "eta")
+    with pytest.raises(UserInputError, match=r"got 7\.0$"):
+        check_range(np.float32(7.0), "x", 0, 1)
+    with pytest.raises(UserInputError, match=r"must be an integer; got 1\.5$"):
+        check_int_range(np.float64(1.5), "n", 1)
