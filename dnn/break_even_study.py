@@ -38,6 +38,7 @@ class Preset(SGDGrid):
     test_size: int | None = None
     bn_lr_grid: tuple[float, ...] = ()  # SimpleCNN-BN at S = batch_fixed (Sec. 4.3, Fig. 5)
     bn_probe_every: int | None = None  # the BN runs' probe interval (None: probe_every)
+    bn_max_steps: int | None = None  # the BN runs' length (None: max_steps)
     edge_sizes: tuple[int, ...] = ()  # measurement sizes of the batch-size-effect analysis (dnn.edge)
     edge_batches: tuple[int, ...] = ()  # the batch-grid runs it analyses (empty: all)
     edge_k: int = 5  # its subspace: the top-k Hessian eigenvectors
@@ -70,7 +71,8 @@ PRESETS = {
         lanczos_tol=1e-2,
         test_size=2000,
         bn_lr_grid=(0.001, 0.01, 0.1, 1.0),
-        bn_probe_every=60,
+        bn_probe_every=50,
+        bn_max_steps=150,
         edge_sizes=(256, 512),
         edge_batches=(32, 128),
         edge_tol=1e-2,
@@ -136,6 +138,7 @@ def points(p: Preset, device: str = "cpu") -> list[Point]:
                 test_size=p.test_size,
                 device=device,
                 probe_every=p.bn_probe_every or p.probe_every,
+                max_steps=p.bn_max_steps or p.max_steps,
             ),
             {"bn_learning_rate": lr},
         )
