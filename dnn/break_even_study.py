@@ -273,7 +273,7 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
     import torch
 
     from dnn.edge import analyse_checkpoint
-    from dnn.study import run_rows, write_csv
+    from dnn.study import write_csv
     from valleysim.jsonout import atomic_write, dumps
     from valleysim.stats import t_interval
 
@@ -291,7 +291,8 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
                 per_run += json.loads(path.read_text())
                 continue
             rd = run_dir(out, p.label, seed)
-            if any(r.get("diverged") is not None for r in read_rows(rd / "metrics.jsonl")):
+            run = read_rows(rd / "metrics.jsonl")
+            if any(r.get("diverged") is not None for r in run):
                 rows = []  # a diverged run has no final point to analyse
             else:
                 cfg = dataclasses.replace(p.cfg, seed=seed)
@@ -306,7 +307,7 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
                     tol=preset.edge_tol,
                     seed=seed,
                 )
-                step = run_rows(out, p.label, seed)[-1]["step"]
+                step = run[-1]["step"]
                 rows = [
                     {"label": p.label, "seed": seed, "S": cfg.batch, "eta": cfg.lr, "step": step, **r} for r in found
                 ]
