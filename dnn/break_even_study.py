@@ -226,6 +226,7 @@ def run(
     device: str = "cpu",
     progress: bool = True,
     executor=None,
+    source=None,
 ) -> dict:
     """Train the study into ``out``, write per_run.csv, across_seeds.csv, orderings.csv, summary.json and
     report.md; returns the summary."""
@@ -244,6 +245,7 @@ def run(
         test=test,
         progress=progress,
         executor=executor,
+        source=source,
     )
     edge = batch_size_effect(preset, out, pts, seed_list, images, labels, progress=progress)
     if preset.bn_lr_grid:

@@ -147,6 +147,7 @@ def add_parser(sub) -> None:
     c.add_argument("--device", default="cpu")
     c.add_argument("--no-toy", action="store_true", help="skip the calibrated R2 toy simulations")
     c.add_argument("--no-progress", action="store_true")
+    add_executor_options(c)
     c.set_defaults(func=cmd_crosscheck)
 
     s = dsub.add_parser(
@@ -213,19 +214,26 @@ STUDIES = {
 }
 
 
+def data_source(a):
+    """The --data / --label-order options as a :class:`dnn.data.DataSource` (the path resolved here, so
+    workers on this machine read the same files; on other machines the path must be valid there too)."""
+    from dnn.data import DataSource, resolve_data_path
+
+    return DataSource(str(resolve_data_path(a.data).resolve()), None if a.label_order == "none" else a.label_order)
+
+
 def cmd_study(a) -> int:
     import importlib
 
-    from dnn.data import load_cifar10
     from dnn.train import check_device
 
     study = importlib.import_module(f"dnn.{STUDIES[a.name]}")
     if a.preset not in study.PRESETS:
         raise UserInputError(f"unknown preset {a.preset!r}; choose from {', '.join(study.PRESETS)}")
     check_device(a.device)
-    order = None if a.label_order == "none" else a.label_order
-    images, labels = load_cifar10(a.data, "train", label_order=order)
-    test = load_cifar10(a.data, "test", label_order=order)
+    source = data_source(a)
+    images, labels = source.load("train")
+    test = source.load("test")
     with sweep_executor(a) as executor:  # None: the runs one after another in this process
         study.run(
             study.PRESETS[a.preset],
@@ -237,6 +245,7 @@ def cmd_study(a) -> int:
             device=a.device,
             progress=not a.no_progress,
             executor=executor,
+            source=source,
         )
     print((a.out / "report.md").read_text())
     return 0
@@ -244,7 +253,6 @@ def cmd_study(a) -> int:
 
 def cmd_crosscheck(a) -> int:
     from dnn.crosscheck import PRESETS, run_crosscheck
-    from dnn.data import load_cifar10
     from dnn.predictions import to_markdown
     from dnn.train import check_device
 
@@ -252,10 +260,20 @@ def cmd_crosscheck(a) -> int:
         raise UserInputError(f"unknown preset {a.preset!r}; choose from {', '.join(PRESETS)}")
     check_device(a.device)
     preset = dataclasses.replace(PRESETS[a.preset])
-    images, labels = load_cifar10(a.data, "train", label_order=None if a.label_order == "none" else a.label_order)
-    summary = run_crosscheck(
-        preset, a.out, images, labels, progress=not a.no_progress, toy=not a.no_toy, device=a.device
-    )
+    source = data_source(a)
+    images, labels = source.load("train")
+    with sweep_executor(a) as executor:  # None: the runs one after another in this process
+        summary = run_crosscheck(
+            preset,
+            a.out,
+            images,
+            labels,
+            progress=not a.no_progress,
+            toy=not a.no_toy,
+            device=a.device,
+            executor=executor,
+            source=source,
+        )
     print(
         to_markdown(
             summary["comparison"],

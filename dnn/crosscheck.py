@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from dnn import predictions as P
-from dnn.study import SGDGrid
-from dnn.train import TrainConfig, train
+from dnn.study import SGDGrid, train_runs
+from dnn.train import TrainConfig
 from valleysim.errors import UserInputError
 from valleysim.jsonout import dumps
 from valleysim.stats import slope_through_origin
@@ -159,11 +159,6 @@ def plan(p: Preset, out: Path) -> dict[str, list[tuple[str, TrainConfig]]]:
     return {"sgd": sgd, "gd": gd, "r5_pretrain": [("r5_pretrain", pre)], "r5": r5}
 
 
-def _run(name, cfg, out, images, labels, progress) -> list[dict]:
-    store = train(cfg, out / "runs" / name, images, labels, progress=progress)
-    return store.rows()
-
-
 def _save_final_model(run_dir: Path, dest: Path) -> None:
     import torch
 
@@ -183,10 +178,14 @@ def run_crosscheck(
     progress: bool = True,
     toy: bool = True,
     device: str = "cpu",
+    executor=None,
+    source=None,
 ) -> dict:
     """Runs (or resumes) the study and writes ``out/report.md``, ``out/summary.json``, figures.
 
-    ``images`` uint8 (N, H, W, C) training images, ``labels`` (N,). Returns the summary dict.
+    ``images`` uint8 (N, H, W, C) training images, ``labels`` (N,). ``executor``, ``source``: as for
+    :func:`dnn.study.train_runs` (the SGD, GD and R5-pretraining runs go out together, then the R5 runs
+    that start from the pretrained model). Returns the summary dict.
     """
     if isinstance(preset, str) and preset not in PRESETS:
         raise UserInputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -196,21 +195,35 @@ def run_crosscheck(
     runs = {k: [(n, dataclasses.replace(c, device=device)) for n, c in v] for k, v in plan(p, out).items()}
     n_sgd = p.n_train or len(images)
 
-    sgd = []
-    for name, cfg in runs["sgd"]:
-        rows = [r for r in _run(name, cfg, out, images, labels, progress) if r.get("reason") != "diverged"]
-        sgd.append(dict(label=name, rows=rows, eta=cfg.lr, S=cfg.batch, N=n_sgd, max_acc=p.max_acc))
-    gd = []
-    for name, cfg in runs["gd"]:
-        rows = _run(name, cfg, out, images, labels, progress)
-        gd.append(dict(label=name, rows=rows, eta=cfg.lr))
-    name, cfg = runs["r5_pretrain"][0]
-    pre_rows = _run(name, cfg, out, images, labels, progress)
+    def train_all(kind_names):  # the runs of these kinds, through the executor; rows per run in plan order
+        todo = [(kind, name, cfg) for kind in kind_names for name, cfg in runs[kind]]
+        rows = train_runs(
+            [(cfg, out / "runs" / name) for _, name, cfg in todo],
+            images,
+            labels,
+            progress=progress,
+            executor=executor,
+            source=source,
+        )
+        return [(kind, name, cfg, r) for (kind, name, cfg), r in zip(todo, rows)]
+
+    first = train_all(("sgd", "gd", "r5_pretrain"))  # independent runs; the R5 runs start from the pretrained model
+    sgd = [
+        dict(
+            label=name,
+            rows=[r for r in rows if r.get("reason") != "diverged"],
+            eta=cfg.lr,
+            S=cfg.batch,
+            N=n_sgd,
+            max_acc=p.max_acc,
+        )
+        for kind, name, cfg, rows in first
+        if kind == "sgd"
+    ]
+    gd = [dict(label=name, rows=rows, eta=cfg.lr) for kind, name, cfg, rows in first if kind == "gd"]
+    name, _, pre_rows = next((n, c, r) for kind, n, c, r in first if kind == "r5_pretrain")
     _save_final_model(out / "runs" / name, out / "runs" / name / "model.pt")
-    r5 = []
-    for name, cfg in runs["r5"]:
-        rows = _run(name, cfg, out, images, labels, progress)
-        r5.append(dict(label=name, rows=rows, eta=cfg.lr, S=cfg.batch))
+    r5 = [dict(label=name, rows=rows, eta=cfg.lr, S=cfg.batch) for _, name, cfg, rows in train_all(("r5",))]
 
     table = P.comparison_table([r for r in sgd if r["rows"]], toy=toy)
     orderings = P.conjecture_orderings(table)

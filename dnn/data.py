@@ -41,6 +41,7 @@ import pickle
 import tarfile
 import tempfile
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,7 @@ __all__ = [
     "random_crop_flip",
     "batches",
     "measurement_subset",
+    "DataSource",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -484,6 +486,20 @@ def load_cifar10(
     if cache_file is not None:
         _write_cache(cache_file, key, images, labels)
     return images, labels
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a worker reads CIFAR-10: a path that is valid on the worker and the label order (as for
+    :func:`load_cifar10`). Sweeps send this to their workers instead of the decoded arrays; each worker
+    reads its own cache (``$VALLEYSIM_DATA_CACHE`` there, else its home directory) or decodes and writes
+    it (atomically, so two workers starting at once both get whole arrays)."""
+
+    path: str
+    label_order: str | None = "auto"
+
+    def load(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        return load_cifar10(self.path, split, label_order=self.label_order)
 
 
 # --------------------------------------------------------------------------- statistics and transforms

@@ -234,6 +234,7 @@ def run(
     device: str = "cpu",
     progress: bool = True,
     executor=None,
+    source=None,
 ) -> dict:
     """Train the study into ``out`` and write its CSVs, summary.json, report.md and figure."""
     out = Path(out)
@@ -251,6 +252,7 @@ def run(
         test=test,
         progress=progress,
         executor=executor,
+        source=source,
     )
     curves = {
         (p.label, s): _curve(out, p.label, s, p.cfg) for p in pts for s in seed_list

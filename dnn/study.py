@@ -126,55 +126,81 @@ def run_study(
     test=None,
     progress: bool = True,
     executor=None,
+    source=None,
 ) -> list[dict]:
     """Train (or read back) every (point, seed); returns one row per run: label, seed, the summary.
 
-    ``executor`` (a ``concurrent.futures.Executor``, :mod:`valleysim.executors`): each run is one task
-    (:func:`train_task`, the training images cut to the run's n_train), its results stay in its run
-    directory, so a retried or resubmitted task resumes from the checkpoint and a finished run is only
-    read back. The rows are then read in (point, seed) order, whatever the order of completion."""
-    from dnn.store import read_rows
-    from dnn.train import train
-
+    ``executor`` and ``source``: as for :func:`train_runs`. The rows are read in (point, seed) order,
+    whatever the order of completion."""
     seeds = [int(s) for s in seeds]
     if not points or not seeds:
         raise UserInputError("a study needs at least one grid point and one seed")
     runs = [(p, dataclasses.replace(p.cfg, seed=s)) for p in points for s in seeds]
-    if executor is None:
-        stores = [
-            train(cfg, run_dir(out, p.label, cfg.seed), images, labels, test=test, progress=progress) for p, cfg in runs
-        ]
-        all_rows = [st.rows() for st in stores]
-    else:
-        from concurrent.futures import as_completed
-
-        from tqdm import tqdm
-
-        futures = []
-        for p, cfg in runs:
-            n = len(images) if cfg.n_train is None else cfg.n_train
-            k = None if test is None else (len(test[0]) if cfg.test_size is None else cfg.test_size)
-            part = None if test is None else (test[0][:k], test[1][:k])
-            futures.append(
-                executor.submit(train_task, cfg, str(run_dir(out, p.label, cfg.seed)), images[:n], labels[:n], part)
-            )
-        with tqdm(total=len(futures), desc="study runs", disable=not progress) as bar:
-            for fut in as_completed(futures):
-                fut.result()  # a failed run raises here, the others keep their directories
-                bar.update()
-        all_rows = [read_rows(run_dir(out, p.label, cfg.seed) / "metrics.jsonl") for p, cfg in runs]
+    all_rows = train_runs(
+        [(cfg, run_dir(out, p.label, cfg.seed)) for p, cfg in runs],
+        images,
+        labels,
+        test=test,
+        progress=progress,
+        executor=executor,
+        source=source,
+    )
     return [{"label": p.label, "seed": cfg.seed, **summarise_run(rows, cfg)} for (p, cfg), rows in zip(runs, all_rows)]
 
 
-def train_task(cfg: TrainConfig, out: str, images, labels, test=None) -> int:
-    """One study run in a worker (torch single-threaded there, one GPU per worker for ``--device cuda``:
-    :func:`valleysim.executors.pinned_device`): trains or resumes ``out``; returns its number of rows."""
+def train_runs(
+    runs, images, labels, *, test=None, progress: bool = True, executor=None, source=None
+) -> list[list[dict]]:
+    """Trains (or resumes, or reads back) every ``(cfg, run_dir)`` of ``runs``; their metrics rows in
+    the order of ``runs``.
+
+    ``executor`` None: one after another in this process. Otherwise (a ``concurrent.futures.Executor``,
+    :mod:`valleysim.executors`) each run is one task (:func:`train_task`) whose results stay in its run
+    directory, so a retried or resubmitted task resumes from the checkpoint and a finished run is only
+    read back. ``source`` (a :class:`dnn.data.DataSource`): the workers load the data from it
+    (``images``/``labels`` must be what it loads, ``test`` its test split or None); without it every task
+    carries its slice of the arrays."""
+    from dnn.store import read_rows
+    from dnn.train import train
+
+    if executor is None:
+        return [train(cfg, d, images, labels, test=test, progress=progress).rows() for cfg, d in runs]
+    from concurrent.futures import as_completed
+
+    from tqdm import tqdm
+
+    futures = []
+    for cfg, d in runs:
+        if source is not None:
+            data = (source, test is not None)
+        else:
+            n = len(images) if cfg.n_train is None else cfg.n_train
+            k = None if test is None else (len(test[0]) if cfg.test_size is None else cfg.test_size)
+            data = (images[:n], labels[:n], None if test is None else (test[0][:k], test[1][:k]))
+        futures.append(executor.submit(train_task, cfg, str(d), data))
+    with tqdm(total=len(futures), desc="study runs", disable=not progress) as bar:
+        for fut in as_completed(futures):
+            fut.result()  # a failed run raises here, the others keep their directories
+            bar.update()
+    return [read_rows(Path(d) / "metrics.jsonl") for _, d in runs]
+
+
+def train_task(cfg: TrainConfig, out: str, data) -> int:
+    """One run in a worker (torch single-threaded there, one GPU per worker for ``--device cuda``:
+    :func:`valleysim.executors.pinned_device`): trains or resumes ``out``; returns its number of rows.
+    ``data``: ``(images, labels, test or None)``, or ``(DataSource, with_test)`` read in the worker."""
     import torch
 
+    from dnn.data import DataSource
     from dnn.train import train
     from valleysim.executors import pinned_device, worker_slot
 
     torch.set_num_threads(1)
+    if isinstance(data[0], DataSource):
+        images, labels = data[0].load("train")
+        test = data[0].load("test") if data[1] else None
+    else:
+        images, labels, test = data
     n_gpus = torch.cuda.device_count() if cfg.device == "cuda" else 0
     cfg = dataclasses.replace(cfg, device=pinned_device(cfg.device, n_gpus, worker_slot()))
     return len(train(cfg, out, images, labels, test=test, progress=False).rows())

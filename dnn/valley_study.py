@@ -277,6 +277,7 @@ def run(
     device: str = "cpu",
     progress: bool = True,
     executor=None,
+    source=None,
 ) -> dict:
     """The minimum, the noise calibration at it, the runs from it; writes the CSVs, summary.json, report.md,
     the figure; returns the summary (with ``minimum`` and ``noise_calibration``)."""
@@ -319,6 +320,7 @@ def run(
         test=test,
         progress=progress,
         executor=executor,
+        source=source,
     )
     paths = projected_paths(preset, out, pts, seed_list, images, labels, test, minimum, progress=progress)
     for r in per_run:

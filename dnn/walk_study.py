@@ -282,6 +282,7 @@ def run(
     device: str = "cpu",
     progress: bool = True,
     executor=None,
+    source=None,
 ) -> dict:
     """Calibrate GD + noise, train the study into ``out``, write its CSVs, summary.json, report.md, figure."""
     from valleysim.jsonout import atomic_write, dumps
@@ -311,6 +312,7 @@ def run(
         test=test,
         progress=progress,
         executor=executor,
+        source=source,
     )
     curves = {(p.label, s): _curve(out, p.label, s) for p in pts for s in seed_list}
     summary = finish(

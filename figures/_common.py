@@ -34,6 +34,25 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def map_points(args, fn, calls: list[tuple], desc: str = "points") -> list:
+    """``[fn(*c) for c in calls]`` in the order of ``calls``: in this process for the default
+    ``--executor local`` without ``--workers`` (each point then uses every numba thread), else one task
+    per call on the executor the flags name (``fn`` must be a module-level function). Every call
+    carries its own seed, so the results do not depend on the executor or the number of workers."""
+    from concurrent.futures import as_completed
+
+    from tqdm import tqdm
+
+    with sweep_executor(args) as ex:
+        if ex is None:
+            return [fn(*c) for c in tqdm(calls, desc=desc, disable=len(calls) < 2)]
+        futures = [ex.submit(fn, *c) for c in calls]
+        with tqdm(total=len(futures), desc=desc) as bar:
+            for f in as_completed(futures):
+                bar.update()
+        return [f.result() for f in futures]
+
+
 def wls(X: np.ndarray, y: np.ndarray, se: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Weighted least squares y ~ X beta with weights 1/se^2.
 

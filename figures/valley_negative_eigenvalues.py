@@ -120,11 +120,12 @@ def main(argv=None) -> int:
     cmap = C.plt.get_cmap("viridis")
     for li, name in enumerate(names):
         land = catalogue(name).with_init(LANDSCAPES[name])
-        rows = [
-            measure(land, eta, S, args.dataset_size, R, n_rec, args.seed + 100 * li + 10 * k + j)
+        calls = [
+            (land, eta, S, args.dataset_size, R, n_rec, args.seed + 100 * li + 10 * k + j)
             for k, eta in enumerate(etas)
             for j, S in enumerate(batches)
         ]
+        rows = C.map_points(args, measure, calls, desc=name)
         x, y = np.array([r["loss"] for r in rows]), np.array([r["neg"] for r in rows])
         yse = np.array([r["neg_se"] for r in rows])
         (w0,), (w0_se,), chi2_0 = C.wls(x, y, yse)

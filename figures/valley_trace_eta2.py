@@ -20,6 +20,12 @@ from valleysim.valley.sim import simulate, summarise
 ETAS = (0.002, 0.004, 0.006, 0.008, 0.010, 0.012, 0.016, 0.020, 0.025, 0.030)
 
 
+def point(land, noise, eta, steps, burn_in, R, seed, record_every) -> dict:
+    """One learning rate: the summary of R trajectories (a task of ``C.map_points``)."""
+    run = simulate(land, noise, eta, steps=steps, burn_in=burn_in, trajectories=R, seed=seed, record_every=record_every)
+    return summarise(run)
+
+
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=T.count, default=10, help="mini-batch size S")
@@ -41,11 +47,8 @@ def main(argv=None) -> int:
     slope_start = -steps * c / 4 * float(grad_T0 @ grad_T0)  # Delta T / eta^2, leading order
 
     rows, sums = [], []
-    for k, eta in enumerate(etas):
-        run = simulate(
-            land, noise, eta, steps=steps, burn_in=burn_in, trajectories=R, seed=args.seed + k, record_every=steps // 10
-        )
-        s = summarise(run)
+    calls = [(land, noise, eta, steps, burn_in, R, args.seed + k, steps // 10) for k, eta in enumerate(etas)]
+    for eta, s in zip(etas, C.map_points(args, point, calls, desc="etas")):
         sums.append(s)
         rows.append(
             {

@@ -47,6 +47,27 @@ def _pm(m, se, fmt=".3g"):
     return f"{m:{fmt}} ± {se:.1g}" if np.isfinite(m) else "-"
 
 
+def _simulate(land, opt, eta, S, steps, R, seed, **kw):
+    """One (optimizer, eta, S) run of R trajectories (one for GD) in 4 windows."""
+    return simulate(
+        land,
+        eta,
+        optimizer=opt,
+        steps=steps,
+        trajectories=1 if opt == "gd" else R,
+        batch_size=S,
+        seed=seed,
+        n_bins=4,
+        **kw,
+    )
+
+
+def run_point(land, opt, eta, S, steps, R, seed) -> tuple[dict, dict]:
+    """(per-window statistics, summary) of one run: a task of ``C.map_points``."""
+    r = _simulate(land, opt, eta, S, steps, R, seed)
+    return per_bin(r), summarise(r)
+
+
 def main(argv=None) -> int:
     p = C.parser(__doc__.splitlines()[0])
     p.set_defaults(out=C.ROOT / "docs" / "figures" / "walk")
@@ -57,19 +78,9 @@ def main(argv=None) -> int:
     k = land.floor_curvature()
     seed = [args.seed]
 
-    def run(opt, eta, S=None, **kw):
+    def run(opt, eta, S=None, **kw):  # T4, T5: in this process (their trajectories are plotted)
         seed[0] += 1
-        return simulate(
-            land,
-            eta,
-            optimizer=opt,
-            steps=T,
-            trajectories=1 if opt == "gd" else R,
-            batch_size=S,
-            seed=seed[0],
-            n_bins=4,
-            **kw,
-        )
+        return _simulate(land, opt, eta, S, T, R, seed[0], **kw)
 
     print(
         f"landscape: N={land.N}, wall curvature at the floor k={k:.4f}, D={land.D}; T={T} steps, "
@@ -87,10 +98,18 @@ def main(argv=None) -> int:
         ("gd", 2.0, None),
         ("gd", 1.0, None),
     ]
+    # every run, in the order that fixes its seed (args.seed + 1, + 2, ...): T1, T2, then the T3 grid
+    t2_etas = (1.0, 1.5, 2.0, 2.5)
+    etas, Ss = (1.5, 2.0, 2.5), (1, 2, 4, 8, 16)
+    grid_cases = [c for eta in etas for c in [*(("sgd", eta, S) for S in Ss), ("gd", eta, None)]]
+    cases = [*t1_cases, *(("sgd", eta, 4) for eta in t2_etas), *grid_cases]
+    calls = [(land, opt, eta, S, T, R, args.seed + 1 + i) for i, (opt, eta, S) in enumerate(cases)]
+    results = iter(C.map_points(args, run_point, calls, desc="walk runs"))
+    seed[0] += len(cases)
+
     t1 = []
     for opt, eta, S in t1_cases:
-        r = run(opt, eta, S)
-        pb = per_bin(r)
+        pb, summary = next(results)
         t1.append(
             {
                 "optimizer": opt,
@@ -98,7 +117,7 @@ def main(argv=None) -> int:
                 "batch": S,
                 **{f"w{j + 1}": pb["barriers"][j][0] for j in range(4)},
                 **{f"w{j + 1}_se": pb["barriers"][j][1] for j in range(4)},
-                "progress": summarise(r)["progress"],
+                "progress": summary["progress"],
             }
         )
     print("T1  barriers crossed per window of", T // 4, "steps (mean per trajectory)")
@@ -107,9 +126,8 @@ def main(argv=None) -> int:
 
     # --- T2: height per window vs eta at S = 4 ---
     t2 = []
-    for eta in (1.0, 1.5, 2.0, 2.5):
-        r = run("sgd", eta, 4)
-        pb = per_bin(r)
+    for eta in t2_etas:
+        pb, _ = next(results)
         t2.append(
             {
                 "optimizer": "sgd",
@@ -124,12 +142,7 @@ def main(argv=None) -> int:
     data["table2_height"] = t2
 
     # --- T3: eta x S grid ---
-    etas, Ss = (1.5, 2.0, 2.5), (1, 2, 4, 8, 16)
-    grid = []
-    for eta in etas:
-        for S in Ss:
-            grid.append(_row(summarise(run("sgd", eta, S))))
-        grid.append(_row(summarise(run("gd", eta)), batch=land.N))
+    grid = [_row(next(results)[1], **({"batch": land.N} if opt == "gd" else {})) for opt, _, _ in grid_cases]
     data["table3_grid"] = grid
     for key, name in (
         ("height", "height above floor"),

@@ -55,3 +55,11 @@ def test_negative_eigenvalues(figure):
         for p in land["points"]:
             assert finite(p["loss"], p["neg"], p["ratio"], p["ratio_se"], p["pred"])
             assert p["neg"] < 0 < p["loss"]
+
+
+def test_trace_eta2_on_worker_processes_equals_in_process(figure):
+    """Every learning rate one task on 2 worker processes (``--executor local --workers 2``): the same
+    points and fits as in this process, each point's seed fixed by its position."""
+    here = figure("valley_trace_eta2", "--seed", 3)
+    there = figure("valley_trace_eta2", "--seed", 3, "--executor", "local", "--workers", "2")
+    assert there["points"] == here["points"] and there["fits"] == here["fits"]

@@ -75,3 +75,21 @@ def test_crosscheck_end_to_end_and_resume(tmp_path, monkeypatch):
     s2 = run_crosscheck(TINY, tmp_path, x, y, progress=False)
     assert json.loads((tmp_path / "summary.json").read_text()) == saved
     assert s2["comparison"][0]["max_lambda_max"] == s["comparison"][0]["max_lambda_max"]
+
+
+def test_crosscheck_through_a_process_pool_equals_in_process(tmp_path):
+    """The runs go out as tasks (SGD, GD and the R5 pretraining together, then the R5 runs from the
+    pretrained model): the summary equals the in-process one."""
+    from valleysim.runner import default_executor
+
+    x, y = synthetic()
+    here = run_crosscheck(TINY, tmp_path / "here", x, y, progress=False, toy=False)
+    pool = default_executor(2)
+    try:
+        there = run_crosscheck(TINY, tmp_path / "pool", x, y, progress=False, toy=False, executor=pool)
+    finally:
+        pool.shutdown()
+    assert json.loads((tmp_path / "pool" / "summary.json").read_text()) == json.loads(
+        (tmp_path / "here" / "summary.json").read_text()
+    )
+    assert there["comparison"] == here["comparison"]

@@ -12,7 +12,7 @@ from dnn.study import Point, across_seeds, orderings_across_seeds, run_dir
 from valleysim import theory
 from valleysim.errors import UserInputError
 
-from tiny_nets import synthetic_images
+from tiny_nets import fake_batches_dir, synthetic_images
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -186,3 +186,37 @@ def test_a_study_on_dask_survives_a_killed_worker(tmp_path):
         t.join(300)
         assert not t.is_alive()
     assert got["s"]["per_run"] == here["per_run"]
+
+
+def test_workers_read_the_data_from_its_path(tmp_path, monkeypatch):
+    """A study through a 2-process LocalCluster with a DataSource: the workers decode the CIFAR-10 files
+    themselves, both at once into one empty cache (whole arrays for both, one valid cache file, no
+    temporary file left), and the table equals the in-process one on the arrays."""
+    import dataclasses
+
+    import numpy as np
+
+    pytest.importorskip("distributed", reason="the cluster extra is not installed")
+    from dnn.data import DataSource, load_cifar10
+    from valleysim.executors import ExecutorOptions, open_executor
+
+    root, expect = fake_batches_dir(tmp_path / "data", per_batch=8)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("VALLEYSIM_DATA_CACHE", str(cache))  # the workers inherit it
+    source = DataSource(str(root), None)
+    x, y = load_cifar10(root, "train", cache_dir=False)
+    preset = dataclasses.replace(
+        bes.PRESETS["smoke"], bn_lr_grid=(), edge_sizes=(), lr_grid=(0.05,), batch_grid=(8,), seeds=1
+    )
+    here = bes.run(preset, tmp_path / "here", x, y, progress=False)
+    with open_executor("dask", ExecutorOptions(workers=2), log=lambda m: None) as ex:
+        loaded = ex._client.run(source.load, "train")  # on both workers at the same time
+        there = bes.run(preset, tmp_path / "dask", x, y, progress=False, executor=ex, source=source)
+    assert len(loaded) == 2
+    for images, labels in loaded.values():
+        assert np.array_equal(images, expect["train"][0]) and np.array_equal(labels, expect["train"][1])
+    files = sorted(p.name for p in cache.iterdir())
+    assert len(files) == 1 and files[0].endswith(".npz"), files  # no .tmp left behind
+    hit = load_cifar10(root, "train", cache_dir=cache)
+    assert np.array_equal(hit[0], expect["train"][0])
+    assert there["per_run"] == here["per_run"]

@@ -62,13 +62,15 @@ def fake_batch(n: int, seed: int, name: str):
     return pickle.dumps(d, protocol=2), imgs, np.array(labels, np.int64)
 
 
-def fake_batches_dir(root: Path):
+def fake_batches_dir(root: Path, per_batch: int = 3):
+    """A ``cifar-10-batches-py`` directory of 5 training batches of ``per_batch`` noise images and a test
+    batch of 4; returns it and the arrays each split must load as."""
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)
     expect = {}
     tr_i, tr_l = [], []
     for i in range(1, 6):
-        raw, im, lab = fake_batch(3, i, f"training batch {i} of 5")
+        raw, im, lab = fake_batch(per_batch, i, f"training batch {i} of 5")
         (d / f"data_batch_{i}").write_bytes(raw)
         tr_i.append(im)
         tr_l.append(lab)

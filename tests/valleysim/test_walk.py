@@ -370,3 +370,11 @@ def test_consecutive_gradient_correlation_on_a_noisy_quadratic_wall_is_minus_eta
         g = (x[:, :-1] - x[:, 1:]) / eta
         rho = np.mean(g[:, :-1] * g[:, 1:]) / np.mean(g * g)
         assert rho == pytest.approx(-eta / 2, abs=0.03)
+
+
+def test_walk_tables_on_a_dask_cluster_equal_in_process(figure):
+    """The T1-T3 runs as tasks on a 2-process dask LocalCluster: the same tables as in this process."""
+    pytest.importorskip("distributed", reason="the cluster extra is not installed")
+    here = figure("walk_tables")
+    there = figure("walk_tables", "--executor", "dask", "--workers", "2")
+    assert all(there[k] == here[k] for k in ("table1_barriers", "table2_height", "table3_grid"))

@@ -199,6 +199,11 @@ class ValleyLandscape:
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
     # --- numeric evaluation (numpy, vectorised over leading axes) --------------------------------
+    def __getstate__(self) -> dict:
+        """Pickled without the compiled ``eval_*`` evaluators (closures, rebuilt on first use where the
+        landscape is unpickled, e.g. in a sweep's worker)."""
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("eval_")}
+
     def _lambdify(self, exprs):
         """Nested lists of expressions -> function x (..., D) -> array (...,) + nested shape."""
         flat, shape = _flatten(exprs), _shape(exprs)
