@@ -35,6 +35,7 @@ class TrainConfig:
     n_train: int | None = None  # first n training examples (canonical order); None: all
     augment: bool = True
     label_smoothing: float = 0.0  # the training loss against smoothed targets (noise-hessian-spectrum's setting)
+    loss: str = "cross_entropy"  # or "mse": 1/2 sum_c (f_c - t_c)^2 against the (smoothed) one-hot t (dnn.objective)
     drop_last: bool = True  # drop each epoch's last partial batch (its few examples make transient spikes)
     test_size: int | None = None  # first n test examples scored in every row; None: all given, 0: none
     nsgd_gamma: float = 0.01
@@ -42,6 +43,8 @@ class TrainConfig:
     nsgd_every: int = 100
     noise_std: float = 0.0  # gd-noise: sigma per coordinate
     probes: tuple[str, ...] = ("lanczos",)
+    probe_params: str | None = None  # comma-separated fnmatch patterns of parameter / module names: every probe
+    # measures the Hessian block of those parameters, the others held fixed (dnn.objective); None: all
     probe_every: int = 0  # steps; 0: off
     probe_epochs: bool = True
     probe_acc: tuple[float, ...] = ()
@@ -54,6 +57,9 @@ class TrainConfig:
     lanczos_tol: float = 1e-3
     lanczos_max_iter: int = 100
     hutchinson_samples: int = 50
+    slq_starts: int = 5  # density probe: Rademacher starts of stochastic Lanczos quadrature (>= 2 for an SE)
+    slq_steps: int = 80  # density probe: Lanczos steps per start (capped at the parameter count)
+    slq_rel_threshold: float = 1e-3  # density probe: log det / count over eigenvalues > this x the top Ritz value
     cov_batches: int = 25
     cov_batch: int = 128
     loss_change_batches: int = 10
@@ -100,6 +106,8 @@ class TrainConfig:
             "nsgd_every",
             "lanczos_max_iter",
             "hutchinson_samples",
+            "slq_starts",
+            "slq_steps",
             "cov_batch",
             "loss_change_batches",
         ):
@@ -109,10 +117,14 @@ class TrainConfig:
         check_int_range(self.keep_every, "keep_every (steps; 0: off)", 0)
         if self.test_size is not None:
             check_int_range(self.test_size, "test_size (0: no test metrics)", 0)
-        for name in ("momentum", "weight_decay", "noise_std"):
+        for name in ("momentum", "weight_decay", "noise_std", "slq_rel_threshold"):
             check_range(getattr(self, name), name, 0, math.inf)
         if not (isinstance(self.label_smoothing, (int, float)) and 0 <= self.label_smoothing < 1):
             raise UserInputError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        from dnn.objective import LOSSES
+
+        if self.loss not in LOSSES:
+            raise UserInputError(f"unknown loss {self.loss!r}; choose from {', '.join(LOSSES)}")
         if self.momentum >= 1:
             raise UserInputError(f"momentum must be in [0, 1), got {self.momentum}")
         check_positive(self.lanczos_tol, "lanczos_tol")
@@ -129,17 +141,48 @@ class TrainConfig:
                 )
         if self.optimizer == "gd-noise" and self.noise_std <= 0:
             raise UserInputError("gd-noise needs --noise-std > 0")
-        if self.bn == "batch" and self.model.endswith("-bn") and {"curvature", "covariance"} & set(self.probes):
+        if (
+            self.bn == "batch"
+            and self.model.endswith("-bn")
+            and {"curvature", "covariance", "exact_covariance"} & set(self.probes)
+        ):
             raise UserInputError(
-                "the curvature and covariance probes need independent examples: use --bn eval with a BatchNorm model"
+                "the curvature, covariance and exact_covariance probes need independent examples: use --bn eval "
+                "with a BatchNorm model"
             )
         if "alignment" in self.probes and not {"lanczos", "trace", "covariance"} <= set(self.probes):
             raise UserInputError("probe alignment needs lanczos, trace and covariance in --probes")
-        needs_eigvecs = {"step", "curvature"} & set(self.probes)
+        needs_eigvecs = {"step", "curvature", "gauss_newton"} & set(self.probes)
         if needs_eigvecs and "lanczos" not in self.probes:
             raise UserInputError(
                 f"probe(s) {', '.join(sorted(needs_eigvecs))} need the top eigenvectors: add 'lanczos' to --probes"
             )
+        if self.probe_params is not None:
+            self._check_probe_params()
+
+    def _check_probe_params(self):
+        """--probe-params against the model's parameter and module names (built on the meta device: free),
+        and against what needs the full parameter vector."""
+        import torch
+
+        from dnn.models import build_model
+        from dnn.objective import select_parameters
+
+        if not isinstance(self.probe_params, str):
+            raise UserInputError(f"--probe-params takes comma-separated patterns, got {self.probe_params!r}")
+        if "walk" in self.probes:
+            raise UserInputError(
+                "--probe-params: the walk probe measures whole updates (the loss along them, the distance from "
+                "init) in the full parameter space; drop walk from --probes or drop --probe-params"
+            )
+        if self.optimizer == "nsgd":
+            raise UserInputError(
+                "--probe-params: NSGD rescales the full gradient along the full Hessian's top eigenvectors, "
+                "which a parameter block does not give; drop --probe-params or use another optimizer"
+            )
+        with torch.device("meta"):
+            model = build_model(self.model, width=self.width)
+        select_parameters(model, self.probe_params, what="--probe-params")
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -31,6 +31,10 @@ Functions:
   :func:`covariance_from_gram` K_hat's summaries from (L, P) batch gradients and the full gradient.
   :func:`gradient_covariance`  the two above on an objective (the paper's estimator, L = 25, M = 128).
   :func:`exact_covariance`     K from all (n, P) per-example gradients (validation truth, small models).
+  :func:`alignment`            K_hat (Gram) against H: tr(HK), cos_HK, eigenvector cosines, alpha.
+  :func:`top_cosine`, :func:`subspace_overlap`  how two sets of top eigenvectors (rows) line up.
+  :func:`hutchinson_products`  tr A, ||A||_F, tr(AB), cos_AB for several operators from the same probes
+                               (H, the exact K of :meth:`~dnn.objective.Objective.covariance_vp`, G).
 
 Each summary is a dict with the keys ``"lambda_K"`` (float), ``"trace_K"`` (float), ``"trace_ratio"``
 (float, Tr K / lambda_K; nan when lambda_K = 0), ``"eigenvalues_K"`` (numpy (k',), descending,
@@ -46,6 +50,7 @@ import numpy as np
 import torch
 
 from valleysim.errors import UserInputError, check_int_range
+from valleysim.stats import mean_se
 from valleysim.theory import variance_factor
 
 __all__ = [
@@ -54,6 +59,10 @@ __all__ = [
     "covariance_from_gram",
     "gradient_covariance",
     "exact_covariance",
+    "alignment",
+    "top_cosine",
+    "subspace_overlap",
+    "hutchinson_products",
 ]
 
 
@@ -240,8 +249,6 @@ def alignment(
     L = D.shape[0]
     s = 1.0 / (L * c)
     VH = torch.as_tensor(eigvecs_H).to(D)
-    VK = torch.as_tensor(eigvecs_K).to(D)
-    VK = VK[VK.norm(dim=1) > 0]
     tr_hk = s * sum(float(d @ hvp(d.to(G_batches.dtype)).to(D)) for d in D)  # H in the objective's dtype
     gram = D @ D.T
     fro_k = s * float(torch.linalg.matrix_norm(gram))
@@ -251,7 +258,85 @@ def alignment(
         "frobenius_K": fro_k,
         "cos_HK": tr_hk / (frobenius_H * fro_k) if frobenius_H > 0 and fro_k > 0 else math.nan,
         "c_fit_HK": tr_hk / frobenius_H**2 if frobenius_H > 0 else math.nan,
-        "cos_eK1_eH1": float(abs(VK[0] @ e1)) if VK.shape[0] else math.nan,
-        "overlap_K_H": float(((VH @ VK.T) ** 2).sum()) / VK.shape[0] if VK.shape[0] else math.nan,
+        "cos_eK1_eH1": top_cosine(eigvecs_K, VH),
+        "overlap_K_H": subspace_overlap(VH, eigvecs_K),
         "alpha_eH1": s * float(((D @ e1) ** 2).sum()) / lambda_H1 if lambda_H1 > 0 else math.nan,
     }
+
+
+def _rows(V, like: torch.Tensor | None = None) -> torch.Tensor:
+    """The nonzero rows of ``V`` (k, P) (a zero row marks an undefined eigenvector), float64 or like ``like``."""
+    V = torch.as_tensor(V)
+    V = V.to(like) if like is not None else V.to(torch.float64)
+    return V[V.norm(dim=1) > 0]
+
+
+def top_cosine(VA, VB) -> float:
+    """|<a_1, b_1>|: the cosine of the first nonzero rows of ``VA`` and ``VB`` (unit eigenvectors, (k, P));
+    nan when either has none."""
+    A = _rows(VA)
+    B = _rows(VB, A)
+    return float(abs(A[0] @ B[0])) if A.shape[0] and B.shape[0] else math.nan
+
+
+def subspace_overlap(VA, VB) -> float:
+    """||V_A V_B^T||_F^2 / k_B: the fraction of span(V_B) (its k_B nonzero orthonormal rows) inside span(V_A),
+    1 when contained, k_B / P on average for a random V_B; nan when V_B has no nonzero row."""
+    A = _rows(VA)
+    B = _rows(VB, A)
+    return float(((A @ B.T) ** 2).sum()) / B.shape[0] if B.shape[0] else math.nan
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else math.nan
+
+
+def hutchinson_products(ops: dict, like: torch.Tensor, n_samples: int = 50, seed: int = 0, block: int = 8) -> dict:
+    """Traces and alignments of symmetric operators from the same S = ``n_samples`` Rademacher probes z
+    (P,) (E z z^T = I, generator seeded ``seed``, in the dtype/device of ``like``):
+
+        trace_A       tr A                            = E z^T A z
+        frobenius_A   ||A||_F                         = sqrt(E ||A z||^2)
+        trace_AB      tr(A B)                         = E (A z)^T (B z)        (A symmetric)
+        cos_AB        tr(A B) / (||A||_F ||B||_F)     (1 iff B = c A, c > 0; a ratio of the estimates)
+        c_fit_AB      tr(A B) / ||A||_F^2             (the least-squares c of B ~ c A)
+
+    for every operator A and every pair A before B in ``ops`` ({name: V (b, P) -> the rows A v_j (b, P)};
+    the probes go in blocks of ``block``, so an operator that costs one pass per block, such as
+    :meth:`~dnn.objective.Objective.covariance_vp`, makes S / block passes). Each trace comes with its
+    SE (``_se``, std / sqrt(S)); ``"samples"`` holds the S per-probe values of every trace (for the SE of a
+    difference such as tr(H - G)).
+    """
+    S = check_int_range(n_samples, "n_samples", 1)
+    check_int_range(block, "block", 1)
+    names = list(ops)
+    P = like.numel()
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    samples = {f"trace_{a}": [] for a in names}
+    samples.update({f"frobenius2_{a}": [] for a in names})
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    samples.update({f"trace_{a}{b}": [] for a, b in pairs})
+    for s0 in range(0, S, block):
+        b = min(block, S - s0)
+        Z = (torch.randint(0, 2, (b, P), generator=gen, dtype=torch.int8).to(torch.float64) * 2 - 1).to(like)
+        AZ = {a: ops[a](Z).to(like) for a in names}
+        for a in names:
+            samples[f"trace_{a}"] += (Z * AZ[a]).sum(1).tolist()
+            samples[f"frobenius2_{a}"] += (AZ[a] * AZ[a]).sum(1).tolist()
+        for a, c in pairs:
+            samples[f"trace_{a}{c}"] += (AZ[a] * AZ[c]).sum(1).tolist()
+    samples = {k: np.asarray(v) for k, v in samples.items()}
+    if not all(np.all(np.isfinite(v)) for v in samples.values()):
+        raise ValueError("an operator returned non-finite values")
+    out: dict = {}
+    for k, v in samples.items():
+        if k.startswith("trace_"):
+            out[k], out[f"{k}_se"] = mean_se(v)
+    fro = {a: math.sqrt(max(float(samples[f"frobenius2_{a}"].mean()), 0.0)) for a in names}
+    out.update({f"frobenius_{a}": f for a, f in fro.items()})
+    for a, c in pairs:
+        t = out[f"trace_{a}{c}"]
+        out[f"cos_{a}{c}"] = _ratio(t, fro[a] * fro[c])
+        out[f"c_fit_{a}{c}"] = _ratio(t, fro[a] ** 2)
+    out["samples"] = {k: v for k, v in samples.items() if k.startswith("trace_")}
+    return out

@@ -13,12 +13,20 @@ warm-start the next Lanczos run and by the ``step`` and ``curvature`` probes). R
                grad_norm_ratio_top5 (||g|| / ||g_5||, g_5 on the top-5 eigenvectors of K)
   alignment    K against H (needs lanczos, trace, covariance): tr(HK), ||K||_F, cos_HK = tr(HK)/(||H||_F
                ||K||_F), c_fit_HK, |cos(e_K^1, e_H^1)|, overlap of K's top 5 with H's top k, alpha_eH1
+  exact_covariance  exact K matrix-free (bn eval): lambda_K_exact, lambda_Kx_i (top 5, Lanczos), trace_K_exact,
+               trace_ratio_exact; with covariance: lambda_K_gram_over_exact, trace_K_gram_over_exact,
+               cos_eK1_gram_exact; with lanczos: cos_eKx1_eH1, overlap_Kx_H, alpha_eH1_exact = e_H1 K e_H1 / lambda_H1
+  gauss_newton  G = J^T H_out J against H (needs lanczos): lambda_G(_i), cos_eG1_eH1, overlap_G_H, second_term_norm_eH1
+               = ||(H - G) e_H^1|| / lambda_H^1, second_term_eH1; Hutchinson trace_G, trace_H_minus_G (+ _se),
+               trace_HG, cos_HG; with exact_covariance also trace_HKx, cos_HKx, c_fit_HKx, cos_GKx, cos_eG1_eKx1
   step         alpha_star (+ alpha_star_reached), loss_change_a{alpha} (+ _se) and what a parabola along e_1
                with curvature lambda_1 predicts from the same batches (loss_change_quad_a{alpha},
                alpha_cross_quad, g_e1_*), mean |cos(g_b, e_i)|
   curvature    per-example curvature along e_H^1 (curvature_mean, curvature_var) and R1's
                stability_factor (1 - eta lambda)^2 + eta^2 c(S, N) s^2 with lambda, s^2 from them
   negative     the most negative eigenvalues (Lanczos on -H): lambda_min, neg_eig_sum (R5)
+  density      stochastic Lanczos quadrature of H: slq_trace, slq_neg_mass, slq_logdet, slq_n_above (+ _se),
+               slq_threshold, density_n_hvp; the Ritz nodes/weights kept in state["slq"] for the density plot
   walk         the last step's walk metrics (floor, height, barrier, ...), cos_consecutive,
                distance_from_init
 
@@ -34,8 +42,10 @@ import numpy as np
 import torch
 
 from dnn import covariance, eigen, step_probes
+from dnn import density as slq_density
 from dnn.objective import Objective
 from valleysim import theory
+from valleysim.stats import mean_se
 
 __all__ = ["PROBES", "ProbeContext", "run_probes", "top_eigenpairs"]
 
@@ -105,6 +115,22 @@ def _negative(ctx: ProbeContext) -> dict:
     }
 
 
+def _density(ctx: ProbeContext) -> dict:
+    """SLQ of H (:mod:`dnn.density`): cfg.slq_starts Rademacher starts x cfg.slq_steps Lanczos steps (capped
+    at P), seed cfg.seed + step; threshold of slq_logdet / slq_n_above = cfg.slq_rel_threshold x the largest
+    Ritz value."""
+    obj, cfg = ctx.objective, ctx.cfg
+    res = slq_density.slq(
+        obj.hvp,
+        obj.theta0,
+        n_starts=cfg.slq_starts,
+        m=min(cfg.slq_steps, obj.dim),
+        seed=cfg.seed + ctx.step,
+    )
+    ctx.state["slq"] = res.to_state()
+    return slq_density.probe_metrics(res, cfg.slq_rel_threshold)
+
+
 def _trace(ctx: ProbeContext) -> dict:
     r = eigen.hutchinson_trace_frobenius(
         ctx.objective.hvp,
@@ -159,6 +185,93 @@ def _alignment(ctx: ProbeContext) -> dict:
     )
 
 
+def _operator_pairs(ctx: ProbeContext, matvec, k: int, key: str, seed_offset: int) -> eigen.Eigenpairs:
+    """Top-k eigenpairs of ``matvec`` by Lanczos (cfg's tolerance and budget), warm-started from and kept in
+    ``ctx.state[key]``."""
+    obj, cfg = ctx.objective, ctx.cfg
+    init = ctx.state.get(key)
+    pairs = eigen.lanczos_top(
+        matvec,
+        obj.theta0,
+        min(k, obj.dim),
+        tol=cfg.lanczos_tol,
+        max_iter=cfg.lanczos_max_iter,
+        init=None if init is None else init.to(obj.device, obj.dtype),
+        seed=cfg.seed + seed_offset,
+    )
+    ctx.state[key] = pairs.vectors.detach().cpu()
+    return pairs
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def _exact_covariance(ctx: ProbeContext) -> dict:
+    """The exact K = (1/n) sum_i (g_i - g)(g_i - g)^T of the measurement set, matrix-free
+    (:meth:`dnn.objective.Objective.covariance_vp`, every matvec one pass over the per-example gradients):
+    its top 5 by Lanczos and Tr K exactly; the covariance probe's Gram estimate over it when that probe ran;
+    its top eigenvectors against H's when lanczos ran, and alpha_eH1_exact = e_H^1^T K e_H^1 / lambda_H^1."""
+    obj = ctx.objective
+    g = obj.grad()
+    pairs = _operator_pairs(ctx, lambda v: obj.covariance_vp(v, mean=g), 5, "eigvecs_Kx", 2)
+    lam, trace = float(pairs.values[0]), obj.covariance_trace(mean=g)
+    out = {
+        "lambda_K_exact": lam,
+        "trace_K_exact": trace,
+        "trace_ratio_exact": _ratio(trace, lam),
+        "exact_covariance_n_kvp": pairs.n_matvec,
+        "exact_covariance_converged": bool(pairs.converged),
+    }
+    out.update({f"lambda_Kx_{i + 1}": float(v) for i, v in enumerate(pairs.values)})
+    if "lambda_K" in ctx.results:  # the covariance probe ran at this probe time
+        out["lambda_K_gram_over_exact"] = _ratio(ctx.results["lambda_K"], lam)
+        out["trace_K_gram_over_exact"] = _ratio(ctx.results["trace_K"], trace)
+        out["cos_eK1_gram_exact"] = covariance.top_cosine(ctx.state["eigvecs_K"], pairs.vectors)
+    if ctx.pairs is not None:
+        VH, lam_H = ctx.pairs.vectors, float(ctx.pairs.values[0])
+        out["cos_eKx1_eH1"] = covariance.top_cosine(pairs.vectors, VH)
+        out["overlap_Kx_H"] = covariance.subspace_overlap(VH, pairs.vectors)
+        out["alpha_eH1_exact"] = _ratio(float(VH[0] @ obj.covariance_vp(VH[0], mean=g)), lam_H)
+    return out
+
+
+def _gauss_newton(ctx: ProbeContext) -> dict:
+    """The Gauss-Newton G = (1/n) sum_i J_i^T H_out,i J_i (:meth:`dnn.objective.Objective.gnvp`) against H:
+    top-k of G by Lanczos, its eigenvectors against H's, the second term H - G along e_H^1, and Hutchinson
+    traces of H, G (and the exact K when the exact_covariance probe ran) from the same cfg.hutchinson_samples
+    Rademacher probes (seed cfg.seed + step; :func:`dnn.covariance.hutchinson_products`)."""
+    obj, cfg = ctx.objective, ctx.cfg
+    pairs = _operator_pairs(ctx, obj.gnvp, cfg.top_k, "eigvecs_G", 3)
+    VH, lam_H = ctx.pairs.vectors, float(ctx.pairs.values[0])
+    out = {
+        "lambda_G": float(pairs.values[0]),
+        "gauss_newton_n_gvp": pairs.n_matvec,
+        "gauss_newton_converged": bool(pairs.converged),
+    }
+    out.update({f"lambda_G_{i + 1}": float(v) for i, v in enumerate(pairs.values)})
+    out["cos_eG1_eH1"] = covariance.top_cosine(pairs.vectors, VH)
+    out["overlap_G_H"] = covariance.subspace_overlap(VH, pairs.vectors)
+    r = obj.hvp(VH[0]) - obj.gnvp(VH[0])  # (H - G) e_H^1
+    out["second_term_norm_eH1"] = _ratio(float(r.norm()), lam_H)
+    out["second_term_eH1"] = _ratio(float(VH[0] @ r), lam_H)
+    ops = {
+        "H": lambda Z: torch.stack([obj.hvp(z) for z in Z]),
+        "G": lambda Z: torch.stack([obj.gnvp(z) for z in Z]),
+    }
+    if "lambda_K_exact" in ctx.results:  # this probe time's exact K: its eigenvectors and its traces
+        g = obj.grad()
+        ops["Kx"] = lambda Z: obj.covariance_vp(Z, mean=g)
+        out["cos_eG1_eKx1"] = covariance.top_cosine(pairs.vectors, ctx.state["eigvecs_Kx"])
+    res = covariance.hutchinson_products(ops, obj.theta0, n_samples=cfg.hutchinson_samples, seed=cfg.seed + ctx.step)
+    samples = res.pop("samples")
+    out.update({k: float(v) for k, v in res.items()})
+    out["trace_H_minus_G"], out["trace_H_minus_G_se"] = (
+        float(v) for v in mean_se(samples["trace_H"] - samples["trace_G"])
+    )
+    return out
+
+
 def _step(ctx: ProbeContext) -> dict:
     """The SGD step against the sharpest directions, from B = cfg.loss_change_batches seeded mini-batch
     gradients g_b (batch size cfg.batch) of the measurement set: the loss change along e_1
@@ -198,10 +311,13 @@ PROBES: dict[str, Callable[[ProbeContext], dict]] = {
     "trace": _trace,
     "covariance": _covariance,
     "alignment": _alignment,
+    "exact_covariance": _exact_covariance,
+    "gauss_newton": _gauss_newton,
     "step": _step,
     "curvature": _curvature,
     "walk": _walk,
     "negative": _negative,
+    "density": _density,
 }
 
 

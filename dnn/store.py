@@ -8,7 +8,8 @@ Exactly-once rows: every row is appended, flushed and fsynced before the run mov
 checkpoint records how many rows existed when it was taken. Resuming truncates ``metrics.jsonl``
 to that count (dropping rows written after the checkpoint, which the resumed run will write again,
 and a torn last line), so a killed run resumes with no lost and no duplicated rows. Checkpoints are
-written to a temporary file, fsynced and renamed (atomic on POSIX).
+written to a temporary file, fsynced and renamed (atomic on POSIX). A finished run is reopened by
+``RunStore.finished`` without writing anything (a read-only directory reopens).
 """
 
 from __future__ import annotations
@@ -45,11 +46,13 @@ class RunStore:
     #: config keys that may change between a run and its resumption (where it runs, not what it computes)
     RESUMABLE_KEYS = ("device",)
 
-    def __init__(self, out: str | Path, config: dict, defaults: dict | None = None):
+    def __init__(self, out: str | Path, config: dict, defaults: dict | None = None, *, create: bool = True):
         """``defaults``: the value a key takes when a stored config lacks it (an option added after the run
-        was started, whose default reproduces the old behaviour), so such a run still resumes."""
+        was started, whose default reproduces the old behaviour), so such a run still resumes.
+        ``create`` False: open an existing run (its config.json) without writing anything."""
         self.dir = Path(out)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if create and not self.dir.is_dir():
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "config.json"
         self.metrics_path = self.dir / "metrics.jsonl"
         self.checkpoint_path = self.dir / "checkpoint.pt"
@@ -67,8 +70,10 @@ class RunStore:
                     f"{self.dir} holds a run with a different configuration (differs in: {', '.join(diff)}); "
                     "use a new --out directory or the same options to resume"
                 )
-        else:
+        elif create:
             atomic_write(self.config_path, dumps(config, indent=1, sort_keys=True).encode())
+        else:
+            raise UserInputError(f"{self.dir} holds no run (no config.json)")
         self.config = config
         self.n_rows = len(read_rows(self.metrics_path))
 
@@ -93,6 +98,40 @@ class RunStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.checkpoint_path)
 
+    @classmethod
+    def finished(cls, out, config: dict, defaults: dict | None = None, *, done, map_location="cpu"):
+        """The store of a run in ``out`` that is complete (``done(state)`` of its checkpoint is true and the
+        metrics hold exactly the checkpoint's rows), opened without writing anything; None when there is
+        no such run (nothing there, or one still to resume). A different configuration is refused as by
+        the constructor."""
+        d = Path(out)
+        if not ((d / "config.json").is_file() and (d / "checkpoint.pt").is_file()):
+            return None
+        store = cls(d, config, defaults, create=False)
+        ck = store._read_checkpoint(map_location)
+        if not done(ck["state"]):
+            return None
+        rows = read_rows(store.metrics_path)
+        if len(rows) != ck["n_rows"] or not store._metrics_are(rows):
+            return None
+        store.n_rows = len(rows)
+        return store
+
+    def _metrics_are(self, rows: list[dict]) -> bool:
+        """metrics.jsonl is exactly ``rows``, one line each (nothing to truncate or repair)."""
+        want = "".join(dumps(r) + "\n" for r in rows).encode("utf-8")
+        have = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
+        return have == want
+
+    def _read_checkpoint(self, map_location) -> dict:
+        try:
+            return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
+        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
+            raise UserInputError(
+                f"{self.checkpoint_path} cannot be read ({type(err).__name__}: {err}); move the "
+                "run directory away and rerun"
+            ) from None
+
     def load_checkpoint(self, map_location="cpu") -> dict | None:
         """The last checkpoint's state (None if there is none), tensors on ``map_location``; truncates
         the metrics to its rows."""
@@ -101,19 +140,14 @@ class RunStore:
                 self.metrics_path.unlink()  # rows without any checkpoint: start over
             self.n_rows = 0
             return None
-        try:
-            ck = torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
-        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-            raise UserInputError(
-                f"{self.checkpoint_path} cannot be read ({type(err).__name__}: {err}); move the "
-                "run directory away and rerun"
-            ) from None
+        ck = self._read_checkpoint(map_location)
         rows = read_rows(self.metrics_path)[: ck["n_rows"]]
         if len(rows) < ck["n_rows"]:
             raise UserInputError(
                 f"{self.metrics_path} has fewer rows ({len(rows)}) than its checkpoint "
                 f"accounts for ({ck['n_rows']}): the run directory was modified"
             )
-        write_jsonl(self.metrics_path, rows)
+        if not self._metrics_are(rows):  # rows after the checkpoint, or a torn line: drop them
+            write_jsonl(self.metrics_path, rows)
         self.n_rows = len(rows)
         return ck["state"]

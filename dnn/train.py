@@ -1,6 +1,6 @@
 """Training with probes on a schedule, resumable: SGD (momentum optional), NSGD, GD, GD + isotropic noise.
 
-Update rules (theta (P,), g_B the mini-batch gradient of the mean cross-entropy, lr eta):
+Update rules (theta (P,), g_B the mini-batch gradient of the mean loss ``cfg.loss``, lr eta):
   sgd       torch.optim.SGD on g_B (momentum mu, weight decay wd as torch defines them)
   nsgd      the same on g_B + (gamma - 1) E^T E g_B, E (K, P) the top-K Hessian eigenvectors of the
             measurement set, recomputed every ``nsgd_every`` steps (warm-started Lanczos): step
@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from dnn import probes as probes_mod
@@ -34,10 +33,10 @@ from dnn import step_probes
 from dnn.config import OPTIMIZERS, TrainConfig
 from dnn.data import batches, channel_stats, measurement_subset, normalize, to_float_nchw
 from dnn.models import build_model, footprint
-from dnn.objective import Objective, flat_params
+from dnn.objective import Objective, flat_params, per_example_loss
 from dnn.store import RunStore
 from dnn.walk_metrics import WalkTracker
-from valleysim.errors import UserInputError
+from valleysim.errors import UserInputError, check_writable_dir
 from valleysim.locking import DirectoryLock
 from valleysim.memory import check_fits
 
@@ -75,6 +74,8 @@ def train_bytes(cfg: TrainConfig, params: int, acts: int) -> float:
     backward)."""
     m = 8 if cfg.measure_dtype == "float64" else 4
     vectors = cfg.lanczos_max_iter + cfg.top_k + 4 + (cfg.cov_batches if "covariance" in cfg.probes else 0)
+    # a chunk of per-example gradients (the objective's 64) for exact K; 8 Hutchinson probes x 4 for G
+    vectors += (64 if "exact_covariance" in cfg.probes else 0) + (32 if "gauss_newton" in cfg.probes else 0)
     return float(params) * (4 * 4 + m * vectors) + 4.0 * 4 * acts * max(cfg.batch, 64)
 
 
@@ -90,9 +91,10 @@ def environment() -> dict:
     return {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
-def check_environment(run_dir: Path) -> None:
-    """Records :func:`environment` in ``run_dir/environment.json`` at the start; on a resume under another
-    one, warns that the continued run is no longer bitwise the uninterrupted one."""
+def check_environment(run_dir: Path, record: bool = True) -> None:
+    """Records :func:`environment` in ``run_dir/environment.json`` at the start (``record`` False: writes
+    nothing, for a finished run reopened); on a resume under another one, warns that the continued run is
+    no longer bitwise the uninterrupted one."""
     import json
 
     from valleysim.errors import warn
@@ -100,7 +102,8 @@ def check_environment(run_dir: Path) -> None:
 
     path, now = Path(run_dir) / "environment.json", environment()
     if not path.exists():
-        atomic_write(path, (json.dumps(now, indent=1) + "\n").encode())
+        if record:
+            atomic_write(path, (json.dumps(now, indent=1) + "\n").encode())
         return
     was = json.loads(path.read_text())
     diff = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
@@ -132,7 +135,8 @@ def run_model(cfg: TrainConfig, input_shape, num_classes: int = 10) -> torch.nn.
 def measurement_objective(cfg: TrainConfig, model, images, labels, mean, std, size: int | None = None) -> Objective:
     """The probes' Objective on the run's measurement subset of ``images`` (the training set, uint8 NHWC),
     normalised by the training statistics ``mean``, ``std``; ``size`` overrides cfg.measure_size (a
-    subset of that size drawn with the run's seed, :func:`dnn.data.measurement_subset`)."""
+    subset of that size drawn with the run's seed, :func:`dnn.data.measurement_subset`); theta is the block
+    of cfg.probe_params (all parameters when None)."""
     idx = measurement_subset(
         len(images), cfg.measure_fraction, seed=cfg.seed, size=cfg.measure_size if size is None else size
     )
@@ -145,6 +149,8 @@ def measurement_objective(cfg: TrainConfig, model, images, labels, mean, std, si
         bn=cfg.bn,
         bn_batch=cfg.batch,
         label_smoothing=cfg.label_smoothing,
+        params=cfg.probe_params,
+        loss=cfg.loss,
     )
 
 
@@ -200,6 +206,11 @@ def train(
 
     objective = measurement_objective(cfg, model, images, labels, mean, std)
     # everything above validated the options and the data: only now is --out touched
+    finished = RunStore.finished(out, cfg.as_dict(), TrainConfig.defaults(), done=_is_done, map_location=device)
+    if finished is not None:  # nothing to do: read it, write nothing (no lock: a read-only directory reopens)
+        check_environment(finished.dir, record=False)
+        return finished
+    check_writable_dir(out, "--out", "its run is not finished")
     Path(out).mkdir(parents=True, exist_ok=True)
     lock = DirectoryLock(out, "dnn train").acquire()  # one writer per run directory, before any file
     try:
@@ -284,7 +295,7 @@ def train(
                 **metrics,
             )
             if test_x is not None:
-                row["test_loss"], row["test_acc"] = evaluate(model, test_x, test_y, max(cfg.batch, 256))
+                row["test_loss"], row["test_acc"] = evaluate(model, test_x, test_y, max(cfg.batch, 256), cfg.loss)
             state["probe_time"] += time.perf_counter() - t0
             state["wall"] = time.perf_counter() - t_start
             row.update(
@@ -331,10 +342,10 @@ def train(
                 model.train()
                 opt.zero_grad(set_to_none=False)
                 if cfg.optimizer in ("gd", "gd-noise"):
-                    loss, correct = _full_gradient(model, xb, yb, cfg.batch, cfg.label_smoothing)
+                    loss, correct = _full_gradient(model, xb, yb, cfg.batch, cfg.label_smoothing, cfg.loss)
                 else:
                     logits = model(xb)
-                    loss_t = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                    loss_t = per_example_loss(logits, yb, cfg.loss, cfg.label_smoothing, reduction="mean")
                     loss_t.backward()
                     loss, correct = float(loss_t.detach()), float((logits.argmax(1) == yb).float().mean())
                 if not math.isfinite(loss):
@@ -405,27 +416,35 @@ def train(
         lock.release()
 
 
+def _is_done(checkpoint_state: dict) -> bool:
+    """A checkpoint's run has finished (ran to the end or diverged)."""
+    return bool(checkpoint_state["state"]["done"])
+
+
 @torch.no_grad()
-def evaluate(model, x, y, chunk: int) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` in eval mode on (x, y), in chunks; the mode is restored."""
+def evaluate(model, x, y, chunk: int, loss: str = "cross_entropy") -> tuple[float, float]:
+    """(mean ``loss`` (unsmoothed targets), accuracy) of ``model`` in eval mode on (x, y), in chunks (float64
+    loss); the mode is restored."""
     was_training = model.training
     model.eval()
     total, correct = 0.0, 0
     for s in range(0, x.shape[0], chunk):
         logits = model(x[s : s + chunk])
-        total += float(F.cross_entropy(logits.double(), y[s : s + chunk], reduction="sum"))
+        total += float(per_example_loss(logits.double(), y[s : s + chunk], loss, reduction="sum"))
         correct += int((logits.argmax(1) == y[s : s + chunk]).sum())
     model.train(was_training)
     return total / x.shape[0], correct / x.shape[0]
 
 
-def _full_gradient(model, x, y, chunk: int, label_smoothing: float = 0.0) -> tuple[float, float]:
+def _full_gradient(
+    model, x, y, chunk: int, label_smoothing: float = 0.0, loss_name: str = "cross_entropy"
+) -> tuple[float, float]:
     """Accumulates d(mean loss)/dtheta over all of (x, y) into .grad; returns (loss, accuracy)."""
     n = x.shape[0]
     total, correct = 0.0, 0
     for s in range(0, n, chunk):
         logits = model(x[s : s + chunk])
-        loss = F.cross_entropy(logits, y[s : s + chunk], reduction="sum", label_smoothing=label_smoothing) / n
+        loss = per_example_loss(logits, y[s : s + chunk], loss_name, label_smoothing, reduction="sum") / n
         loss.backward()
         total += float(loss.detach())
         correct += int((logits.argmax(1) == y[s : s + chunk]).sum())

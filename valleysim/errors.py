@@ -81,7 +81,9 @@ def check_out_dir(path, what: str = "--out") -> Path:
 
     Refuses an empty path, an existing file, a path under a file and a place this process cannot write
     (tried with a probe file in the directory or its nearest existing ancestor, so read-only file
-    systems are caught even for root). Creates nothing: the writer makes the directory when it writes.
+    systems are caught even for root). An existing directory that holds a run (its config.json) passes
+    unwritable: reopening a finished run writes nothing, and the command refuses (``check_writable_dir``)
+    only if it has to write. Creates nothing: the writer makes the directory when it writes.
     """
     if not str(path).strip():
         raise UserInputError(f"{what} must name a directory; got an empty string")
@@ -93,11 +95,30 @@ def check_out_dir(path, what: str = "--out") -> Path:
         parent = parent.parent
     if not parent.is_dir():
         raise UserInputError(f"{what} {str(p)!r} cannot be created: {str(parent)!r} is a file")
+    if parent == p and (p / "config.json").is_file():
+        return p  # a run to reopen: writable or not is decided by whether it has anything to write
+    _probe(p, parent, what)
+    return p
+
+
+def _probe(p: Path, parent: Path, what: str, why: str = "") -> None:
     try:
         with tempfile.TemporaryFile(dir=parent):
             pass
     except OSError as exc:
-        raise UserInputError(f"{what} {str(p)!r} is not writable ({exc.strerror or exc} in {str(parent)!r})") from None
+        raise UserInputError(
+            f"{what} {str(p)!r} is not writable ({exc.strerror or exc} in {str(parent)!r}){why}"
+        ) from None
+
+
+def check_writable_dir(path, what: str = "--out", reason: str = "") -> Path:
+    """``path`` (a directory, or where one can be created) must be writable now: the command is about to
+    write there. ``reason`` says why it has to (e.g. "its run is not finished")."""
+    p = Path(path).expanduser()
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    _probe(p, parent, what, f"; {reason}" if reason else "")
     return p
 
 

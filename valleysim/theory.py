@@ -87,7 +87,7 @@ def necessary_eta_bounds(lambda_max: float, nonuniformity: float, c: float) -> t
     its noise part (positive maps). An infinite bound means no constraint.
     """
     sharp = 2.0 / lambda_max if lambda_max > 0 else 0.0
-    noise = np.inf if c * nonuniformity**2 <= 0 else 1.0 / (np.sqrt(c) * nonuniformity)
+    noise = np.inf if c <= 0 or nonuniformity <= 0 else 1.0 / (np.sqrt(c) * nonuniformity)  # no square: s ~ 1e-300
     return sharp, float(noise)
 
 

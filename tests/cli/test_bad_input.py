@@ -238,9 +238,12 @@ def test_hessian_files_that_lie_or_lose_information_are_refused(workdir, cli):
 
 
 def test_hessians_with_huge_finite_values_are_refused(workdir, cli):
-    np.save("H.npy", np.array([1e200, 2e200, 3e200]))
-    code, _, err = cli("stability", "--hessians", "H.npy", "--eta", "1e-150", "--batch", "1")
-    assert code == 2 and "largest |entry| is 3e+200" in err and "rescale" in err
+    np.save("H.npy", np.array([1e303, 2e303, 3e303]))  # eta* ~ 1e-303 and sums near overflow
+    code, _, err = cli("stability", "--hessians", "H.npy", "--eta", "1e-303", "--batch", "1")
+    assert code == 2 and "largest |entry| is 3e+303" in err and "rescale" in err
+    np.save("H.npy", np.array([1e200, 2e200, 3e200]))  # within range: solved at unit scale (issue 18)
+    code, out, err = cli("stability", "--hessians", "H.npy", "--eta", "1e-201", "--batch", "1")
+    assert code == 0 and "mean_square_stable  True" in out, err
 
 
 def test_unwritable_kernel_cache_falls_back_with_a_warning(workdir, cli, monkeypatch):

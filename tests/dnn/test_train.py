@@ -43,6 +43,8 @@ def cfg(**kw):
         cov_batches=3,
         cov_batch=4,
         loss_change_batches=2,
+        slq_starts=2,
+        slq_steps=10,
         channels_last=False,
     )
     base.update(kw)

@@ -342,6 +342,8 @@ def simulate(
         f"{n_traj} trajectories of {n_steps} steps (S = {batch_size}, D = {q.D}, records every {every})",
     )
     steps = np.unique(np.r_[np.arange(0, n_steps + 1, every), n_steps]).astype(np.int64)
+    q, factor = q.unit_scaled()  # outside [1e-100, 1e100]: the exactly rescaled problem, the same iterates
+    eta = float(eta) * factor
     kind, data = kernel_layout(q)
     U0 = initial_points(q, n_traj, seed, w0)
     shape = (n_traj, steps.size)
@@ -366,4 +368,7 @@ def simulate(
         log_norm,
         div_step,
     )
+    if factor != 1.0:
+        with np.errstate(over="ignore"):  # a loss beyond float64 is inf in the units given
+            loss *= factor  # the loss is in the units of the H_i given
     return Record(steps, dist2, loss, log_norm, div_step)

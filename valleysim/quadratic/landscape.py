@@ -24,8 +24,12 @@ from valleysim.errors import SCALE_LIMIT, UserInputError, check_int_range, check
 from valleysim.memory import F64, check_fits
 
 KINDS = ("diagonal", "dense", "rank_one")
-#: SCALE_LIMIT bounds the largest |entry| of a Hessian, and eta x that: the second-moment map holds squares
-#: of eta H_i. The problem is invariant under (H, eta) -> (s H, eta / s): rescale instead.
+#: The largest |entry| of the H_i a landscape may have: float64's normal numbers with finite reciprocals and room
+#: for sums (subnormal entries have lost digits; beyond 2**1000, eta* ~ 1 / scale and sums of H_i overflow).
+HESSIAN_SCALE_RANGE = (2.0**-1000, 2.0**1000)
+#: Within [1 / SCALE_LIMIT, SCALE_LIMIT] the simulators and the second-moment map work on the H_i as given
+#: (squares of entries stay normal); outside it on the exactly rescaled problem (``unit_scaled``): SGD is
+#: invariant under (H, eta) -> (2**-k H, 2**k eta), so eta* scales as 1 / scale, exactly for powers of 2.
 NONUNIFORMITY_RANGE = (1e-6, 10.0)  # beyond 10 the spread saturates (one example holds the curvature)
 
 
@@ -49,20 +53,19 @@ class PerExampleQuadratic:
             )
         if not np.all(np.isfinite(data)):
             raise UserInputError("hessians must be finite (found NaN or inf)")
-        scale = _scale(self.kind, data)
-        if scale > SCALE_LIMIT or 0 < scale < 1 / SCALE_LIMIT:
-            raise UserInputError(
-                f"hessians: the largest |entry| is {scale:.3g}; it must lie in [1e-100, 1e100] "
-                "(squares of it must be finite; rescale H and eta by the same factor)"
-            )
+        if self.kind == "dense" and data.shape[1] != data.shape[2]:
+            raise UserInputError(f"dense hessians must be square (N, D, D); got {data.shape}")
+        k = _check_magnitude(self.kind, data)
+        unit = np.ldexp(data, -k)  # exact: the checks below see the H_i at unit scale
         if self.kind == "dense":
-            if data.shape[1] != data.shape[2]:
-                raise UserInputError(f"dense hessians must be square (N, D, D); got {data.shape}")
-            scale = max(np.abs(data).max(), 1.0)
-            asym = np.abs(data - data.transpose(0, 2, 1)).max()
-            if asym > 1e-10 * scale:
-                raise UserInputError(f"hessians must be symmetric; max |H_i - H_i^T| = {asym:.3g}")
-            data = 0.5 * (data + data.transpose(0, 2, 1))
+            asym = np.abs(unit - unit.transpose(0, 2, 1)).max()
+            if asym > 1e-10:
+                raise UserInputError(
+                    f"hessians must be symmetric; max |H_i - H_i^T| = {np.ldexp(asym, k):.3g} "
+                    f"(largest |entry| {np.ldexp(np.abs(unit).max(), k):.3g})"
+                )
+            unit = 0.5 * (unit + unit.transpose(0, 2, 1))
+            data = np.ldexp(unit, k)
         D = data.shape[1]
         w_star = np.zeros(D) if self.w_star is None else np.asarray(self.w_star, dtype=np.float64)
         if w_star.shape != (D,) or not np.all(np.isfinite(w_star)):
@@ -70,12 +73,16 @@ class PerExampleQuadratic:
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "w_star", w_star)
         check_fits(landscape_bytes(self.kind, self.N, D), f"a {self.kind} landscape of N = {self.N}, D = {D}")
-        evals = np.sort(data.mean(axis=0)) if self.kind == "diagonal" else np.linalg.eigvalsh(self.mean_hessian())
+        if self.kind == "diagonal":
+            evals = np.sort(unit.mean(axis=0))
+        else:
+            evals = np.linalg.eigvalsh(unit.mean(axis=0) if self.kind == "dense" else unit.T @ unit / self.N)
         tol = 1e-10 * max(np.abs(evals).max(), 1.0)
         if evals[0] < -tol:
+            smallest = np.ldexp(evals[0], 2 * k if self.kind == "rank_one" else k)
             raise UserInputError(
                 "the mean Hessian (1/N) sum H_i must be positive semi-definite; "
-                f"its smallest eigenvalue is {evals[0]:.4g} (individual H_i may be indefinite)"
+                f"its smallest eigenvalue is {smallest:.4g} (individual H_i may be indefinite)"
             )
 
     @property
@@ -87,14 +94,37 @@ class PerExampleQuadratic:
         """Largest |entry| of any H_i."""
         return _scale(self.kind, self.data)
 
+    @cached_property
+    def _unit(self) -> tuple["PerExampleQuadratic", float]:
+        s = float(np.abs(self.data).max())
+        scale = s * s if self.kind == "rank_one" else s  # may underflow / overflow for rank_one: then rescale
+        if 1 / SCALE_LIMIT <= scale <= SCALE_LIMIT:
+            return self, 1.0
+        k = int(np.frexp(s)[1])  # data / 2**k in [0.5, 1)
+        unit = PerExampleQuadratic(self.kind, np.ldexp(self.data, -k), self.w_star)
+        return unit, float(np.ldexp(1.0, 2 * k if self.kind == "rank_one" else k))
+
+    def unit_scaled(self) -> tuple["PerExampleQuadratic", float]:
+        """(q1, f): the same landscape with H_i = f q1.H_i, f a power of 2 (exact), q1 at unit scale; q itself
+        and f = 1 when its scale is within [1 / SCALE_LIMIT, SCALE_LIMIT]. SGD with eta on q is SGD with
+        eta f on q1: every dimensionless result is the same, eta* of q is eta* of q1 over f."""
+        return self._unit
+
+    def unit_problem(self, eta: float) -> tuple["PerExampleQuadratic", float]:
+        """(q1, eta f) of :meth:`unit_scaled`: the problem at unit scale, exactly equivalent."""
+        unit, f = self._unit
+        return unit, float(eta) * f
+
     def check_eta(self, eta: float, name: str = "eta") -> float:
         """``eta`` finite > 0 with eta x ``scale`` in [1 / SCALE_LIMIT, SCALE_LIMIT]: beyond, squares of the
         steps overflow; below, no step moves w in float64."""
         eta = check_positive(eta, name)
         if self.scale > 0 and not 1 / SCALE_LIMIT <= eta * self.scale <= SCALE_LIMIT:
+            big = np.finfo(np.float64).max
+            lo, hi = 1 / SCALE_LIMIT / self.scale, min(SCALE_LIMIT / self.scale, big)
             raise UserInputError(
-                f"{name} must be in [{1 / (SCALE_LIMIT * self.scale):.3g}, "
-                f"{SCALE_LIMIT / self.scale:.3g}] on this landscape (eta x max|H_i| within "
+                f"{name} must be in [{max(lo, np.finfo(np.float64).tiny):.3g}, {hi:.3g}] on this landscape "
+                "(eta x max|H_i| within "
                 f"[1e-100, 1e100]; the sharpness bound 2 / lambda_max is "
                 f"{2 / self.scale:.3g}); got {eta:g}"
             )
@@ -151,6 +181,31 @@ class PerExampleQuadratic:
         return 0.5 * np.einsum("...d,de,...e->...", u, self.mean_hessian(), u)
 
 
+def _check_magnitude(kind: str, data: np.ndarray) -> int:
+    """k with max |data| / 2**k in [0.5, 1); UserInputError when the H_i are all zero or their largest |entry|
+    is outside HESSIAN_SCALE_RANGE (subnormal, or with an overflowing eta* or sum)."""
+    s = float(np.abs(data).max()) if data.size else 0.0
+    if s == 0.0:
+        raise UserInputError(
+            "hessians are all zero: no direction has curvature, so nothing moves and eta* is infinite "
+            "(give at least one nonzero H_i)"
+        )
+    lo, hi = HESSIAN_SCALE_RANGE
+    if kind == "rank_one":  # H_i = x_i x_i^T: the bounds apply to the squares
+        if not np.sqrt(lo) <= s <= np.sqrt(hi):
+            raise UserInputError(
+                f"hessians: the largest |x_i| entry is {s:.3g}; it must lie in [{np.sqrt(lo):.3g}, {np.sqrt(hi):.3g}] "
+                f"(H_i = x_i x_i^T within [{lo:.3g}, {hi:.3g}]; rescale x and eta)"
+            )
+    elif not lo <= s <= hi:
+        why = "subnormal numbers below it have lost digits" if s < lo else "eta* ~ 1 / scale and sums would overflow"
+        raise UserInputError(
+            f"hessians: the largest |entry| is {s:.3g}; it must lie in [{lo:.3g}, {hi:.3g}] ({why}; "
+            "rescale H and eta by the same factor)"
+        )
+    return int(np.frexp(s)[1])
+
+
 def _scale(kind: str, data: np.ndarray) -> float:
     """Largest |entry| of any H_i from the layout's data (x_i x_i^T for rank_one)."""
     s = float(np.abs(data).max()) if data.size else 0.0
@@ -199,6 +254,11 @@ def load_hessians(path: str | Path) -> PerExampleQuadratic:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as err:
         raise UserInputError(f"hessians file {path} is not a readable .npy array: {err}") from None
+    if arr.ndim in (1, 2, 3) and arr.size and not np.any(arr):
+        raise UserInputError(
+            f"--hessians {path}: every entry is zero (no curvature: nothing moves and eta* is infinite, "
+            "so there is no stability boundary); give at least one nonzero H_i"
+        )
     if arr.ndim == 1:
         return PerExampleQuadratic("diagonal", arr[:, None])
     if arr.ndim == 2:
@@ -276,6 +336,8 @@ def generate(
     check_positive(lambda_max, "lambda_max")
     if lambda_max > SCALE_LIMIT:
         raise UserInputError(f"lambda_max must be <= {SCALE_LIMIT:g}; got {lambda_max:g}")
+    if lambda_max < 1 / SCALE_LIMIT:
+        raise UserInputError(f"lambda_max must be in [1e-100, 1e100]; got {lambda_max:g}")
     lo, hi = NONUNIFORMITY_RANGE
     if not lo <= check_positive(nonuniformity, "nonuniformity") <= hi:
         raise UserInputError(f"nonuniformity must be in [{lo:g}, {hi:g}]; got {nonuniformity:g}")

@@ -23,6 +23,7 @@ def lyapunov_exact(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "wi
     q.check_eta(eta)
     if q.kind != "diagonal":
         raise ValueError("exact Lyapunov exponents need commuting (diagonal) H_i")
+    q, eta = q.unit_problem(eta)  # exact: the same products eta h
     one_step = "with_replacement" if scheme == "with_replacement" else "without_replacement"
     idx, prob = enumerate_batches(q.N, S, one_step)
     h_batch = q.data[idx].mean(axis=1)  # (B, D)

@@ -16,6 +16,8 @@ For every grid point (eta, S):
 Outputs in ``out_dir``: landscape.npz and config.json (what the sweep is of;
 a mismatch refuses to resume), sweep.jsonl (the runner's store, resumable),
 phase_diagram.csv (one tidy row per grid point) and phase_diagram.png.
+Rerunning a finished sweep reads these files and writes nothing (no lock either): a finished
+diagram in a read-only directory reopens.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import csv
 import functools
 import hashlib
+import io
 import os
 from concurrent.futures import Executor
 from pathlib import Path
@@ -35,8 +38,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, FuncFormatter  # noqa: E402
 from scipy.optimize import brentq  # noqa: E402
 
-from valleysim.errors import UserInputError, check_batch_size, check_int_range  # noqa: E402
-from valleysim.jsonout import dumps, json_safe, read_json  # noqa: E402
+from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_writable_dir  # noqa: E402
+from valleysim.jsonout import atomic_write, dumps, json_safe, read_json, read_jsonl  # noqa: E402
 from valleysim.locking import DirectoryLock  # noqa: E402
 from valleysim.memory import check_fits  # noqa: E402
 from valleysim.quadratic import reshuffle  # noqa: E402
@@ -44,8 +47,8 @@ from valleysim.quadratic.batches import MAX_BATCHES, count_batches  # noqa: E402
 from valleysim.quadratic.integrator import simulate, simulate_bytes  # noqa: E402
 from valleysim.quadratic.landscape import PerExampleQuadratic  # noqa: E402
 from valleysim.quadratic.lyapunov import lyapunov_exact, lyapunov_exponent  # noqa: E402
-from valleysim.quadratic.second_moment import MomentMap, moment_map_bytes  # noqa: E402
-from valleysim.runner import run_sweep  # noqa: E402
+from valleysim.quadratic.second_moment import MomentMap, mean_square_verdict, moment_map_bytes  # noqa: E402
+from valleysim.runner import point_key, run_sweep  # noqa: E402
 from valleysim.theory import check_scheme, necessary_eta_bounds, variance_factor  # noqa: E402
 
 DIVERGENCE_FACTOR = 1e12
@@ -165,10 +168,47 @@ def _evaluate(point: dict, **kw) -> dict:
     return evaluate_point(point, **kw)
 
 
+def _sweep_config(q: PerExampleQuadratic, config: dict) -> dict:
+    """What config.json records: the landscape (by its digest) and the sweep's options."""
+    digest = hashlib.sha256(q.kind.encode() + q.data.tobytes() + q.w_star.tobytes()).hexdigest()
+    return {"landscape_sha256": digest, "N": q.N, "D": q.D, "kind": q.kind, **config}
+
+
+def _rows(sizes: list[int], grid: list[dict], results: list[dict], scheme: str) -> list[dict]:
+    """The tidy rows (one per grid point) from the sweep's results, per-S ones first."""
+    by_s = dict(zip(sizes, results[: len(sizes)]))
+    rows = [{"eta": p["eta"], "S": p["S"], **by_s[p["S"]], **res} for p, res in zip(grid, results[len(sizes) :])]
+    if scheme != "reshuffle":  # rho and eta* come from two computations: never report them in contradiction
+        for r in rows:
+            if r["spectral_radius"] is not None and r["eta_star"] is not None:
+                r["mean_square_stable"] = mean_square_verdict(r["eta"], r["spectral_radius"], r["eta_star"])
+    return rows
+
+
+def _finished(out: Path, config: dict, sizes, points: list[dict], grid: list[dict], scheme: str) -> list | None:
+    """The rows of a sweep that is already complete in ``out`` (its config, every point in the store, the
+    CSV and the figure as they would be written), read without writing anything; None otherwise."""
+    paths = [out / name for name in ("config.json", "landscape.npz", "phase_diagram.csv", "phase_diagram.png")]
+    if not all(p.is_file() for p in paths) or read_json(paths[0]) != config:
+        return None
+    records, damaged, torn = read_jsonl(out / "sweep.jsonl")
+    if damaged or torn:
+        return None
+    done = {}
+    for _, rec in records:
+        if not (isinstance(rec, dict) and isinstance(rec.get("point"), dict) and "result" in rec):
+            return None
+        done[point_key(rec["point"])] = rec["result"]
+    keys = [point_key(p) for p in points]
+    if any(k not in done for k in keys):
+        return None
+    rows = _rows(sizes, grid, [done[k] for k in keys], scheme)
+    return rows if paths[2].read_bytes() == _csv_text(rows).encode("utf-8") else None
+
+
 def _prepare(q: PerExampleQuadratic, out: Path, config: dict) -> Path:
     """Write landscape.npz and config.json, refusing to mix with a different sweep."""
-    digest = hashlib.sha256(q.kind.encode() + q.data.tobytes() + q.w_star.tobytes()).hexdigest()
-    config = {"landscape_sha256": digest, "N": q.N, "D": q.D, "kind": q.kind, **config}
+    config = _sweep_config(q, config)
     cfg_path = out / "config.json"
     if cfg_path.exists():
         old = read_json(cfg_path)
@@ -181,7 +221,9 @@ def _prepare(q: PerExampleQuadratic, out: Path, config: dict) -> Path:
     path = out / "landscape.npz"
     if not path.exists():
         np.savez(path, kind=q.kind, data=q.data, w_star=q.w_star)
-    cfg_path.write_text(dumps(config, indent=2))
+    text = dumps(config, indent=2)
+    if not cfg_path.is_file() or cfg_path.read_text(encoding="utf-8") != text:
+        atomic_write(cfg_path, text.encode("utf-8"))
     return path
 
 
@@ -214,29 +256,37 @@ def phase_diagram(
     out = Path(out_dir)
     eta_lo, eta_hi = etas[0] / 2, etas[-1] * 2
     config = {"scheme": scheme, "n_traj": n_traj, "n_steps": n_steps, "seed": seed}
+    # per-S results depend on the grid's eta range: it is part of their key, so a resume with another
+    # range recomputes them instead of reusing the old range's boundary
+    per_s = [{"task": "batch", "S": s, "eta_lo": eta_lo, "eta_hi": eta_hi} for s in sizes]
+    grid = [{"task": "point", "eta": e, "S": s} for s in sizes for e in etas]
+    rows = _finished(out, _sweep_config(q, config), sizes, per_s + grid, grid, scheme)
+    if rows is not None:  # nothing to do: read, do not write (a read-only directory reopens)
+        return rows
+    check_writable_dir(out, "--out", "its sweep is not finished")
     out.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(out, "phase-diagram"):  # one writer: a second sweep into out is refused
         landscape = _prepare(q, out, config)
         fn = functools.partial(_evaluate, landscape=str(landscape.resolve()), **config)
-        # per-S results depend on the grid's eta range: it is part of their key, so a resume with another
-        # range recomputes them instead of reusing the old range's boundary
-        per_s = [{"task": "batch", "S": s, "eta_lo": eta_lo, "eta_hi": eta_hi} for s in sizes]
-        grid = [{"task": "point", "eta": e, "S": s} for s in sizes for e in etas]
         results = run_sweep(
             fn, per_s + grid, out / "sweep.jsonl", executor=executor, progress=progress, desc="phase diagram"
         )
-        by_s = dict(zip(sizes, results[: len(sizes)]))
-        rows = [{"eta": p["eta"], "S": p["S"], **by_s[p["S"]], **res} for p, res in zip(grid, results[len(sizes) :])]
+        rows = _rows(sizes, grid, results, scheme)
         _write_csv(rows, out / "phase_diagram.csv")
         plot_phase_diagram(rows, q, scheme, out / "phase_diagram.png")
     return rows
 
 
+def _csv_text(rows: list[dict]) -> str:
+    fh = io.StringIO(newline="")
+    writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return fh.getvalue()
+
+
 def _write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_write(path, _csv_text(rows).encode("utf-8"))
 
 
 def _edges(values: np.ndarray) -> np.ndarray:
@@ -286,5 +336,7 @@ def plot_phase_diagram(rows: list[dict], q: PerExampleQuadratic, scheme: str, pa
     ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:.0e}"[0] in "25" else ""))
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
+    os.replace(tmp, path)  # a figure that exists is complete (a finished sweep is recognised by it)

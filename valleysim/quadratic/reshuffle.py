@@ -27,6 +27,7 @@ def epoch_matrices(q: PerExampleQuadratic, eta: float, S: int) -> np.ndarray:
     check_batch_size(S, q.N)
     if q.N > MAX_N:
         raise UserInputError(f"exact reshuffling needs N <= {MAX_N} (N! permutations); got N = {q.N}")
+    q, eta = q.unit_problem(eta)  # exact: the same products eta H_B
     red = q.reduced()
     Hs = red.hessians()
     eye = np.eye(red.D)
@@ -59,6 +60,9 @@ def eta_star(q: PerExampleQuadratic, S: int, eta_max: float | None = None, n_gri
     returns its first boundary, searched on (0, eta_max], eta_max defaulting
     to 2.5 / lambda_max(H).
     """
+    unit, factor = q.unit_scaled()
+    if factor != 1.0:  # search the exactly rescaled problem; eta* scales as 1 / factor
+        return eta_star(unit, S, None if eta_max is None else eta_max * factor, n_grid) / factor
     lam = np.linalg.eigvalsh(q.mean_hessian())[-1]
     hi = eta_max or 2.5 / lam
     grid = np.linspace(hi / n_grid, hi, n_grid)

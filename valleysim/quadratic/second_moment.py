@@ -42,16 +42,21 @@ def moment_map_bytes(kind: str, N: int, D: int) -> float:
 class MomentMap:
     """Matrix-free second-moment operators of one landscape (independent of eta and S).
 
-    Methods take and return (r, r) matrices; ``q`` is reduced on construction.
+    Methods take and return (r, r) matrices; ``q`` is reduced on construction. A landscape outside
+    [1 / SCALE_LIMIT, SCALE_LIMIT] is held at unit scale (``PerExampleQuadratic.unit_scaled``, exact):
+    ``self.q``, H, h, V and the matrix-level maps (L, Q, N, the congruence) are then those of the H_i
+    over ``self.factor``; everything indexed by eta (transition, spectral_radius, mean_dist2, eta_star)
+    and lambda_max, nonuniformity are in the units of the landscape given.
     """
 
     def __init__(self, q: PerExampleQuadratic):
         check_fits(moment_map_bytes(q.kind, q.N, q.D), f"the second-moment map of a {q.kind} landscape with D = {q.D}")
-        self.q = q.reduced()
+        unit, self.factor = q.unit_scaled()
+        self.q = unit.reduced()
         self.r = self.q.D
         self.H = self.q.mean_hessian()
         self.h, self.V = np.linalg.eigh(self.H)
-        self.lambda_max = float(self.h[-1]) if self.r else 0.0
+        self.lambda_max = float(self.h[-1]) * self.factor if self.r else 0.0
         kind, data = self.q.kind, self.q.data
         if kind == "diagonal":
             self._m2 = data.T @ data / self.q.N
@@ -85,6 +90,7 @@ class MomentMap:
 
     def transition(self, sigma: np.ndarray, eta: float, c: float) -> np.ndarray:
         """T(eta) Sigma: the expected u u^T after one step from second moment Sigma."""
+        eta = eta * self.factor
         return sigma - eta * (self.H @ sigma + sigma @ self.H) + eta**2 * self.quadratic_part(sigma, c)
 
     def mean_dist2(self, eta: float, c: float, steps) -> np.ndarray:
@@ -104,20 +110,25 @@ class MomentMap:
 
     def nonuniformity(self) -> float:
         """s = sqrt(rho(N)): the spread of per-example curvature seen by the noise term."""
-        return float(np.sqrt(max(_perron(self.noise, self.r), 0.0)))
+        return float(np.sqrt(max(_perron(self.noise, self.r), 0.0))) * self.factor
 
     def spectral_radius(self, eta: float, c: float) -> float:
         """rho(T(eta)): per-step growth factor of E||u||^2 in the long run."""
         return _perron(lambda s: self.transition(s, eta, c), self.r)
 
     def eta_star(self, c: float) -> float:
-        """Exact mean-square critical learning rate 1 / rho(L^{-1} Q); 0 if H is singular here."""
+        """Exact mean-square critical learning rate 1 / rho(L^{-1} Q); 0 if H is singular here (a direction
+        with noise and no mean curvature). A tiny smallest curvature is no reason for 0: L^{-1} is then
+        ill-conditioned, but its Perron root still gives eta* (checked against ``eta_star_dense`` at
+        condition numbers 1e16)."""
         if self.r == 0:
             return np.inf
-        if self.h[0] <= 1e-12 * max(abs(self.h[-1]), 1e-300):
+        if self.h[0] <= 0.0:
             return 0.0
         mu = _perron(lambda s: self.lyapunov_solve(self.quadratic_part(s, c)), self.r)
-        return 1.0 / mu
+        if not np.isfinite(mu):
+            return 0.0
+        return 1.0 / mu / self.factor
 
 
 def _perron(apply, r: int) -> float:
@@ -147,16 +158,18 @@ def _perron(apply, r: int) -> float:
 
 def dense_transition(q: PerExampleQuadratic, eta: float, c: float) -> np.ndarray:
     """Reference: T(eta) as an explicit (r^2, r^2) matrix built from Kronecker products."""
+    q, eta = q.unit_problem(eta)
     lin, quad = _dense_parts(q, c)
     return np.eye(lin.shape[0]) - eta * lin + eta**2 * quad
 
 
 def eta_star_dense(q: PerExampleQuadratic, c: float) -> float:
     """Reference: eta* = 1 / (largest real generalized eigenvalue mu of Q x = mu L x)."""
+    q, factor = q.unit_scaled()
     lin, quad = _dense_parts(q, c)
     mu = scipy.linalg.eigvals(quad, lin)
     finite = mu[np.isfinite(mu) & (np.abs(mu.imag) <= 1e-9 * np.abs(mu).max())].real
-    return 1.0 / finite.max()
+    return 1.0 / finite.max() / factor
 
 
 def _dense_parts(q: PerExampleQuadratic, c: float) -> tuple[np.ndarray, np.ndarray]:
@@ -189,13 +202,23 @@ def mean_square(
     rho = m.spectral_radius(eta, c)
     s = m.nonuniformity()
     sharp, noise = necessary_eta_bounds(m.lambda_max, s, c)
+    es = m.eta_star(c)
     return {
-        "eta_star": m.eta_star(c),
+        "eta_star": es,
         "spectral_radius": rho,
-        "mean_square_stable": bool(rho <= 1.0 + 1e-12),
+        "mean_square_stable": mean_square_verdict(eta, rho, es),
         "lambda_max": m.lambda_max,
         "nonuniformity": s,
         "variance_factor": c,
         "sharpness_bound": sharp,
         "noise_bound": noise,
     }
+
+
+def mean_square_verdict(eta: float, rho: float, eta_star: float) -> bool:
+    """Mean-square stability of a one-step scheme from rho(T(eta)) <= 1 (to 1e-12); where rho is within 1e-9
+    of 1 (too close to decide: a curvature of 1e-13 moves it by that little), from eta <= eta*, the exact
+    criterion (the stable set is [0, eta*]), so that the two are never reported in contradiction."""
+    if abs(rho - 1.0) <= 1e-9:
+        return bool(eta <= eta_star)
+    return bool(rho <= 1.0 + 1e-12)
