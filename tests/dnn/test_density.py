@@ -11,7 +11,6 @@ Chebyshev-Markov-Stieltjes bracket for a step function.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -24,17 +23,11 @@ from dnn import eigen, probes
 from dnn.objective import Objective, model_state
 from valleysim.errors import UserInputError
 
-from tiny_nets import data, tiny_net
+from tiny_nets import data, orthogonal, tiny_net
 
 F64 = torch.float64
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-@functools.lru_cache(maxsize=None)
-def orthogonal(P: int, seed: int) -> np.ndarray:
-    Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((P, P)))
-    return Q
 
 
 def operator(lam: np.ndarray, seed: int = 0):

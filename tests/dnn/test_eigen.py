@@ -6,7 +6,6 @@ is known; the matvec counts asserted below are those of the fixed seeds.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -25,17 +24,12 @@ from dnn.eigen import (
 )
 from valleysim.errors import UserInputError
 
+from tiny_nets import orthogonal
+
 F64 = torch.float64
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-
-
-@functools.lru_cache(maxsize=None)
-def orthogonal(P: int, seed: int) -> np.ndarray:
-    """A seeded orthogonal ``(P, P)`` matrix (QR of a Gaussian matrix), cached."""
-    Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((P, P)))
-    return Q
 
 
 def spectral(lam: np.ndarray, seed: int = 0) -> torch.Tensor:

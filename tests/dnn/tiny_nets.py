@@ -1,6 +1,7 @@
 """Tiny networks and data shared by the dnn tests (float64 dense truths stay cheap), and fake CIFAR-10
 batches in the real python-pickle format."""
 
+import functools
 import pickle
 from pathlib import Path
 
@@ -9,6 +10,13 @@ import torch
 from torch import nn
 
 from dnn.data import CIFAR10_CLASSES
+
+
+@functools.lru_cache(maxsize=None)
+def orthogonal(P: int, seed: int) -> np.ndarray:
+    """A seeded orthogonal ``(P, P)`` matrix (QR of a Gaussian matrix), cached."""
+    Q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((P, P)))
+    return Q
 
 
 def tiny_net(bn: bool, seed: int = 0) -> nn.Module:
