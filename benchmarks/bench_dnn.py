@@ -36,7 +36,20 @@ fight torch's inside Lanczos).
    timed SGD steps of part 2 (batch 128, float32, channels_last, augmentation + normalisation as
    ``dnn.train``). Overhead = probe time / (391 steps x step time).
 
-    python benchmarks/bench_dnn.py [--quick] [--data PATH] [--examples N] [--seeds S] [--out results.json]
+   Part 1 also counts FLOPs (``torch.utils.flop_counter.FlopCounterMode``) of the loss, gradient, HVP
+   and Gauss-Newton product G v, the implementation-independent ratios the measured times are held to.
+4. The toolkit against the peers (``peers.py``: PyHessian 0.1, curvlinops, every product counted), on
+   SimpleCNN width ``--peer-width`` (0.5) after ``train_steps`` SGD steps, ``--peer-examples`` (256)
+   measurement images, float32, one model/data/weights for all: top-1 and top-5 eigenpairs (tol 1e-3,
+   against our Lanczos at tol 1e-5), Hutchinson traces with one budget (``--trace-mv``), SLQ
+   (``--slq-starts`` x ``--slq-steps``: trace, negative mass, copies of lambda_1 per start), and the
+   top-5 of the exact gradient covariance K against the n x n Gram of the per-example gradients.
+5. Dense float64 truth: an MLP 192-15-5-10 on 256 images pooled to 3x8x8 (P = 3,035) after 300 GD
+   steps; top-5 and SLQ (m = 20 and 80, 10 starts) against the eigenvalues of the dense Hessian
+   (density L1 error with one Gaussian kernel on every method's nodes, trace, negative mass).
+
+    python benchmarks/bench_dnn.py [--quick] [--parts 1,2,3,4,5] [--data PATH] [--examples N] [--seeds S]
+                                   [--out results.json]
 """
 
 from __future__ import annotations
@@ -50,7 +63,6 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import hashlib  # noqa: E402
 import math  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -58,13 +70,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dnn import eigen  # noqa: E402
+from dnn import covariance, eigen  # noqa: E402
+from dnn import density as density_mod  # noqa: E402
 from dnn import probes as probes_mod  # noqa: E402
 from dnn.data import batches, channel_stats, load_cifar10, measurement_subset, normalize, to_float_nchw  # noqa: E402
 from dnn.models import build_model  # noqa: E402
 from dnn.objective import Objective  # noqa: E402
 from dnn.train import TrainConfig, seed_for  # noqa: E402
 from valleysim.jsonout import atomic_write, dumps  # noqa: E402
+
+import peers  # noqa: E402  (benchmarks/peers.py: PyHessian and curvlinops, products counted)
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = math.ceil(50000 / 128)  # 391
@@ -183,6 +198,24 @@ class CachedHVP:
 # --- part 1 ----------------------------------------------------------------------------------------
 
 
+def flops(obj: Objective, v: torch.Tensor) -> dict:
+    """Floating-point operations of the loss, gradient, HVP and G v over the objective's examples, counted by
+    ``torch.utils.flop_counter.FlopCounterMode`` (convolutions and matmuls, the ops that dominate)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    out = {}
+    for name, fn in (
+        ("loss", obj.loss),
+        ("grad", obj.grad),
+        ("hvp", lambda: obj.hvp(v)),
+        ("gnvp", lambda: obj.gnvp(v)),
+    ):
+        with FlopCounterMode(display=False) as fc:
+            fn()
+        out[name] = float(fc.get_total_flops())
+    return out
+
+
 def part_cost(model, data: Data, n64: int, repeat: int) -> dict:
     res = {}
     for dt, n in ((torch.float32, data.x.shape[0]), (torch.float64, n64)):
@@ -202,6 +235,16 @@ def part_cost(model, data: Data, n64: int, repeat: int) -> dict:
             "repeat": r,
         }
         if dt == torch.float32:
+            tgn, _ = best_seconds(lambda: obj.gnvp(v), r)
+            fl = flops(obj, v)
+            row.update(
+                gnvp_s=tgn,
+                gnvp_over_grad=tgn / tg,
+                flops=fl,
+                flops_hvp_over_grad=fl["hvp"] / fl["grad"],
+                flops_gnvp_over_grad=fl["gnvp"] / fl["grad"],
+                flops_grad_over_loss=fl["grad"] / fl["loss"],
+            )
             m = copy.deepcopy(model).to(dt).eval()
             x, y = obj.inputs, obj.targets
             double_backward_hvp(m, x, y, v)
@@ -234,34 +277,15 @@ def train_model(model, data: Data, steps: int, seed: int) -> dict:
 
 
 def pyhessian_top(model, x, y, seed: int, tol: float) -> dict:
+    """PyHessian's ``eigenvalues(top_n=1)`` (set-up of its create_graph gradient timed separately)."""
+    ph = peers.PyHessian(model, x, y)
     try:
-        import pyhessian  # noqa: F401
-
-        phmod = sys.modules["pyhessian.hessian"]
-    except ImportError as err:
-        return {"error": f"pyhessian not importable: {err}"}
-    real = phmod.hessian_vector_product
-    count = {"n": 0}
-
-    def counted(gradsH, params, v):
-        count["n"] += 1
-        return real(gradsH, params, v)
-
-    m = copy.deepcopy(model).float().eval()
-    import warnings
-
-    warnings.filterwarnings("ignore", message="Using backward\\(\\) with create_graph=True")
-    phmod.hessian_vector_product = counted
-    try:
-        torch.manual_seed(seed)
-        t0 = time.perf_counter()
-        h = phmod.hessian(m, torch.nn.CrossEntropyLoss(), data=(x, y), cuda=False)
-        t1 = time.perf_counter()
-        vals, _ = h.eigenvalues(maxIter=100, tol=tol, top_n=1)
-        t2 = time.perf_counter()
+        r = ph.top(1, seed, tol)
     finally:
-        phmod.hessian_vector_product = real
-    return {"value": float(vals[0]), "n_hvp": count["n"], "seconds": t2 - t1, "setup_s": t1 - t0}
+        ph.close()
+    if "values" not in r:
+        return {"error": r["error"]}
+    return {"value": r["values"][0], "n_hvp": r["n_mv"], "seconds": r["seconds"], "setup_s": r["setup_s"]}
 
 
 def part_iterations(
@@ -373,42 +397,203 @@ def part_overhead(obj: Objective, hvp: CachedHVP, model, step_s: float, n_train:
     return times
 
 
-# --- main --------------------------------------------------------------------------------------------
+# --- part 4: the toolkit against the peers ---------------------------------------------------------
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="256 examples, 1 repeat, 30 training steps (smoke run)")
-    p.add_argument("--data", help="CIFAR-10 (any layout dnn.data accepts); default $VALLEYSIM_DATA, ../shared/data")
-    p.add_argument("--examples", type=int, help="measurement examples n (default 2560, quick 256)")
-    p.add_argument("--f64-examples", type=int, help="examples for the float64 timing (default 128, quick 64)")
-    p.add_argument("--repeat", type=int, help="timed repeats, best kept (default 3, quick 1)")
-    p.add_argument("--train-steps", type=int, help="SGD steps before parts 2-3 (default 100, quick 30)")
-    p.add_argument("--seeds", type=int, help="random starts in part 2 (default 1, quick 2)")
-    p.add_argument("--ref-tol", type=float, default=1e-5, help="reference Lanczos tolerance (float32; default 1e-5)")
-    p.add_argument("--ref-iter", type=int, default=100, help="reference Lanczos max HVPs (default 100)")
-    p.add_argument("--out", help="write the results as JSON here")
-    args = p.parse_args(argv)
-    n = args.examples or (256 if args.quick else 2560)
-    n64 = args.f64_examples or (64 if args.quick else 128)
-    repeat = args.repeat or (1 if args.quick else 3)
-    steps = args.train_steps or (30 if args.quick else 100)
-    seeds = list(range(args.seeds or (2 if args.quick else 1)))
-    torch.set_num_threads(THREADS)
-    load0 = os.getloadavg()
-    t_all = time.perf_counter()
+def _rel_errs(values, ref) -> float:
+    """max_i |values_i - ref_i| / |ref_i| over the common leading entries."""
+    k = min(len(values), len(ref))
+    return max(abs(float(values[i]) - float(ref[i])) / abs(float(ref[i])) for i in range(k))
 
-    data = Data(find_data(args.data), n)
-    model = build_model("simplecnn", channels_last=True, seed=0)
-    print(
-        f"SimpleCNN width 1, channels_last; {data.source}; torch {torch.__version__} on {THREADS} threads, "
-        f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; {os.cpu_count()} CPUs; "
-        f"load average {load0[0]:.2f} at start",
-        flush=True,
-    )
 
-    # 1. cost (at initialisation)
-    cost = part_cost(model, data, n64, repeat)
+def _ours(fn) -> dict:
+    t0 = time.perf_counter()
+    out = fn()
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _lanczos(matvec, like, k: int, seed: int, tol: float = 1e-3, max_iter: int = 100) -> dict:
+    r = eigen.lanczos_top(matvec, like, k=k, tol=tol, max_iter=max_iter, seed=seed)
+    return {"values": [float(v) for v in r.values], "n_mv": r.n_matvec, "converged": r.converged}
+
+
+def _slq_numbers(res: density_mod.SLQResult, lam1: float) -> dict:
+    """trace and negative mass (estimate, SE over starts), the largest node and the number of nodes per
+    start within 1e-3 |lambda_1| of lambda_1 (copies of the top eigenvalue: 1 when converged; more are
+    the 'ghosts' of Lanczos without reorthogonalisation)."""
+    tr, tr_se = density_mod.slq_trace(res)
+    neg, neg_se = density_mod.negative_mass(res)
+    copies = [int(np.sum(np.abs(t - lam1) <= 1e-3 * abs(lam1))) for t in res.nodes]
+    return {
+        "trace": tr,
+        "trace_se": tr_se,
+        "neg_mass": neg,
+        "neg_mass_se": neg_se,
+        "top_node": float(res.all_nodes().max()),
+        "copies_of_lambda1": copies,
+    }
+
+
+def part_peers(model, x, y, *, k: int, trace_mv: int, slq_steps: int, slq_starts: int, seed: int) -> dict:
+    """Every quantity by our code, PyHessian and curvlinops on one model, data and weights (float32)."""
+    obj = Objective(model, x, y, dtype=torch.float32)
+    th = obj.theta0
+    ph = peers.PyHessian(model, obj.inputs, obj.targets)
+    cl = peers.Curvlinops(model, obj.inputs, obj.targets, chunk=obj.chunk)
+    H = cl.hessian() if not cl.error else None
+    out = {"n": obj.n, "P": obj.dim, "seed": seed}
+    try:
+        t0 = time.perf_counter()
+        ref = eigen.lanczos_top(obj.hvp, th, k=k, tol=1e-5, max_iter=200, seed=seed + 100)
+        out["reference"] = {
+            "values": [float(v) for v in ref.values],
+            "n_mv": ref.n_matvec,
+            "converged": ref.converged,
+            "rel_residuals": [float(r / abs(v)) for r, v in zip(ref.residuals, ref.values)],
+            "seconds": time.perf_counter() - t0,
+        }
+        lam = out["reference"]["values"]
+        for kk in (1, k):
+            row = {
+                "ours": _ours(lambda: _lanczos(obj.hvp, th, kk, seed)),
+                "pyhessian": ph.top(kk, seed),
+                "curvlinops": cl.top(H, kk, seed) if H else {"error": cl.error},
+            }
+            for r in row.values():
+                if "values" in r:
+                    r["rel_err"] = _rel_errs(r["values"], lam)
+            out[f"top{kk}"] = row
+        hs = _ours(
+            lambda: dict(
+                zip(("value", "se", "n_mv"), eigen.hutchinson_trace(obj.hvp, th, n_samples=trace_mv, seed=seed))
+            )
+        )
+        out["trace"] = {
+            "ours": hs,
+            "pyhessian": ph.trace(seed, max_iter=trace_mv),
+            "curvlinops": cl.trace(H, trace_mv, seed) if H else {"error": cl.error},
+            "curvlinops_hutchpp": cl.trace(H, 3 * (trace_mv // 3), seed, "hutchpp") if H else {"error": cl.error},
+        }
+        lam1 = lam[0]
+        dens = {}
+
+        def ours_slq():
+            r = density_mod.slq(obj.hvp, th, n_starts=slq_starts, m=slq_steps, seed=seed)
+            return {"result": r, "n_mv": r.n_matvec}
+
+        dens["ours"] = _ours(ours_slq)
+        dens["curvlinops"] = cl.slq(H, slq_steps, slq_starts, seed) if H else {"error": cl.error}
+        dens["pyhessian"] = ph.density(seed, slq_steps, 1)
+        for r in dens.values():
+            if "result" in r:
+                r.update(_slq_numbers(r.pop("result"), lam1))
+        out["density"] = dens
+        g = obj.grad()
+        t0 = time.perf_counter()
+        truth = covariance.exact_covariance(obj, k=k)
+        kt = {
+            "values": [float(v) for v in truth["eigenvalues_K"]],
+            "trace": truth["trace_K"],
+            "seconds": time.perf_counter() - t0,
+        }
+        kv = {
+            "ours": _ours(lambda: _lanczos(lambda v: obj.covariance_vp(v, mean=g), th, k, seed)),
+            "pyhessian": {"error": "PyHessian has no gradient-covariance operator"},
+            "curvlinops": cl.covariance(cl.ef(), g, k, seed) if H else {"error": cl.error},
+        }
+        for r in kv.values():
+            if "values" in r:
+                r["rel_err"] = _rel_errs(r["values"], kt["values"])
+        out["covariance"] = {"truth": kt, **kv}
+    finally:
+        ph.close()
+    return out
+
+
+# --- part 5: dense float64 truth on a tiny network ---------------------------------------------------
+
+
+def tiny_problem(data: Data, n: int, width: float, steps: int, seed: int):
+    """An MLP on ``n`` measurement images average-pooled to 3 x 8 x 8, after ``steps`` full-batch GD steps
+    (lr 0.1) so the spectrum is off its initial shape; float64."""
+    x = F.avg_pool2d(data.x[:n].float().contiguous(), 4)
+    y = data.y[:n]
+    model = build_model("mlp", input_shape=(3, 8, 8), width=width, seed=seed, dtype=torch.float64)
+    x = x.double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    return model.eval(), x, y
+
+
+def part_dense(model, x, y, *, k: int, slq_steps: list[int], slq_starts: int, seed: int) -> dict:
+    """Top-k, SLQ (``slq_steps`` Lanczos steps, ``slq_starts`` starts) and PyHessian's density against the
+    eigenvalues of the dense float64 Hessian (one chunk: the tiny MLP's HVP is overhead-bound)."""
+    obj = Objective(model, x, y, dtype=torch.float64, chunk=x.shape[0])
+    P = obj.dim
+    t0 = time.perf_counter()
+    Hd = eigen.dense_matrix(obj.hvp, obj.theta0)
+    lam = np.linalg.eigvalsh(0.5 * (Hd + Hd.T).numpy())[::-1].copy()
+    exact = density_mod.SLQResult([lam[::-1].copy()], [np.full(P, 1.0 / P)], P, P, P, 0, "exact")
+    sigma = 1e-2 * float(lam[0] - lam[-1])
+    grid = np.linspace(lam[-1] - 6 * sigma, lam[0] + 6 * sigma, 4000)
+    phi = density_mod.density(exact, grid, sigma)
+    dt = grid[1] - grid[0]
+    out = {
+        "P": P,
+        "n": obj.n,
+        "dense_s": time.perf_counter() - t0,
+        "top": [float(v) for v in lam[:k]],
+        "trace": float(lam.sum()),
+        "neg_mass": float(lam[lam < 0].sum()),
+        "n_negative": int((lam < 0).sum()),
+        "sigma": sigma,
+        "slq": [],
+    }
+    ph = peers.PyHessian(model, obj.inputs, obj.targets)
+    cl = peers.Curvlinops(model, obj.inputs, obj.targets, chunk=obj.chunk)
+    try:
+        H = cl.hessian() if not cl.error else None
+        tops = {
+            "ours": _ours(lambda: _lanczos(obj.hvp, obj.theta0, k, seed)),
+            "pyhessian": ph.top(k, seed),
+            "curvlinops": cl.top(H, k, seed) if H else {"error": cl.error},
+        }
+        for r in tops.values():
+            if "values" in r:
+                r["rel_err"] = _rel_errs(r["values"], out["top"])
+        out["top_k"] = tops
+        for m in slq_steps:
+            row = {"steps": m}
+            runs = {
+                "ours": _ours(
+                    lambda: {"result": density_mod.slq(obj.hvp, obj.theta0, n_starts=slq_starts, m=m, seed=seed)}
+                ),
+                "curvlinops": cl.slq(H, m, slq_starts, seed) if H else {"error": cl.error},
+            }
+            for name, r in runs.items():
+                if "result" in r:
+                    res = r.pop("result")
+                    r.update(_slq_numbers(res, out["top"][0]))
+                    r["n_mv"] = res.n_matvec if name == "ours" else r["n_mv"]
+                    r["density_l1"] = float(np.abs(density_mod.density(res, grid, sigma) - phi).sum() * dt)
+                    r["trace_rel_err"] = abs(r["trace"] - out["trace"]) / abs(out["trace"])
+                    r["neg_mass_rel_err"] = abs(r["neg_mass"] - out["neg_mass"]) / abs(out["neg_mass"])
+                row[name] = r
+            out["slq"].append(row)
+        out["pyhessian_density"] = ph.density(seed, min(slq_steps), 1)
+    finally:
+        ph.close()
+    return out
+
+
+# --- reports -----------------------------------------------------------------------------------------
+
+
+def report_cost(cost: dict) -> None:
     print("\n1. one HVP vs one full gradient (model at initialisation, chunks of 64, best of repeats after a warm-up)")
     print(
         f"{'dtype':<9}{'n':>6}{'repeat':>7}{'grad s':>9}{'HVP s':>9}{'HVP/grad':>10}{'dbl-bwd s':>11}{'dbl/grad':>10}"
@@ -429,22 +614,25 @@ def main(argv=None) -> dict:
         f"{'met' if c32['hvp_over_grad'] <= 3 else 'NOT met'} ({c32['hvp_over_grad']:.2f}x)",
         flush=True,
     )
+    print(
+        f"FLOPs (torch FlopCounterMode, convolutions and matmuls): gradient {c32['flops_grad_over_loss']:.2f}x the "
+        f"loss, HVP {c32['flops_hvp_over_grad']:.2f}x the gradient, G v {c32['flops_gnvp_over_grad']:.2f}x; "
+        f"measured time: HVP {c32['hvp_over_grad']:.2f}x, G v {c32['gnvp_over_grad']:.2f}x the gradient",
+        flush=True,
+    )
 
-    # 2. iterations
-    tr = train_model(model, data, steps, seed=0)
-    obj = Objective(model, data.x, data.y, dtype=torch.float32)
-    hvp = CachedHVP(obj)
+
+def report_iterations(it: dict, tr: dict, steps: int, n: int, ref_iter: int) -> None:
+    ref = it["reference"]
+    lam = ref["value"]
     print(
         f"\n2. HVPs to lambda_max after {steps} SGD steps (lr 0.05, batch 128; mean batch loss "
         f"{tr['loss_first']:.3f} -> {tr['loss_last']:.3f}); float32 objective on the {n} examples "
         f"(float64 is too slow here, see 1.)",
         flush=True,
     )
-    it = part_iterations(obj, hvp, model, seeds, args.ref_tol, args.ref_iter, 1e-3)
-    ref = it["reference"]
-    lam = ref["value"]
     print(
-        f"reference lanczos_top(k=1, tol={ref['tol']:g}, max_iter={args.ref_iter}, seed 0): lambda_max = {lam:.6f}, "
+        f"reference lanczos_top(k=1, tol={ref['tol']:g}, max_iter={ref_iter}, seed 0): lambda_max = {lam:.6f}, "
         f"{ref['n_hvp']} HVPs, converged {ref['converged']}, relative residual {ref['rel_residual']:.1e}, "
         f"{ref['seconds']:.1f} s"
     )
@@ -497,9 +685,9 @@ def main(argv=None) -> dict:
             flush=True,
         )
 
-    # 3. overhead
-    step_s = float(np.median(tr["step_s"][min(10, steps // 3) :]))
-    ov = part_overhead(obj, hvp, model, step_s, 50000)
+
+def report_overhead(ov: dict, tr: dict, steps: int, n: int) -> None:
+    step_s = ov["step_s"]
     print(
         f"\n3. tracking overhead at the papers' schedule: one probe set per epoch (top-{ov['top_k']} Lanczos "
         f"tol {ov['tol']:g}, cold start + K from L = {ov['L']} batches of M = {ov['M']}) on {n} examples (~5% of "
@@ -519,6 +707,197 @@ def main(argv=None) -> dict:
         f"  overhead = probe time per epoch / training time per epoch = {ov['overhead']:.2f} "
         f"({100 * ov['overhead']:.0f}%)"
     )
+
+
+METHODS = {
+    "ours": "valleysim (dnn.eigen / dnn.density / Objective)",
+    "pyhessian": "PyHessian 0.1",
+    "curvlinops": "curvlinops",
+    "curvlinops_hutchpp": "curvlinops hutchpp_trace",
+}
+
+
+def _row(quantity: str, method: str, r: dict, value: str, accuracy: str) -> None:
+    if "error" in r:
+        cost = f"{r['n_mv']:>6}{r['seconds']:>9.1f}" if "n_mv" in r else f"{'-':>6}{'-':>9}"
+        print(f"{quantity:<16}{METHODS[method]:<48}{cost}  fails: {r['error']}")
+        return
+    print(f"{quantity:<16}{METHODS[method]:<48}{r['n_mv']:>6}{r['seconds']:>9.1f}  {value}  {accuracy}")
+
+
+def _values(r: dict) -> str:
+    return "[" + ", ".join(f"{v:.4f}" for v in r["values"]) + "]"
+
+
+def _pm(est: float, se: float) -> str:
+    return f"{est:.4g} +- {se:.2g}" if math.isfinite(se) else f"{est:.4g}"
+
+
+def report_peers(pe: dict) -> None:
+    ref = pe["reference"]
+    print(
+        f"\n4. the toolkit against PyHessian 0.1 and curvlinops: SimpleCNN width {pe['width']:g} (P = {pe['P']:,}) "
+        f"after {pe['train_steps']} SGD steps, {pe['n']} measurement examples, float32, one model/data/weights; "
+        f"seed {pe['seed']} for every random start; reference top-5: lanczos_top(tol=1e-5) = {_values(ref)} "
+        f"({ref['n_mv']} HVPs, converged {ref['converged']}, max relative residual {max(ref['rel_residuals']):.1e})"
+    )
+    print(f"{'quantity':<16}{'method':<48}{'HVPs':>6}{'seconds':>9}  numbers reported  accuracy")
+    for kk in (1, len(ref["values"])):
+        for m, r in pe[f"top{kk}"].items():
+            _row(
+                f"top-{kk} eigen",
+                m,
+                r,
+                _values(r) if "values" in r else "",
+                f"max rel err {r.get('rel_err', math.nan):.1e}",
+            )
+    for m, r in pe["trace"].items():
+        _row("trace (Hutch.)", m, r, _pm(r.get("value", math.nan), r.get("se", math.nan)), "")
+    for m, r in pe["density"].items():
+        if "error" in r:
+            _row("density (SLQ)", m, r, "", "")
+            continue
+        extra = f" (incl. {r['n_mv_boundaries']} for eigsh boundaries)" if "n_mv_boundaries" in r else ""
+        _row(
+            "density (SLQ)",
+            m,
+            r,
+            f"tr {_pm(r['trace'], r['trace_se'])}, neg. mass {_pm(r['neg_mass'], r['neg_mass_se'])}, top node "
+            f"{r['top_node']:.4f}",
+            f"copies of lambda_1 per start {r['copies_of_lambda1']}{extra}",
+        )
+    cov = pe["covariance"]
+    print(
+        f"{'exact K truth':<16}{'per-example gradients, n x n Gram (float64)':<48}{'-':>6}"
+        f"{cov['truth']['seconds']:>9.1f}  {_values(cov['truth'])}"
+    )
+    for m in ("ours", "pyhessian", "curvlinops"):
+        r = cov[m]
+        _row(
+            "exact K top-5", m, r, _values(r) if "values" in r else "", f"max rel err {r.get('rel_err', math.nan):.1e}"
+        )
+    print(flush=True)
+
+
+def report_dense(de: dict) -> None:
+    print(
+        f"\n5. dense float64 truth on a tiny network: MLP 192-15-5-10 (P = {de['P']:,}) on {de['n']} images pooled to "
+        f"3x8x8 after 300 GD steps; dense Hessian ({de['P']} HVPs, {de['dense_s']:.1f} s): top-5 "
+        f"[{', '.join(f'{v:.4f}' for v in de['top'])}], trace {de['trace']:.4f}, negative mass {de['neg_mass']:.4f} "
+        f"({de['n_negative']} negative eigenvalues); density smoothed with sigma = {de['sigma']:.3g} (1% of the "
+        f"spectral width), L1 distance to the exact smoothed density (the same kernel on every method's nodes)"
+    )
+    print(f"{'quantity':<16}{'method':<48}{'HVPs':>6}{'seconds':>9}  numbers reported  accuracy")
+    for m, r in de["top_k"].items():
+        _row("top-5 eigen", m, r, _values(r) if "values" in r else "", f"max rel err {r.get('rel_err', math.nan):.1e}")
+    for row in de["slq"]:
+        for m in ("ours", "curvlinops"):
+            r = row[m]
+            if "error" in r:
+                _row(f"SLQ m={row['steps']}", m, r, "", "")
+                continue
+            _row(
+                f"SLQ m={row['steps']}",
+                m,
+                r,
+                f"tr {_pm(r['trace'], r['trace_se'])}, neg. mass {_pm(r['neg_mass'], r['neg_mass_se'])}",
+                f"density L1 {r['density_l1']:.3f}, tr rel err {r['trace_rel_err']:.1e}, neg. mass rel err "
+                f"{r['neg_mass_rel_err']:.1e}, copies of lambda_1 {r['copies_of_lambda1']}",
+            )
+    _row("density", "pyhessian", de["pyhessian_density"], "", "")
+    print(flush=True)
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="256 examples, 1 repeat, 30 training steps (smoke run)")
+    p.add_argument("--data", help="CIFAR-10 (any layout dnn.data accepts); default $VALLEYSIM_DATA, ../shared/data")
+    p.add_argument("--examples", type=int, help="measurement examples n (default 2560, quick 256)")
+    p.add_argument("--f64-examples", type=int, help="examples for the float64 timing (default 128, quick 64)")
+    p.add_argument("--repeat", type=int, help="timed repeats, best kept (default 3, quick 1)")
+    p.add_argument("--train-steps", type=int, help="SGD steps before parts 2-3 (default 100, quick 30)")
+    p.add_argument("--seeds", type=int, help="random starts in part 2 (default 1, quick 2)")
+    p.add_argument("--ref-tol", type=float, default=1e-5, help="reference Lanczos tolerance (float32; default 1e-5)")
+    p.add_argument("--ref-iter", type=int, default=100, help="reference Lanczos max HVPs (default 100)")
+    p.add_argument("--parts", default="1,2,3,4,5", help="comma-separated parts to run (default 1,2,3,4,5)")
+    p.add_argument("--peer-examples", type=int, help="part 4: measurement examples (default 256, quick 64)")
+    p.add_argument("--peer-width", type=float, default=0.5, help="part 4: SimpleCNN width (default 0.5)")
+    p.add_argument("--trace-mv", type=int, help="part 4: HVP budget of each trace estimator (default 60, quick 12)")
+    p.add_argument("--slq-steps", type=int, help="part 4: Lanczos steps per SLQ start (default 40, quick 10)")
+    p.add_argument("--slq-starts", type=int, help="SLQ starts in parts 4 and 5 (default 3 / 10, quick 2 / 3)")
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+    try:
+        parts = {int(t) for t in args.parts.split(",")}
+    except ValueError:
+        p.error(f"--parts must be comma-separated integers from 1 to 5, got {args.parts!r}")
+    if not parts or not parts <= {1, 2, 3, 4, 5}:
+        p.error(f"--parts must name parts from 1 to 5, got {args.parts!r}")
+    q = args.quick
+    n_peer = args.peer_examples or (64 if q else 256)
+    trace_mv = args.trace_mv or (12 if q else 60)
+    slq_steps = args.slq_steps or (10 if q else 40)
+    slq_starts = args.slq_starts or (2 if q else 3)
+    dense_starts = args.slq_starts or (3 if q else 10)
+    n = args.examples or (256 if args.quick else 2560)
+    n64 = args.f64_examples or (64 if args.quick else 128)
+    repeat = args.repeat or (1 if args.quick else 3)
+    steps = args.train_steps or (30 if args.quick else 100)
+    seeds = list(range(args.seeds or (2 if args.quick else 1)))
+    torch.set_num_threads(THREADS)
+    load0 = os.getloadavg()
+    t_all = time.perf_counter()
+
+    data = Data(find_data(args.data), n)
+    model = build_model("simplecnn", channels_last=True, seed=0)
+    print(
+        f"SimpleCNN width 1, channels_last; {data.source}; torch {torch.__version__} on {THREADS} threads, "
+        f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}; {os.cpu_count()} CPUs; "
+        f"load average {load0[0]:.2f} at start",
+        flush=True,
+    )
+
+    result = {}
+    if 1 in parts:  # cost (at initialisation)
+        result["cost"] = part_cost(model, data, n64, repeat)
+        report_cost(result["cost"])
+    if parts & {2, 3}:  # one trained model and HVP cache for both
+        tr = train_model(model, data, steps, seed=0)
+        obj = Objective(model, data.x, data.y, dtype=torch.float32)
+        hvp = CachedHVP(obj)
+        result["training"] = tr
+    if 2 in parts:
+        result["iterations"] = it = part_iterations(obj, hvp, model, seeds, args.ref_tol, args.ref_iter, 1e-3)
+        report_iterations(it, tr, steps, n, args.ref_iter)
+    if 3 in parts:
+        step_s = float(np.median(tr["step_s"][min(10, steps // 3) :]))
+        result["overhead"] = ov = part_overhead(obj, hvp, model, step_s, 50000)
+        report_overhead(ov, tr, steps, n)
+    if 4 in parts:
+        pmodel = build_model("simplecnn", width=args.peer_width, channels_last=True, seed=0)
+        ptr = train_model(pmodel, data, steps, seed=0)
+        pe = part_peers(
+            pmodel,
+            data.x[:n_peer],
+            data.y[:n_peer],
+            k=5,
+            trace_mv=trace_mv,
+            slq_steps=slq_steps,
+            slq_starts=slq_starts,
+            seed=1,
+        )
+        pe.update(width=args.peer_width, train_steps=steps, loss_last=ptr["loss_last"])
+        result["peers"] = pe
+        report_peers(pe)
+    if 5 in parts:
+        tmodel, tx, ty = tiny_problem(data, 256, width=0.05, steps=300, seed=0)
+        result["dense"] = de = part_dense(
+            tmodel, tx, ty, k=5, slq_steps=[10, 30] if q else [20, 80], slq_starts=dense_starts, seed=1
+        )
+        report_dense(de)
     load1 = os.getloadavg()
     total = time.perf_counter() - t_all
     print(
@@ -527,6 +906,7 @@ def main(argv=None) -> dict:
     )
     result = {
         "config": {
+            "parts": sorted(parts),
             "n": n,
             "n64": n64,
             "repeat": repeat,
@@ -538,10 +918,7 @@ def main(argv=None) -> dict:
             "torch": torch.__version__,
             "total_s": total,
         },
-        "cost": cost,
-        "training": tr,
-        "iterations": it,
-        "overhead": ov,
+        **result,
     }
     if args.out:
         atomic_write(args.out, (dumps(result, indent=2) + "\n").encode())
