@@ -26,7 +26,7 @@ warm-start the next Lanczos run and by the ``step`` and ``curvature`` probes). R
                stability_factor (1 - eta lambda)^2 + eta^2 c(S, N) s^2 with lambda, s^2 from them
   negative     the most negative eigenvalues (Lanczos on -H): lambda_min, neg_eig_sum (R5)
   density      stochastic Lanczos quadrature of H: slq_trace, slq_neg_mass, slq_logdet, slq_n_above (+ _se),
-               slq_threshold, density_n_hvp; the Ritz nodes/weights kept in state["slq"] for the density plot
+               slq_threshold, density_n_hvp; every probe's Ritz nodes/weights kept in state["slq"][step] (the figure)
   walk         the last step's walk metrics (floor, height, barrier, ...), cos_consecutive,
                distance_from_init
 
@@ -127,7 +127,7 @@ def _density(ctx: ProbeContext) -> dict:
         m=min(cfg.slq_steps, obj.dim),
         seed=cfg.seed + ctx.step,
     )
-    ctx.state["slq"] = res.to_state()
+    ctx.state.setdefault("slq", {})[int(ctx.step)] = res.to_state()  # every probe's, for the density figure
     return slq_density.probe_metrics(res, cfg.slq_rel_threshold)
 
 

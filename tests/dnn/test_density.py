@@ -248,7 +248,8 @@ def test_density_probe_leaves_the_model_bit_identical():
     for k in keys + ("slq_trace_se", "slq_neg_mass_se", "slq_logdet_se", "slq_n_above_se"):
         assert math.isfinite(out[k]), k
     assert out["density_n_hvp"] == 60 and out["slq_n_above"] > 0
-    res = D.SLQResult.from_state(ctx.state["slq"])
+    assert list(ctx.state["slq"]) == [3]  # keyed by step: a run keeps every probe's quadrature
+    res = D.SLQResult.from_state(ctx.state["slq"][3])
     assert res.n_starts == 3 and res.seed == 2 + 3 and res.steps == 20
     again_metrics = D.probe_metrics(res, cfg.slq_rel_threshold)
     assert again_metrics == {k: v for k, v in out.items() if k in again_metrics}
