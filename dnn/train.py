@@ -109,10 +109,12 @@ def check_environment(run_dir: Path, record: bool = True) -> None:
     diff = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
     if diff:
         what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
-        warn(
-            f"{run_dir} was started with another environment ({what}): "
+        tail = (
             "the resumed run will not be bitwise the uninterrupted one"
+            if record
+            else "its rows were computed there and are shown as stored"
         )
+        warn(f"{run_dir} was started with another environment ({what}): {tail}")
 
 
 def uses_channels_last(cfg: TrainConfig) -> bool:

@@ -446,4 +446,6 @@ def test_a_resume_under_another_thread_count_is_flagged(tmp_path, capsys):
         train(c, tmp_path / "r", x, y, progress=False)
     finally:
         torch.set_num_threads(n)
-    assert f"torch_threads {n} -> {n + 1}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"torch_threads {n} -> {n + 1}" in err
+    assert "shown as stored" in err and "resumed" not in err  # a finished run is reopened, not resumed
