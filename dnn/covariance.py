@@ -35,6 +35,7 @@ Functions:
   :func:`top_cosine`, :func:`subspace_overlap`  how two sets of top eigenvectors (rows) line up.
   :func:`hutchinson_products`  tr A, ||A||_F, tr(AB), cos_AB for several operators from the same probes
                                (H, the exact K of :meth:`~dnn.objective.Objective.covariance_vp`, G).
+  :func:`ratio`                a / b, nan unless b > 0 (every ratio to a norm or top eigenvalue here).
 
 Each summary is a dict with the keys ``"lambda_K"`` (float), ``"trace_K"`` (float), ``"trace_ratio"``
 (float, Tr K / lambda_K; nan when lambda_K = 0), ``"eigenvalues_K"`` (numpy (k',), descending,
@@ -63,6 +64,7 @@ __all__ = [
     "top_cosine",
     "subspace_overlap",
     "hutchinson_products",
+    "ratio",
 ]
 
 
@@ -130,7 +132,7 @@ def _spectrum(D: torch.Tensor, scale: float, k: int) -> dict:
     return {
         "lambda_K": lam,
         "trace_K": trace,
-        "trace_ratio": trace / lam if lam > 0 else math.nan,
+        "trace_ratio": ratio(trace, lam),
         "eigenvalues_K": mu.copy(),
         "eigenvectors_K": V,
     }
@@ -287,7 +289,8 @@ def subspace_overlap(VA, VB) -> float:
     return float(((A @ B.T) ** 2).sum()) / B.shape[0] if B.shape[0] else math.nan
 
 
-def _ratio(a: float, b: float) -> float:
+def ratio(a: float, b: float) -> float:
+    """``a / b`` for a positive denominator (a norm, a top eigenvalue), else nan (undefined, not inf)."""
     return a / b if b > 0 else math.nan
 
 
@@ -336,7 +339,7 @@ def hutchinson_products(ops: dict, like: torch.Tensor, n_samples: int = 50, seed
     out.update({f"frobenius_{a}": f for a, f in fro.items()})
     for a, c in pairs:
         t = out[f"trace_{a}{c}"]
-        out[f"cos_{a}{c}"] = _ratio(t, fro[a] * fro[c])
-        out[f"c_fit_{a}{c}"] = _ratio(t, fro[a] ** 2)
+        out[f"cos_{a}{c}"] = ratio(t, fro[a] * fro[c])
+        out[f"c_fit_{a}{c}"] = ratio(t, fro[a] ** 2)
     out["samples"] = {k: v for k, v in samples.items() if k.startswith("trace_")}
     return out

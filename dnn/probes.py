@@ -203,10 +203,6 @@ def _operator_pairs(ctx: ProbeContext, matvec, k: int, key: str, seed_offset: in
     return pairs
 
 
-def _ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("nan")
-
-
 def _exact_covariance(ctx: ProbeContext) -> dict:
     """The exact K = (1/n) sum_i (g_i - g)(g_i - g)^T of the measurement set, matrix-free
     (:meth:`dnn.objective.Objective.covariance_vp`, every matvec one pass over the per-example gradients):
@@ -219,20 +215,20 @@ def _exact_covariance(ctx: ProbeContext) -> dict:
     out = {
         "lambda_K_exact": lam,
         "trace_K_exact": trace,
-        "trace_ratio_exact": _ratio(trace, lam),
+        "trace_ratio_exact": covariance.ratio(trace, lam),
         "exact_covariance_n_kvp": pairs.n_matvec,
         "exact_covariance_converged": bool(pairs.converged),
     }
     out.update({f"lambda_Kx_{i + 1}": float(v) for i, v in enumerate(pairs.values)})
     if "lambda_K" in ctx.results:  # the covariance probe ran at this probe time
-        out["lambda_K_gram_over_exact"] = _ratio(ctx.results["lambda_K"], lam)
-        out["trace_K_gram_over_exact"] = _ratio(ctx.results["trace_K"], trace)
+        out["lambda_K_gram_over_exact"] = covariance.ratio(ctx.results["lambda_K"], lam)
+        out["trace_K_gram_over_exact"] = covariance.ratio(ctx.results["trace_K"], trace)
         out["cos_eK1_gram_exact"] = covariance.top_cosine(ctx.state["eigvecs_K"], pairs.vectors)
     if ctx.pairs is not None:
         VH, lam_H = ctx.pairs.vectors, float(ctx.pairs.values[0])
         out["cos_eKx1_eH1"] = covariance.top_cosine(pairs.vectors, VH)
         out["overlap_Kx_H"] = covariance.subspace_overlap(VH, pairs.vectors)
-        out["alpha_eH1_exact"] = _ratio(float(VH[0] @ obj.covariance_vp(VH[0], mean=g)), lam_H)
+        out["alpha_eH1_exact"] = covariance.ratio(float(VH[0] @ obj.covariance_vp(VH[0], mean=g)), lam_H)
     return out
 
 
@@ -253,8 +249,8 @@ def _gauss_newton(ctx: ProbeContext) -> dict:
     out["cos_eG1_eH1"] = covariance.top_cosine(pairs.vectors, VH)
     out["overlap_G_H"] = covariance.subspace_overlap(VH, pairs.vectors)
     r = obj.hvp(VH[0]) - obj.gnvp(VH[0])  # (H - G) e_H^1
-    out["second_term_norm_eH1"] = _ratio(float(r.norm()), lam_H)
-    out["second_term_eH1"] = _ratio(float(VH[0] @ r), lam_H)
+    out["second_term_norm_eH1"] = covariance.ratio(float(r.norm()), lam_H)
+    out["second_term_eH1"] = covariance.ratio(float(VH[0] @ r), lam_H)
     ops = {
         "H": lambda Z: torch.stack([obj.hvp(z) for z in Z]),
         "G": lambda Z: torch.stack([obj.gnvp(z) for z in Z]),
