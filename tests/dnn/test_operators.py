@@ -21,7 +21,7 @@ from dnn.config import TrainConfig
 from dnn.objective import Objective, flat_params, model_state, per_example_loss
 from valleysim.errors import UserInputError
 
-from tiny_nets import data, synthetic_images, tiny_net
+from tiny_nets import data, nontrivial_bn, synthetic_images, tiny_net
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -37,11 +37,7 @@ def bn_mlp(seed=0) -> nn.Module:
     """Linear(6 -> 5) + BatchNorm1d (non-trivial statistics) + Tanh + Linear(5 -> 3): P = 58, cheap dense truths."""
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Flatten(), nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3))
-    with torch.no_grad():
-        net[2].running_mean.uniform_(-0.5, 0.5)
-        net[2].running_var.uniform_(0.5, 2.0)
-        net[2].weight.uniform_(0.5, 1.5)
-        net[2].bias.uniform_(-0.2, 0.2)
+    nontrivial_bn(net[2])
     return net
 
 

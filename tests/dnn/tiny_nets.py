@@ -28,12 +28,19 @@ def tiny_net(bn: bool, seed: int = 0) -> nn.Module:
     layers += [nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)]
     net = nn.Sequential(*layers)
     if bn:
-        with torch.no_grad():
-            net[1].running_mean.uniform_(-0.5, 0.5)
-            net[1].running_var.uniform_(0.5, 2.0)
-            net[1].weight.uniform_(0.5, 1.5)
-            net[1].bias.uniform_(-0.2, 0.2)
+        nontrivial_bn(net[1])
     return net
+
+
+def nontrivial_bn(bn: nn.Module) -> nn.Module:
+    """Draws a BatchNorm layer's running statistics and affine parameters away from their trivial defaults
+    (global torch RNG), so eval-mode BN is a real affine map in the tests."""
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-0.2, 0.2)
+    return bn
 
 
 def data(n=12, seed=1):
