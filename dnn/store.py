@@ -108,7 +108,7 @@ class RunStore:
         if not ((d / "config.json").is_file() and (d / "checkpoint.pt").is_file()):
             return None
         store = cls(d, config, defaults, create=False)
-        ck = store._read_checkpoint(map_location)
+        ck = store.read_checkpoint(map_location)
         if not done(ck["state"]):
             return None
         rows = read_rows(store.metrics_path)
@@ -123,7 +123,9 @@ class RunStore:
         have = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
         return have == want
 
-    def _read_checkpoint(self, map_location) -> dict:
+    def read_checkpoint(self, map_location="cpu") -> dict:
+        """The checkpoint file as stored (``{"state": ..., "n_rows": ...}``), read only; an unreadable one is a
+        UserInputError naming it."""
         try:
             return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
         except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
@@ -140,7 +142,7 @@ class RunStore:
                 self.metrics_path.unlink()  # rows without any checkpoint: start over
             self.n_rows = 0
             return None
-        ck = self._read_checkpoint(map_location)
+        ck = self.read_checkpoint(map_location)
         rows = read_rows(self.metrics_path)[: ck["n_rows"]]
         if len(rows) < ck["n_rows"]:
             raise UserInputError(

@@ -30,7 +30,7 @@ import torch
 from dnn import density as D
 from dnn.config import TrainConfig
 from dnn.data import channel_stats, load_cifar10
-from dnn.store import read_rows
+from dnn.store import RunStore
 from dnn.train import measurement_objective, run_model
 from valleysim.errors import UserInputError
 
@@ -53,38 +53,38 @@ COLUMNS = [
 ]
 
 
-def load(run: Path) -> tuple[list[dict], dict[int, D.SLQResult]]:
-    """Metrics rows and the density probe's quadrature per step from the checkpoint (read only)."""
-    metrics, ck = run / "metrics.jsonl", run / "checkpoint.pt"
-    if not metrics.is_file() or not ck.is_file():
-        raise UserInputError(f"--run {run}: not a dnn train directory (needs metrics.jsonl and checkpoint.pt)")
-    rows = [r for r in read_rows(metrics) if "slq_trace" in r]
+def load(run: Path) -> tuple[RunStore, list[dict], dict, dict[int, D.SLQResult]]:
+    """The run's store (opened read only), its rows with the density probe, its checkpoint and the density
+    probe's quadrature per step from it."""
+    if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
+        raise UserInputError(f"--run {run}: not a dnn train directory (needs config.json and checkpoint.pt)")
+    store = RunStore(run, json.loads((run / "config.json").read_text()), create=False)
+    rows = [r for r in store.rows() if "slq_trace" in r]
     if not rows:
         raise UserInputError(f"--run {run}: no row has the density probe's columns (run it with --probes density)")
-    state = torch.load(ck, map_location="cpu", weights_only=False)["state"]["state"]
-    slq = {int(k): D.SLQResult.from_state(v) for k, v in state["probe_state"].get("slq", {}).items()}
-    return rows, slq
+    ck = store.read_checkpoint()["state"]
+    slq = {int(k): D.SLQResult.from_state(v) for k, v in ck["state"]["probe_state"].get("slq", {}).items()}
+    return store, rows, ck, slq
 
 
-def convergence(run: Path, data: str, ms: list[int], last: dict) -> list[dict]:
+def convergence(store: RunStore, ck: dict, data: str, ms: list[int], last: dict) -> list[dict]:
     """SLQ of the final weights' H at each m in ``ms`` with the run's starts, seed (the last probe's) and torch
     thread count (environment.json), so the run's own m reproduces its row bit for bit."""
+    run = store.dir
     env = run / "environment.json"  # the run's torch thread count: float32 reductions split by it
     threads = json.loads(env.read_text()).get("torch_threads") if env.is_file() else None
     if threads:
         torch.set_num_threads(int(threads))
-    raw = json.loads((run / "config.json").read_text())
-    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    images, labels = load_cifar10(data, "train", label_order="auto")
-    if cfg.n_train is not None:
-        images, labels = images[: cfg.n_train], labels[: cfg.n_train]
-    model = run_model(cfg, (images.shape[3], images.shape[1], images.shape[2]))
-    ck = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=False)["state"]
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in store.config.items()})
     if ck["state"]["step"] != last["step"]:
         raise UserInputError(
             f"--run {run}: the checkpoint is at step {ck['state']['step']}, its last probe at "
             f"{last['step']}: --convergence needs a run whose last probe is its final state"
         )
+    images, labels = load_cifar10(data, "train", label_order="auto")
+    if cfg.n_train is not None:
+        images, labels = images[: cfg.n_train], labels[: cfg.n_train]
+    model = run_model(cfg, (images.shape[3], images.shape[1], images.shape[2]))
     model.load_state_dict(ck["model"])
     obj = measurement_objective(cfg, model, images, labels, *channel_stats(images))
     out = []
@@ -122,14 +122,14 @@ def main(argv=None) -> int:
         if not args.data:
             raise UserInputError("--convergence needs --data (the run's CIFAR-10)")
     timer = C.Timer()
-    rows, slq = load(args.run)
+    store, rows, ck, slq = load(args.run)
     steps = [r["step"] for r in rows if r["step"] in slq]
     print(f"{args.run}: {len(rows)} probes with the density probe, {len(steps)} quadratures in the checkpoint")
     print(C.table(rows, COLUMNS))
     conv = []
     if ms:
         print(f"negative mass of the last probe (step {rows[-1]['step']}) against the Lanczos steps m per start:")
-        conv = convergence(args.run, args.data, ms, rows[-1])
+        conv = convergence(store, ck, args.data, ms, rows[-1])
 
     fig, ax = C.plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)
     a = ax[0, 0]
