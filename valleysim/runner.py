@@ -41,16 +41,11 @@ def point_key(point: dict) -> str:
     return json.dumps(point, sort_keys=True, separators=(",", ":"))
 
 
-def load_store(store: str | Path) -> dict[str, dict]:
-    """{point key: result} of the intact lines in ``store`` (empty if it does not exist).
-
-    A final line without its newline was torn by an interruption; a line that
-    is not a ``{"point": ..., "result": ...}`` record was damaged. Either is
-    dropped from the file (rewritten atomically, with a warning naming the
-    lines) so that its point is computed again.
-    """
-    path = Path(store)
-    records, damaged, torn = read_jsonl(path)
+def read_store(store: str | Path) -> tuple[dict[str, dict], list[dict], list[int], bool]:
+    """``(done, kept, damaged, torn)`` of ``store``, read without writing: {point key: result} and the
+    records of its intact lines, the numbers of damaged lines (not a ``{"point": ..., "result": ...}``
+    record) and whether the final line was torn (no newline). Empty if it does not exist."""
+    records, damaged, torn = read_jsonl(Path(store))
     done, kept = {}, []
     for line, rec in records:
         if isinstance(rec, dict) and isinstance(rec.get("point"), dict) and "result" in rec:
@@ -58,6 +53,19 @@ def load_store(store: str | Path) -> dict[str, dict]:
             kept.append(rec)
         else:
             damaged.append(line)
+    return done, kept, damaged, torn
+
+
+def load_store(store: str | Path) -> dict[str, dict]:
+    """{point key: result} of the intact lines in ``store`` (:func:`read_store`; empty if it does not exist).
+
+    A final line without its newline was torn by an interruption; a line that
+    is not a ``{"point": ..., "result": ...}`` record was damaged. Either is
+    dropped from the file (rewritten atomically, with a warning naming the
+    lines) so that its point is computed again.
+    """
+    path = Path(store)
+    done, kept, damaged, torn = read_store(path)
     if damaged or torn:
         write_jsonl(path, kept)
         if damaged:

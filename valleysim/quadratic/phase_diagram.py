@@ -39,7 +39,7 @@ from matplotlib.ticker import FormatStrFormatter, FuncFormatter  # noqa: E402
 from scipy.optimize import brentq  # noqa: E402
 
 from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_writable_dir  # noqa: E402
-from valleysim.jsonout import atomic_write, dumps, json_safe, read_json, read_jsonl  # noqa: E402
+from valleysim.jsonout import atomic_write, dumps, json_safe, read_json  # noqa: E402
 from valleysim.locking import DirectoryLock  # noqa: E402
 from valleysim.memory import check_fits  # noqa: E402
 from valleysim.quadratic import reshuffle  # noqa: E402
@@ -48,7 +48,7 @@ from valleysim.quadratic.integrator import simulate, simulate_bytes  # noqa: E40
 from valleysim.quadratic.landscape import PerExampleQuadratic  # noqa: E402
 from valleysim.quadratic.lyapunov import lyapunov_exact, lyapunov_exponent  # noqa: E402
 from valleysim.quadratic.second_moment import MomentMap, mean_square_verdict, moment_map_bytes  # noqa: E402
-from valleysim.runner import point_key, run_sweep  # noqa: E402
+from valleysim.runner import point_key, read_store, run_sweep  # noqa: E402
 from valleysim.theory import check_scheme, necessary_eta_bounds, variance_factor  # noqa: E402
 
 DIVERGENCE_FACTOR = 1e12
@@ -191,14 +191,9 @@ def _finished(out: Path, config: dict, sizes, points: list[dict], grid: list[dic
     paths = [out / name for name in ("config.json", "landscape.npz", "phase_diagram.csv", "phase_diagram.png")]
     if not all(p.is_file() for p in paths) or read_json(paths[0]) != config:
         return None
-    records, damaged, torn = read_jsonl(out / "sweep.jsonl")
+    done, _, damaged, torn = read_store(out / "sweep.jsonl")
     if damaged or torn:
         return None
-    done = {}
-    for _, rec in records:
-        if not (isinstance(rec, dict) and isinstance(rec.get("point"), dict) and "result" in rec):
-            return None
-        done[point_key(rec["point"])] = rec["result"]
     keys = [point_key(p) for p in points]
     if any(k not in done for k in keys):
         return None
