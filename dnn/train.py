@@ -93,8 +93,9 @@ def environment() -> dict:
 
 def check_environment(run_dir: Path, record: bool = True) -> None:
     """Records :func:`environment` in ``run_dir/environment.json`` at the start (``record`` False: writes
-    nothing, for a finished run reopened); on a resume under another one, warns that the continued run is
-    no longer bitwise the uninterrupted one."""
+    nothing, for a finished run reopened). Under another environment it warns: on a resume, that the
+    continued run is no longer bitwise the uninterrupted one; on a reopened finished run, that its rows are
+    shown as stored."""
     import json
 
     from valleysim.errors import warn
