@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 
 class UserInputError(ValueError):
     """Bad input from a user (not a bug): the message names the parameter."""
@@ -55,15 +57,54 @@ def check_learning_rate(eta: float, name: str = "eta") -> float:
     return check_range(eta, name, 1 / SCALE_LIMIT, SCALE_LIMIT)
 
 
+def check_finite(value: float, name: str) -> float:
+    """``value`` must be a finite number."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not math.isfinite(v):
+        raise UserInputError(f"{name} must be a finite number; got {_shown(value)}")
+    return v
+
+
 def check_int_range(value: int, name: str, lo: int, hi: int | None = None) -> int:
     """``value`` must be an integer in [lo, hi] (hi None: unbounded)."""
-    if isinstance(value, bool) or int(value) != value:
+    try:
+        whole = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError, OverflowError):  # None, 'abc', nan, inf
+        whole = False
+    if not whole:
         raise UserInputError(f"{name} must be an integer; got {_shown(value)}")
     v = int(value)
     if v < lo or (hi is not None and v > hi):
         allowed = f"{lo}..{hi}" if hi is not None else f">= {lo}"
         raise UserInputError(f"{name} must be in {allowed}; got {v}")
     return v
+
+
+def check_array(value, name: str, shape: tuple | None = None, finite: bool = True) -> np.ndarray:
+    """``value`` as a float64 array with ``shape`` (None: any shape; a None entry: any length along that
+    axis) and finite entries (``finite`` False: NaN and inf pass, for formulas that carry them through)."""
+    try:
+        if value is None:  # np.asarray would make it NaN
+            raise TypeError
+        a = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise UserInputError(f"{name} must be an array of numbers; got {type(value).__name__}") from None
+    if shape is not None and (a.ndim != len(shape) or any(w not in (None, n) for w, n in zip(shape, a.shape))):
+        want = "(" + ", ".join("n" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
+        raise UserInputError(f"{name} must have shape {want}; got shape {a.shape}")
+    if finite and not np.all(np.isfinite(a)):
+        raise UserInputError(f"{name} must be finite; got {np.count_nonzero(~np.isfinite(a))} NaN or inf entries")
+    return a
+
+
+def check_instance(value, cls: type, name: str, how: str = "") -> None:
+    """``value`` must be a ``cls`` (``how``: where one comes from, e.g. "from make_noise")."""
+    if not isinstance(value, cls):
+        how = f" ({how})" if how else ""
+        raise UserInputError(f"{name} must be a {cls.__name__}{how}; got {type(value).__name__}")
 
 
 def check_batch_size(S: int, N: int, allow_above_n: bool = False) -> int:
