@@ -15,7 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from valleysim.errors import UserInputError, check_batch_size, check_positive
+from valleysim.errors import (
+    UserInputError,
+    check_array,
+    check_batch_size,
+    check_finite,
+    check_int_range,
+    check_positive,
+)
 
 SCHEMES = ("without_replacement", "with_replacement", "reshuffle")
 
@@ -35,7 +42,8 @@ def variance_factor(S: int, N: int, scheme: str = "without_replacement") -> floa
     0 at S = N. With replacement: c = 1 / S. N = 1 gives c = 0.
     """
     check_scheme(scheme)
-    check_batch_size(S, N, allow_above_n=scheme == "with_replacement")
+    N = check_int_range(N, "N (training-set size)", 1)
+    S = check_batch_size(S, N, allow_above_n=scheme == "with_replacement")
     if scheme == "with_replacement":
         return 1.0 / S
     if N == 1:
@@ -47,9 +55,9 @@ def stability_factor(eta, lam, s2, c):
     """q = (1 - eta lam)^2 + eta^2 c s2: E[psi_{t+1}^2] = q E[psi_t^2] in 1-D.  [proofs.sgd_second_moment]
 
     Exact for 1-D per-example quadratics; the break-even point is q = 1.
-    Broadcasts over array arguments.
+    Broadcasts over array arguments (NaN entries give NaN: "missing" stays missing).
     """
-    eta = np.asarray(eta, dtype=float)
+    eta, lam, s2, c = (check_array(v, n, finite=False) for v, n in ((eta, "eta"), (lam, "lam"), (s2, "s2"), (c, "c")))
     return (1.0 - eta * lam) ** 2 + eta**2 * c * s2
 
 
@@ -57,11 +65,12 @@ def eta_star_1d(lam, s2, c):
     """Mean-square critical learning rate in 1-D: 2 lam / (lam^2 + c s2).  [proofs.sgd_second_moment]
 
     Root of stability_factor = 1 other than eta = 0; stable iff 0 < eta <= eta*.
-    Returns 0 where lam <= 0 (no positive stable learning rate).
+    Returns 0 where lam <= 0 (no positive stable learning rate), NaN where an input is NaN.
     """
-    lam = np.asarray(lam, dtype=float)
-    denom = lam**2 + c * np.asarray(s2, dtype=float)
+    lam, s2, c = (check_array(v, n, finite=False) for v, n in ((lam, "lam"), (s2, "s2"), (c, "c")))
+    denom = lam**2 + c * s2
     out = np.where(lam > 0, 2.0 * lam / np.where(denom > 0, denom, 1.0), 0.0)
+    out = np.where(np.isnan(denom), np.nan, out)
     return out[()] if out.ndim == 0 else out
 
 
@@ -73,7 +82,7 @@ def break_even_curvature(eta, c, alpha):
     s2 = alpha lam). Decreases with eta, increases with S (c decreases with S);
     the full-batch limit (c = 0) is 2 / eta.
     """
-    eta = np.asarray(eta, dtype=float)
+    eta, c, alpha = (check_array(v, n, finite=False) for v, n in ((eta, "eta"), (c, "c"), (alpha, "alpha")))
     return 2.0 / eta - alpha * c
 
 
@@ -86,6 +95,8 @@ def necessary_eta_bounds(lambda_max: float, nonuniformity: float, c: float) -> t
     eta* because the second-moment map dominates both its deterministic and
     its noise part (positive maps). An infinite bound means no constraint.
     """
+    lambda_max, c = check_finite(lambda_max, "lambda_max"), check_finite(c, "c")
+    nonuniformity = check_finite(nonuniformity, "nonuniformity")
     sharp = 2.0 / lambda_max if lambda_max > 0 else 0.0
     noise = np.inf if c <= 0 or nonuniformity <= 0 else 1.0 / (np.sqrt(c) * nonuniformity)  # no square: s ~ 1e-300
     return sharp, float(noise)

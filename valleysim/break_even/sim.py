@@ -10,9 +10,16 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from valleysim.break_even.landscape import SharpeningLandscape
+from valleysim.break_even.landscape import SharpeningLandscape, check_landscape
 from valleysim.break_even.theory import almost_sure_break_even, drift_steps, predicted_break_even, steps_for_break_even
-from valleysim.errors import UserInputError, check_int_range, check_learning_rate
+from valleysim.errors import (
+    UserInputError,
+    check_array,
+    check_finite,
+    check_instance,
+    check_int_range,
+    check_learning_rate,
+)
 from valleysim.memory import F64, check_fits
 from valleysim.rng import bounded, seed_state
 from valleysim.stats import mean_se
@@ -21,6 +28,7 @@ from valleysim.theory import variance_factor
 DIVERGE_AT = 1e8
 TURN = 0.01  # growth has stopped once the curvature falls 1% below its running maximum
 MAX_DEFAULT_STEPS = 5_000_000  # default run length cap (a stated cap: the summary says when it binds)
+TRAJECTORIES = 128  # default ensemble size of ``simulate``, ``sweep`` and ``valleysim break-even``
 
 
 # --------------------------------------------------------------------------------------------- kernel
@@ -146,7 +154,7 @@ def simulate(
     batch_size: int,
     *,
     steps: int | None = None,
-    trajectories: int = 256,
+    trajectories: int = TRAJECTORIES,
     seed: int = 0,
     record_every: int | None = None,
     x0=None,
@@ -154,6 +162,7 @@ def simulate(
     frozen: bool = False,
 ) -> BreakEvenRun:
     """R trajectories of mini-batch SGD (S = ``batch_size`` of N without replacement) on ``land`` from (x0, z0)."""
+    check_landscape(land)
     eta = check_learning_rate(eta)
     S = check_int_range(batch_size, "batch size S", 1, land.N)
     default = steps is None
@@ -166,9 +175,8 @@ def simulate(
         float(R) * n_rec * (land.k + 1) * 12 * F64 + 2.0 * R * land.N * F64,
         f"{R} trajectories with {n_rec} records (k = {land.k}, N = {land.N})",
     )
-    x0 = np.zeros(land.k) if x0 is None else np.asarray(x0, dtype=float).reshape(land.k)
-    if not np.all(np.isfinite(x0)) or not math.isfinite(z0):
-        raise UserInputError("x0 and z0 must be finite")
+    x0 = np.zeros(land.k) if x0 is None else check_array(x0, "x0", (land.k,))
+    z0 = check_finite(z0, "z0")
     X, Z, amax, tmax, late, div = _kernel(
         land.a0,
         land.rates,
@@ -181,7 +189,7 @@ def simulate(
         rec,
         seed,
         x0,
-        float(z0),
+        z0,
         bool(frozen),
         R,
         steps // 2,
@@ -191,6 +199,8 @@ def simulate(
 
 def spectra(run: BreakEvenRun, chunk: int = 4096) -> dict[str, np.ndarray]:
     """(R, n_rec) at the records: top full-Hessian eigenvalue, Tr(H), lambda_K^1, Tr(K), loss, Tr(H)/lambda_max."""
+    _check_run(run)
+    chunk = check_int_range(chunk, "chunk", 1)
     land = run.land
     x = run.X.reshape(-1, land.k)
     z = run.Z.reshape(-1)
@@ -215,6 +225,7 @@ def spectra(run: BreakEvenRun, chunk: int = 4096) -> dict[str, np.ndarray]:
 
 def growth_stops(curv: np.ndarray) -> np.ndarray:
     """(R,) first record at which the curvature curv (R, n_rec) is TURN below its running maximum; -1 if never."""
+    curv = check_array(curv, "curv", (None, None), finite=False)
     fell = curv < (1.0 - TURN) * np.maximum.accumulate(curv, axis=1)
     return np.where(fell.any(axis=1), fell.argmax(axis=1), -1)
 
@@ -223,6 +234,8 @@ def break_even_per_trajectory(curv: np.ndarray, record_every: int) -> dict[str, 
     """Per trajectory of curv (R, n_rec): ``reached`` (growth stopped in the first half of the records),
     ``plateau`` (median of the last half) and ``steps`` (first recorded step at the plateau level); the
     last two NaN where not reached."""
+    curv = check_array(curv, "curv", (None, None), finite=False)
+    record_every = check_int_range(record_every, "record_every", 1)
     half = curv.shape[1] // 2
     turn = growth_stops(curv)
     reached = (turn >= 0) & (turn <= half)
@@ -248,6 +261,7 @@ def summarise(run: BreakEvenRun) -> dict:
     ``reached_trajectories`` that reached break-even in the first half of the run (None if none did,
     with the reason in ``note``).
     """
+    _check_run(run)
     land, ok = run.land, run.ok
     c = variance_factor(run.S, land.N)
     lam = predicted_break_even(run.eta, run.S, land.N, land.sigma)
@@ -341,7 +355,7 @@ def sweep(
     land: SharpeningLandscape | None = None,
     *,
     steps: int | None = None,
-    trajectories: int = 128,
+    trajectories: int = TRAJECTORIES,
     seed: int = 0,
     keep_runs: bool = False,
     executor=None,
@@ -351,12 +365,25 @@ def sweep(
     With keep_runs, each row carries its BreakEvenRun under "run" (for plots). ``executor`` (any
     ``concurrent.futures.Executor``, :mod:`valleysim.executors`): one task per point, the same rows.
     """
-    land = SharpeningLandscape.make() if land is None else land
+    land = SharpeningLandscape.make() if land is None else check_landscape(land)
+    etas, batch_sizes = _grid_axis(etas, "etas"), _grid_axis(batch_sizes, "batch_sizes")
     fn = functools.partial(
         _sweep_point, land=land, steps=steps, trajectories=trajectories, seed=seed, keep_runs=keep_runs
     )
     grid = [(eta, S) for eta in etas for S in batch_sizes]
     return list(executor.map(fn, grid) if executor is not None else map(fn, grid))
+
+
+def _grid_axis(values, name: str) -> list:
+    """A grid axis as a non-empty list (a bare number is a one-point axis)."""
+    values = list(np.atleast_1d(np.asarray(values, dtype=object)))
+    if not values:
+        raise UserInputError(f"{name} must list at least one value")
+    return values
+
+
+def _check_run(run) -> None:
+    check_instance(run, BreakEvenRun, "run", "from break_even.simulate")
 
 
 def _sweep_point(point, *, land, steps, trajectories, seed, keep_runs) -> dict:

@@ -6,8 +6,15 @@ import math
 
 import numpy as np
 
-from valleysim.break_even.landscape import SharpeningLandscape
-from valleysim.errors import check_int_range, check_learning_rate
+from valleysim.break_even.landscape import MAX_SPREAD, SharpeningLandscape, check_landscape
+from valleysim.errors import (
+    UserInputError,
+    check_array,
+    check_finite,
+    check_int_range,
+    check_learning_rate,
+    check_range,
+)
 from valleysim.theory import break_even_curvature, eta_star_1d, stability_factor, variance_factor
 
 # --------------------------------------------------------------------------------------------- theory
@@ -19,7 +26,7 @@ def predicted_break_even(eta: float, S: int, N: int, sigma: float) -> float:
     The same point as ``theory.eta_star_1d(lambda*, sigma^2 lambda*^2, c) = eta`` and as
     ``theory.break_even_curvature(eta, c, alpha)`` with alpha = sigma^2 lambda*; 2 / eta at S = N.
     """
-    eta = check_learning_rate(eta)
+    eta, sigma = check_learning_rate(eta), check_range(sigma, "sigma", 0, MAX_SPREAD)
     c = variance_factor(S, N)
     lam = 2.0 / (eta * (1.0 + c * sigma**2))
     # the same root through the project's closed forms (guards against drift between the two)
@@ -40,8 +47,10 @@ def almost_sure_break_even(
     """
     from scipy.optimize import brentq
 
-    eta = check_learning_rate(eta)
+    check_landscape(land)
+    eta, j = check_learning_rate(eta), land.direction(j)
     S = check_int_range(S, "batch size S", 1, land.N)
+    samples, seed = check_int_range(samples, "samples", 1), check_int_range(seed, "seed", 0)
     if S == land.N:
         return 2.0 / eta
     f = land.f[:, j]
@@ -68,14 +77,18 @@ def almost_sure_break_even(
 
 def frozen_q(land: SharpeningLandscape, eta: float, S: int, z: float, j: int = 0) -> float:
     """q = (1 - eta a)^2 + eta^2 c sigma^2 a^2 along x_j at frozen z (``theory.stability_factor``)."""
-    a = float(land.curvatures(z)[j])
+    check_landscape(land)
+    eta, j = check_learning_rate(eta), land.direction(j)
+    a = float(land.curvatures(check_finite(z, "z"))[j])
     s2 = float(np.mean((a * land.f[:, j] - a) ** 2))  # = sigma^2 a^2
     return float(stability_factor(eta, a, s2, variance_factor(S, land.N)))
 
 
 def frozen_second_moment(land: SharpeningLandscape, eta: float, S: int, z: float, t, j: int = 0) -> np.ndarray:
     """Exact E[x_j,t^2] at frozen z from x_0 = 0: eta^2 c V (1 - q^t) / (1 - q)  (t * eta^2 c V at q = 1)."""
-    t = np.asarray(t, dtype=float)
+    t = check_array(t, "t")
+    if np.any(t < 0):
+        raise UserInputError(f"t must be >= 0 (steps from x_0 = 0); got {t.min():g}")
     q = frozen_q(land, eta, S, z, j)
     src = eta**2 * variance_factor(S, land.N) * land.noise_source(z, j)
     if math.isclose(q, 1.0, rel_tol=0, abs_tol=1e-14):
@@ -86,6 +99,7 @@ def frozen_second_moment(land: SharpeningLandscape, eta: float, S: int, z: float
 def drift_steps(land: SharpeningLandscape, eta: float, S: int) -> float:
     """Steps the drift alone (z grows by eta beta per step from z = 0) takes to reach lambda*; inf without
     sharpening (beta = 0 or every rate 0)."""
+    check_landscape(land)
     lam = predicted_break_even(eta, S, land.N, land.sigma)
     z_star = min(land.z_of_curvature(lam, j) if land.rates[j] > 0 else np.inf for j in range(land.k))
     if not np.isfinite(z_star) or land.beta <= 0:
