@@ -19,7 +19,7 @@ from itertools import combinations
 import numpy as np
 import sympy as sp
 
-from valleysim.errors import UserInputError
+from valleysim.errors import UserInputError, check_array, check_finite
 from valleysim.expr import check_name, parse_expression, parse_number
 
 #: Functions that make a loss non-smooth; the sign of their argument must not change along a run.
@@ -33,8 +33,11 @@ def diff(expr: sp.Expr, *xs) -> sp.Expr:
     return sp.diff(expr, *xs).replace(sp.DiracDelta, lambda *args: sp.S.Zero)
 
 
-def _symbols(names, what):
-    names = [check_name(s.strip(), what) for s in names]
+def _symbols(text, what):
+    """Comma-separated names -> real sympy Symbols."""
+    if not isinstance(text, str):
+        raise UserInputError(f"{what} must be a string of comma-separated names; got {type(text).__name__}")
+    names = [check_name(s.strip(), what) for s in text.split(",")]
     if len(set(names)) != len(names):
         raise UserInputError(f"{what} lists a coordinate twice: {','.join(names)}")
     return [sp.Symbol(s, real=True) for s in names]
@@ -64,18 +67,21 @@ class ValleyLandscape:
         cls, loss: str, nondegenerate: str, degenerate: str, init: str | None = None, name: str = "custom"
     ) -> ValleyLandscape:
         """Parse the CLI form: ``loss`` over comma-separated coordinate names; ``init`` 'a=1,b=2'."""
-        theta = _symbols(nondegenerate.split(","), "--nondegenerate")
-        theta_hat = _symbols(degenerate.split(","), "--degenerate")
+        theta = _symbols(nondegenerate, "--nondegenerate")
+        theta_hat = _symbols(degenerate, "--degenerate")
         overlap = {s.name for s in theta} & {s.name for s in theta_hat}
         if overlap:
             raise UserInputError(f"coordinates {sorted(overlap)} are listed in both --nondegenerate and --degenerate")
         expr = parse_expression(loss, theta + theta_hat, "--loss")
         land = cls(name, tuple(theta), tuple(theta_hat), expr, tuple([0.0] * (len(theta) + len(theta_hat))))
-        land.validate()
         return land if init is None else land.with_init(init)
 
     def with_init(self, init: str | dict) -> ValleyLandscape:
         """Copy with the starting point changed for the named coordinates ('t3=2,t4=2' or a dict)."""
+        if not isinstance(init, (str, dict)):
+            raise UserInputError(
+                f"--init must be 'name=value,...' or a dict {{name: value}}; got {type(init).__name__}"
+            )
         if isinstance(init, str):
             pairs = {}
             for item in filter(None, (s.strip() for s in init.split(","))):
@@ -88,15 +94,35 @@ class ValleyLandscape:
         unknown = sorted(set(init) - set(names))
         if unknown:
             raise UserInputError(f"--init names unknown coordinates {unknown}; coordinates are {names}")
-        x = [float(init.get(n, v)) for n, v in zip(names, self.init)]
-        if not np.all(np.isfinite(x)):
-            raise UserInputError(f"--init must be finite; got {dict(zip(names, x))}")
+        x = [check_finite(init[n], f"--init value for {n}") if n in init else v for n, v in zip(names, self.init)]
         return ValleyLandscape(
             self.name, self.theta, self.theta_hat, self.loss, tuple(x), self.data_symbols, self.data, self.description
         )
 
-    def validate(self) -> None:
-        """Every coordinate appears in the loss, and nothing else but declared data symbols does."""
+    def __post_init__(self):
+        """Every field checked: symbols, a sympy loss over exactly them (and the declared data symbols), a finite
+        starting point with one value per coordinate, data (M >= 1, one column per data symbol)."""
+        for what, symbols in (
+            ("theta", self.theta),
+            ("theta_hat", self.theta_hat),
+            ("data_symbols", self.data_symbols),
+        ):
+            if not isinstance(symbols, tuple) or not all(isinstance(s, sp.Symbol) for s in symbols):
+                raise UserInputError(f"{what} must be a tuple of sympy Symbols; got {symbols!r:.80}")
+        if not self.theta or not self.theta_hat:
+            raise UserInputError("a valley needs at least one coordinate in theta and one in theta_hat")
+        names = [s.name for s in self.coords + self.data_symbols]
+        if len(set(names)) != len(names):
+            raise UserInputError(f"theta, theta_hat and data_symbols must not share a name; got {names}")
+        if not isinstance(self.loss, sp.Expr):
+            kind = type(self.loss).__name__
+            raise UserInputError(f"loss must be a sympy expression (from_strings reads text); got {kind}")
+        object.__setattr__(self, "init", tuple(check_array(self.init, "init", (len(self.coords),)).tolist()))
+        if self.data is not None:
+            data = check_array(self.data, "data", (None, len(self.data_symbols)))
+            if data.shape[0] < 1:
+                raise UserInputError("data must have at least one row (example)")
+            object.__setattr__(self, "data", data)
         free = self.loss.free_symbols
         missing = [s.name for s in self.coords if s not in free]
         if missing:
@@ -104,8 +130,8 @@ class ValleyLandscape:
         extra = sorted(s.name for s in free - set(self.coords) - set(self.data_symbols))
         if extra:
             raise UserInputError(f"the loss uses undeclared symbols {extra}; declare them as coordinates")
-        if self.data is not None and self.data.shape[1:] != (len(self.data_symbols),):
-            raise UserInputError(f"data must have shape (M, {len(self.data_symbols)}); got {self.data.shape}")
+        if self.data_symbols and self.data is None:
+            raise UserInputError(f"data_symbols {[s.name for s in self.data_symbols]} are declared without data")
 
     # --- derived symbolic objects ---------------------------------------------------------------
     @property
@@ -347,6 +373,6 @@ CATALOGUE = {
 
 def catalogue(name: str) -> ValleyLandscape:
     """A catalogue landscape by name (see ``CATALOGUE``)."""
-    if name not in CATALOGUE:
+    if not isinstance(name, str) or name not in CATALOGUE:
         raise UserInputError(f"unknown catalogue landscape {name!r}; choose one of {', '.join(CATALOGUE)}")
     return CATALOGUE[name]()

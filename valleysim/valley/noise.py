@@ -21,7 +21,15 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
+from valleysim.errors import (
+    SCALE_LIMIT,
+    UserInputError,
+    check_batch_size,
+    check_instance,
+    check_int_range,
+    check_positive,
+    check_range,
+)
 from valleysim.expr import parse_expression
 from valleysim.theory import variance_factor
 from valleysim.valley.landscape import ValleyLandscape
@@ -45,9 +53,43 @@ class NoiseModel:
     S: int | None = None
     M: int | None = None
 
+    def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise UserInputError(f"noise name must be a string; got {type(self.name).__name__}")
+        check_range(self.scale, "noise scale", 0, SCALE_LIMIT)
+        if self.variances is None:
+            if self.S is None or self.M is None:
+                raise UserInputError("mini-batch noise (variances None) needs S and M: build it with make_noise")
+        elif not isinstance(self.variances, tuple) or not all(isinstance(v, sp.Expr) for v in self.variances):
+            raise UserInputError(f"noise variances must be a tuple of sympy expressions; got {self.variances!r:.80}")
+        if self.f is not None and not isinstance(self.f, sp.Expr):
+            raise UserInputError(f"noise f must be a sympy expression or None; got {type(self.f).__name__}")
+        for what, v in (("S", self.S), ("M", self.M)):
+            if v is not None:
+                check_int_range(v, f"noise {what}", 1)
+
     @property
     def minibatch(self) -> bool:
         return self.variances is None
+
+    def check_for(self, land: ValleyLandscape) -> None:
+        """This noise must fit ``land``: one variance per coordinate in its symbols (and the scale), or
+        mini-batches of its own M examples."""
+        if self.minibatch:
+            if not land.finite_sum or self.M != land.n_examples or self.S > self.M:
+                raise UserInputError(
+                    f"noise {self.name} (S = {self.S} of M = {self.M}) does not fit {land.name} "
+                    f"({land.n_examples or 'no'} examples); build it with make_noise(land, ...)"
+                )
+            return
+        exprs = self.variances + (() if self.f is None else (self.f,))
+        foreign = sorted({s.name for e in exprs for s in e.free_symbols} - {s.name for s in (*land.coords, SCALE)})
+        if len(self.variances) != land.n + land.m or foreign:
+            raise UserInputError(
+                f"noise {self.name} has {len(self.variances)} variances in {foreign or 'the coordinates'}; "
+                f"{land.name} needs {land.n + land.m} in its coordinates {[s.name for s in land.coords]}: "
+                "build it with make_noise(land, ...)"
+            )
 
     @property
     def key(self) -> str:
@@ -80,6 +122,9 @@ def make_noise(
     land: ValleyLandscape, spec: str, *, scale: float | None = None, S: int | None = None, M: int | None = None
 ) -> NoiseModel:
     """Validate a noise specification against a landscape (errors name the parameter)."""
+    check_instance(land, ValleyLandscape, "land", "from ValleyLandscape.from_strings or catalogue")
+    if not isinstance(spec, str):
+        raise UserInputError(f"--noise must be one of {', '.join(NOISES)}; got {spec!r}")
     if S is not None:
         S = check_int_range(S, "--batch S", 1)
     if land.finite_sum:
