@@ -9,9 +9,9 @@ import numpy as np
 from valleysim import argtypes as T
 from valleysim.errors import UserInputError
 from valleysim.jsonout import dumps, json_safe
+from valleysim.valley import sim as vsim
 from valleysim.valley.landscape import CATALOGUE, ValleyLandscape, catalogue
 from valleysim.valley.noise import NOISES, make_noise
-from valleysim.valley.sim import simulate, summarise
 
 
 def add_parser(sub) -> None:
@@ -41,9 +41,16 @@ def add_parser(sub) -> None:
         help="training-set size (finite sums: their own)",
     )
     v.add_argument("--steps", type=T.count, default=1000, help="steps in the measurement window")
-    v.add_argument("--burn-in", type=T.natural, default=1000, help="steps before the window (equilibrates theta)")
-    v.add_argument("--trajectories", type=T.integer(2), default=1024, help="ensemble size R (>= 2)")
-    v.add_argument("--record-every", type=T.count, help="record observables every k window steps (default steps/50)")
+    v.add_argument(
+        "--burn-in", type=T.natural, default=vsim.BURN_IN, help="steps before the window (equilibrates theta)"
+    )
+    v.add_argument("--trajectories", type=T.integer(2), default=vsim.TRAJECTORIES, help="ensemble size R (>= 2)")
+    v.add_argument(
+        "--record-every",
+        type=T.count,
+        help=f"record observables every k window steps (default steps/{vsim.RECORDS}; the predictions are "
+        f"withheld when halving it would move them by more than {vsim.SCHEDULE_RTOL:g})",
+    )
     v.add_argument("--seed", type=T.seed, default=0)
     v.add_argument("--json", action="store_true", help="print one JSON object")
     v.add_argument(
@@ -74,10 +81,7 @@ def landscape_from_args(args) -> ValleyLandscape:
 def cmd_valley(args) -> int:
     land = landscape_from_args(args)
     noise = make_noise(land, args.noise, scale=args.noise_scale, S=args.batch, M=args.dataset_size)
-    record_every = args.record_every or max(1, args.steps // 50)
-    if record_every > args.steps:
-        raise UserInputError(f"--record-every must be in 1..--steps ({args.steps}); got {record_every}")
-    run = simulate(
+    run = vsim.simulate(
         land,
         noise,
         args.eta,
@@ -85,9 +89,9 @@ def cmd_valley(args) -> int:
         burn_in=args.burn_in,
         trajectories=args.trajectories,
         seed=args.seed,
-        record_every=record_every,
+        record_every=args.record_every,
     )
-    summary = {k: json_safe(v) for k, v in summarise(run).items()}
+    summary = {k: json_safe(v) for k, v in vsim.summarise(run).items()}
     if args.out is not None:
         from valleysim.valley.plots import plot_run
 
@@ -123,14 +127,16 @@ def format_summary(s: dict) -> str:
                 f"{s[f'{name}_drift_stderr']:>11.2g}{_fmt(s.get(f'{name}_drift_predicted'))}"
                 f"{_fmt(s.get(f'{name}_drift_predicted_leading'), 15)}"
             )
+    notes = [f"  note: {s['schedule_note']}"] if "schedule_note" in s else []
     if "prediction_note" in s:
-        return "\n".join(lines + [f"  {s['prediction_note']}"])
+        return "\n".join(lines + [f"  {s['prediction_note']}"] + notes)
+    n = len(s["second_moments_measured"])
     for i, (m, se, p, pl) in enumerate(
         zip(
             s["second_moments_measured"],
             s["second_moments_stderr"],
-            s["second_moments_predicted"],
-            s["second_moments_predicted_leading"],
+            s["second_moments_predicted"] or [None] * n,
+            s["second_moments_predicted_leading"] or [None] * n,
         )
     ):
         lines.append(f"  {f'<theta_{i + 1}^2>':<26}{m:>13.5g}{se:>11.2g}{_fmt(p)}{_fmt(pl, 15)}")
@@ -145,7 +151,7 @@ def format_summary(s: dict) -> str:
     )
     if "equilibration_note" in s:
         lines.append(f"  note: {s['equilibration_note']}")
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
 
 
 def _fmt(x, width: int = 13) -> str:

@@ -3,8 +3,11 @@
 ``simulate`` runs the compiled ensemble integrator (``valley.codegen``),
 ``summarise`` turns its records into measured quantities with standard errors
 (over trajectories) next to the predictions of ``valley.theory``. Predictions
-are evaluated along the ensemble-mean path of theta_hat at the recorded steps
-of the measurement window and averaged over it.
+are evaluated along the recorded path of theta_hat at the recorded steps
+of the measurement window and averaged over it: they depend on the recording
+schedule, so the default (``default_record_every``, also the CLI's) records
+the window ``RECORDS`` times, and ``summarise`` withholds them when halving
+the schedule would move them by more than ``SCHEDULE_RTOL``.
 """
 
 from __future__ import annotations
@@ -15,13 +18,27 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
-from valleysim.errors import UserInputError, check_int_range, check_learning_rate
+from valleysim.errors import UserInputError, check_array, check_instance, check_int_range, check_learning_rate
 from valleysim.memory import F64, check_fits
 from valleysim.stats import mean_se
 from valleysim.valley import theory as vt
 from valleysim.valley.codegen import OBSERVABLES, REASONS, compile_kernels
 from valleysim.valley.landscape import ValleyLandscape, diff
 from valleysim.valley.noise import SCALE, NoiseModel
+
+#: Defaults of ``simulate``, shared with ``valleysim valley`` (its flags read them from here).
+BURN_IN = 1000
+TRAJECTORIES = 1024
+RECORDS = 50  # records per window by default: ``default_record_every``
+#: The window-averaged predictions follow the recorded path of theta_hat: too few records bias the trapezoid
+#: over it (2 records made a trace drift 1.9x too large). They are reported when the schedule changes them
+#: by at most this much (relative, ``schedule_error``).
+SCHEDULE_RTOL = 0.01
+
+
+def default_record_every(steps: int) -> int:
+    """Record every max(1, steps // RECORDS) window steps: about RECORDS + 1 records."""
+    return max(1, int(steps) // RECORDS)
 
 
 @dataclass
@@ -98,17 +115,22 @@ def simulate(
     eta: float,
     *,
     steps: int,
-    burn_in: int = 0,
-    trajectories: int = 1024,
+    burn_in: int = BURN_IN,
+    trajectories: int = TRAJECTORIES,
     seed: int = 0,
     record_every: int | None = None,
 ) -> ValleyRun:
-    """R trajectories from ``land.init``: ``burn_in`` steps, then a window of ``steps`` steps."""
+    """R trajectories from ``land.init``: ``burn_in`` steps, then a window of ``steps`` steps, recorded every
+    ``record_every`` steps (default ``default_record_every(steps)``)."""
+    check_instance(land, ValleyLandscape, "land", "from ValleyLandscape.from_strings or catalogue")
+    check_instance(noise, NoiseModel, "noise", "from make_noise(land, ...)")
+    noise.check_for(land)
     eta = check_learning_rate(eta, "--eta")
     steps = check_int_range(steps, "--steps", 1)
     burn_in = check_int_range(burn_in, "--burn-in", 0)
     R = check_int_range(trajectories, "--trajectories", 2)
-    record_every = steps if record_every is None else check_int_range(record_every, "--record-every", 1, steps)
+    record_every = default_record_every(steps) if record_every is None else record_every
+    record_every = check_int_range(record_every, "--record-every", 1, steps)
     seed = check_int_range(seed, "--seed", 0, 2**63 - 1)
     n_rec = steps // record_every + 1
     check_fits(
@@ -197,9 +219,10 @@ def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
     ``_leading`` the expected one-step change, ``neg_eig_slope`` and
     ``schur_nsd`` (R5).
     """
+    _check_run(run)
     land, eta = run.land, run.eta
     land.require_valley_form("the drift prediction")
-    xhat = np.asarray(xhat, dtype=float)
+    xhat = check_array(xhat, "xhat", (None,) * (np.ndim(xhat) - 1) + (land.m,))
     x = np.concatenate([np.zeros(xhat.shape[:-1] + (land.n,)), xhat], axis=-1)
     lam, grad_lam = land.eval_lambdas(x), land.eval_grad_lambdas(x)
     cov = noise_covariance(run, x)  # at the floor point
@@ -234,7 +257,7 @@ def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
 def project_to_floor(land: ValleyLandscape, x: np.ndarray, iterations: int = 20) -> np.ndarray:
     """Nearest minimum, by Newton steps restricted to the normal space (the n top Hessian directions).
 
-    x (..., D) -> (..., D); NaN where the gradient does not vanish to 1e-10.
+    x (..., D) -> (..., D); NaN where the gradient does not vanish to 1e-10 (or x is NaN).
     """
     grad = land._lambdify(land.gradient)
     x = np.array(x, dtype=float)
@@ -248,13 +271,18 @@ def project_to_floor(land: ValleyLandscape, x: np.ndarray, iterations: int = 20)
 def manifold_trace_drift(run: ValleyRun, x: np.ndarray) -> np.ndarray:
     """Expected one-step change of tr H at the projection of x (..., D) onto the minimum manifold.
 
-    ``valley.theory.manifold_drift`` at the projection, dotted with grad tr H there.
+    ``valley.theory.manifold_drift`` at the projection, dotted with grad tr H there; NaN where x does not
+    project onto a minimum.
     """
     land = run.land
     xs = project_to_floor(land, x)
+    found = np.all(np.isfinite(xs), axis=-1)
+    out = np.full(found.shape, np.nan)
+    xs = xs[found]
     dH = land.eval_hessian_gradient(xs)
     dx, _ = vt.manifold_drift(run.eta, land.eval_hessian(xs), dH, noise_covariance(run, xs), land.n)
-    return np.einsum("...aac,...c->...", dH, dx)
+    out[found] = np.einsum("...aac,...c->...", dH, dx)
+    return out
 
 
 def _spectral_functions(land: ValleyLandscape, noise: NoiseModel) -> dict:
@@ -293,14 +321,57 @@ def relaxation_steps(land: ValleyLandscape, eta: float) -> float:
     return float(np.max(1.0 / rate)) if np.all(rate > 0) else math.inf
 
 
+def schedule_error(a: np.ndarray) -> float:
+    """Relative error of the window mean of a prediction a (R, n_rec, ...) from recording the path only every
+    record_every steps: |trapezoid over every record - over every second one| / 3 on the same (even) span
+    (Richardson), over |the window mean|; the largest over the trailing axes (NaN entries, where the
+    theory has no value, skipped); inf with 2 records."""
+    m = np.mean(a, axis=0)
+    k = (m.shape[0] - 1) // 2 * 2
+    if k == 0:
+        return math.inf
+    fine = np.trapezoid(m[: k + 1], axis=0) / k
+    coarse = np.trapezoid(m[: k + 1 : 2], axis=0) / (k // 2)
+    moved = np.isfinite(fine) & (fine != coarse)
+    with np.errstate(divide="ignore"):
+        return float(np.max(np.abs(fine - coarse)[moved] / 3 / np.abs(fine[moved]), initial=0.0))
+
+
+def _withhold(run: ValleyRun, out: dict, windowed: list) -> bool:
+    """Whether the window means of the predictions ``windowed`` depend too much on the recording schedule
+    to be reported; puts the schedule's error (and, when withheld, the reason) in ``out``."""
+    error = 0.0 if run.record_every == 1 else max(schedule_error(a) for a in windowed)
+    out["prediction_schedule_error"] = error
+    if error > SCHEDULE_RTOL:
+        why = (
+            "too few to tell how much that schedule moves them"
+            if math.isinf(error)
+            else f"and halving that schedule would move them by {error:.2g} (relative; at most {SCHEDULE_RTOL:g})"
+        )
+        out["schedule_note"] = (
+            f"predictions withheld: they average the theory along the path of theta_hat recorded every "
+            f"{run.record_every} steps ({run.rec.shape[1]} records), {why}; rerun with a smaller record_every "
+            f"(the default is {default_record_every(run.n_steps)})"
+        )
+    return error > SCHEDULE_RTOL
+
+
+def _check_run(run) -> None:
+    check_instance(run, ValleyRun, "run", "from valley.simulate")
+
+
 def summarise(run: ValleyRun) -> dict:
     """Measured drifts, moments, FDR and negative eigenvalues, with SEs, next to the predictions.
 
-    Drifts are (f_end - f_start) / steps per trajectory; second moments and the
-    FDR terms are window averages per trajectory; SEs are over the completed
-    trajectories. Predictions are evaluated at every record of every
-    trajectory and averaged over the window.
+    Drifts are (f_last - f_first) / (steps between them) per trajectory over the first and last records
+    (the window's ends when ``record_every`` divides ``steps``); second moments and the FDR terms are
+    window averages per trajectory; SEs are over the completed trajectories. Predictions are evaluated
+    at every record of every trajectory and averaged over the window (``prediction_records`` records);
+    ``prediction_schedule_error`` (``schedule_error``, 0 when every step is recorded) estimates how much
+    the recording schedule moves them, and above SCHEDULE_RTOL the window-averaged ones are None and
+    ``schedule_note`` says why.
     """
+    _check_run(run)
     land, ok = run.land, run.completed
     R_ok = int(ok.sum())
     out = {
@@ -313,6 +384,8 @@ def summarise(run: ValleyRun) -> dict:
         "dataset_size": run.noise.M,
         "burn_in": run.n_burn,
         "steps": run.n_steps,
+        "record_every": run.record_every,
+        "prediction_records": int(run.rec.shape[1]),
         "trajectories": int(ok.size),
         "completed": R_ok,
         "stopped": int((~ok).sum()),
@@ -325,21 +398,26 @@ def summarise(run: ValleyRun) -> dict:
         out["error"] = "fewer than 2 trajectories completed the run; nothing to average"
         return out
     rec = run.rec[ok]
+    span = (rec.shape[1] - 1) * run.record_every  # steps from the first record to the last
     for name in ("trace", "logdet", "f"):
         col = OBSERVABLES.index(name)
         if np.all(np.isnan(rec[:, 0, col])):
             continue
         out[f"{name}_start"] = float(np.mean(rec[:, 0, col]))
-        out[f"{name}_drift_per_step"], out[f"{name}_drift_stderr"] = mean_se(
-            (rec[:, -1, col] - rec[:, 0, col]) / run.n_steps
-        )
+        out[f"{name}_drift_per_step"], out[f"{name}_drift_stderr"] = mean_se((rec[:, -1, col] - rec[:, 0, col]) / span)
     if not land.valley_form:
-        drift = manifold_trace_drift(run, rec[:, :, len(OBSERVABLES) :])
-        out["trace_drift_predicted"] = float(np.mean(_window_mean(drift)))
         out["prediction_note"] = (
             f"{land.name} is not of the valley form; trace = tr H(x), predicted by the "
             "coordinate-free drift along the minimum manifold (valley.theory.manifold_drift)"
         )
+        drift = manifold_trace_drift(run, rec[:, :, len(OBSERVABLES) :])
+        lost = int(np.count_nonzero(np.isnan(drift)))
+        if lost:
+            out["prediction_note"] += (
+                f"; {lost} of {drift.size} recorded points project onto no minimum (project_to_floor): no prediction"
+            )
+        withheld = lost or _withhold(run, out, [drift])
+        out["trace_drift_predicted"] = None if withheld else float(np.mean(_window_mean(drift)))
         return out
 
     tau = relaxation_steps(land, run.eta)
@@ -350,15 +428,21 @@ def summarise(run: ValleyRun) -> dict:
             f"({tau:.3g} steps at the start): the second moments may not be stationary"
         )
     preds = predictions(run, rec[:, :, len(OBSERVABLES) + land.n :])  # each (R_ok, n_rec, ...)
+    withheld = _withhold(run, out, [v for k, v in preds.items() if k.startswith("W") or "_drift" in k])
+
+    def window(key: str, axis=None):
+        """The prediction ``key`` averaged over the window and the trajectories."""
+        return np.mean(_window_mean(preds[key]), axis=axis)
+
     for name in ("trace", "logdet", "f"):
         if f"{name}_drift" in preds:
-            out[f"{name}_drift_predicted"] = float(np.mean(_window_mean(preds[f"{name}_drift"])))
-            out[f"{name}_drift_predicted_leading"] = float(np.mean(_window_mean(preds[f"{name}_drift_leading"])))
+            out[f"{name}_drift_predicted"] = None if withheld else float(window(f"{name}_drift"))
+            out[f"{name}_drift_predicted_leading"] = None if withheld else float(window(f"{name}_drift_leading"))
     m2 = run.acc[ok, : land.n] / run.n_steps
     m2_mean, m2_se = mean_se(m2, axis=0)
     out["second_moments_measured"], out["second_moments_stderr"] = m2_mean.tolist(), m2_se.tolist()
-    out["second_moments_predicted"] = np.mean(_window_mean(preds["W"]), axis=0).tolist()
-    out["second_moments_predicted_leading"] = np.mean(_window_mean(preds["W_leading"]), axis=0).tolist()
+    out["second_moments_predicted"] = None if withheld else window("W", axis=0).tolist()
+    out["second_moments_predicted_leading"] = None if withheld else window("W_leading", axis=0).tolist()
     # FDR: <theta . g_B> = (eta / 2) <|g_B|^2> over the theta block
     lhs = run.acc[ok, land.n] / run.n_steps
     rhs = 0.5 * run.eta * run.acc[ok, land.n + 1] / run.n_steps
