@@ -86,12 +86,16 @@ def check_int_range(value: int, name: str, lo: int, hi: int | None = None) -> in
 def check_array(value, name: str, shape: tuple | None = None, finite: bool = True) -> np.ndarray:
     """``value`` as a float64 array with ``shape`` (None: any shape; a None entry: any length along that
     axis) and finite entries (``finite`` False: NaN and inf pass, for formulas that carry them through)."""
+    kind = type(value).__name__
     try:
         if value is None:  # np.asarray would make it NaN
             raise TypeError
+        if np.iscomplexobj(value):  # np.asarray would drop the imaginary parts
+            kind = "complex numbers"
+            raise TypeError
         a = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise UserInputError(f"{name} must be an array of numbers; got {type(value).__name__}") from None
+        raise UserInputError(f"{name} must be an array of real numbers; got {kind}") from None
     if shape is not None and (a.ndim != len(shape) or any(w not in (None, n) for w, n in zip(shape, a.shape))):
         want = "(" + ", ".join("n" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
         raise UserInputError(f"{name} must have shape {want}; got shape {a.shape}")
@@ -117,6 +121,21 @@ def warn(message: str) -> None:
     print(f"valleysim: warning: {message}", file=sys.stderr)
 
 
+def check_path(value, what: str) -> Path:
+    """``value`` (a str or os.PathLike) as a Path."""
+    if not isinstance(value, (str, os.PathLike)):
+        raise UserInputError(f"{what} must be a path (str or os.PathLike); got {type(value).__name__}")
+    return Path(value)
+
+
+def check_list(values, name: str) -> list:
+    """``values`` as a non-empty list (a bare value: a one-entry list)."""
+    values = list(np.atleast_1d(np.asarray(values, dtype=object)))
+    if not values:
+        raise UserInputError(f"{name} must list at least one value")
+    return values
+
+
 def check_out_dir(path, what: str = "--out") -> Path:
     """``path`` as a directory this process can create or write in; UserInputError naming ``what`` if not.
 
@@ -126,7 +145,7 @@ def check_out_dir(path, what: str = "--out") -> Path:
     unwritable: reopening a finished run writes nothing, and the command refuses (``check_writable_dir``)
     only if it has to write. Creates nothing: the writer makes the directory when it writes.
     """
-    if not str(path).strip():
+    if not str(check_path(path, what)).strip():
         raise UserInputError(f"{what} must name a directory; got an empty string")
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():

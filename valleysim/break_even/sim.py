@@ -13,12 +13,12 @@ from numba import njit, prange
 from valleysim.break_even.landscape import SharpeningLandscape, check_landscape
 from valleysim.break_even.theory import almost_sure_break_even, drift_steps, predicted_break_even, steps_for_break_even
 from valleysim.errors import (
-    UserInputError,
     check_array,
     check_finite,
     check_instance,
     check_int_range,
     check_learning_rate,
+    check_list,
 )
 from valleysim.memory import F64, check_fits
 from valleysim.rng import bounded, seed_state
@@ -366,20 +366,12 @@ def sweep(
     ``concurrent.futures.Executor``, :mod:`valleysim.executors`): one task per point, the same rows.
     """
     land = SharpeningLandscape.make() if land is None else check_landscape(land)
-    etas, batch_sizes = _grid_axis(etas, "etas"), _grid_axis(batch_sizes, "batch_sizes")
+    etas, batch_sizes = check_list(etas, "etas"), check_list(batch_sizes, "batch_sizes")
     fn = functools.partial(
         _sweep_point, land=land, steps=steps, trajectories=trajectories, seed=seed, keep_runs=keep_runs
     )
     grid = [(eta, S) for eta in etas for S in batch_sizes]
     return list(executor.map(fn, grid) if executor is not None else map(fn, grid))
-
-
-def _grid_axis(values, name: str) -> list:
-    """A grid axis as a non-empty list (a bare number is a one-point axis)."""
-    values = list(np.atleast_1d(np.asarray(values, dtype=object)))
-    if not values:
-        raise UserInputError(f"{name} must list at least one value")
-    return values
 
 
 def _check_run(run) -> None:

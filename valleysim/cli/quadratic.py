@@ -12,6 +12,7 @@ from valleysim.errors import UserInputError, check_batch_size
 from valleysim.executors import add_executor_options, sweep_executor
 from valleysim.jsonout import dumps
 from valleysim.quadratic.landscape import KINDS, NONUNIFORMITY_RANGE, generate, load_hessians
+from valleysim.quadratic.lyapunov import MC_STEPS, MC_TRAJECTORIES
 from valleysim.theory import SCHEMES
 
 
@@ -27,15 +28,15 @@ def add_parser(sub) -> None:
         "--trajectories",
         "--n-traj",
         type=T.integer(2),
-        default=20000,
-        help="trajectories for --simulate (>= 2, default 20000)",
+        default=MC_TRAJECTORIES,
+        help=f"trajectories for --simulate (>= 2, default {MC_TRAJECTORIES})",
     )
     s.add_argument(
         "--steps",
         "--n-steps",
         type=T.integer(2),
-        default=12,
-        help="steps for --simulate (>= 2, default 12; longer windows are heavy-tailed)",
+        default=MC_STEPS,
+        help=f"steps for --simulate (>= 2, default {MC_STEPS}; longer windows are heavy-tailed)",
     )
     s.add_argument("--seed", type=T.seed, default=0)
     s.set_defaults(func=cmd_stability)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_positive
+from valleysim.errors import UserInputError, check_array, check_batch_size, check_int_range, check_positive
 from valleysim.memory import F64, check_fits
-from valleysim.quadratic.landscape import PerExampleQuadratic
+from valleysim.quadratic.landscape import PerExampleQuadratic, check_landscape
 from valleysim.rng import bounded, seed_state
 from valleysim.theory import SCHEMES, check_scheme
 
@@ -291,9 +291,7 @@ def initial_points(q: PerExampleQuadratic, n_traj: int, seed: int, w0=None) -> n
     if w0 is None:
         z = np.random.default_rng([seed, 0x5EED]).standard_normal((n_traj, U.shape[1]))
         return np.ascontiguousarray(z @ U.T)
-    w0 = np.asarray(w0, dtype=np.float64)
-    if w0.shape != (q.D,) or not np.all(np.isfinite(w0)):
-        raise UserInputError(f"w0 must be a finite vector of shape ({q.D},); got shape {w0.shape}")
+    w0 = check_array(w0, "w0", (q.D,))
     u0 = U @ (U.T @ (w0 - q.w_star))
     if not np.any(u0):
         raise UserInputError("w0 lies on the minimum manifold: the distance stays 0")
@@ -327,7 +325,7 @@ def simulate(
     overflow; no divergence is flagged then). Records at t = 0, every
     ``record_every`` steps (default about 100 records) and at t = T.
     """
-    q.check_eta(eta)
+    eta = check_landscape(q).check_eta(eta)
     check_scheme(scheme)
     check_batch_size(batch_size, q.N, allow_above_n=scheme == "with_replacement")
     n_steps, n_traj = steps, trajectories

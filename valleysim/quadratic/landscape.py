@@ -20,7 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from valleysim.errors import SCALE_LIMIT, UserInputError, check_int_range, check_positive
+from valleysim.errors import (
+    SCALE_LIMIT,
+    UserInputError,
+    check_array,
+    check_instance,
+    check_int_range,
+    check_path,
+    check_positive,
+)
 from valleysim.memory import F64, check_fits
 
 KINDS = ("diagonal", "dense", "rank_one")
@@ -44,7 +52,7 @@ class PerExampleQuadratic:
     def __post_init__(self):
         if self.kind not in KINDS:
             raise UserInputError(f"kind must be one of {', '.join(KINDS)}; got {self.kind!r}")
-        data = np.ascontiguousarray(self.data, dtype=np.float64)
+        data = np.ascontiguousarray(check_array(self.data, "hessians", finite=False))
         want = 3 if self.kind == "dense" else 2
         if data.ndim != want or data.shape[0] < 1 or data.shape[1] < 1:
             raise UserInputError(
@@ -67,9 +75,7 @@ class PerExampleQuadratic:
             unit = 0.5 * (unit + unit.transpose(0, 2, 1))
             data = np.ldexp(unit, k)
         D = data.shape[1]
-        w_star = np.zeros(D) if self.w_star is None else np.asarray(self.w_star, dtype=np.float64)
-        if w_star.shape != (D,) or not np.all(np.isfinite(w_star)):
-            raise UserInputError(f"w_star must be a finite vector of shape ({D},); got {w_star.shape}")
+        w_star = np.zeros(D) if self.w_star is None else check_array(self.w_star, "w_star", (D,))
         object.__setattr__(self, "data", data)
         object.__setattr__(self, "w_star", w_star)
         check_fits(landscape_bytes(self.kind, self.N, D), f"a {self.kind} landscape of N = {self.N}, D = {D}")
@@ -241,7 +247,7 @@ def _npy_header(path: Path) -> tuple[tuple, np.dtype]:
 
 def load_hessians(path: str | Path) -> PerExampleQuadratic:
     """Per-example Hessians from ``.npy``: (N,) 1-D, (N, D) diagonal, (N, D, D) dense."""
-    path = Path(path)
+    path = check_path(path, "--hessians")
     if path.is_dir():
         raise UserInputError(f"--hessians {path} is a directory, not a .npy file")
     if not path.is_file():
@@ -273,10 +279,10 @@ def least_squares(X: np.ndarray, y: np.ndarray) -> PerExampleQuadratic:
 
     Needs an interpolating solution (X w = y solvable); w* is the minimum-norm one.
     """
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if X.ndim != 2 or y.shape != (X.shape[0],):
-        raise UserInputError(f"X must be (N, D) and y (N,); got {X.shape} and {y.shape}")
+    X = check_array(X, "X", (None, None))
+    y = check_array(y, "y", (X.shape[0],))
+    if not X.size:
+        raise UserInputError(f"X must have at least one example and one dimension; got shape {X.shape}")
     w_star, *_ = np.linalg.lstsq(X, y, rcond=None)
     resid = np.abs(X @ w_star - y).max()
     if resid > 1e-8 * max(np.abs(y).max(), 1.0):
@@ -361,3 +367,9 @@ def generate(
     X = rng.standard_normal((N, D)) @ C_half.T
     X *= np.sqrt(lambda_max / np.linalg.eigvalsh(X.T @ X / N)[-1])
     return least_squares(X, X @ rng.standard_normal(D))
+
+
+def check_landscape(q) -> PerExampleQuadratic:
+    """``q`` must be a PerExampleQuadratic."""
+    check_instance(q, PerExampleQuadratic, "q", "from generate, load_hessians or least_squares")
+    return q

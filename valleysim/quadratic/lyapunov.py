@@ -12,17 +12,28 @@ from __future__ import annotations
 
 import numpy as np
 
+from valleysim.errors import UserInputError, check_int_range
 from valleysim.quadratic.batches import MAX_BATCHES, count_batches, enumerate_batches
 from valleysim.quadratic.integrator import Record, simulate
-from valleysim.quadratic.landscape import PerExampleQuadratic
+from valleysim.quadratic.landscape import PerExampleQuadratic, check_landscape
 from valleysim.stats import mean_se
+
+#: Defaults of ``mean_square_growth_mc``, shared with ``stability_report`` and ``valleysim stability --simulate``:
+#: a short window (E||u_t||^2 is carried by ever rarer trajectories as t grows) and many trajectories.
+MC_STEPS = 12
+MC_TRAJECTORIES = 20000
+
+
+def mc_burn_in(n_steps: int) -> int:
+    """The Monte Carlo growth rate's default start of the window, n_steps / 4 (at least 1)."""
+    return max(1, int(n_steps) // 4)
 
 
 def lyapunov_exact(q: PerExampleQuadratic, eta: float, S: int, scheme: str = "without_replacement") -> float:
     """gamma = max_j E_B[log|1 - eta h_{B,j}|] by enumerating all batches (diagonal H_i only)."""
-    q.check_eta(eta)
+    eta = check_landscape(q).check_eta(eta)
     if q.kind != "diagonal":
-        raise ValueError("exact Lyapunov exponents need commuting (diagonal) H_i")
+        raise UserInputError(f"exact Lyapunov exponents need commuting (diagonal) H_i; q is {q.kind}")
     q, eta = q.unit_problem(eta)  # exact: the same products eta h
     one_step = "with_replacement" if scheme == "with_replacement" else "without_replacement"
     idx, prob = enumerate_batches(q.N, S, one_step)
@@ -58,6 +69,7 @@ def lyapunov_exponent(
     renormalised trajectories of (log||u_T|| - log||u_{T0}||) / (T - T0),
     with its standard error.
     """
+    _check_window(n_steps, burn_in, n_traj)
     one_step = "with_replacement" if scheme == "with_replacement" else "without_replacement"
     if q.kind == "diagonal" and count_batches(q.N, S, one_step) <= MAX_BATCHES:
         return {"value": lyapunov_exact(q, eta, S, scheme), "se": 0.0, "method": "enumeration"}
@@ -76,9 +88,9 @@ def mean_square_growth_mc(
     S: int,
     scheme: str = "without_replacement",
     *,
-    n_steps: int = 400,
-    burn_in: int = 100,
-    n_traj: int = 4096,
+    n_steps: int = MC_STEPS,
+    burn_in: int | None = None,
+    n_traj: int = MC_TRAJECTORIES,
     seed: int = 0,
 ) -> dict:
     """Monte Carlo per-step growth rate of E||u_t||^2, to compare with log rho(T(eta)).
@@ -90,8 +102,11 @@ def mean_square_growth_mc(
     error is then underestimated too. The diagnostic is the effective sample
     size (sum a)^2 / sum a^2 of the final weights a_r = ||u_T||^2: well
     below ~100 the estimate is not trustworthy whatever its SE says.
+    The window is [burn_in, n_steps] (burn_in default ``mc_burn_in(n_steps)``).
     Returns {'value', 'se', 'spectral_radius_estimate', 'effective_sample_size'}.
     """
+    burn_in = mc_burn_in(n_steps) if burn_in is None else burn_in
+    _check_window(n_steps, burn_in, n_traj)
     rec = simulate(
         q, eta, S, steps=n_steps, trajectories=n_traj, seed=seed, scheme=scheme, record_every=burn_in, renormalize=True
     )
@@ -112,3 +127,10 @@ def mean_square_growth_mc(
         "spectral_radius_estimate": float(np.exp(rate)),
         "effective_sample_size": float(a.sum() ** 2 / (a @ a)),
     }
+
+
+def _check_window(n_steps: int, burn_in: int, n_traj: int) -> None:
+    """A window [burn_in, n_steps] of at least one step, over at least 2 trajectories (for a standard error)."""
+    n_steps = check_int_range(n_steps, "n_steps", 1)
+    check_int_range(burn_in, "burn_in", 0, n_steps - 1)
+    check_int_range(n_traj, "n_traj", 2)

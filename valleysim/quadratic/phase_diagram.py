@@ -38,14 +38,21 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter, FuncFormatter  # noqa: E402
 from scipy.optimize import brentq  # noqa: E402
 
-from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_writable_dir  # noqa: E402
+from valleysim.errors import (  # noqa: E402
+    UserInputError,
+    check_batch_size,
+    check_int_range,
+    check_list,
+    check_path,
+    check_writable_dir,
+)
 from valleysim.jsonout import atomic_write, dumps, json_safe, read_json  # noqa: E402
 from valleysim.locking import DirectoryLock  # noqa: E402
 from valleysim.memory import check_fits  # noqa: E402
 from valleysim.quadratic import reshuffle  # noqa: E402
 from valleysim.quadratic.batches import MAX_BATCHES, count_batches  # noqa: E402
 from valleysim.quadratic.integrator import simulate, simulate_bytes  # noqa: E402
-from valleysim.quadratic.landscape import PerExampleQuadratic  # noqa: E402
+from valleysim.quadratic.landscape import PerExampleQuadratic, check_landscape  # noqa: E402
 from valleysim.quadratic.lyapunov import lyapunov_exact, lyapunov_exponent  # noqa: E402
 from valleysim.quadratic.second_moment import MomentMap, mean_square_verdict, moment_map_bytes  # noqa: E402
 from valleysim.runner import point_key, read_store, run_sweep  # noqa: E402
@@ -236,19 +243,20 @@ def phase_diagram(
     progress: bool = True,
 ) -> list[dict]:
     """Sweep the grid etas x batch_sizes; returns one dict per (eta, S) (tidy rows, S-major)."""
+    check_landscape(q)
     check_scheme(scheme)
-    etas = sorted({float(q.check_eta(e, "etas")) for e in etas})
-    sizes = sorted({int(check_batch_size(s, q.N, allow_above_n=scheme == "with_replacement")) for s in batch_sizes})
-    if not etas or not sizes:
-        raise UserInputError("the grid needs at least one eta and one batch size")
+    etas = sorted({float(q.check_eta(e, "etas")) for e in check_list(etas, "etas")})
+    allow = scheme == "with_replacement"
+    sizes = sorted({int(check_batch_size(s, q.N, allow_above_n=allow)) for s in check_list(batch_sizes, "batch_sizes")})
     check_int_range(n_traj, "n_traj", 2)
     check_int_range(n_steps, "n_steps", 4)
+    check_int_range(seed, "seed", 0, 2**63 - 1)
     workers = 1 if executor is not None else min(len(sizes) * (len(etas) + 1), os.cpu_count() or 1)
     check_fits(
         workers * (q.data.nbytes + moment_map_bytes(q.kind, q.N, q.D) + simulate_bytes(q, n_traj, max(sizes), 8)),
         f"a phase diagram of a {q.kind} landscape (N = {q.N}, D = {q.D}, {n_traj} trajectories) on {workers} worker(s)",
     )
-    out = Path(out_dir)
+    out = check_path(out_dir, "out_dir")
     eta_lo, eta_hi = etas[0] / 2, etas[-1] * 2
     config = {"scheme": scheme, "n_traj": n_traj, "n_steps": n_steps, "seed": seed}
     # per-S results depend on the grid's eta range: it is part of their key, so a resume with another

@@ -23,9 +23,9 @@ import numpy as np
 import scipy.linalg
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 
-from valleysim.errors import UserInputError
+from valleysim.errors import UserInputError, check_int_range, check_positive, check_range
 from valleysim.memory import F64, check_fits
-from valleysim.quadratic.landscape import PerExampleQuadratic
+from valleysim.quadratic.landscape import PerExampleQuadratic, check_landscape
 from valleysim.theory import necessary_eta_bounds, variance_factor
 
 _DENSE_TENSOR_MAX_R = 80  # keep the (r^2, r^2) moment matrix under ~330 MB
@@ -50,6 +50,7 @@ class MomentMap:
     """
 
     def __init__(self, q: PerExampleQuadratic):
+        check_landscape(q)
         check_fits(moment_map_bytes(q.kind, q.N, q.D), f"the second-moment map of a {q.kind} landscape with D = {q.D}")
         unit, self.factor = q.unit_scaled()
         self.q = unit.reduced()
@@ -95,13 +96,19 @@ class MomentMap:
 
     def mean_dist2(self, eta: float, c: float, steps) -> np.ndarray:
         """E||u_t||^2 = tr(T(eta)^t I) at the given increasing steps t, for u_0 ~ N(0, P)."""
+        eta, c = self._checked(eta, c)
         sigma, t, out = np.eye(self.r), 0, []
         for target in steps:
-            for _ in range(int(target) - t):
+            target = check_int_range(target, "steps (increasing)", t)
+            for _ in range(target - t):
                 sigma = self.transition(sigma, eta, c)
             t = int(target)
             out.append(np.trace(sigma))
         return np.array(out)
+
+    def _checked(self, eta: float, c: float) -> tuple[float, float]:
+        """(eta, c) checked: eta > 0, c in [0, 1]."""
+        return check_positive(eta, "eta"), _check_c(c)
 
     def lyapunov_solve(self, y: np.ndarray) -> np.ndarray:
         """L^{-1}(Y): the Sigma with H Sigma + Sigma H = Y (H > 0 on the reduced space)."""
@@ -114,6 +121,7 @@ class MomentMap:
 
     def spectral_radius(self, eta: float, c: float) -> float:
         """rho(T(eta)): per-step growth factor of E||u||^2 in the long run."""
+        eta, c = self._checked(eta, c)
         return _perron(lambda s: self.transition(s, eta, c), self.r)
 
     def eta_star(self, c: float) -> float:
@@ -121,6 +129,7 @@ class MomentMap:
         with noise and no mean curvature). A tiny smallest curvature is no reason for 0: L^{-1} is then
         ill-conditioned, but its Perron root still gives eta* (checked against ``eta_star_dense`` at
         condition numbers 1e16)."""
+        c = _check_c(c)
         if self.r == 0:
             return np.inf
         if self.h[0] <= 0.0:
@@ -129,6 +138,11 @@ class MomentMap:
         if not np.isfinite(mu):
             return 0.0
         return 1.0 / mu / self.factor
+
+
+def _check_c(c: float) -> float:
+    """The variance factor c of a mini-batch mean, in [0, 1] (``theory.variance_factor``)."""
+    return check_range(c, "variance factor c", 0, 1)
 
 
 def _perron(apply, r: int) -> float:
@@ -165,7 +179,8 @@ def dense_transition(q: PerExampleQuadratic, eta: float, c: float) -> np.ndarray
 
 def eta_star_dense(q: PerExampleQuadratic, c: float) -> float:
     """Reference: eta* = 1 / (largest real generalized eigenvalue mu of Q x = mu L x)."""
-    q, factor = q.unit_scaled()
+    c = _check_c(c)
+    q, factor = check_landscape(q).unit_scaled()
     lin, quad = _dense_parts(q, c)
     mu = scipy.linalg.eigvals(quad, lin)
     finite = mu[np.isfinite(mu) & (np.abs(mu.imag) <= 1e-9 * np.abs(mu).max())].real
@@ -192,7 +207,7 @@ def mean_square(
     nonuniformity and the necessary bounds. For 'reshuffle' see
     ``valleysim.quadratic.reshuffle``.
     """
-    q.check_eta(eta)
+    eta = check_landscape(q).check_eta(eta)
     if scheme == "reshuffle":
         raise UserInputError(
             "mean_square handles one-step schemes; use valleysim.quadratic.reshuffle for scheme='reshuffle'"

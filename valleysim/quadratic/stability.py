@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from valleysim.errors import check_batch_size
+from valleysim.errors import check_batch_size, check_int_range
 from valleysim.quadratic import reshuffle
-from valleysim.quadratic.landscape import PerExampleQuadratic
-from valleysim.quadratic.lyapunov import lyapunov_exponent, mean_square_growth_mc
+from valleysim.quadratic.landscape import PerExampleQuadratic, check_landscape
+from valleysim.quadratic.lyapunov import (
+    MC_STEPS,
+    MC_TRAJECTORIES,
+    lyapunov_exponent,
+    mc_burn_in,
+    mean_square_growth_mc,
+)
 from valleysim.quadratic.second_moment import MomentMap, mean_square
 from valleysim.theory import check_scheme
 
@@ -19,8 +25,8 @@ def stability_report(
     scheme: str = "without_replacement",
     *,
     simulate: bool = False,
-    n_traj: int = 20000,
-    n_steps: int = 12,
+    n_traj: int = MC_TRAJECTORIES,
+    n_steps: int = MC_STEPS,
     seed: int = 0,
 ) -> dict:
     """Everything known about SGD's stability at (eta, S) on ``q``.
@@ -39,9 +45,12 @@ def stability_report(
     For 'reshuffle' the mean-square entries are per-step values of the exact
     epoch map (N <= 8) and None otherwise.
     """
-    q.check_eta(eta)
+    eta = check_landscape(q).check_eta(eta)
     check_scheme(scheme)
-    check_batch_size(S, q.N, allow_above_n=scheme == "with_replacement")
+    S = check_batch_size(S, q.N, allow_above_n=scheme == "with_replacement")
+    seed = check_int_range(seed, "seed", 0, 2**63 - 1)
+    if simulate:
+        n_traj, n_steps = check_int_range(n_traj, "n_traj", 2), check_int_range(n_steps, "n_steps", 2)
     out = {"kind": q.kind, "N": q.N, "D": q.D, "eta": float(eta), "batch_size": int(S), "scheme": scheme}
     moments = MomentMap(q)
     if scheme == "reshuffle":
@@ -64,7 +73,7 @@ def stability_report(
         almost_sure_stable=bool(lyap["value"] < 0.0),
     )
     if simulate:
-        t0 = max(1, n_steps // 4)
+        t0 = mc_burn_in(n_steps)
         mc = mean_square_growth_mc(q, eta, S, scheme, n_steps=n_steps, burn_in=t0, n_traj=n_traj, seed=seed)
         predicted = None
         if scheme != "reshuffle":
