@@ -8,7 +8,14 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from valleysim.errors import UserInputError, check_int_range, check_positive
+from valleysim.errors import (
+    UserInputError,
+    check_array,
+    check_finite,
+    check_int_range,
+    check_positive,
+    check_range,
+)
 from valleysim.memory import F64, check_fits
 from valleysim.theory import variance_factor
 
@@ -30,6 +37,28 @@ class WalkLandscape:
     x0: float = 1.0
     y0: float = 0.0
     params: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self):
+        """Every field checked (the kernel reads k, a and e by example: one entry each per example)."""
+        k = check_array(self.k, "k (wall curvatures k_i)", (None,))
+        if k.size < 1 or np.any(k <= 0):
+            raise UserInputError(f"k (wall curvatures k_i) must be > 0, one per example (at least one); got {k}")
+        fields = dict(
+            k=k,
+            a=check_array(self.a, "a (wall offsets a_i)", k.shape),
+            e=check_array(self.e, "e (slope offsets e_i)", k.shape),
+            slope=check_finite(self.slope, "slope s"),
+            width=_check_width(self.width, "wall width w"),
+            barrier=check_range(self.barrier, "barrier b", 0, math.inf),
+            period=check_positive(self.period, "barrier period p"),
+            barrier_width=_check_width(self.barrier_width, "barrier width h"),
+            kappa=check_range(self.kappa, "kappa", 0, math.inf),
+            n_flat=check_int_range(self.n_flat, "n_flat", 0),
+            x0=check_finite(self.x0, "x0"),
+            y0=check_finite(self.y0, "y0"),
+        )
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def make(
@@ -55,22 +84,11 @@ class WalkLandscape:
         N = check_int_range(n_examples, "n_examples", 1, 2**31)
         check_fits(8.0 * N * F64, f"a walk landscape of {N} examples")
         k = check_positive(k, "wall curvature k")
-        if not (0 <= k_spread < 1):
+        if not (0 <= check_finite(k_spread, "k_spread") < 1):
             raise UserInputError(f"k_spread must be in [0, 1) (all k_i > 0); got {k_spread!r}")
-        for v, name in ((offset_std, "offset_std"), (slope_std, "slope_std"), (barrier, "barrier b")):
-            if not (math.isfinite(v) and v >= 0):
-                raise UserInputError(f"{name} must be a finite number >= 0; got {v!r}")
-        if not math.isfinite(slope):
-            raise UserInputError(f"slope s must be finite; got {slope!r}")
-        width = _check_width(width, "wall width w")
-        barrier_width = _check_width(barrier_width, "barrier width h")
-        period = check_positive(period, "barrier period p")
-        if not (math.isfinite(kappa) and kappa >= 0):
-            raise UserInputError(f"kappa must be a finite number >= 0; got {kappa!r}")
-        n_flat = check_int_range(n_flat, "n_flat", 0)
-        if not (math.isfinite(x0) and math.isfinite(y0)):
-            raise UserInputError("x0 and y0 must be finite")
-        rng = np.random.default_rng(seed)
+        offset_std = check_range(offset_std, "offset_std", 0, math.inf)
+        slope_std = check_range(slope_std, "slope_std", 0, math.inf)
+        rng = np.random.default_rng(check_int_range(seed, "seed", 0, 2**63 - 1))
         ks = k * (1.0 + k_spread * rng.uniform(-1.0, 1.0, N))
         a = offset_std * rng.standard_normal(N)
         e = slope_std * rng.standard_normal(N)
@@ -80,38 +98,25 @@ class WalkLandscape:
         else:
             a[:] = 0.0
             e[:] = 0.0
-        params = dict(
+        land = cls(ks, a, e, slope, width, barrier, period, barrier_width, kappa, n_flat, x0, y0)
+        land.params.update(
             n_examples=N,
             k=k,
             k_spread=k_spread,
             offset_std=offset_std,
-            slope=slope,
+            slope=land.slope,
             slope_std=slope_std,
-            width=width,
-            barrier=barrier,
-            period=period,
-            barrier_width=barrier_width,
-            kappa=kappa,
-            n_flat=n_flat,
-            x0=x0,
-            y0=y0,
+            width=land.width,
+            barrier=land.barrier,
+            period=land.period,
+            barrier_width=land.barrier_width,
+            kappa=land.kappa,
+            n_flat=land.n_flat,
+            x0=land.x0,
+            y0=land.y0,
             seed=seed,
         )
-        return cls(
-            ks,
-            a,
-            e,
-            float(slope),
-            width,
-            float(barrier),
-            period,
-            barrier_width,
-            float(kappa),
-            n_flat,
-            float(x0),
-            float(y0),
-            params,
-        )
+        return land
 
     @property
     def N(self) -> int:
@@ -127,6 +132,13 @@ class WalkLandscape:
         t[0], t[1] = self.x0, self.y0
         return t
 
+    def _theta(self, theta) -> np.ndarray:
+        """theta (..., D) as a float array; UserInputError when it is not D wide."""
+        th = np.asarray(theta, dtype=float)
+        if th.shape[-1:] != (self.D,):
+            raise UserInputError(f"theta must have shape (..., {self.D}) (x, y, {self.n_flat} flat z); got {th.shape}")
+        return th
+
     def _scalars(self):
         inv_w2 = 0.0 if math.isinf(self.width) else 1.0 / self.width**2
         inv_h2 = 0.0 if math.isinf(self.barrier_width) else 1.0 / self.barrier_width**2
@@ -136,7 +148,7 @@ class WalkLandscape:
 
     def loss(self, theta) -> np.ndarray:
         """Full-batch loss L at theta (..., D)."""
-        th = np.asarray(theta, dtype=float)
+        th = self._theta(theta)
         x, y, z = th[..., 0], th[..., 1], th[..., 2:]
         u = x[..., None] - self.a
         wall = np.mean(self.k * _wall(u, self.width), axis=-1)
@@ -144,7 +156,7 @@ class WalkLandscape:
 
     def example_losses(self, theta) -> np.ndarray:
         """(..., N) per-example losses l_i."""
-        th = np.asarray(theta, dtype=float)
+        th = self._theta(theta)
         x, y, z = th[..., 0:1], th[..., 1:2], th[..., 2:]
         return (
             self.k * _wall(x - self.a, self.width)
@@ -155,7 +167,7 @@ class WalkLandscape:
 
     def example_grads(self, theta) -> np.ndarray:
         """(N, D) per-example gradients at one point theta (D,)."""
-        th = np.asarray(theta, dtype=float)
+        th = check_array(theta, "theta", (self.D,))
         x, y = th[0], th[1]
         u = x - self.a
         w2 = self.width**2

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from valleysim.errors import UserInputError, check_array
+
 N_INTERP = 10
 BARRIER_RTOL = 1e-10  # "above" means above by more than BARRIER_RTOL (1 + |L|): round-off is not a barrier
 GRAD_ATOL = 1e-12  # cos is skipped when a gradient's norm is below this (GD stopped at a minimum)
@@ -23,7 +25,9 @@ def segment_metrics(losses) -> dict:
     floor = min over alpha in [0, 1]; height = (L_0 + L_1 - 2 floor) / 2; barrier = an interior point
     above both endpoints (by more than BARRIER_RTOL (1 + |L|)), barrier_size = max interior - max(L_0, L_1)
     (0 when none)."""
-    L = np.asarray(losses, dtype=float)
+    L = check_array(losses, "losses", (None,), finite=False)
+    if L.size < 2:
+        raise UserInputError(f"losses must hold the segment's two endpoints at least; got {L.size} values")
     floor = float(L.min())
     top = max(L[0], L[-1])
     inner = float(L[1:-1].max()) if L.size > 2 else -np.inf
@@ -38,6 +42,8 @@ def segment_metrics(losses) -> dict:
 
 def cosine(g0, g1) -> float:
     """cos(g0, g1) = g0.g1 / (|g0| |g1|); nan when either norm is below GRAD_ATOL."""
+    g0 = check_array(g0, "g0", (None,), finite=False)
+    g1 = check_array(g1, "g1", g0.shape, finite=False)
     n0, n1 = float(np.linalg.norm(g0)), float(np.linalg.norm(g1))
     return float(np.dot(g0, g1) / (n0 * n1)) if n0 >= GRAD_ATOL and n1 >= GRAD_ATOL else float("nan")
 

@@ -8,7 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from valleysim.errors import UserInputError, check_batch_size, check_int_range, check_learning_rate, check_positive
+from valleysim.errors import (
+    UserInputError,
+    check_batch_size,
+    check_instance,
+    check_int_range,
+    check_learning_rate,
+    check_positive,
+)
 from valleysim.memory import F64, check_fits
 from valleysim.rng import bounded, normal, seed_state
 from valleysim.stats import mean_se
@@ -18,6 +25,7 @@ from valleysim.walk.metrics import BARRIER_RTOL, GRAD_ATOL, N_INTERP
 OPTIMIZERS = ("gd", "sgd", "gd-noise")
 _OPT_CODE = {"gd": 0, "sgd": 1, "gd-noise": 2}
 TRACE_FIELDS = ("loss", "floor", "height", "cos", "dist", "x", "y", "barrier")
+WINDOWS = ("second-half", "all")  # the steps ``summarise`` averages over
 _BIN_FIELDS = 6  # height sum, cos sum, cos count, barriers, floor rises, barrier size sum
 
 
@@ -211,6 +219,7 @@ class WalkRun:
 
 def isotropic_sigma(land: WalkLandscape, S: int, noise_factor: float = 1.0) -> float:
     """Per-coordinate std of gd-noise: D sigma^2 = noise_factor tr Cov[g_B(theta_0)] at batch size S."""
+    noise_factor = check_positive(noise_factor, "noise_factor")
     return math.sqrt(noise_factor * land.noise_power(land.theta0, S) / land.D)
 
 
@@ -231,6 +240,7 @@ def simulate(
 ) -> WalkRun:
     """Run ``trajectories`` walks of ``steps`` steps from theta_0 (see the package docstring); ``batch_size``
     is S for sgd and gd-noise (ignored by gd, which uses all N)."""
+    check_instance(land, WalkLandscape, "land", "from WalkLandscape.make")
     if optimizer not in OPTIMIZERS:
         raise UserInputError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {optimizer!r}")
     eta = check_learning_rate(eta, "learning rate eta")
@@ -241,6 +251,7 @@ def simulate(
     n_interp = check_int_range(n_interp, "n_interp", 1, 1000)
     seed = check_int_range(seed, "seed", 0, 2**63 - 1)
     noise_factor = check_positive(noise_factor, "noise_factor")
+    div_threshold = check_positive(div_threshold, "div_threshold")
     if optimizer == "gd":
         S = land.N
     else:
@@ -286,7 +297,7 @@ def simulate(
         n_interp,
         n_bins,
         n_rec,
-        float(div_threshold),
+        div_threshold,
         bins,
         bin_steps,
         theta_end,
@@ -317,6 +328,7 @@ def simulate(
 def per_bin(run: WalkRun) -> dict:
     """Per window (mean ± SE over the trajectories that did not diverge): average height, average cos,
     barriers crossed, fraction of floor rises. Lists of (mean, se) of length n_bins."""
+    _check_run(run)
     ok = run.diverged_step < 0
     b, n = run.bins[ok], run.bin_steps[ok].astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -329,6 +341,9 @@ def per_bin(run: WalkRun) -> dict:
 def summarise(run: WalkRun, window: str = "second-half") -> dict:
     """Mean ± SE over the trajectories that did not diverge. Averages over the steps of ``window``:
     ``second-half`` (the last n_bins // 2 windows, all when n_bins = 1) or ``all``."""
+    _check_run(run)
+    if window not in WINDOWS:
+        raise UserInputError(f"window must be one of {', '.join(WINDOWS)}; got {window!r}")
     ok = run.diverged_step < 0
     nb = run.bins.shape[1]
     sel = slice(nb // 2, nb) if window == "second-half" and nb > 1 else slice(0, nb)
@@ -368,3 +383,7 @@ def summarise(run: WalkRun, window: str = "second-half") -> dict:
         m, se = mean_se(v)
         out[key], out[f"{key}_se"] = m, se
     return out
+
+
+def _check_run(run) -> None:
+    check_instance(run, WalkRun, "run", "from walk.simulate")
