@@ -22,17 +22,17 @@ def add_parser(sub) -> None:
         "--gamma",
         type=T.positive,
         nargs="+",
-        default=[0.01, 0.1, 1.0, 5.0],
+        default=list(ns.GAMMAS),
         help="NSGD rate factor(s) along the top-K eigenvectors (nsgd only)",
     )
-    v.add_argument("--K", type=T.count, default=2, help="number of top Hessian eigenvectors")
+    v.add_argument("--K", type=T.count, default=ns.TOP_K, help="number of top Hessian eigenvectors")
     v.add_argument(
         "--recompute", type=T.natural, default=0, help="NSGD eigenvector refresh in steps (0: once per epoch)"
     )
     v.add_argument("--eta", type=T.positive, default=0.05, help="base learning rate > 0")
     v.add_argument("--batch", type=T.count, default=8, metavar="S", help="mini-batch size")
     v.add_argument("--steps", type=T.count, default=2000, help="steps T")
-    v.add_argument("--trajectories", type=T.count, default=8, help="ensemble size R")
+    v.add_argument("--trajectories", type=T.count, default=ns.TRAJECTORIES, help="ensemble size R")
     v.add_argument("--dim", type=T.integer(2), default=20, metavar="D", help="dimension")
     v.add_argument("--sharp", type=T.count, default=2, metavar="Ks", help="sharp directions")
     v.add_argument(
@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
 
 def cmd_nsgd(args) -> int:
     land = ns.make_valley(D=args.dim, Ks=args.sharp, N=args.examples, a_hi=args.a_hi, seed=args.seed)
-    recompute = args.recompute or math.ceil(land.N / args.batch)
+    recompute = args.recompute or ns.epoch_steps(land.N, args.batch)
     gammas = args.gamma if args.method == "nsgd" else [1.0]
     rows = []
     for gm in gammas:
@@ -61,7 +61,6 @@ def cmd_nsgd(args) -> int:
             recompute=recompute,
             trajectories=args.trajectories,
             seed=args.seed,
-            record_every=max(1, args.steps // 50),
             keep_theta=True,
         )
         n = max(1, round(0.2 * len(run["steps"])))

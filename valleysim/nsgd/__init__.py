@@ -49,6 +49,17 @@ __getattr__, __all__ = lazy_exports(
             "step_direction",
             "top_eigen",
         ),
-        "sim": ("GAMMAS", "BatchStream", "gamma_sweep", "loss_change_along_top", "settled", "simulate"),
+        "sim": (
+            "GAMMAS",
+            "TOP_K",
+            "TRAJECTORIES",
+            "BatchStream",
+            "default_record_every",
+            "epoch_steps",
+            "gamma_sweep",
+            "loss_change_along_top",
+            "settled",
+            "simulate",
+        ),
     },
 )

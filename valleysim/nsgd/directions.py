@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from valleysim.errors import UserInputError
+from valleysim.errors import UserInputError, check_array, check_int_range, check_positive
 
 METHODS = ("sgd", "sgd_top", "sgd_no_top", "sgd_constant_top", "nsgd")
 ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)  # step multiples alpha of the loss change along e_1
@@ -14,6 +14,10 @@ ALPHAS = (0.25, 0.5, 1.0, 2.0, 4.0)  # step multiples alpha of the loss change a
 def top_eigen(H, K: int):
     """Top-K eigenpairs of the symmetric H (..., D, D) in the project's convention (``dnn.eigen.Eigenpairs``):
     values (..., K) algebraically largest first, vectors (..., K, D) with row k the k-th eigenvector."""
+    H = check_array(H, "H")
+    if H.ndim < 2 or H.shape[-1] != H.shape[-2]:
+        raise UserInputError(f"H must be square matrices (..., D, D); got shape {H.shape}")
+    check_int_range(K, "K (top directions)", 1, H.shape[-1])
     w, V = np.linalg.eigh(H)  # ascending, eigenvectors in columns
     return w[..., ::-1][..., :K], np.swapaxes(V[..., ::-1][..., :K], -1, -2)
 
@@ -30,16 +34,20 @@ def _project(E, g):
 
 def step_direction(method: str, g, E=None, gamma: float = 1.0):
     """The direction d (theta <- theta - eta d) of ``method`` given g and the eigenvectors it uses."""
+    if method not in METHODS:
+        raise UserInputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    g, gamma = check_array(g, "g", finite=False), check_positive(gamma, "gamma")
     if method == "sgd" or (method == "nsgd" and gamma == 1.0):
-        return np.array(g, dtype=np.float64, copy=True)
+        return g.copy()
+    E = check_array(E, f"E (the top eigenvectors (..., K, D) that {method} uses)", finite=False)
+    if E.ndim < 2 or E.shape[-1] != g.shape[-1]:
+        raise UserInputError(f"E must have shape (..., K, {g.shape[-1]}) (rows: eigenvectors); got {E.shape}")
     p = _project(E, g)
     if method in ("sgd_top", "sgd_constant_top"):
         return p
     if method == "sgd_no_top":
         return g - p
-    if method == "nsgd":
-        return g - (1.0 - gamma) * p
-    raise UserInputError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    return g - (1.0 - gamma) * p  # nsgd
 
 
 def nsgd_direction(g, E, gamma: float):
@@ -49,10 +57,10 @@ def nsgd_direction(g, E, gamma: float):
 
 # --- the loss change along e_1 of a quadratic model (proofs.nsgd: sample_loss_change, sample_alpha_cross) ---
 def _moments(g_full, g_batch):
-    g = np.asarray(g_batch, dtype=np.float64).ravel()
+    g = check_array(g_batch, "g_batch", finite=False).ravel()
     if g.size == 0:
         raise UserInputError("g_batch needs at least one mini-batch projection")
-    return float(g_full), float(np.mean(g)), float(np.mean(g * g))
+    return float(check_array(g_full, "g_full", (), finite=False)), float(np.mean(g)), float(np.mean(g * g))
 
 
 def loss_change_quadratic(alphas, eta: float, lam: float, g_full: float, g_batch) -> np.ndarray:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from valleysim.errors import UserInputError, check_int_range, check_positive
+from valleysim.errors import UserInputError, check_array, check_finite, check_int_range, check_positive, check_range
 from valleysim.memory import F64, check_fits
 
 
@@ -28,9 +28,9 @@ class SharpValley:
     width: float = 0.5
 
     def __post_init__(self):
-        off = np.asarray(self.offsets, dtype=np.float64)
-        c, b = np.asarray(self.c, dtype=np.float64), np.asarray(self.b, dtype=np.float64)
-        t = np.asarray(self.target, dtype=np.float64)
+        off = check_array(self.offsets, "offsets", finite=False)
+        c, b = check_array(self.c, "c", finite=False), check_array(self.b, "b", finite=False)
+        t = check_array(self.target, "target", finite=False)
         if c.ndim != 1 or b.ndim != 1 or c.size < 1 or b.size < 1:
             raise UserInputError(f"c and b must be non-empty vectors; got shapes {c.shape}, {b.shape}")
         D = c.size + b.size
@@ -43,12 +43,10 @@ class SharpValley:
                 raise UserInputError(f"{name} must be finite")
         if np.any(c <= 0) or np.any(b <= 0):
             raise UserInputError("curvature weights c and b must be > 0")
-        check_positive(self.a_lo, "a_lo")
-        check_positive(self.width, "width")
-        if not (np.isfinite(self.a_hi) and self.a_hi >= self.a_lo):
-            raise UserInputError(f"a_hi must be finite and >= a_lo = {self.a_lo}; got {self.a_hi}")
-        if not np.isfinite(self.mid):
-            raise UserInputError(f"mid must be finite; got {self.mid}")
+        a_lo, width = check_positive(self.a_lo, "a_lo"), check_positive(self.width, "width")
+        a_hi, mid = check_finite(self.a_hi, "a_hi"), check_finite(self.mid, "mid")
+        if a_hi < a_lo:
+            raise UserInputError(f"a_hi must be >= a_lo = {a_lo}; got {a_hi}")
         off = off - off.mean(axis=0)
         t = t.copy()
         t[: c.size] = 0.0
@@ -56,6 +54,8 @@ class SharpValley:
         object.__setattr__(self, "c", c)
         object.__setattr__(self, "b", b)
         object.__setattr__(self, "target", t)
+        for name, value in (("a_lo", a_lo), ("a_hi", a_hi), ("mid", mid), ("width", width)):
+            object.__setattr__(self, name, value)
 
     @property
     def N(self) -> int:
@@ -164,10 +164,10 @@ def make_valley(
     check_int_range(D, "D", Ks + 1)
     check_int_range(N, "N", 2, 2**31)
     check_fits(3.0 * N * D * F64 + 4.0 * D * D * F64, f"a sharpening valley of N = {N} examples in D = {D}")
-    for name, v in (("sharp_noise", sharp_noise), ("flat_noise", flat_noise)):
-        if not (np.isfinite(v) and v >= 0):
-            raise UserInputError(f"{name} must be a finite number >= 0; got {v!r}")
-    rng = np.random.default_rng(seed)
+    sharp_noise = check_range(sharp_noise, "sharp_noise", 0, np.inf)
+    flat_noise = check_range(flat_noise, "flat_noise", 0, np.inf)
+    z1_target = check_finite(z1_target, "z1_target")
+    rng = np.random.default_rng(check_int_range(seed, "seed", 0, 2**63 - 1))
     Df = D - Ks
     c = 0.5 ** (np.arange(Ks) / max(Ks - 1, 1)) if Ks > 1 else np.ones(1)
     b = 0.5 * 0.1 ** (np.arange(Df) / max(Df - 1, 1))
