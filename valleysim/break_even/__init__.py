@@ -116,6 +116,7 @@ __getattr__, __all__ = lazy_exports(
             "BREAK_EVEN_KEYS",
             "DIVERGE_AT",
             "MAX_DEFAULT_STEPS",
+            "TRAJECTORIES",
             "TURN",
             "BreakEvenRun",
             "break_even_per_trajectory",

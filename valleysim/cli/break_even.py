@@ -73,7 +73,7 @@ def add_parser(sub) -> None:
         help="SGD steps (default: 2.5 x the drift time to lambda* + 500, at "
         f"most {bes.MAX_DEFAULT_STEPS:,}; the summary says when that is too few)",
     )
-    b.add_argument("--trajectories", type=T.count, default=128, help="ensemble size R")
+    b.add_argument("--trajectories", type=T.count, default=bes.TRAJECTORIES, help="ensemble size R")
     b.add_argument("--seed", type=T.seed, default=0)
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_break_even)
