@@ -84,8 +84,9 @@ def check_int_range(value: int, name: str, lo: int, hi: int | None = None) -> in
 
 
 def check_array(value, name: str, shape: tuple | None = None, finite: bool = True) -> np.ndarray:
-    """``value`` as a float64 array with ``shape`` (None: any shape; a None entry: any length along that
-    axis) and finite entries (``finite`` False: NaN and inf pass, for formulas that carry them through)."""
+    """``value`` as a float64 array with ``shape`` (None: any shape; a None or str entry: any length along
+    that axis, the str naming it in the message) and finite entries (``finite`` False: NaN and inf pass, for
+    formulas that carry them through)."""
     kind = type(value).__name__
     try:
         if value is None:  # np.asarray would make it NaN
@@ -96,7 +97,8 @@ def check_array(value, name: str, shape: tuple | None = None, finite: bool = Tru
         a = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise UserInputError(f"{name} must be an array of real numbers; got {kind}") from None
-    if shape is not None and (a.ndim != len(shape) or any(w not in (None, n) for w, n in zip(shape, a.shape))):
+    free = lambda w: w is None or isinstance(w, str)  # noqa: E731
+    if shape is not None and (a.ndim != len(shape) or any(not free(w) and w != n for w, n in zip(shape, a.shape))):
         want = "(" + ", ".join("n" if w is None else str(w) for w in shape) + ("," if len(shape) == 1 else "") + ")"
         raise UserInputError(f"{name} must have shape {want}; got shape {a.shape}")
     if finite and not np.all(np.isfinite(a)):

@@ -61,7 +61,7 @@ class SharpeningLandscape:
         """Every field checked (a kernel indexes f and b by the length of a0: their shapes must agree)."""
         a0, rates, sigma, offset, beta = _parameters(self.a0, self.rates, self.sigma, self.offset, self.beta)
         k = a0.size
-        f = check_array(self.f, "f", (None, k))
+        f = check_array(self.f, "f", ("N", k))
         b = check_array(self.b, "b", (f.shape[0], k))
         check_int_range(f.shape[0], "the number of examples N (rows of f and b)", 2, 2**31)
         for name, value in (("a0", a0), ("rates", rates), ("f", f), ("b", b)):

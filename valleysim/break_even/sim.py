@@ -225,7 +225,7 @@ def spectra(run: BreakEvenRun, chunk: int = 4096) -> dict[str, np.ndarray]:
 
 def growth_stops(curv: np.ndarray) -> np.ndarray:
     """(R,) first record at which the curvature curv (R, n_rec) is TURN below its running maximum; -1 if never."""
-    curv = check_array(curv, "curv", (None, None), finite=False)
+    curv = check_array(curv, "curv", ("R", "n_rec"), finite=False)
     fell = curv < (1.0 - TURN) * np.maximum.accumulate(curv, axis=1)
     return np.where(fell.any(axis=1), fell.argmax(axis=1), -1)
 
@@ -234,7 +234,7 @@ def break_even_per_trajectory(curv: np.ndarray, record_every: int) -> dict[str, 
     """Per trajectory of curv (R, n_rec): ``reached`` (growth stopped in the first half of the records),
     ``plateau`` (median of the last half) and ``steps`` (first recorded step at the plateau level); the
     last two NaN where not reached."""
-    curv = check_array(curv, "curv", (None, None), finite=False)
+    curv = check_array(curv, "curv", ("R", "n_rec"), finite=False)
     record_every = check_int_range(record_every, "record_every", 1)
     half = curv.shape[1] // 2
     turn = growth_stops(curv)

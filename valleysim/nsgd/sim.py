@@ -209,7 +209,7 @@ def settled(lambda_max: np.ndarray, tail: float = 0.2, rtol: float = 0.05) -> bo
     """Whether the trajectory-mean of lambda_max (n_rec, R) is flat over the last ``tail`` of the records:
     the means of the two halves of that window agree to ``rtol``. None with < 4 records in the window or
     every trajectory diverged. A "lambda_max reached" of a curve still rising is reported as unsettled."""
-    lambda_max = check_array(lambda_max, "lambda_max", (None, None), finite=False)
+    lambda_max = check_array(lambda_max, "lambda_max", ("n_rec", "R"), finite=False)
     tail, rtol = check_range(tail, "tail", 0, 1), check_range(rtol, "rtol", 0, 1)
     n = max(1, int(round(tail * lambda_max.shape[0])))
     curve = np.array([mean_se(row)[0] for row in lambda_max[-n:]])

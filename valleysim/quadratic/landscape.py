@@ -279,7 +279,7 @@ def least_squares(X: np.ndarray, y: np.ndarray) -> PerExampleQuadratic:
 
     Needs an interpolating solution (X w = y solvable); w* is the minimum-norm one.
     """
-    X = check_array(X, "X", (None, None))
+    X = check_array(X, "X", ("N", "D"))
     y = check_array(y, "y", (X.shape[0],))
     if not X.size:
         raise UserInputError(f"X must have at least one example and one dimension; got shape {X.shape}")

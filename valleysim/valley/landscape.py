@@ -119,7 +119,7 @@ class ValleyLandscape:
             raise UserInputError(f"loss must be a sympy expression (from_strings reads text); got {kind}")
         object.__setattr__(self, "init", tuple(check_array(self.init, "init", (len(self.coords),)).tolist()))
         if self.data is not None:
-            data = check_array(self.data, "data", (None, len(self.data_symbols)))
+            data = check_array(self.data, "data", ("M", len(self.data_symbols)))
             if data.shape[0] < 1:
                 raise UserInputError("data must have at least one row (example)")
             object.__setattr__(self, "data", data)

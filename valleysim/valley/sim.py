@@ -222,7 +222,7 @@ def predictions(run: ValleyRun, xhat: np.ndarray) -> dict:
     _check_run(run)
     land, eta = run.land, run.eta
     land.require_valley_form("the drift prediction")
-    xhat = check_array(xhat, "xhat", (None,) * (np.ndim(xhat) - 1) + (land.m,))
+    xhat = check_array(xhat, "xhat", ("...",) * (np.ndim(xhat) - 1) + (land.m,))
     x = np.concatenate([np.zeros(xhat.shape[:-1] + (land.n,)), xhat], axis=-1)
     lam, grad_lam = land.eval_lambdas(x), land.eval_grad_lambdas(x)
     cov = noise_covariance(run, x)  # at the floor point

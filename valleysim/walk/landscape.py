@@ -40,7 +40,7 @@ class WalkLandscape:
 
     def __post_init__(self):
         """Every field checked (the kernel reads k, a and e by example: one entry each per example)."""
-        k = check_array(self.k, "k (wall curvatures k_i)", (None,))
+        k = check_array(self.k, "k (wall curvatures k_i)", ("N",))
         if k.size < 1 or np.any(k <= 0):
             raise UserInputError(f"k (wall curvatures k_i) must be > 0, one per example (at least one); got {k}")
         fields = dict(

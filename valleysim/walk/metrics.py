@@ -25,7 +25,7 @@ def segment_metrics(losses) -> dict:
     floor = min over alpha in [0, 1]; height = (L_0 + L_1 - 2 floor) / 2; barrier = an interior point
     above both endpoints (by more than BARRIER_RTOL (1 + |L|)), barrier_size = max interior - max(L_0, L_1)
     (0 when none)."""
-    L = check_array(losses, "losses", (None,), finite=False)
+    L = check_array(losses, "losses", ("n_interp + 2",), finite=False)
     if L.size < 2:
         raise UserInputError(f"losses must hold the segment's two endpoints at least; got {L.size} values")
     floor = float(L.min())
