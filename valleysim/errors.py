@@ -147,7 +147,8 @@ def check_out_dir(path, what: str = "--out") -> Path:
     unwritable: reopening a finished run writes nothing, and the command refuses (``check_writable_dir``)
     only if it has to write. Creates nothing: the writer makes the directory when it writes.
     """
-    if not str(check_path(path, what)).strip():
+    check_path(path, what)
+    if not str(path).strip():
         raise UserInputError(f"{what} must name a directory; got an empty string")
     p = Path(path).expanduser()
     if p.exists() and not p.is_dir():

@@ -130,7 +130,9 @@ def simulate(
     burn_in = check_int_range(burn_in, "--burn-in", 0)
     R = check_int_range(trajectories, "--trajectories", 2)
     record_every = default_record_every(steps) if record_every is None else record_every
-    record_every = check_int_range(record_every, "--record-every", 1, steps)
+    record_every = check_int_range(record_every, "--record-every", 1)
+    if record_every > steps:
+        raise UserInputError(f"--record-every must be in 1..--steps ({steps}); got {record_every}")
     seed = check_int_range(seed, "--seed", 0, 2**63 - 1)
     n_rec = steps // record_every + 1
     check_fits(
