@@ -31,6 +31,7 @@ from valleysim.cli.quadratic import GENERATED
 from valleysim.errors import UserInputError
 from valleysim.executors import add_executor_options
 from valleysim.quadratic.phase_diagram import phase_diagram
+from valleysim.valley import sim as vsim
 from valleysim.valley.landscape import ValleyLandscape
 
 nan = math.nan
@@ -64,7 +65,7 @@ def test_python_defaults_predict_what_the_command_predicts_and_what_is_measured(
     measured, se, predicted = py["trace_drift_per_step"], py["trace_drift_stderr"], py["trace_drift_predicted"]
     assert measured == pytest.approx(-1.96e-4, rel=0.02)
     assert abs(predicted - measured) <= K_SE * se
-    assert py["prediction_schedule_error"] < valley.sim.SCHEDULE_RTOL and "schedule_note" not in py
+    assert py["prediction_schedule_error"] < vsim.SCHEDULE_RTOL and "schedule_note" not in py
 
 
 @pytest.mark.parametrize("record_every", [4000, 2000, 400])
@@ -75,7 +76,7 @@ def test_a_prediction_from_too_coarse_a_schedule_is_withheld(record_every):
     run = valley.simulate(land, noise, 0.05, steps=4000, trajectories=64, record_every=record_every)
     out = valley.summarise(run)
     assert out["trace_drift_predicted"] is None and out["second_moments_predicted"] is None
-    assert out["prediction_schedule_error"] > valley.sim.SCHEDULE_RTOL
+    assert out["prediction_schedule_error"] > vsim.SCHEDULE_RTOL
     assert f"recorded every {record_every} steps" in out["schedule_note"] and "default is 80" in out["schedule_note"]
     assert out["trace_drift_per_step"] < 0 and math.isfinite(out["neg_eig_slope_predicted"])
 
@@ -225,7 +226,7 @@ def test_defaults_that_the_command_spells_differently():
     assert ns.epoch_steps(land.N, cli["batch"]) == 13  # the command's 0: once per epoch, ceil(100 / 8)
     cli = _parser_defaults("valley", ["--loss", "abs-toy", "--eta", "0.1"])
     assert (cli["record_every"], _python_default(valley.simulate, "record_every")) == (None, None)
-    assert valley.sim.default_record_every(cli["steps"]) == 20  # the command's help: steps/50
+    assert vsim.default_record_every(cli["steps"]) == 20  # the command's help: steps/50
     generated = _parser_defaults("stability", ["--eta", "0.1", "--batch", "2"])
     assert all(generated[k] is None for k in GENERATED)  # not given: GENERATED holds them
     for key, name in (("lambda_max", "lambda_max"), ("nonuniformity", "nonuniformity"), ("condition", "condition")):
@@ -261,7 +262,7 @@ def _valley_with(**fields) -> ValleyLandscape:
 def _valley_run(R: int = 2, n_rec: int = 3) -> valley.ValleyRun:
     """A ValleyRun of the right types (its numbers do not matter to the checks)."""
     land, noise = _item1()
-    rec = np.zeros((R, n_rec, len(valley.sim.OBSERVABLES) + 4))
+    rec = np.zeros((R, n_rec, len(vsim.OBSERVABLES) + 4))
     return valley.ValleyRun(land, noise, 0.05, 0, n_rec - 1, 1, rec, np.zeros((R, 4)), np.full(R, -1), np.zeros(R))
 
 

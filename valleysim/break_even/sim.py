@@ -189,7 +189,7 @@ def simulate(
         rec,
         seed,
         x0,
-        z0,
+        float(z0),
         bool(frozen),
         R,
         steps // 2,

@@ -418,7 +418,7 @@ def summarise(run: ValleyRun) -> dict:
             out["prediction_note"] += (
                 f"; {lost} of {drift.size} recorded points project onto no minimum (project_to_floor): no prediction"
             )
-        withheld = lost or _withhold(run, out, [drift])
+        withheld = _withhold(run, out, [drift]) or lost > 0
         out["trace_drift_predicted"] = None if withheld else float(np.mean(_window_mean(drift)))
         return out
 

@@ -297,7 +297,7 @@ def simulate(
         n_interp,
         n_bins,
         n_rec,
-        div_threshold,
+        float(div_threshold),
         bins,
         bin_steps,
         theta_end,
