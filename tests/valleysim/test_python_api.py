@@ -330,7 +330,8 @@ MISUSE = [
     (lambda: be.frozen_q(_sharp(), 0.1, 4, nan), "z"),
     (lambda: be.frozen_q(_sharp(), nan, 4, 0.0), "eta"),
     (lambda: be.frozen_q(_sharp(), 0.1, 4, 0.0, j=3), "direction j"),
-    (lambda: be.frozen_second_moment(_sharp(), 0.1, 4, 0.0, nan), "t must be finite"),
+    (lambda: be.frozen_second_moment(_sharp(), 0.1, 4, 0.0, nan), "t must be steps >= 0"),
+    (lambda: be.frozen_second_moment(_sharp(), 0.1, 4, 0.0, -1.0), "t must be steps >= 0"),
     (lambda: be.growth_stops(np.ones(5)), "curv must have shape (R, n_rec)"),
     (lambda: be.break_even_per_trajectory(np.ones((2, 5)), nan), "record_every"),
     (lambda: be.sweep([], [4], _sharp(), steps=10), "etas"),
@@ -525,3 +526,5 @@ def test_inputs_that_once_failed_now_work():
     assert reg.data.shape == (32, 3)
     assert qd.stability_report(_quad(), "0.1", 2)["eta"] == 0.1
     assert math.isnan(theory.eta_star_1d(nan, 1.0, 1.0))  # NaN in, NaN out (it was 0: "no stable rate")
+    floor = be.frozen_second_moment(_sharp(), 0.1, 4, 0.0, math.inf)  # the stationary limit (dnn.predictions)
+    assert floor == pytest.approx(be.frozen_second_moment(_sharp(), 0.1, 4, 0.0, 10**6))

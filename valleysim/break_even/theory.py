@@ -86,9 +86,9 @@ def frozen_q(land: SharpeningLandscape, eta: float, S: int, z: float, j: int = 0
 
 def frozen_second_moment(land: SharpeningLandscape, eta: float, S: int, z: float, t, j: int = 0) -> np.ndarray:
     """Exact E[x_j,t^2] at frozen z from x_0 = 0: eta^2 c V (1 - q^t) / (1 - q)  (t * eta^2 c V at q = 1)."""
-    t = check_array(t, "t")
-    if np.any(t < 0):
-        raise UserInputError(f"t must be >= 0 (steps from x_0 = 0); got {t.min():g}")
+    t = check_array(t, "t", finite=False)
+    if not np.all(t >= 0):  # inf: the stationary limit
+        raise UserInputError(f"t must be steps >= 0 from x_0 = 0 (inf: the limit); got {t[~(t >= 0)].ravel()[0]:g}")
     q = frozen_q(land, eta, S, z, j)
     src = eta**2 * variance_factor(S, land.N) * land.noise_source(z, j)
     if math.isclose(q, 1.0, rel_tol=0, abs_tol=1e-14):
