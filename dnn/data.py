@@ -26,7 +26,8 @@ key does not match is ignored and rewritten.
 
 Untrusted files stay bounded: an image file is read only up to 1 MiB and a pickled batch up to 64 MiB
 (a larger file, or a tar member that declares more, is refused unread), and an image whose header declares
-any size but 32x32 is refused before it is decoded.
+any size but 32x32 is refused before it is decoded. :func:`data_digest` is the data's identity by content:
+the digest a run records in its config.json.
 
 Batches: :func:`batches` yields ``(x, y)`` torch tensors, ``x`` float ``(B, 3, 32, 32)``, shuffled,
 augmented (:class:`RandomCropFlip`: random crop of the 4-pixel zero-padded image, horizontal flip with
@@ -70,6 +71,7 @@ __all__ = [
     "batches",
     "measurement_subset",
     "DataSource",
+    "data_digest",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -534,6 +536,19 @@ class DataSource:
 
     def load(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         return load_cifar10(self.path, split, label_order=self.label_order)
+
+
+def data_digest(images, labels, test=None) -> str:
+    """The identity of the data a run trains and scores on, by content: sha256 over the dtype, shape and
+    bytes of the training images and labels, then of the test pair (``None``: none). A moved or renamed copy
+    of the data gives the same digest; other images, labels, label order or test examples another."""
+    h = hashlib.sha256()
+    for a in (images, labels, *(() if test is None else test)):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.data)
+    h.update(b"no test" if test is None else b"test")
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- statistics and transforms
