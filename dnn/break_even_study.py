@@ -24,7 +24,7 @@ from tqdm import tqdm
 from dnn import predictions as P
 from dnn.config import TrainConfig
 from dnn.store import read_rows
-from dnn.study import Point, SGDGrid, cell, finish, orderings_table, run_dir, run_study, seeds_for
+from dnn.study import Point, SGDGrid, cell, finish, open_study, orderings_table, run_dir, run_study, seeds_for
 
 SIGNS = dict(P.CONJECTURE_SIGNS)  # Conj. 1: max lambda_H, lambda_K fall with the noise; Conj. 2: Tr K / lambda_K rises
 
@@ -230,8 +230,7 @@ def run(
 ) -> dict:
     """Train the study into ``out``, write per_run.csv, across_seeds.csv, orderings.csv, summary.json and
     report.md; returns the summary."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_study(out, "break-even", preset.name, images, labels, test)
     pts = points(preset, device)
     n_train = len(images) if preset.n_train is None else preset.n_train
     seed_list = seeds_for(seeds, preset.seeds)

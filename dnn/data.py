@@ -27,7 +27,7 @@ key does not match is ignored and rewritten.
 Untrusted files stay bounded: an image file is read only up to 1 MiB and a pickled batch up to 64 MiB
 (a larger file, or a tar member that declares more, is refused unread), and an image whose header declares
 any size but 32x32 is refused before it is decoded. :func:`data_digest` is the data's identity by content:
-the digest a run records in its config.json.
+the digest a run records in its config.json and a study in its study.json.
 
 Batches: :func:`batches` yields ``(x, y)`` torch tensors, ``x`` float ``(B, 3, 32, 32)``, shuffled,
 augmented (:class:`RandomCropFlip`: random crop of the 4-pixel zero-padded image, horizontal flip with

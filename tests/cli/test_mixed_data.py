@@ -1,11 +1,12 @@
 """Runs that would mix data (issue 27, item 5), through the real ``valleysim dnn`` commands: the data a run
-was trained on is part of its identity, by content (a moved copy of the same tar is the same data); a run's
-start (``--init-from``) is identified by its content, so a moved weights file still resumes and a rewritten
-one is refused."""
+or a study was trained on is part of its identity, by content (a moved copy of the same tar is the same
+data); a study directory knows which study it holds; a run's start (``--init-from``) is identified by its
+content, so a moved weights file still resumes and a rewritten one is refused."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import sys
@@ -21,6 +22,7 @@ from tiny_nets import noise_images  # noqa: E402
 
 TRAIN = ["dnn", "train", "--model", "simplecnn", "--width", "0.125", "--batch", "4", "--measure-size", "4"]
 TRAIN += ["--probes", "lanczos", "--top-k", "1", "--no-progress", "--test-size", "4"]
+STUDY = ["dnn", "study", "break-even", "--preset", "smoke", "--seeds", "1", "--no-progress"]
 
 
 def cifar_tar(path: Path, seed: int, n_train: int = 16, n_test: int = 4) -> Path:
@@ -98,3 +100,30 @@ def test_the_start_of_a_run_is_its_weights_not_their_path(tmp_path, monkeypatch,
     assert cli(*argv, "--init-from", "moved.pt") == first
     shutil.copy("other.pt", "moved.pt")
     refused(cli(*argv, "--init-from", "moved.pt"), "run holds a run with a different configuration", "init_from")
+
+
+def test_a_study_directory_holds_one_study_on_one_data(tmp_path, monkeypatch, cli, tars):
+    """A break-even study (the smoke preset cut to one run, from Python, on the tar's arrays): `dnn study
+    break-even` resumed on another tar is refused (one line naming the directory and --data) instead of
+    reading its finished run back and adding the others; `dnn study walk` into it is refused instead of
+    overwriting its per_run.csv, summary.json and report.md."""
+    import dataclasses
+
+    from dnn import break_even_study as bes
+    from dnn.data import DataSource
+
+    a, b = tars
+    monkeypatch.chdir(tmp_path)
+    source = DataSource(str(a))  # what the command loads from --data a
+    one_run = dataclasses.replace(
+        bes.PRESETS["smoke"], bn_lr_grid=(), lr_grid=(0.05,), batch_grid=(8,), seeds=1, edge_sizes=()
+    )
+    bes.run(one_run, "st", *source.load("train"), test=source.load("test"), progress=False)
+    study = json.loads(Path("st/study.json").read_text())
+    assert study["study"] == "break-even" and study["preset"] == "smoke"
+    results = {p: p.read_bytes() for p in Path("st").rglob("*") if p.is_file()}
+    assert {"per_run.csv", "summary.json", "report.md"} <= {p.name for p in results}
+    refused(cli(*STUDY, "--data", b, "--out", "st"), "st holds a break-even study of other data", "--data")
+    walk = cli("dnn", "study", "walk", "--preset", "smoke", "--no-progress", "--data", a, "--out", "st")
+    refused(walk, "st holds the break-even study with preset smoke, not the walk study")
+    assert {p: p.read_bytes() for p in Path("st").rglob("*") if p.is_file()} == results
