@@ -230,6 +230,27 @@ def one_run_preset(**kw):
     return dataclasses.replace(bes.PRESETS["smoke"], **{**base, **kw})
 
 
+def test_the_edge_cache_is_keyed_by_what_it_was_computed_with(tmp_path):
+    """Changing edge_sizes or edge_k recomputes the batch-size-effect analysis instead of reading the stale
+    cache back; a cache file from before the key (a bare list of rows) is recomputed too."""
+    import json
+
+    x, y = synthetic_images(40)
+    preset = one_run_preset()
+    bes.run(preset, tmp_path, x, y, progress=False)
+
+    def analysed(p):
+        rows = bes.batch_size_effect(p, tmp_path, bes.points(p), [0], x, y, progress=False)["per_run"]
+        return sorted((r["measure_size"], r["k"]) for r in rows)
+
+    assert analysed(preset) == [(16, 1), (16, 2)]
+    assert analysed(one_run_preset(edge_sizes=(16, 24), edge_k=3)) == [(16, 1), (16, 3), (24, 1), (24, 3)]
+    cache = tmp_path / "edge" / "lr0.05_S8_seed0.json"
+    cache.write_text(json.dumps([{"label": "lr0.05_S8", "measure_size": 99, "k": 9}]))
+    assert analysed(preset) == [(16, 1), (16, 2)]
+    assert json.loads(cache.read_text())["key"]["edge_sizes"] == [16]
+
+
 @pytest.mark.parametrize("other", ["sharpest", "walk", "valley", "crosscheck"])
 def test_another_study_in_a_study_directory_is_refused_before_writing(tmp_path, other):
     """Each study claims its directory (study.json) before writing: another study, another preset or other
