@@ -24,7 +24,7 @@ from tqdm import tqdm
 from dnn import predictions as P
 from dnn.config import TrainConfig
 from dnn.store import read_rows
-from dnn.study import Point, SGDGrid, cell, finish, orderings_table, run_dir, run_study, seeds_for
+from dnn.study import Point, SGDGrid, cell, finish, open_study, orderings_table, run_dir, run_study, seeds_for
 
 SIGNS = dict(P.CONJECTURE_SIGNS)  # Conj. 1: max lambda_H, lambda_K fall with the noise; Conj. 2: Tr K / lambda_K rises
 
@@ -230,8 +230,7 @@ def run(
 ) -> dict:
     """Train the study into ``out``, write per_run.csv, across_seeds.csv, orderings.csv, summary.json and
     report.md; returns the summary."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_study(out, "break-even", preset.name, images, labels, test)
     pts = points(preset, device)
     n_train = len(images) if preset.n_train is None else preset.n_train
     seed_list = seeds_for(seeds, preset.seeds)
@@ -270,8 +269,11 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
     """Where each run of the batch grid ends against the linear-stability edges (:mod:`dnn.edge`): at its
     final weights, per measurement size in ``preset.edge_sizes`` and for e_H^1 alone (k = 1) and the top
     ``edge_k`` subspace, R1's mean-square factor rho_ms, eta / eta*_ms, the almost-sure exponent gamma_as.
-    Cached per run in ``out/edge/<label>_seed<k>.json``; writes edge.csv (per run) and
+    Cached per run in ``out/edge/<label>_seed<k>.json`` with its key (edge_sizes, edge_k, edge_tol and the
+    run's config.json): a cache made with another key is recomputed. Writes edge.csv (per run) and
     edge_across_seeds.csv; returns {"per_run": [...], "across_seeds": [...]} (empty without edge_sizes)."""
+    import hashlib
+
     import torch
 
     from dnn.edge import analyse_checkpoint
@@ -289,10 +291,17 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
     for p in tqdm(members, desc="edge analysis", disable=not progress):
         for seed in seeds:
             path = out / "edge" / f"{p.label}_seed{seed}.json"
-            if path.exists():
-                per_run += json.loads(path.read_text())
-                continue
             rd = run_dir(out, p.label, seed)
+            key = {
+                "edge_sizes": list(preset.edge_sizes),
+                "edge_k": preset.edge_k,
+                "edge_tol": preset.edge_tol,
+                "run_config_sha256": hashlib.sha256((rd / "config.json").read_bytes()).hexdigest(),
+            }
+            cached = _read_edge_cache(path, key)
+            if cached is not None:
+                per_run += cached
+                continue
             run = read_rows(rd / "metrics.jsonl")
             if any(r.get("diverged") is not None for r in run):
                 rows = []  # a diverged run has no final point to analyse
@@ -313,7 +322,7 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
                 rows = [
                     {"label": p.label, "seed": seed, "S": cfg.batch, "eta": cfg.lr, "step": step, **r} for r in found
                 ]
-            atomic_write(path, (dumps(rows) + "\n").encode())
+            atomic_write(path, (dumps({"key": key, "rows": rows}) + "\n").encode())
             per_run += rows
     groups = dict.fromkeys((r["label"], r["measure_size"], r["k"]) for r in per_run)
     agg = []
@@ -333,6 +342,16 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
     write_csv(per_run, out / "edge.csv")
     write_csv(agg, out / "edge_across_seeds.csv")
     return {"per_run": per_run, "across_seeds": agg}
+
+
+def _read_edge_cache(path: Path, key: dict) -> list[dict] | None:
+    """The rows of an edge cache file made with ``key``; None where there is none, or it is damaged, from
+    before the key or made with another (then it is recomputed)."""
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return cached["rows"] if isinstance(cached, dict) and cached.get("key") == key else None
 
 
 def figure(preset: Preset, s: dict, path: Path) -> None:

@@ -7,12 +7,14 @@ torch modules (model and probe names, the device) import them when a config is b
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
-from valleysim.errors import UserInputError, check_int_range, check_positive, check_range
+from valleysim.errors import UserInputError, check_int_range, check_positive, check_range, warn
 
-__all__ = ["OPTIMIZERS", "TrainConfig"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "stored_config"]
 
 OPTIMIZERS = ("sgd", "nsgd", "gd", "gd-noise")
 FLOAT32_SAFE = 1e30  # learning rates and other step factors torch's float32 optimiser can hold
@@ -187,7 +189,47 @@ class TrainConfig:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def identity(self, data: str) -> dict:
+        """What a run directory's config.json records and a resumed or reopened run must match: the fields,
+        with ``init_from`` by its file's content (``sha256:<hex>``: a moved copy is the same start, a rewritten
+        file another), and ``data``, the digest of the data trained and scored on (:func:`dnn.data.data_digest`)."""
+        d = self.as_dict()
+        if self.init_from is not None:
+            with open(self.init_from, "rb") as f:
+                d["init_from"] = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+        return {**d, "data": data}
+
+    @classmethod
+    def from_stored(cls, config: dict) -> TrainConfig:
+        """The config of a run from its config.json (:meth:`identity`): lists as tuples, ``data`` left out, and
+        ``init_from`` None where it is stored by content (the run's checkpoint holds its weights)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items() if k in fields}
+        if str(kw.get("init_from")).startswith("sha256:"):
+            kw["init_from"] = None
+        return cls(**kw)
+
     @staticmethod
     def defaults() -> dict:
         """{field: default}: what an option means in a stored config that predates it."""
         return {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+
+def stored_config(out, cfg: TrainConfig, data: str) -> dict:
+    """The config a run in ``out`` stores (or is checked against): ``cfg.identity(data)``. A run stored with
+    other data is refused by name. A run stored before runs recorded their data (no ``data`` key) keeps the
+    config it was stored with (init_from by path), with a warning that its data cannot be checked."""
+    from valleysim.jsonout import read_json
+
+    path = Path(out) / "config.json"
+    old = read_json(path) if path.is_file() else None
+    if old is not None and "data" not in old:
+        warn(f"{out} was started before runs recorded their data: it goes on without a check that it is this data")
+        return cfg.as_dict()
+    new = cfg.identity(data)
+    if old is not None and old["data"] != data:
+        raise UserInputError(
+            f"{out} holds a run trained on other data (sha256 {str(old['data'])[:12]}..., this --data gives "
+            f"{data[:12]}...); give the data it was trained on or a new --out"
+        )
+    return new

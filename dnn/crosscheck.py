@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dnn import predictions as P
-from dnn.study import SGDGrid, train_runs
+from dnn.study import SGDGrid, open_study, train_runs
 from dnn.train import TrainConfig
 from valleysim.errors import UserInputError
 from valleysim.jsonout import dumps
@@ -190,8 +190,8 @@ def run_crosscheck(
     if isinstance(preset, str) and preset not in PRESETS:
         raise UserInputError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     p = PRESETS[preset] if isinstance(preset, str) else preset
-    out = Path(out).resolve()
-    (out / "runs").mkdir(parents=True, exist_ok=True)
+    out = open_study(Path(out).resolve(), "crosscheck", p.name, images, labels)
+    (out / "runs").mkdir(exist_ok=True)
     runs = {k: [(n, dataclasses.replace(c, device=device)) for n, c in v] for k, v in plan(p, out).items()}
     n_sgd = p.n_train or len(images)
 

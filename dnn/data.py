@@ -24,6 +24,11 @@ mtime; for a directory every file's relative path, size and mtime), the split an
 The cache is written to a temporary file and renamed, and a cache that fails to load or whose stored
 key does not match is ignored and rewritten.
 
+Untrusted files stay bounded: an image file is read only up to 1 MiB and a pickled batch up to 64 MiB
+(a larger file, or a tar member that declares more, is refused unread), and an image whose header declares
+any size but 32x32 is refused before it is decoded. :func:`data_digest` is the data's identity by content:
+the digest a run records in its config.json and a study in its study.json.
+
 Batches: :func:`batches` yields ``(x, y)`` torch tensors, ``x`` float ``(B, 3, 32, 32)``, shuffled,
 augmented (:class:`RandomCropFlip`: random crop of the 4-pixel zero-padded image, horizontal flip with
 probability 1/2) and normalised (:class:`Normalize`, per-channel mean/std on the 0-1 scale; see
@@ -66,6 +71,7 @@ __all__ = [
     "batches",
     "measurement_subset",
     "DataSource",
+    "data_digest",
 ]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -89,6 +95,10 @@ _ARCHIVE_NAMES = ("cifar10-jpeg.tar", "cifar-10-python.tar.gz")
 _LABEL_ORDER_NAME = "cifar10-original-label-order.npz"
 _CACHE_VERSION = 1
 _SHAPE = (32, 32, 3)
+#: The most bytes read for one file of the data: an image file (CIFAR-10's JPEGs are ~1 kB) and a pickled
+#: batch (CIFAR-10's are 31 MB). Larger files (or tar members declaring more) are refused unread.
+IMAGE_LIMIT = (1 << 20, "an image file")
+BATCH_LIMIT = (64 << 20, "a pickled CIFAR-10 batch")
 
 
 # --------------------------------------------------------------------------- paths and layouts
@@ -161,17 +171,42 @@ def _detect(p: Path, split: str) -> tuple[str, Path]:
 # --------------------------------------------------------------------------- decoding
 
 
+def _read_at_most(fh, size: int, limit: tuple[int, str], name: str) -> bytes:
+    """The bytes of an open file (or tar member) that declares ``size`` bytes, refused when it declares or
+    holds more than ``limit`` (bytes, what the file is): nothing is read (or allocated) by a declared size."""
+    most, what = limit
+    if size > most:
+        raise UserInputError(f"{name!r} declares {size:,} bytes; {what} is at most {most:,} bytes (not read)")
+    data = fh.read(most + 1)
+    if len(data) > most:
+        raise UserInputError(f"{name!r} holds more than {most:,} bytes; {what} is at most that")
+    return data
+
+
+def _read_file(path: Path, limit: tuple[int, str]) -> bytes:
+    with open(path, "rb") as fh:
+        return _read_at_most(fh, os.fstat(fh.fileno()).st_size, limit, str(path))
+
+
 def _decode_image(data: bytes, name: str = "?") -> np.ndarray:
-    """Decodes one image file (JPEG/PNG bytes) to ``uint8`` (32, 32, 3) RGB."""
+    """Decodes one image file (JPEG/PNG bytes) to ``uint8`` (32, 32, 3) RGB; an image whose header declares
+    another size is refused before decoding."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            arr = np.asarray(im.convert("RGB"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the header's size is checked next
+            with Image.open(io.BytesIO(data)) as im:
+                size = im.size
+                arr = np.asarray(im.convert("RGB")) if size == _SHAPE[1::-1] else None
+    except Image.DecompressionBombError as err:
+        raise UserInputError(f"image {name!r} is not 32x32 pixels: {err}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise UserInputError(f"cannot decode image {name!r}: {err}") from None
-    if arr.shape != _SHAPE:
-        raise UserInputError(f"image {name!r} has shape {arr.shape}; CIFAR-10 images are 32x32 RGB")
+    if arr is None:
+        raise UserInputError(f"image {name!r} is {size[0]}x{size[1]} pixels; CIFAR-10 images are 32x32 RGB")
     return arr
 
 
@@ -235,7 +270,7 @@ def _load_image_dir(d: Path, split: str, order):
                 files.append((label, str(f)))
     if not files:
         raise UserInputError(f"image folder {str(d)!r} has no .jpg/.png files under <class>/; " + ACCEPTED_LAYOUTS)
-    return _assemble(files, lambda name: Path(name).read_bytes(), order, f"image folder {str(d)!r}")
+    return _assemble(files, lambda name: _read_file(Path(name), IMAGE_LIMIT), order, f"image folder {str(d)!r}")
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -296,7 +331,7 @@ def _load_pickle_dir(d: Path, split: str, order):
                 f"CIFAR-10 batches directory {str(d)!r} lacks {name!r} "
                 f"(needs {', '.join(_BATCH_FILES[split])} for split {split!r}); " + ACCEPTED_LAYOUTS
             )
-        parsed.append(_parse_batch(f.read_bytes(), str(f)))
+        parsed.append(_parse_batch(_read_file(f, BATCH_LIMIT), str(f)))
     return _concat_batches(parsed, order)
 
 
@@ -311,10 +346,11 @@ def _load_tar(p: Path, split: str, order):
                 if not m.isfile():
                     continue
                 base = m.name.rsplit("/", 1)[-1]
+                where = f"{p}:{m.name}"
                 if base in _BATCH_FILES[split]:
-                    batch_raw[base] = tf.extractfile(m).read()
+                    batch_raw[base] = _read_at_most(tf.extractfile(m), m.size, BATCH_LIMIT, where)
                 elif (hit := _image_member(m.name, split)) is not None:
-                    image_raw[m.name] = tf.extractfile(m).read()
+                    image_raw[m.name] = _read_at_most(tf.extractfile(m), m.size, IMAGE_LIMIT, where)
                     files.append(hit)
     except (tarfile.TarError, OSError, EOFError) as err:
         raise UserInputError(f"cannot read tar {str(p)!r}: {err}") from None
@@ -500,6 +536,19 @@ class DataSource:
 
     def load(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         return load_cifar10(self.path, split, label_order=self.label_order)
+
+
+def data_digest(images, labels, test=None) -> str:
+    """The identity of the data a run trains and scores on, by content: sha256 over the dtype, shape and
+    bytes of the training images and labels, then of the test pair (``None``: none). A moved or renamed copy
+    of the data gives the same digest; other images, labels, label order or test examples another."""
+    h = hashlib.sha256()
+    for a in (images, labels, *(() if test is None else test)):
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape};".encode())
+        h.update(a.data)
+    h.update(b"no test" if test is None else b"test")
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- statistics and transforms

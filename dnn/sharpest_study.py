@@ -35,7 +35,7 @@ import numpy as np
 from dnn.config import TrainConfig
 from dnn.predictions import column
 from dnn.step_probes import ALPHAS, alpha_key
-from dnn.study import Point, cell, finish, orderings_table, run_rows, run_study, seeds_for
+from dnn.study import Point, cell, finish, open_study, orderings_table, run_rows, run_study, seeds_for
 
 SIGNS = {
     "learning_rate": {"max_lambda_max": -1},
@@ -237,8 +237,7 @@ def run(
     source=None,
 ) -> dict:
     """Train the study into ``out`` and write its CSVs, summary.json, report.md and figure."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_study(out, "sharpest", preset.name, images, labels, test)
     n = len(images) if preset.n_train is None else min(preset.n_train, len(images))
     pts = points(preset, n, device)
     seed_list = seeds_for(seeds, preset.seeds)

@@ -3,7 +3,8 @@ and across seeds with Student-t intervals, orderings tested seed by seed, every 
 
 A study is a list of :class:`Point` (a label, the grids it belongs to with its knob value there, and a
 ``TrainConfig`` whose seed is replaced per seed). :func:`run_study` trains every (point, seed) into
-``out/runs/<label>_seed<k>`` (resumable: a finished run is read back, a killed one continues), calls
+``out/runs/<label>_seed<k>`` (resumable: a finished run is read back, a killed one continues; each run
+checks it is on the same data, :func:`dnn.config.stored_config`), calls
 the study's ``summarise_run(rows, cfg) -> {quantity: float}`` on each, and aggregates:
 
 * :func:`across_seeds`: per point and quantity, n, mean, SE and the 95% t interval over the seeds
@@ -11,6 +12,9 @@ the study's ``summarise_run(rows, cfg) -> {quantity: float}`` on each, and aggre
 * :func:`orderings_across_seeds`: per grid, quantity and seed, Kendall's tau between the knob and the
   quantity, then the mean tau over seeds with its t interval and the fraction of seeds whose tau has
   the predicted sign.
+
+A study directory holds one study: :func:`open_study` records the study, its preset and its data in
+``out/study.json`` before anything else and refuses a directory that holds another.
 """
 
 from __future__ import annotations
@@ -97,6 +101,37 @@ class Point:
     label: str
     cfg: TrainConfig
     knobs: dict = dataclasses.field(default_factory=dict)
+
+
+def open_study(out, study: str, preset: str, images, labels, test=None) -> Path:
+    """``out`` as the directory of one study, made if need be. Its study.json, written before anything else,
+    names the study, the preset and the data (:func:`dnn.data.data_digest` of ``images``, ``labels``,
+    ``test``); a directory that holds another study, another preset or other data is refused before anything
+    is written. Results from before study.json are taken over with a warning."""
+    from dnn.data import data_digest
+    from valleysim.errors import warn
+    from valleysim.jsonout import atomic_write, dumps, read_json
+
+    out, now = Path(out), {"study": study, "preset": preset, "data": data_digest(images, labels, test)}
+    path = out / "study.json"
+    if path.is_file():
+        was = read_json(path)
+        if was.get("study") != study or was.get("preset") != preset:
+            raise UserInputError(
+                f"{out} holds the {was.get('study')} study with preset {was.get('preset')}, not the {study} "
+                f"study with preset {preset}; use another --out"
+            )
+        if was.get("data") != now["data"]:
+            raise UserInputError(
+                f"{out} holds a {study} study of other data (sha256 {str(was.get('data'))[:12]}..., this --data "
+                f"gives {now['data'][:12]}...); give the data it was run on or another --out"
+            )
+        return out
+    if (out / "runs").is_dir() or (out / "summary.json").is_file():
+        warn(f"{out} holds results from before study.json: taken as the {study} study, without a check")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, (dumps(now, indent=1) + "\n").encode())
+    return out
 
 
 def run_dir(out: Path, label: str, seed: int) -> Path:

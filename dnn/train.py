@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from dnn import probes as probes_mod
 from dnn import step_probes
-from dnn.config import OPTIMIZERS, TrainConfig
-from dnn.data import batches, channel_stats, measurement_subset, normalize, to_float_nchw
+from dnn.config import OPTIMIZERS, TrainConfig, stored_config
+from dnn.data import batches, channel_stats, data_digest, measurement_subset, normalize, to_float_nchw
 from dnn.models import build_model, footprint
 from dnn.objective import Objective, flat_params, per_example_loss
 from dnn.store import RunStore
@@ -173,7 +173,8 @@ def train(
     ``test`` (images, labels): every probe row gets ``test_loss`` and ``test_acc`` on its first
     ``cfg.test_size`` examples (all when None; 0: none), normalised with the training statistics,
     BatchNorm in eval mode. Returns the store; rows via ``store.rows()``. Resumes from
-    ``out/checkpoint.pt`` if present.
+    ``out/checkpoint.pt`` if present; a run in ``out`` with another config, another start (``init_from`` by
+    content) or other data (the arrays trained and scored on, :func:`dnn.data.data_digest`) is refused.
     """
     if cfg.n_train is not None:
         if not (1 <= cfg.n_train <= len(images)):
@@ -208,8 +209,10 @@ def train(
         total_steps = min(total_steps, cfg.max_steps)
 
     objective = measurement_objective(cfg, model, images, labels, mean, std)
+    scored = None if test is None or cfg.test_size == 0 else (test[0][: cfg.test_size], test[1][: cfg.test_size])
+    config = stored_config(out, cfg, data_digest(images, labels, scored))  # refuses a run on other data
     # everything above validated the options and the data: only now is --out touched
-    finished = RunStore.finished(out, cfg.as_dict(), TrainConfig.defaults(), done=_is_done, map_location=device)
+    finished = RunStore.finished(out, config, TrainConfig.defaults(), done=_is_done, map_location=device)
     if finished is not None:  # nothing to do: read it, write nothing (no lock: a read-only directory reopens)
         check_environment(finished.dir, record=False)
         return finished
@@ -217,7 +220,7 @@ def train(
     Path(out).mkdir(parents=True, exist_ok=True)
     lock = DirectoryLock(out, "dnn train").acquire()  # one writer per run directory, before any file
     try:
-        store = RunStore(out, cfg.as_dict(), defaults=TrainConfig.defaults())
+        store = RunStore(out, config, defaults=TrainConfig.defaults())
         check_environment(store.dir)
         state = dict(
             step=0,
@@ -249,10 +252,9 @@ def train(
         acc_hist = deque(state["acc_hist"], maxlen=cfg.acc_window)
         full_x = full_y = None
         test_x = test_y = None
-        if test is not None and cfg.test_size != 0:
-            k = len(test[0]) if cfg.test_size is None else cfg.test_size
-            test_x = _model_data(test[0][:k], mean, std, channels_last).to(device)
-            test_y = torch.as_tensor(np.asarray(test[1][:k])).to(device)
+        if scored is not None:
+            test_x = _model_data(scored[0], mean, std, channels_last).to(device)
+            test_y = torch.as_tensor(np.asarray(scored[1])).to(device)
         if cfg.optimizer in ("gd", "gd-noise"):
             full_x, full_y = (
                 _model_data(images, mean, std, channels_last).to(device),

@@ -47,7 +47,7 @@ import numpy as np
 
 from dnn.config import TrainConfig
 from dnn.predictions import column
-from dnn.study import Point, cell, finish, orderings_table, run_rows, run_study, seeds_for
+from dnn.study import Point, cell, finish, open_study, orderings_table, run_rows, run_study, seeds_for
 
 SIGNS = {"learning_rate": {"trace_drift": -1, "final_trace": -1, "mean_loss": +1}}
 
@@ -287,8 +287,7 @@ def run(
     from dnn.walk_study import sgd_noise_std
     from valleysim.jsonout import atomic_write, dumps
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_study(out, "valley", preset.name, images, labels, test)
     minimum = find_minimum(preset, out, images, labels, device=device, progress=progress)
     cal = out / "noise_calibration.json"
     if cal.exists():

@@ -37,7 +37,7 @@ import numpy as np
 
 from dnn.config import TrainConfig
 from dnn.predictions import column
-from dnn.study import Point, cell, finish, orderings_table, run_rows, run_study, seeds_for
+from dnn.study import Point, cell, finish, open_study, orderings_table, run_rows, run_study, seeds_for
 from valleysim.theory import variance_factor
 
 SIGNS = {
@@ -287,8 +287,7 @@ def run(
     """Calibrate GD + noise, train the study into ``out``, write its CSVs, summary.json, report.md, figure."""
     from valleysim.jsonout import atomic_write, dumps
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_study(out, "walk", preset.name, images, labels, test)
     n = len(images) if preset.n_train is None else min(preset.n_train, len(images))
     noise = None
     if preset.gd:

@@ -75,7 +75,7 @@ def convergence(store: RunStore, ck: dict, data: str, ms: list[int], last: dict)
     threads = json.loads(env.read_text()).get("torch_threads") if env.is_file() else None
     if threads:
         torch.set_num_threads(int(threads))
-    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in store.config.items()})
+    cfg = TrainConfig.from_stored(store.config)
     if ck["state"]["step"] != last["step"]:
         raise UserInputError(
             f"--run {run}: the checkpoint is at step {ck['state']['step']}, its last probe at "

@@ -1,6 +1,7 @@
 """The cross-check pipeline end to end on tiny synthetic data (< 1 minute), and its resumption."""
 
 import json
+import shutil
 
 import pytest
 
@@ -75,6 +76,14 @@ def test_crosscheck_end_to_end_and_resume(tmp_path, monkeypatch):
     s2 = run_crosscheck(TINY, tmp_path, x, y, progress=False)
     assert json.loads((tmp_path / "summary.json").read_text()) == saved
     assert s2["comparison"][0]["max_lambda_max"] == s["comparison"][0]["max_lambda_max"]
+    # a copy of the directory elsewhere reopens too (the R5 runs' init_from is stored by content, not as
+    # the absolute path of the original's r5_pretrain/model.pt), reading every run back
+    copy = tmp_path.with_name(tmp_path.name + "-copy")
+    shutil.copytree(tmp_path, copy)
+    rows = {p: p.read_bytes() for p in copy.rglob("metrics.jsonl")}
+    run_crosscheck(TINY, copy, x, y, progress=False)
+    assert json.loads((copy / "summary.json").read_text()) == saved
+    assert {p: p.read_bytes() for p in rows} == rows
 
 
 def test_crosscheck_through_a_process_pool_equals_in_process(tmp_path):

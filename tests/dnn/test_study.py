@@ -220,3 +220,58 @@ def test_workers_read_the_data_from_its_path(tmp_path, monkeypatch):
     hit = load_cifar10(root, "train", cache_dir=cache)
     assert np.array_equal(hit[0], expect["train"][0])
     assert there["per_run"] == here["per_run"]
+
+
+def one_run_preset(**kw):
+    """The smoke break-even study cut to one run (lr 0.05, S 8, seed 0)."""
+    import dataclasses
+
+    base = dict(bn_lr_grid=(), lr_grid=(0.05,), batch_grid=(8,), seeds=1, edge_sizes=(16,))
+    return dataclasses.replace(bes.PRESETS["smoke"], **{**base, **kw})
+
+
+def test_the_edge_cache_is_keyed_by_what_it_was_computed_with(tmp_path):
+    """Changing edge_sizes or edge_k recomputes the batch-size-effect analysis instead of reading the stale
+    cache back; a cache file from before the key (a bare list of rows) is recomputed too."""
+    import json
+
+    x, y = synthetic_images(40)
+    preset = one_run_preset()
+    bes.run(preset, tmp_path, x, y, progress=False)
+
+    def analysed(p):
+        rows = bes.batch_size_effect(p, tmp_path, bes.points(p), [0], x, y, progress=False)["per_run"]
+        return sorted((r["measure_size"], r["k"]) for r in rows)
+
+    assert analysed(preset) == [(16, 1), (16, 2)]
+    assert analysed(one_run_preset(edge_sizes=(16, 24), edge_k=3)) == [(16, 1), (16, 3), (24, 1), (24, 3)]
+    cache = tmp_path / "edge" / "lr0.05_S8_seed0.json"
+    cache.write_text(json.dumps([{"label": "lr0.05_S8", "measure_size": 99, "k": 9}]))
+    assert analysed(preset) == [(16, 1), (16, 2)]
+    assert json.loads(cache.read_text())["key"]["edge_sizes"] == [16]
+
+
+@pytest.mark.parametrize("other", ["sharpest", "walk", "valley", "crosscheck"])
+def test_another_study_in_a_study_directory_is_refused_before_writing(tmp_path, other):
+    """Each study claims its directory (study.json) before writing: another study, another preset or other
+    data in it is one named error and leaves every file as it was."""
+    import importlib
+
+    x, y = synthetic_images(40)
+    preset = one_run_preset(edge_sizes=())
+    bes.run(preset, tmp_path, x, y, progress=False)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    if other == "crosscheck":
+        from dnn.crosscheck import PRESETS, run_crosscheck
+
+        go = lambda: run_crosscheck(PRESETS["quick"], tmp_path, x, y, progress=False)  # noqa: E731
+    else:
+        mod = importlib.import_module(f"dnn.{other}_study")
+        go = lambda: mod.run(mod.PRESETS["smoke"], tmp_path, x, y, progress=False)  # noqa: E731
+    with pytest.raises(UserInputError, match=f"holds the break-even study with preset smoke, not the {other} study"):
+        go()
+    with pytest.raises(UserInputError, match="with preset smoke, not the break-even study with preset quick"):
+        bes.run(bes.PRESETS["quick"], tmp_path, x, y, progress=False)
+    with pytest.raises(UserInputError, match="holds a break-even study of other data"):
+        bes.run(preset, tmp_path, x, y[::-1].copy(), progress=False)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -449,3 +449,58 @@ def test_a_resume_under_another_thread_count_is_flagged(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"torch_threads {n} -> {n + 1}" in err
     assert "shown as stored" in err and "resumed" not in err  # a finished run is reopened, not resumed
+
+
+def test_a_run_is_its_data_by_content(tmp_path, capsys):
+    """The arrays a run trains and scores on are part of its identity (config.json's ``data``): other
+    training images, other labels (another label order) or other test examples are refused, by name, on
+    resume and on a finished run; the same arrays (a moved copy of the data) reopen it. A run stored before
+    runs recorded their data resumes as before, with a warning."""
+    from dnn.data import data_digest
+
+    x, y = synthetic(24)
+    tx, ty = synthetic(6, seed=3)
+    c = cfg(probes=(), max_steps=2, measure_size=8, test_size=4)
+    rows = train(c, tmp_path, x, y, test=(tx, ty), progress=False).rows()
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["data"] == data_digest(x, y, (tx[:4], ty[:4]))
+    assert train(c, tmp_path, x.copy(), y.copy(), test=(tx, ty[:5]), progress=False).rows() == rows  # 5th unused
+    other_x = x.copy()
+    other_x[3, 0, 0, 0] ^= 1
+    other_y = y[::-1].copy()
+    other_t = (tx[::-1].copy(), ty)
+    for images, labels, test in ((other_x, y, (tx, ty)), (x, other_y, (tx, ty)), (x, y, other_t), (x, y, None)):
+        with pytest.raises(UserInputError, match=f"{tmp_path} holds a run trained on other data .*--data"):
+            train(c, tmp_path, images, labels, test=test, progress=False)
+    # n_train: the data of a run is the part it trains on
+    part = cfg(probes=(), max_steps=1, measure_size=8, n_train=16)
+    train(part, tmp_path / "part", x, y, progress=False)
+    assert train(part, tmp_path / "part", x[:16], y[:16], progress=False).n_rows == 2
+    # a run from before runs recorded their data
+    del stored["data"]
+    (tmp_path / "config.json").write_text(json.dumps(stored))
+    capsys.readouterr()
+    assert train(c, tmp_path, other_x, y, test=(tx, ty), progress=False).rows() == rows
+    assert "was started before runs recorded their data" in capsys.readouterr().err
+
+
+def test_init_from_is_its_content_and_a_stored_config_rebuilds(tmp_path):
+    """init_from is stored as the sha256 of its file: the same weights under another path are the same run,
+    other weights under the same path another. TrainConfig.from_stored rebuilds the config of a run."""
+    x, y = synthetic(24)
+    w = tmp_path / "w.pt"
+    torch.save(build_model("simplecnn", width=0.125, seed=5, input_shape=(3, 8, 8)).state_dict(), w)
+    c = cfg(probes=(), max_steps=1, measure_size=8, init_from=str(w))
+    rows = train(c, tmp_path / "r", x, y, progress=False).rows()
+    stored = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert stored["init_from"].startswith("sha256:") and len(stored["init_from"]) == 7 + 64
+    moved = tmp_path / "moved.pt"
+    w.rename(moved)
+    import dataclasses
+
+    assert train(dataclasses.replace(c, init_from=str(moved)), tmp_path / "r", x, y, progress=False).rows() == rows
+    torch.save(build_model("simplecnn", width=0.125, seed=6, input_shape=(3, 8, 8)).state_dict(), moved)
+    with pytest.raises(UserInputError, match="differs in: init_from"):
+        train(dataclasses.replace(c, init_from=str(moved)), tmp_path / "r", x, y, progress=False)
+    back = TrainConfig.from_stored(stored)
+    assert back == dataclasses.replace(c, init_from=None)
