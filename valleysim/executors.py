@@ -5,7 +5,8 @@
     local             today's pool of single-threaded processes (the default; valleysim.runner)
     dask              a dask.distributed LocalCluster on this machine: ``--workers`` processes of
                       ``--threads-per-worker`` threads each; its dashboard address is printed
-    dask://HOST:PORT  a running scheduler (``dask scheduler`` + ``dask worker tcp://HOST:PORT`` elsewhere)
+    dask://HOST:PORT  a running scheduler (``dask scheduler`` + ``dask worker tcp://HOST:PORT`` elsewhere);
+                      what answers there must greet as one within seconds (:func:`check_dask_scheduler`)
     slurm             Slurm through submitit: one job per point, submitted as one array job
                       (``--slurm-partition``, ``--slurm-time`` minutes, ``--slurm-gpus``,
                       ``--slurm-array-parallelism``);
@@ -31,6 +32,8 @@ import io
 import os
 import re
 import shutil
+import socket
+import struct
 import threading
 import time
 from concurrent.futures import Executor, Future
@@ -53,6 +56,7 @@ __all__ = [
 WORKER_ENV = {v: "1" for v in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 _DASK_URL = re.compile(r"^dask://([A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(\d{1,5})$")
 _SLURM_PARTITION = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
+DASK_ANSWER_S = 5.0  # seconds a dask://HOST:PORT has to accept the connection, and as many to greet
 SLURM_CLUSTERS = ("slurm", "local", "debug")  # submitit's: local / debug run the jobs on this machine
 SLURM_REQUEUES = 3  # a preempted or timed-out job is requeued up to this many times
 
@@ -174,6 +178,7 @@ def open_executor(
             )
             address = cluster
         else:
+            check_dask_scheduler(spec)
             address = "tcp://" + spec.removeprefix("dask://")
         try:
             client = distributed.Client(address, timeout="10s")
@@ -196,6 +201,40 @@ def open_executor(
             yield pool
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_dask_scheduler(spec: str, timeout_s: float = DASK_ANSWER_S) -> None:
+    """UserInputError, in words, unless a dask scheduler answers at ``spec`` (dask://HOST:PORT) within
+    ``timeout_s`` seconds to connect and as many to greet: a scheduler sends its handshake as soon as a
+    connection opens (an 8-byte frame length, then the count of msgpack frames). distributed's own connect
+    waits for that handshake without a bound and reads any first 8 bytes as a length to allocate."""
+    host, port = _DASK_URL.match(spec).groups()
+    where = f"--executor {spec}"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
+            greeting, deadline = b"", time.monotonic() + timeout_s
+            with contextlib.suppress(TimeoutError):
+                while len(greeting) < 16 and (left := deadline - time.monotonic()) > 0:
+                    conn.settimeout(left)
+                    chunk = conn.recv(256)
+                    if not chunk:  # closed
+                        break
+                    greeting += chunk
+    except TimeoutError:
+        raise UserInputError(
+            f"{where}: no dask scheduler answers there (connect timed out after {timeout_s:g} s)"
+        ) from None
+    except OSError as err:
+        raise UserInputError(f"{where}: no dask scheduler answers there ({err.strerror or err})") from None
+    if not greeting:
+        raise UserInputError(
+            f"{where}: something accepted the connection but sent nothing in {timeout_s:g} s: not a dask "
+            "scheduler (one greets at once)"
+        )
+    nbytes, n_frames = struct.unpack("<QQ", greeting[:16].ljust(16, b"\0"))
+    if not (16 <= nbytes <= 2**20 and 1 <= n_frames <= 64):
+        shown = greeting.split(b"\n")[0][:60].decode("ascii", "replace").strip()
+        raise UserInputError(f"{where}: something that is not a dask scheduler answered there (it sent {shown!r})")
 
 
 def slurm_executor(opts: ExecutorOptions):

@@ -2,6 +2,7 @@
 local executor equals the local pool's table; a dask worker killed mid-sweep loses no point and stores
 none twice; bad executor specs and a missing engine are named errors."""
 
+import contextlib
 import json
 import os
 import signal
@@ -248,3 +249,63 @@ def test_slurm_submits_one_array_job_through_sbatch(tmp_path):
 def test_a_slurm_partition_that_is_not_names_is_one_line(tmp_path, cli):
     code, _, err = cli(*PD, "--out", tmp_path / "pd", "--executor", "slurm", "--slurm-partition", "gpu\n#x")
     assert code == 2 and "--slurm-partition: must be partition names" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def listener():
+    """listener(greeting) -> port: a TCP socket on 127.0.0.1 whose thread accepts every connection, sends
+    ``greeting`` at once (b"": nothing) and never answers further."""
+    import socket
+
+    servers, held = [], []
+
+    def start(greeting: bytes) -> int:
+        srv = socket.create_server(("127.0.0.1", 0))
+        servers.append(srv)
+
+        def serve():
+            with contextlib.suppress(OSError):
+                while True:
+                    conn, _ = srv.accept()
+                    held.append(conn)
+                    conn.sendall(greeting)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return srv.getsockname()[1]
+
+    yield start
+    for s in servers + held:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "greeting, message",
+    [
+        (b"", "something accepted the connection but sent nothing in 5 s: not a dask scheduler (one greets at once)"),
+        (
+            b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/html\r\n\r\n<html>",
+            "something that is not a dask scheduler answered there (it sent 'HTTP/1.0 400 Bad Request')",
+        ),
+    ],
+    ids=["silent", "http"],
+)
+def test_a_service_that_is_not_a_dask_scheduler_is_one_line_within_seconds(tmp_path, cli, listener, greeting, message):
+    """A silent listener (distributed waited for its handshake without end) and an HTTP-like reply (read as a
+    frame length: "out of memory") are named in one line, exit 2, within the bound."""
+    spec = f"dask://127.0.0.1:{listener(greeting)}"
+    t0 = time.monotonic()
+    code, _, err = cli(*PD, "--out", tmp_path / "pd", "--executor", spec)
+    assert time.monotonic() - t0 < 15
+    assert code == 2 and err.splitlines() == [f"valleysim: error: --executor {spec}: {message}"]
+    assert not (tmp_path / "pd").exists()
+
+
+def test_a_real_dask_scheduler_passes_the_check(tmp_path):
+    import distributed
+
+    with distributed.LocalCluster(
+        n_workers=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=":0"
+    ) as cluster:
+        spec = "dask://" + cluster.scheduler_address.removeprefix("tcp://")
+        with open_executor(spec, log=lambda m: None) as ex:
+            assert ex.submit(pow, 2, 5).result() == 32
