@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import BrokenExecutor, Executor, Future, InvalidStateError, ProcessPoolExecutor, as_completed
+from concurrent.futures import BrokenExecutor, Executor, Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
@@ -117,6 +117,13 @@ def default_executor(max_workers: int | None = None) -> "LocalPool":
     return LocalPool(max_workers or os.cpu_count() or 1)
 
 
+def _cancel(task: Future) -> None:
+    """Cancel ``task`` and tell whoever waits for it (``as_completed``, ``wait``), which a bare ``cancel()``
+    leaves to the executor (once per task: a second notice is an error)."""
+    task.cancel()
+    task.set_running_or_notify_cancel()
+
+
 class LocalPool(Executor):
     """A ``ProcessPoolExecutor`` of single-threaded spawned workers that retries what a lost worker takes
     down. A worker that dies (SIGKILL, the out-of-memory killer) breaks a process pool: every task it
@@ -157,7 +164,7 @@ class LocalPool(Executor):
         fn, args, kwargs = call
         with self._lock:
             if self._closed:
-                outer.cancel()
+                _cancel(outer)
                 return
             try:
                 inner = self._pool.submit(fn, *args, **kwargs)
@@ -170,10 +177,8 @@ class LocalPool(Executor):
 
     def _settle(self, inner: Future, outer: Future, call: tuple, tries: int, pool: ProcessPoolExecutor) -> None:
         """``outer`` from its try ``inner``: its result or error, or another try after a lost worker."""
-        if outer.cancelled():
-            return
-        if inner.cancelled():
-            outer.cancel()
+        if outer.cancelled() or inner.cancelled():
+            _cancel(outer)
             return
         exc = inner.exception()
         if isinstance(exc, BrokenProcessPool):
@@ -183,8 +188,7 @@ class LocalPool(Executor):
                 self._send(outer, call, tries + 1)
                 return
             exc = LostWorker(f"a worker process died (killed, or out of memory) on each of {tries + 1} tries")
-        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
-            outer.set_exception(exc) if exc is not None else outer.set_result(inner.result())
+        outer.set_exception(exc) if exc is not None else outer.set_result(inner.result())
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._lock:

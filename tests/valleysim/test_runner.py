@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -138,3 +139,31 @@ def test_a_dask_killed_worker_is_a_lost_point(tmp_path):
     with ThreadPoolExecutor(1) as threads, pytest.raises(LostWorker, match=r'1 point\(s\) lost \(\{"x":1\}\)'):
         run_sweep(killed_on_one, [{"x": x} for x in range(3)], tmp_path / "s.jsonl", executor=threads, progress=False)
     assert len(load_store(tmp_path / "s.jsonl")) == 2
+
+
+def _fails_on_one(point):
+    if point["x"] == 1:
+        raise ZeroDivisionError("point 1")
+    time.sleep(0.5)
+    return square(point)
+
+
+def test_a_failing_point_on_the_default_pool_ends_the_sweep_at_once(tmp_path):
+    """The rest is cancelled and the error re-raised (cancelled tasks are announced to as_completed: the
+    sweep does not wait for them forever)."""
+    import threading
+
+    got = {}
+
+    def sweep():
+        try:
+            run_sweep(_fails_on_one, [{"x": x} for x in range(40)], tmp_path / "s.jsonl", progress=False)
+        except ZeroDivisionError as err:
+            got["error"] = err
+
+    t = threading.Thread(target=sweep, daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "the sweep hung after a point failed"
+    assert len(load_store(tmp_path / "s.jsonl")) < 20  # the rest was cancelled, not run
+    assert str(got["error"]) == "point 1"
