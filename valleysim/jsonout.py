@@ -8,6 +8,7 @@ meaning, the result says so in a field of its own (``diverged``, ``reached``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -60,14 +61,20 @@ def read_json(path) -> dict:
 
 def atomic_write(path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file, fsynced and renamed: readers see the old file or
-    the new one, never half of one."""
+    the new one, never half of one. A failed write (a full disk) removes the temporary file and raises an
+    OSError naming ``path``."""
     p = Path(path)
     tmp = p.with_suffix(p.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror or str(err), str(p)) from None
 
 
 def write_jsonl(path, records) -> None:

@@ -197,6 +197,18 @@ class LocalPool(Executor):
         pool.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
+def _append_line(fh, line: str, path: Path) -> None:
+    """``line`` and a newline appended to the store and fsynced; a failed write (a full disk) is an OSError
+    naming the store (a torn line it may leave is dropped when the sweep resumes)."""
+    data = (line + "\n").encode("utf-8")
+    try:
+        while data:
+            data = data[fh.write(data) :]
+        os.fsync(fh.fileno())
+    except OSError as err:
+        raise OSError(err.errno, err.strerror or str(err), str(path)) from None
+
+
 def _lost_worker(exc: BaseException) -> bool:
     """Whether ``exc`` says that the worker running a task died: :class:`LocalPool` after its retries,
     another process pool, dask after its allowed failures."""
@@ -241,7 +253,7 @@ def run_sweep(
                 futures = {pool.submit(fn, p): k for k, p in items}
             error, lost = None, []
             with (
-                open(path, "a", encoding="utf-8") as fh,
+                open(path, "ab", buffering=0) as fh,  # unbuffered: a failed write leaves nothing to flush
                 tqdm(total=len(points), initial=len(points) - len(todo), desc=desc, disable=not progress) as bar,
             ):
                 for fut in as_completed(futures):
@@ -257,9 +269,7 @@ def run_sweep(
                             pending.cancel()
                         continue
                     line = dumps({"point": todo[key], "result": result})
-                    fh.write(line + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                    _append_line(fh, line, path)
                     done[key] = json.loads(line)["result"]  # as a resumed sweep will read it back
                     bar.update()
             if error is not None:
