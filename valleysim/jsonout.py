@@ -41,12 +41,29 @@ def dumps(x, **kwargs) -> str:
     return json.dumps(json_safe(x), allow_nan=False, **kwargs)
 
 
+MAX_DEPTH = 100  # JSON nesting that no file of the project comes near: deeper is damage (or a stack attack)
+
+
+def _loads(text: str):
+    """``json.loads(text)``; RecursionError where the value nests deeper than MAX_DEPTH levels (json's own
+    limit is the interpreter's stack, and deep values overflow every recursive use after it)."""
+    value = json.loads(text)
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise RecursionError(f"JSON nested deeper than {MAX_DEPTH} levels")
+            stack.extend((child, depth + 1) for child in (v.values() if isinstance(v, dict) else v))
+    return value
+
+
 def read_json(path) -> dict:
-    """The JSON object in ``path``; a damaged file (not JSON, not UTF-8, not an object) is a UserInputError
-    naming it and, for bad JSON, the line and the column."""
+    """The JSON object in ``path``; a damaged file (not JSON, not UTF-8, nested deeper than MAX_DEPTH, not an
+    object) is a UserInputError naming it and, for bad JSON, the line and the column."""
     p = Path(path)
     try:
-        value = json.loads(p.read_text(encoding="utf-8"))
+        value = _loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise UserInputError(
             f"{p} is damaged (not valid JSON at line {err.lineno}, column {err.colno}: "
@@ -54,6 +71,10 @@ def read_json(path) -> dict:
         ) from None
     except UnicodeDecodeError:
         raise UserInputError(f"{p} is damaged (not UTF-8 text); delete it or choose another directory") from None
+    except RecursionError:
+        raise UserInputError(
+            f"{p} is damaged (JSON nested deeper than {MAX_DEPTH} levels); delete it or choose another directory"
+        ) from None
     if not isinstance(value, dict):
         raise UserInputError(f"{p} is damaged (not a JSON object); delete it or choose another directory")
     return value
@@ -85,8 +106,8 @@ def write_jsonl(path, records) -> None:
 def read_jsonl(path) -> tuple[list[tuple[int, object]], list[int], bool]:
     """([(line number, value)], damaged line numbers, torn) of a JSON-lines file; missing: ([], [], False).
 
-    Line numbers are 1-based. A line that is not valid JSON is damaged; a last line without its newline
-    is torn (a write was interrupted) and left out of both lists.
+    Line numbers are 1-based. A line that is not valid JSON (or nests deeper than MAX_DEPTH) is damaged; a
+    last line without its newline is torn (a write was interrupted) and left out of both lists.
     """
     p = Path(path)
     if not p.exists():
@@ -99,7 +120,7 @@ def read_jsonl(path) -> tuple[list[tuple[int, object]], list[int], bool]:
         if not line.strip():
             continue
         try:
-            records.append((i, json.loads(line.decode("utf-8"))))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            records.append((i, _loads(line.decode("utf-8"))))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             damaged.append(i)
     return records, damaged, torn

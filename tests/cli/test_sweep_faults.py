@@ -1,6 +1,7 @@
 """Faults around a sweep, each on the real command (issue 27): a local-pool worker killed mid-sweep (its
 points run again on fresh workers; a worker lost on every try ends in one line and the rerun resumes); a
-phase diagram's landscape.npz torn, swapped or written to a full disk."""
+phase diagram's landscape.npz torn, swapped or written to a full disk; JSON nested 200,000 deep (or not
+JSON) in a config.json or a store line."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from valleysim.quadratic.landscape import PerExampleQuadratic
 from valleysim.quadratic.phase_diagram import _stored_landscape, evaluate_point, landscape_digest, phase_diagram
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dnn"))
-from tiny_nets import synthetic_images  # noqa: E402
+from tiny_nets import fake_batches_dir, synthetic_images  # noqa: E402
 
 PD = ["phase-diagram", "--kind", "diagonal", "--n-examples", "6", "--dim", "1", "--etas", "0.2:3:8"]
 PD += ["--batch-sizes", "1,2,3", "--steps", "3000", "--trajectories", "64", "--quiet"]
@@ -42,6 +43,14 @@ def _pool_workers(pid: int) -> list[psutil.Process]:
             if "spawn_main" in " ".join(kid.cmdline()):
                 workers.append(kid)
     return workers
+
+
+def error_line(err: str) -> str:
+    """The message of a command's one-line error (``valleysim[ <cmd>]: error: <message>``)."""
+    [line] = err.splitlines()
+    prog, sep, message = line.partition(": error: ")
+    assert prog.startswith("valleysim") and sep, line
+    return message
 
 
 def _stored(store) -> list[dict]:
@@ -87,7 +96,8 @@ def test_pool_workers_lost_on_every_try_end_in_one_line_and_the_rerun_resumes(in
     assert "Traceback" not in err
     *warnings, line = err.splitlines()
     assert warnings == [f"{RETRY} (retry {k} of 3)" for k in (1, 2, 3)]
-    assert line.startswith(f"valleysim: error: {N_POINTS} point(s) lost (") and line.endswith(
+    message = error_line(line)
+    assert message.startswith(f"{N_POINTS} point(s) lost (") and message.endswith(
         "their worker processes died (killed, or out of memory) on every try; the 0 finished points are kept in "
         "pd/sweep.jsonl: rerun the command to compute the rest"
     )
@@ -188,9 +198,9 @@ def test_a_swapped_landscape_file_is_refused_in_one_line(tmp_path, cli, monkeypa
     stored = Path("pd/sweep.jsonl").read_bytes()
     code, _, err = cli(*SMALL, "--hessians", "h.npy", "--etas", "0.5,1,2", "--out", "pd")
     assert code == 2
-    [line] = err.splitlines()
-    assert line.startswith("valleysim: error: pd/landscape.npz holds another landscape than config.json records")
-    assert line.endswith("delete it to have it written again from the command's flags, or choose another --out")
+    message = error_line(err)
+    assert message.startswith("pd/landscape.npz holds another landscape than config.json records")
+    assert message.endswith("delete it to have it written again from the command's flags, or choose another --out")
     assert Path("pd/sweep.jsonl").read_bytes() == stored  # no point computed on it
 
 
@@ -243,7 +253,7 @@ def test_a_full_disk_while_the_landscape_is_written_is_one_line_and_leaves_nothi
     argv += ["--batch-sizes", "1", "--steps", "20", "--trajectories", "4", "--quiet", "--out", disk / "pd"]
     code, _, err = cli(*argv)
     assert code == 1
-    assert err.splitlines() == [f"valleysim: error: No space left on device ({disk / 'pd' / 'landscape.npz'})"]
+    assert error_line(err) == f"No space left on device ({disk / 'pd' / 'landscape.npz'})"
     assert sorted(p.name for p in (disk / "pd").iterdir()) == [".lock"]  # no torn landscape.npz, no .tmp
     small_disk.resize(disk, 4096)  # room made: the rerun works
     code, _, err = cli(*argv)
@@ -256,9 +266,73 @@ def test_a_full_disk_while_points_are_stored_names_the_store_and_the_rerun_compl
     argv = [*PD, "--steps", "20", "--etas", "0.2:3:12", "--out", disk / "pd"]
     code, _, err = cli(*argv)
     assert code == 1
-    assert err.splitlines() == [f"valleysim: error: No space left on device ({disk / 'pd' / 'sweep.jsonl'})"]
+    assert error_line(err) == f"No space left on device ({disk / 'pd' / 'sweep.jsonl'})"
     small_disk.resize(disk, 4096)
     code, _, err = cli(*argv)
     assert code == 0, err
     keys = [json.dumps(r["point"], sort_keys=True) for r in _stored(disk / "pd" / "sweep.jsonl")]
     assert len(keys) == len(set(keys)) == 3 + 12 * 3
+
+
+DEEP = "[" * 200_000 + "]" * 200_000  # json.loads: RecursionError
+
+
+def test_deep_json_in_a_phase_diagrams_config_is_one_line(tmp_path, cli):
+    out = tmp_path / "pd"
+    code, _, err = cli(*SMALL, "--etas", "0.5,1", "--out", out)
+    assert code == 0, err
+    (out / "phase_diagram.csv").unlink()
+    for text in (DEEP, '{"a":' * 101 + "1" + "}" * 101):  # and nested 101 deep: within json's reach, past ours
+        (out / "config.json").write_text(text)
+        code, _, err = cli(*SMALL, "--etas", "0.5,1", "--out", out)
+        assert code == 2
+        assert error_line(err) == (
+            f"{out / 'config.json'} is damaged (JSON nested deeper than 100 levels); delete it or choose another "
+            "directory"
+        )
+
+
+def test_deep_lines_in_a_sweep_store_are_dropped_and_computed_again(tmp_path, cli):
+    """A line nested 200,000 deep, and a record that json reads but that nests 500 deep (the store's
+    rewrite overflowed on it), are damaged lines: dropped with a warning, their points computed again."""
+    out = tmp_path / "pd"
+    code, _, err = cli(*SMALL, "--etas", "0.5,1", "--out", out)
+    assert code == 0, err
+    store = out / "sweep.jsonl"
+    lines = store.read_text().splitlines(keepends=True)
+    deep_record = '{"point": {"task": "x", "a": ' + "[" * 500 + "]" * 500 + '}, "result": {}}\n'
+    store.write_text(lines[0] + DEEP + "\n" + deep_record + "".join(lines[2:]))
+    (out / "phase_diagram.csv").unlink()
+    code, _, err = cli(*SMALL, "--etas", "0.5,1", "--out", out)
+    assert code == 0, err
+    assert err.splitlines() == [
+        f"valleysim: warning: {store}: dropped 2 damaged line(s) (line 2, 3); their points are computed again"
+    ]
+    assert sorted(store.read_text().splitlines()) == sorted(s.rstrip("\n") for s in lines)  # line 1 recomputed
+
+
+TRAIN = ["dnn", "train", "--model", "simplecnn", "--width", "0.125", "--batch", "4", "--max-steps", "2"]
+TRAIN += ["--measure-size", "6", "--probes", "lanczos", "--top-k", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    "text, damage",
+    [
+        (DEEP, "JSON nested deeper than 100 levels"),
+        (
+            '{"lr": 0.1,, "seed": 0}',
+            "not valid JSON at line 1, column 12: Expecting property name enclosed in double quotes",
+        ),
+    ],
+    ids=["deep", "invalid"],
+)
+def test_a_damaged_config_of_a_network_run_is_one_line(tmp_path, cli, monkeypatch, text, damage):
+    data, _ = fake_batches_dir(tmp_path / "data")
+    monkeypatch.setenv("VALLEYSIM_DATA_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    code, _, err = cli(*TRAIN, "--data", data, "--out", out)
+    assert code == 0, err
+    (out / "config.json").write_text(text)
+    code, _, err = cli(*TRAIN, "--data", data, "--out", out)
+    assert code == 2
+    assert error_line(err) == f"{out / 'config.json'} is damaged ({damage}); delete it or choose another directory"

@@ -296,7 +296,8 @@ def test_a_service_that_is_not_a_dask_scheduler_is_one_line_within_seconds(tmp_p
     t0 = time.monotonic()
     code, _, err = cli(*PD, "--out", tmp_path / "pd", "--executor", spec)
     assert time.monotonic() - t0 < 15
-    assert code == 2 and err.splitlines() == [f"valleysim: error: --executor {spec}: {message}"]
+    [line] = err.splitlines()
+    assert code == 2 and line.startswith("valleysim") and line.endswith(f"error: --executor {spec}: {message}")
     assert not (tmp_path / "pd").exists()
 
 
