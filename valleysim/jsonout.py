@@ -48,13 +48,13 @@ def _loads(text: str):
     """``json.loads(text)``; RecursionError where the value nests deeper than MAX_DEPTH levels (json's own
     limit is the interpreter's stack, and deep values overflow every recursive use after it)."""
     value = json.loads(text)
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise RecursionError(f"JSON nested deeper than {MAX_DEPTH} levels")
-            stack.extend((child, depth + 1) for child in (v.values() if isinstance(v, dict) else v))
+    if text.count("[") + text.count("{") <= MAX_DEPTH:  # too few brackets to nest that deep
+        return value
+    level = [value] if type(value) in (dict, list) else []  # the objects and arrays at each depth
+    for _ in range(MAX_DEPTH):
+        level = [c for v in level for c in (v.values() if type(v) is dict else v) if type(c) in (dict, list)]
+    if level:
+        raise RecursionError(f"JSON nested deeper than {MAX_DEPTH} levels")
     return value
 
 
