@@ -15,8 +15,9 @@
                       local`` / ``debug`` run submitit's jobs here, for testing)
 
 Every executor is a ``concurrent.futures.Executor`` to :func:`valleysim.runner.run_sweep`, which writes
-each finished point once, from the driver, so a worker that dies loses nothing: dask reschedules its
-tasks (up to ``distributed.scheduler.allowed-failures`` times), Slurm requeues the job, and a rerun of the
+each finished point once, from the driver, so a worker that dies loses nothing: the local pool runs its
+tasks again on fresh workers (up to 3 times, :class:`valleysim.runner.LocalPool`), dask reschedules them
+(up to ``distributed.scheduler.allowed-failures`` times), Slurm requeues the job, and a rerun of the
 command computes only the points missing. Results come from (seed, point), never from the order of
 completion: the same table on every executor and any number of workers.
 
