@@ -5,15 +5,19 @@
     local             today's pool of single-threaded processes (the default; valleysim.runner)
     dask              a dask.distributed LocalCluster on this machine: ``--workers`` processes of
                       ``--threads-per-worker`` threads each; its dashboard address is printed
-    dask://HOST:PORT  a running scheduler (``dask scheduler`` + ``dask worker tcp://HOST:PORT`` elsewhere)
+    dask://HOST:PORT  a running scheduler (``dask scheduler`` + ``dask worker tcp://HOST:PORT`` elsewhere);
+                      what answers there must greet as one within seconds (:func:`check_dask_scheduler`)
     slurm             Slurm through submitit: one job per point, submitted as one array job
                       (``--slurm-partition``, ``--slurm-time`` minutes, ``--slurm-gpus``,
                       ``--slurm-array-parallelism``);
-                      a preempted or timed-out point is requeued (submitit's checkpointing, up to 3 times)
+                      a preempted or timed-out point is requeued (submitit's checkpointing, up to 3 times);
+                      refused in one line on a machine without ``sbatch`` / ``srun`` (``--slurm-cluster
+                      local`` / ``debug`` run submitit's jobs here, for testing)
 
 Every executor is a ``concurrent.futures.Executor`` to :func:`valleysim.runner.run_sweep`, which writes
-each finished point once, from the driver, so a worker that dies loses nothing: dask reschedules its
-tasks (up to ``distributed.scheduler.allowed-failures`` times), Slurm requeues the job, and a rerun of the
+each finished point once, from the driver, so a worker that dies loses nothing: the local pool runs its
+tasks again on fresh workers (up to 3 times, :class:`valleysim.runner.LocalPool`), dask reschedules them
+(up to ``distributed.scheduler.allowed-failures`` times), Slurm requeues the job, and a rerun of the
 command computes only the points missing. Results come from (seed, point), never from the order of
 completion: the same table on every executor and any number of workers.
 
@@ -25,8 +29,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import re
+import shutil
+import socket
+import struct
 import threading
 import time
 from concurrent.futures import Executor, Future
@@ -48,7 +56,10 @@ __all__ = [
 #: each worker process single-threaded (set before numba, OpenBLAS or torch load in it)
 WORKER_ENV = {v: "1" for v in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
 _DASK_URL = re.compile(r"^dask://([A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(\d{1,5})$")
+_SLURM_PARTITION = re.compile(r"^[A-Za-z0-9_.\-]+(,[A-Za-z0-9_.\-]+)*$")
+DASK_ANSWER_S = 5.0  # seconds a dask://HOST:PORT has to accept the connection, and as many to greet
 SLURM_CLUSTERS = ("slurm", "local", "debug")  # submitit's: local / debug run the jobs on this machine
+SLURM_REQUEUES = 3  # a preempted or timed-out job is requeued up to this many times
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,7 @@ def add_executor_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--executor", type=executor_spec, default="local", help="local | dask | dask://HOST:PORT | slurm")
     g.add_argument("--workers", type=T.count, default=None, help="worker processes (local, dask; default: the cores)")
     g.add_argument("--threads-per-worker", type=T.count, default=1, help="threads per dask worker")
-    g.add_argument("--slurm-partition", default=None, help="Slurm partition (slurm)")
+    g.add_argument("--slurm-partition", type=slurm_partition, default=None, help="Slurm partition(s), a,b (slurm)")
     g.add_argument("--slurm-time", type=T.count, default=60, help="minutes per job (slurm)")
     g.add_argument("--slurm-gpus", type=T.natural, default=0, help="GPUs per job (slurm)")
     g.add_argument("--slurm-array-parallelism", type=T.count, default=64, help="jobs of the array at once (slurm)")
@@ -94,6 +105,15 @@ def executor_spec(text: str) -> str:
     if m and 1 <= int(m.group(2)) <= 65535:
         return text
     raise argparse.ArgumentTypeError(f"must be local, dask, dask://HOST:PORT or slurm; got {text!r}")
+
+
+def slurm_partition(text: str) -> str:
+    """A --slurm-partition value: Slurm partition names (letters, digits, ``_.-``), comma-separated."""
+    if not _SLURM_PARTITION.match(text):
+        raise argparse.ArgumentTypeError(
+            f"must be partition names (letters, digits, _ . -) separated by commas; got {text!r}"
+        )
+    return text
 
 
 def options_from_args(a) -> ExecutorOptions:
@@ -159,6 +179,7 @@ def open_executor(
             )
             address = cluster
         else:
+            check_dask_scheduler(spec)
             address = "tcp://" + spec.removeprefix("dask://")
         try:
             client = distributed.Client(address, timeout="10s")
@@ -174,22 +195,72 @@ def open_executor(
             if cluster is not None:
                 cluster.close()
     else:
-        submitit = _need("submitit")
-        ex = submitit.AutoExecutor(
-            folder=opts.slurm_folder, cluster=None if opts.slurm_cluster == "slurm" else opts.slurm_cluster
-        )
-        params = dict(timeout_min=opts.slurm_time, slurm_array_parallelism=opts.slurm_array_parallelism)
-        if opts.slurm_cluster == "slurm":
-            params.update(slurm_max_num_timeout=3, gpus_per_node=opts.slurm_gpus)
-            if opts.slurm_partition:
-                params["slurm_partition"] = opts.slurm_partition
-        ex.update_parameters(**params)
+        ex = slurm_executor(opts)
         log(f"submitit ({opts.slurm_cluster}): job files in {Path(opts.slurm_folder).resolve()}")
         pool = SubmititExecutor(ex)
         try:
             yield pool
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_dask_scheduler(spec: str, timeout_s: float = DASK_ANSWER_S) -> None:
+    """UserInputError, in words, unless a dask scheduler answers at ``spec`` (dask://HOST:PORT) within
+    ``timeout_s`` seconds to connect and as many to greet: a scheduler sends its handshake as soon as a
+    connection opens (an 8-byte frame length, then the count of msgpack frames). distributed's own connect
+    waits for that handshake without a bound and reads any first 8 bytes as a length to allocate."""
+    host, port = _DASK_URL.match(spec).groups()
+    where = f"--executor {spec}"
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s) as conn:
+            greeting, deadline = b"", time.monotonic() + timeout_s
+            with contextlib.suppress(TimeoutError):
+                while len(greeting) < 16 and (left := deadline - time.monotonic()) > 0:
+                    conn.settimeout(left)
+                    chunk = conn.recv(256)
+                    if not chunk:  # closed
+                        break
+                    greeting += chunk
+    except TimeoutError:
+        raise UserInputError(
+            f"{where}: no dask scheduler answers there (connect timed out after {timeout_s:g} s)"
+        ) from None
+    except OSError as err:
+        raise UserInputError(f"{where}: no dask scheduler answers there ({err.strerror or err})") from None
+    if not greeting:
+        raise UserInputError(
+            f"{where}: something accepted the connection but sent nothing in {timeout_s:g} s: not a dask "
+            "scheduler (one greets at once)"
+        )
+    nbytes, n_frames = struct.unpack("<QQ", greeting[:16].ljust(16, b"\0"))
+    if not (16 <= nbytes <= 2**20 and 1 <= n_frames <= 64):
+        shown = greeting.split(b"\n")[0][:60].decode("ascii", "replace").strip()
+        raise UserInputError(f"{where}: something that is not a dask scheduler answered there (it sent {shown!r})")
+
+
+def slurm_executor(opts: ExecutorOptions):
+    """submitit's executor for ``--executor slurm``, its parameters set (and checked by submitit's own
+    validation): Slurm itself for ``--slurm-cluster slurm`` (refused in one line where ``sbatch`` or
+    ``srun`` is missing, never submitit's silent fall-back to local jobs), else its local / debug one."""
+    submitit = _need("submitit")
+    params = dict(timeout_min=opts.slurm_time, slurm_array_parallelism=opts.slurm_array_parallelism)
+    if opts.slurm_cluster != "slurm":
+        ex = submitit.AutoExecutor(folder=opts.slurm_folder, cluster=opts.slurm_cluster)
+        ex.update_parameters(**params)
+        return ex
+    missing = [cmd for cmd in ("sbatch", "srun") if shutil.which(cmd) is None]
+    if missing:
+        raise UserInputError(
+            f"--executor slurm: no Slurm on this machine ({' and '.join(missing)} not on PATH); run the command "
+            "on a Slurm login node, or use --executor local or dask"
+        )
+    ex = submitit.AutoExecutor(folder=opts.slurm_folder, cluster="slurm", slurm_max_num_timeout=SLURM_REQUEUES)
+    if opts.slurm_gpus:
+        params["gpus_per_node"] = opts.slurm_gpus
+    if opts.slurm_partition:
+        params["slurm_partition"] = opts.slurm_partition
+    ex.update_parameters(**params)
+    return ex
 
 
 def worker_slot() -> int | None:
@@ -231,6 +302,20 @@ class _Requeueable:
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
 
 
+@contextlib.contextmanager
+def _sbatch_refusal():
+    """A submission that ``sbatch`` refuses (an unknown partition, a time over the limit) as one line with
+    its reason (submitit's own print of sbatch's stderr is held back: the line carries it)."""
+    from submitit.core.utils import FailedJobError, FailedSubmissionError
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    except (FailedJobError, FailedSubmissionError) as err:
+        reason = " ".join(str(err).split()) or "no reason given"
+        raise UserInputError(f"--executor slurm: the jobs were not submitted: {reason}") from None
+
+
 class SubmititExecutor(Executor):
     """A submitit executor as a ``concurrent.futures.Executor``: ``submit`` returns a Future that a polling
     thread completes from the job's state; :meth:`submit_all` sends many calls as one array job."""
@@ -251,12 +336,13 @@ class SubmititExecutor(Executor):
         return fut
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
-        return self._track(self.executor.submit(_Requeueable(fn), *args, **kwargs))
+        with _sbatch_refusal():
+            return self._track(self.executor.submit(_Requeueable(fn), *args, **kwargs))
 
     def submit_all(self, fn, items) -> list[Future]:
         """One future per item, ``fn(item)`` for each, submitted as one array job."""
         wrapped = _Requeueable(fn)
-        with self.executor.batch():
+        with _sbatch_refusal(), self.executor.batch():
             jobs = [self.executor.submit(wrapped, item) for item in items]
         return [self._track(job) for job in jobs]
 

@@ -2,9 +2,11 @@
 local executor equals the local pool's table; a dask worker killed mid-sweep loses no point and stores
 none twice; bad executor specs and a missing engine are named errors."""
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -14,7 +16,7 @@ import numpy as np
 import pytest
 
 from valleysim.errors import UserInputError
-from valleysim.executors import ExecutorOptions, executor_spec, open_executor
+from valleysim.executors import ExecutorOptions, executor_spec, open_executor, slurm_executor
 from valleysim.quadratic.landscape import PerExampleQuadratic
 from valleysim.quadratic.phase_diagram import phase_diagram
 from valleysim.runner import run_sweep
@@ -169,3 +171,142 @@ def test_toy_sweeps_on_a_pool_and_on_dask_give_the_in_process_rows():
         assert a.keys() == b.keys()
         for k in a:
             np.testing.assert_array_equal(a[k], b[k])
+
+
+PD = ["phase-diagram", "--kind", "diagonal", "--n-examples", "6", "--dim", "1", "--etas", "0.5,1", "--steps", "50"]
+PD += ["--batch-sizes", "1,2,3", "--trajectories", "8", "--quiet"]
+
+
+def _fake_commands(bin_dir, **scripts):
+    """Executables ``bin_dir/<name>`` running the given shell code (a fake Slurm for a machine without one)."""
+    bin_dir.mkdir(exist_ok=True)
+    for name, code in scripts.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + code + "\n")
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def _valleysim(*argv, path, cwd):
+    """The real command in its own process with ``PATH=path`` (python itself by its absolute path)."""
+    env = {**os.environ, "PATH": str(path)}
+    cmd = [sys.executable, "-m", "valleysim", *map(str, argv)]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_slurm_parameters_pass_submitits_validation_and_reach_the_sbatch_script(tmp_path, monkeypatch):
+    """The parameters we set are accepted by submitit's Slurm executor (its update_parameters checks their
+    names and renders a trial sbatch script) and appear as #SBATCH lines of the array job it would submit."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    monkeypatch.setenv("PATH", str(_fake_commands(tmp_path / "bin", sbatch="exit 1", srun="exit 1")))
+    opts = ExecutorOptions(
+        slurm_partition="gpu,long", slurm_gpus=2, slurm_time=720, slurm_array_parallelism=16, slurm_folder=tmp_path
+    )
+    ex = slurm_executor(opts)
+    assert ex.cluster == "slurm" and ex._executor.max_num_timeout == 3  # requeued up to 3 times
+    script = _make_sbatch_string(command="run", folder=tmp_path, map_count=40, **ex._executor.parameters)
+    lines = set(script.splitlines())
+    for flag in ("--partition=gpu,long", "--gpus-per-node=2", "--time=720", "--array=0-39%16"):
+        assert f"#SBATCH {flag}" in lines, script
+    cpu = slurm_executor(ExecutorOptions(slurm_folder=tmp_path))._executor.parameters
+    assert "gpus_per_node" not in cpu and "partition" not in cpu  # no GPU line, the cluster's default partition
+
+
+def test_slurm_without_sbatch_is_one_line(tmp_path):
+    """No Slurm here: one line and exit 2, not submitit's silent choice of local jobs (nor a traceback)."""
+    res = _valleysim(*PD, "--out", tmp_path / "pd", "--executor", "slurm", path=tmp_path / "empty", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    [line] = res.stderr.splitlines()
+    assert line.startswith("valleysim") and line.endswith(
+        "error: --executor slurm: no Slurm on this machine (sbatch and srun not on PATH); "
+        "run the command on a Slurm login node, or use --executor local or dask"
+    )
+    assert not (tmp_path / "slurm_logs").exists() and not (tmp_path / "pd" / "sweep.jsonl").exists()
+
+
+def test_slurm_submits_one_array_job_through_sbatch(tmp_path):
+    """With (fake) Slurm commands on PATH the sweep goes to sbatch as one array job of its 9 points with our
+    parameters; sbatch's refusal is one line with its reason, exit 2."""
+    fake = _fake_commands(
+        tmp_path / "bin",
+        srun="exit 1",
+        sbatch=f'/bin/cp "$1" {tmp_path}/submitted.sh; echo "sbatch: error: invalid partition specified: gpu" >&2\n'
+        "exit 1",
+    )
+    argv = [*PD, "--out", tmp_path / "pd", "--executor", "slurm", "--slurm-partition", "gpu", "--slurm-time", "30"]
+    res = _valleysim(*argv, "--slurm-folder", tmp_path / "jobs", path=fake, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    [line] = res.stderr.splitlines()
+    assert line.startswith("valleysim") and line.endswith(
+        "error: --executor slurm: the jobs were not submitted: sbatch: error: invalid partition specified: gpu"
+    )
+    script = (tmp_path / "submitted.sh").read_text().splitlines()
+    for flag in ("--partition=gpu", "--time=30", "--array=0-8%9"):  # 3 per-S tasks + 6 grid points
+        assert f"#SBATCH {flag}" in script
+    assert not (tmp_path / "pd" / "sweep.jsonl").exists()  # nothing computed, nothing stored
+
+
+def test_a_slurm_partition_that_is_not_names_is_one_line(tmp_path, cli):
+    code, _, err = cli(*PD, "--out", tmp_path / "pd", "--executor", "slurm", "--slurm-partition", "gpu\n#x")
+    assert code == 2 and "--slurm-partition: must be partition names" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture
+def listener():
+    """listener(greeting) -> port: a TCP socket on 127.0.0.1 whose thread accepts every connection, sends
+    ``greeting`` at once (b"": nothing) and never answers further."""
+    import socket
+
+    servers, held = [], []
+
+    def start(greeting: bytes) -> int:
+        srv = socket.create_server(("127.0.0.1", 0))
+        servers.append(srv)
+
+        def serve():
+            with contextlib.suppress(OSError):
+                while True:
+                    conn, _ = srv.accept()
+                    held.append(conn)
+                    conn.sendall(greeting)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return srv.getsockname()[1]
+
+    yield start
+    for s in servers + held:
+        s.close()
+
+
+@pytest.mark.parametrize(
+    "greeting, message",
+    [
+        (b"", "something accepted the connection but sent nothing in 5 s: not a dask scheduler (one greets at once)"),
+        (
+            b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/html\r\n\r\n<html>",
+            "something that is not a dask scheduler answered there (it sent 'HTTP/1.0 400 Bad Request')",
+        ),
+    ],
+    ids=["silent", "http"],
+)
+def test_a_service_that_is_not_a_dask_scheduler_is_one_line_within_seconds(tmp_path, cli, listener, greeting, message):
+    """A silent listener (distributed waited for its handshake without end) and an HTTP-like reply (read as a
+    frame length: "out of memory") are named in one line, exit 2, within the bound."""
+    spec = f"dask://127.0.0.1:{listener(greeting)}"
+    t0 = time.monotonic()
+    code, _, err = cli(*PD, "--out", tmp_path / "pd", "--executor", spec)
+    assert time.monotonic() - t0 < 15
+    [line] = err.splitlines()
+    assert code == 2 and line.startswith("valleysim") and line.endswith(f"error: --executor {spec}: {message}")
+    assert not (tmp_path / "pd").exists()
+
+
+def test_a_real_dask_scheduler_passes_the_check(tmp_path):
+    import distributed
+
+    with distributed.LocalCluster(
+        n_workers=1, processes=False, protocol="tcp", host="127.0.0.1", dashboard_address=":0"
+    ) as cluster:
+        spec = "dask://" + cluster.scheduler_address.removeprefix("tcp://")
+        with open_executor(spec, log=lambda m: None) as ex:
+            assert ex.submit(pow, 2, 5).result() == 32

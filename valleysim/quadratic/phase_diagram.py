@@ -27,6 +27,8 @@ import functools
 import hashlib
 import io
 import os
+import zipfile
+import zlib
 from concurrent.futures import Executor
 from pathlib import Path
 
@@ -45,6 +47,7 @@ from valleysim.errors import (  # noqa: E402
     check_list,
     check_path,
     check_writable_dir,
+    warn,
 )
 from valleysim.jsonout import atomic_write, dumps, json_safe, read_json  # noqa: E402
 from valleysim.locking import DirectoryLock  # noqa: E402
@@ -61,10 +64,50 @@ from valleysim.theory import check_scheme, necessary_eta_bounds, variance_factor
 DIVERGENCE_FACTOR = 1e12
 
 
+def landscape_digest(kind: str, data: np.ndarray, w_star: np.ndarray) -> str:
+    """A landscape's identity: what config.json records and landscape.npz is checked against."""
+    return hashlib.sha256(kind.encode() + data.tobytes() + w_star.tobytes()).hexdigest()
+
+
+def _stored_landscape(path: Path) -> tuple[str, np.ndarray, np.ndarray] | None:
+    """``(kind, data, w_star)`` in ``path``, read without pickle; None where it is not a whole landscape file
+    (missing, torn by a kill or a full disk, not an npz of those arrays)."""
+    try:
+        with open(path, "rb") as fh:  # ours to close: np.load leaks the file of a torn zip
+            z = np.load(fh, allow_pickle=False)
+            if not isinstance(z, np.lib.npyio.NpzFile):  # a bare .npy array
+                return None
+            with z:
+                return str(z["kind"]), z["data"], z["w_star"]
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error):
+        return None
+
+
+def _write_landscape(q: PerExampleQuadratic, path: Path) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, kind=q.kind, data=q.data, w_star=q.w_star)
+    atomic_write(path, buf.getvalue())
+
+
+def _landscape_refused(path, found: str | None, recorded: str) -> UserInputError:
+    """The error for a landscape file that is damaged (``found`` None) or another landscape."""
+    if found is None:
+        return UserInputError(f"{path} is damaged (not a whole landscape file); rerun the command to write it again")
+    return UserInputError(
+        f"{path} holds another landscape than config.json records (sha256 {found[:12]}..., recorded "
+        f"{recorded[:12]}...); delete it to have it written again from the command's flags, or choose another --out"
+    )
+
+
 @functools.lru_cache(maxsize=4)
-def load_landscape(path: str) -> PerExampleQuadratic:
-    with np.load(path) as z:
-        return PerExampleQuadratic(str(z["kind"]), z["data"], z["w_star"])
+def load_landscape(path: str, sha256: str) -> PerExampleQuadratic:
+    """The landscape in a phase diagram's landscape.npz, checked against ``sha256`` (its config.json's):
+    a damaged file or another landscape is a UserInputError naming the file, never computed on."""
+    stored = _stored_landscape(Path(path))
+    found = None if stored is None else landscape_digest(*stored)
+    if found != sha256:
+        raise _landscape_refused(path, found, sha256)
+    return PerExampleQuadratic(*stored)
 
 
 def _one_step(scheme: str) -> str:
@@ -119,10 +162,20 @@ def lyapunov_boundary(
 
 
 def evaluate_batch_size(
-    point: dict, *, landscape: str, scheme: str, eta_lo: float, eta_hi: float, n_traj: int, n_steps: int, seed: int
+    point: dict,
+    *,
+    landscape: str,
+    landscape_sha256: str,
+    scheme: str,
+    eta_lo: float,
+    eta_hi: float,
+    n_traj: int,
+    n_steps: int,
+    seed: int,
 ) -> dict:
-    """Per-S quantities (module docstring). point = {'task': 'batch', 'S': S}."""
-    q, S = load_landscape(landscape), point["S"]
+    """Per-S quantities (module docstring) on the landscape file ``landscape`` (:func:`load_landscape`).
+    point = {'task': 'batch', 'S': S}."""
+    q, S = load_landscape(landscape, landscape_sha256), point["S"]
     out = {"eta_star": None, "sharpness_bound": None, "noise_bound": None}
     if scheme == "reshuffle":
         if q.N <= reshuffle.MAX_N:
@@ -138,9 +191,12 @@ def evaluate_batch_size(
     return out
 
 
-def evaluate_point(point: dict, *, landscape: str, scheme: str, n_traj: int, n_steps: int, seed: int) -> dict:
-    """Per-(eta, S) quantities (module docstring). point = {'task': 'point', 'eta': eta, 'S': S}."""
-    q, eta, S = load_landscape(landscape), point["eta"], point["S"]
+def evaluate_point(
+    point: dict, *, landscape: str, landscape_sha256: str, scheme: str, n_traj: int, n_steps: int, seed: int
+) -> dict:
+    """Per-(eta, S) quantities (module docstring) on the landscape file ``landscape`` (:func:`load_landscape`).
+    point = {'task': 'point', 'eta': eta, 'S': S}."""
+    q, eta, S = load_landscape(landscape, landscape_sha256), point["eta"], point["S"]
     if scheme == "reshuffle":
         rho = reshuffle.per_step_spectral_radius(q, eta, S) if q.N <= reshuffle.MAX_N else None
     else:
@@ -177,7 +233,7 @@ def _evaluate(point: dict, **kw) -> dict:
 
 def _sweep_config(q: PerExampleQuadratic, config: dict) -> dict:
     """What config.json records: the landscape (by its digest) and the sweep's options."""
-    digest = hashlib.sha256(q.kind.encode() + q.data.tobytes() + q.w_star.tobytes()).hexdigest()
+    digest = landscape_digest(q.kind, q.data, q.w_star)
     return {"landscape_sha256": digest, "N": q.N, "D": q.D, "kind": q.kind, **config}
 
 
@@ -209,8 +265,12 @@ def _finished(out: Path, config: dict, sizes, points: list[dict], grid: list[dic
 
 
 def _prepare(q: PerExampleQuadratic, out: Path, config: dict) -> Path:
-    """Write landscape.npz and config.json, refusing to mix with a different sweep."""
-    config = _sweep_config(q, config)
+    """Write landscape.npz and config.json (``config``: :func:`_sweep_config`), refusing to mix with a
+    different sweep.
+
+    landscape.npz is written atomically; one that a kill or a full disk left torn is written again from
+    ``q`` (the command's landscape, which config.json records), and one that holds another landscape than
+    config.json records is refused: the sweep's points are never computed on it."""
     cfg_path = out / "config.json"
     if cfg_path.exists():
         old = read_json(cfg_path)
@@ -221,8 +281,14 @@ def _prepare(q: PerExampleQuadratic, out: Path, config: dict) -> Path:
             )
     out.mkdir(parents=True, exist_ok=True)
     path = out / "landscape.npz"
-    if not path.exists():
-        np.savez(path, kind=q.kind, data=q.data, w_star=q.w_star)
+    stored = _stored_landscape(path)
+    found = None if stored is None else landscape_digest(*stored)
+    if found is None or not cfg_path.exists():  # none yet, torn, or left before any config was written
+        if path.exists() and cfg_path.exists():
+            warn(f"{path} was damaged (not a whole landscape file); written again from the command's landscape")
+        _write_landscape(q, path)
+    elif found != config["landscape_sha256"]:
+        raise _landscape_refused(path, found, config["landscape_sha256"])
     text = dumps(config, indent=2)
     if not cfg_path.is_file() or cfg_path.read_text(encoding="utf-8") != text:
         atomic_write(cfg_path, text.encode("utf-8"))
@@ -263,14 +329,16 @@ def phase_diagram(
     # range recomputes them instead of reusing the old range's boundary
     per_s = [{"task": "batch", "S": s, "eta_lo": eta_lo, "eta_hi": eta_hi} for s in sizes]
     grid = [{"task": "point", "eta": e, "S": s} for s in sizes for e in etas]
-    rows = _finished(out, _sweep_config(q, config), sizes, per_s + grid, grid, scheme)
+    recorded = _sweep_config(q, config)
+    rows = _finished(out, recorded, sizes, per_s + grid, grid, scheme)
     if rows is not None:  # nothing to do: read, do not write (a read-only directory reopens)
         return rows
     check_writable_dir(out, "--out", "its sweep is not finished")
     out.mkdir(parents=True, exist_ok=True)
     with DirectoryLock(out, "phase-diagram"):  # one writer: a second sweep into out is refused
-        landscape = _prepare(q, out, config)
-        fn = functools.partial(_evaluate, landscape=str(landscape.resolve()), **config)
+        landscape = _prepare(q, out, recorded)
+        digest = recorded["landscape_sha256"]
+        fn = functools.partial(_evaluate, landscape=str(landscape.resolve()), landscape_sha256=digest, **config)
         results = run_sweep(
             fn, per_s + grid, out / "sweep.jsonl", executor=executor, progress=progress, desc="phase diagram"
         )
