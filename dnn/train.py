@@ -99,14 +99,14 @@ def check_environment(run_dir: Path, record: bool = True) -> None:
     import json
 
     from valleysim.errors import warn
-    from valleysim.jsonout import atomic_write
+    from valleysim.jsonout import atomic_write, read_json
 
     path, now = Path(run_dir) / "environment.json", environment()
     if not path.exists():
         if record:
             atomic_write(path, (json.dumps(now, indent=1) + "\n").encode())
         return
-    was = json.loads(path.read_text())
+    was = read_json(path)
     diff = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
     if diff:
         what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
