@@ -14,6 +14,7 @@ written to a temporary file, fsynced and renamed (atomic on POSIX). A finished r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -24,7 +25,37 @@ import torch
 from valleysim.errors import UserInputError
 from valleysim.jsonout import atomic_write, dumps, read_json, read_jsonl, write_jsonl
 
-__all__ = ["RunStore", "read_rows"]
+__all__ = ["RunStore", "read_rows", "save_tensors"]
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """A failed write inside (a full disk) is an OSError naming ``path``, also where torch wraps it in a
+    RuntimeError ("PytorchStreamWriter failed writing file")."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        cause = err if isinstance(err, OSError) else err.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
+        raise
+
+
+def save_tensors(obj, path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically: a temporary file, fsynced, renamed over ``path``. A failed
+    write (a full disk) is an OSError naming ``path``; the temporary file is removed, the old ``path`` kept."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    with _writing(path):
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    os.replace(tmp, path)
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -78,9 +109,9 @@ class RunStore:
         self.n_rows = len(read_rows(self.metrics_path))
 
     def append(self, row: dict) -> None:
-        """Appends one row, flushed and fsynced."""
+        """Appends one row, flushed and fsynced (a failed write is an OSError naming the file)."""
         line = dumps(row) + "\n"
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
+        with _writing(self.metrics_path), open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -91,12 +122,7 @@ class RunStore:
 
     def save_checkpoint(self, state: dict) -> None:
         """Atomically stores ``state`` (anything ``torch.save`` takes) with the current row count."""
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            torch.save({"state": state, "n_rows": self.n_rows}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.checkpoint_path)
+        save_tensors({"state": state, "n_rows": self.n_rows}, self.checkpoint_path)
 
     @classmethod
     def finished(cls, out, config: dict, defaults: dict | None = None, *, done, map_location="cpu"):

@@ -34,7 +34,7 @@ from dnn.config import OPTIMIZERS, TrainConfig
 from dnn.data import batches, channel_stats, measurement_subset, normalize, to_float_nchw
 from dnn.models import build_model, footprint
 from dnn.objective import Objective, flat_params, per_example_loss
-from dnn.store import RunStore
+from dnn.store import RunStore, save_tensors
 from dnn.walk_metrics import WalkTracker
 from valleysim.errors import UserInputError, check_writable_dir
 from valleysim.locking import DirectoryLock
@@ -265,8 +265,7 @@ def train(
             if cfg.keep_every and state["step"] % cfg.keep_every == 0:
                 path = store.dir / "weights" / f"step{state['step']:07d}.pt"
                 path.parent.mkdir(exist_ok=True)
-                torch.save(model.state_dict(), path.with_suffix(".tmp"))
-                path.with_suffix(".tmp").replace(path)
+                save_tensors(model.state_dict(), path)
 
         def checkpoint():
             state.update(acc_hist=list(acc_hist), walk=walk.state())
