@@ -272,10 +272,9 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
     ``edge_k`` subspace, R1's mean-square factor rho_ms, eta / eta*_ms, the almost-sure exponent gamma_as.
     Cached per run in ``out/edge/<label>_seed<k>.json``; writes edge.csv (per run) and
     edge_across_seeds.csv; returns {"per_run": [...], "across_seeds": [...]} (empty without edge_sizes)."""
-    import torch
-
     from dnn.edge import analyse_checkpoint
     from dnn.study import write_csv
+    from dnn.train import read_run_checkpoint
     from valleysim.jsonout import atomic_write, dumps
     from valleysim.stats import t_interval
 
@@ -298,7 +297,7 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
                 rows = []  # a diverged run has no final point to analyse
             else:
                 cfg = dataclasses.replace(p.cfg, seed=seed)
-                state = torch.load(rd / "checkpoint.pt", map_location=cfg.device, weights_only=False)["state"]["model"]
+                state = read_run_checkpoint(rd, cfg.device)["state"]["model"]
                 found = analyse_checkpoint(
                     cfg,
                     state,
