@@ -19,7 +19,7 @@ from dnn.data import channel_stats
 from dnn.models import build_model
 from dnn.train import measurement_objective, train
 
-from tiny_nets import fake_batches_dir, synthetic_images
+from tiny_nets import Payload, fake_batches_dir, synthetic_images
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBES = ("lanczos", "covariance", "exact_covariance", "gauss_newton", "density")
@@ -90,18 +90,6 @@ def test_convergence_reruns_the_last_density_probe_from_the_data_path(tmp_path, 
     assert bad.returncode == 2 and "--convergence needs --data" in bad.stderr
 
 
-class _Payload:
-    """Unpickling it runs ``touch MARKER``."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch '{self.marker}'",)
-
-
 def test_the_figure_never_runs_a_checkpoint_and_names_a_damaged_one(tmp_path):
     x, y = synthetic_images(32, 0)
     run = tmp_path / "run"
@@ -109,7 +97,7 @@ def test_the_figure_never_runs_a_checkpoint_and_names_a_damaged_one(tmp_path):
     path, marker = run / "checkpoint.pt", tmp_path / "MARKER"
     good = torch.load(path, weights_only=True)
     ck = torch.load(path, weights_only=True)
-    ck["state"]["state"]["probe_state"]["slq"][0] = _Payload(marker)
+    ck["state"]["state"]["probe_state"]["slq"][0] = Payload(marker)
     torch.save(ck, path)
     res = figure("--run", run, "--out", tmp_path / "f")
     assert not marker.exists(), "the payload ran"
