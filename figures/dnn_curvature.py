@@ -76,10 +76,8 @@ def convergence(store: RunStore, ck: dict, data: str, ms: list[int], last: dict)
     run = store.dir
     env = run / "environment.json"  # the run's torch thread count: float32 reductions split by it
     threads = read_json(env).get("torch_threads") if env.is_file() else None
-    if threads is not None:
-        if type(threads) is not int or threads < 1:
-            raise UserInputError(f"{env}: torch_threads must be an integer >= 1; got {threads!r}")
-        torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(int(threads))
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in store.config.items()})
     if ck["state"]["step"] != last["step"]:
         raise UserInputError(

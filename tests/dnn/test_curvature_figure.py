@@ -88,6 +88,17 @@ def test_convergence_reruns_the_last_density_probe_from_the_data_path(tmp_path, 
     assert all(np.isfinite(c["slq_neg_mass"]) and c["density_n_hvp"] == 2 * c["steps"] for c in conv)
     bad = figure("--run", run, "--convergence", "8", timeout=120)
     assert bad.returncode == 2 and "--convergence needs --data" in bad.stderr
+    # the run's files as the figure reads them: a damaged environment.json, weights of another network
+    (run / "environment.json").write_text('{"torch_threads": ')
+    bad = figure("--run", run, "--out", out, "--data", d, "--convergence", "8", timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "environment.json is damaged" in bad.stderr
+    (run / "environment.json").unlink()
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    ck["state"]["model"]["features.0.weight"] = torch.zeros(2)
+    torch.save(ck, run / "checkpoint.pt")
+    bad = figure("--run", run, "--out", out, "--data", d, "--convergence", "8", timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "does not hold the weights of its config's model (features.0.weight is (2,)" in bad.stderr
 
 
 def test_the_figure_never_runs_a_checkpoint_and_names_a_damaged_one(tmp_path):
