@@ -117,6 +117,22 @@ WRONG = {
         _edit(lambda st: st["optimizer"]["param_groups"][0]["params"].pop()),
         "optimizer: its parameter groups are not the model's",
     ),
+    "optimizer without a learning rate": (
+        _edit(lambda st: st["optimizer"]["param_groups"][0].pop("lr")),
+        "optimizer: a parameter group without the numbers lr, momentum, dampening, weight_decay",
+    ),
+    "a momentum buffer of another shape": (
+        _edit(lambda st: st["optimizer"]["state"].update({0: {"momentum_buffer": torch.zeros(5)}})),
+        "optimizer: the state of parameter 0 does not fit the model",
+    ),
+    "a running accuracy of strings": (
+        _edit(lambda st: st["state"].update(acc_hist=["a"])),
+        "acc_hist or fired holds something other than numbers",
+    ),
+    "a walk state of other keys": (
+        _edit(lambda st: st["state"].update(walk={"theta_init": 1})),
+        "walk: not a walk tracker's state",
+    ),
     "eigenvectors of another size": (
         _edit(lambda st: st["state"]["probe_state"].update(eigvecs=torch.zeros(1, 5))),
         "probe_state eigvecs is (1, 5), not 2-D with",
