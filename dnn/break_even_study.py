@@ -274,10 +274,9 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
     edge_across_seeds.csv; returns {"per_run": [...], "across_seeds": [...]} (empty without edge_sizes)."""
     import hashlib
 
-    import torch
-
     from dnn.edge import analyse_checkpoint
     from dnn.study import write_csv
+    from dnn.train import read_run_checkpoint
     from valleysim.jsonout import atomic_write, dumps
     from valleysim.stats import t_interval
 
@@ -307,7 +306,7 @@ def batch_size_effect(preset: Preset, out: Path, pts: list[Point], seeds, images
                 rows = []  # a diverged run has no final point to analyse
             else:
                 cfg = dataclasses.replace(p.cfg, seed=seed)
-                state = torch.load(rd / "checkpoint.pt", map_location=cfg.device, weights_only=False)["state"]["model"]
+                state = read_run_checkpoint(rd, cfg.device)["state"]["model"]
                 found = analyse_checkpoint(
                     cfg,
                     state,

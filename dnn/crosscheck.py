@@ -25,7 +25,7 @@ import numpy as np
 
 from dnn import predictions as P
 from dnn.study import SGDGrid, open_study, train_runs
-from dnn.train import TrainConfig
+from dnn.train import TrainConfig, read_run_checkpoint
 from valleysim.errors import UserInputError
 from valleysim.jsonout import dumps
 from valleysim.stats import slope_through_origin
@@ -163,7 +163,7 @@ def _save_final_model(run_dir: Path, dest: Path) -> None:
     import torch
 
     if not dest.exists():
-        ck = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+        ck = read_run_checkpoint(run_dir)
         tmp = dest.with_suffix(".tmp")
         torch.save(ck["state"]["model"], tmp)
         tmp.replace(dest)

@@ -10,13 +10,18 @@ to that count (dropping rows written after the checkpoint, which the resumed run
 and a torn last line), so a killed run resumes with no lost and no duplicated rows. Checkpoints are
 written to a temporary file, fsynced and renamed (atomic on POSIX). A finished run is reopened by
 ``RunStore.finished`` without writing anything (a read-only directory reopens).
+
+No stored file runs code: tensor files are read by :func:`load_tensors` (torch's weights-only unpickler:
+tensors, numbers, strings, lists, dicts), and what they hold is checked before use.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import pickle
+import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,7 +29,82 @@ import torch
 from valleysim.errors import UserInputError
 from valleysim.jsonout import atomic_write, dumps, read_json, read_jsonl, write_jsonl
 
-__all__ = ["RunStore", "read_rows"]
+__all__ = ["RunStore", "load_tensors", "read_checkpoint", "read_rows", "save_tensors"]
+
+
+def load_tensors(path: str | Path, what: str, map_location="cpu"):
+    """The tensors, numbers, strings, lists and dicts stored in ``path`` by ``torch.save``, read with torch's
+    weights-only unpickler (nothing in the file runs); a file it cannot read is a UserInputError, one line
+    naming ``what`` (e.g. the file itself, or the option that gave it)."""
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except (OSError, MemoryError):  # the machine, not the file: report_errors names them
+        raise
+    except Exception as err:  # any exception: torch.load parses untrusted bytes
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+        why = type(err).__name__ + (f": {lines[0]}" if lines[0] else "")
+        if lines[0].startswith("Weights only load failed"):  # torch's advice around the unpickler's reason
+            reason = [line for line in lines[1:] if not line.startswith("Check the documentation")] or [""]
+            why = reason[-1].split("WeightsUnpickler error:")[-1].strip()
+            found = re.search(r"GLOBAL (\S+)", why)
+            if found:
+                raise UserInputError(
+                    f"{what} refused: it holds Python objects, not only tensors ({found.group(1)}); loading it "
+                    "could run code"
+                ) from None
+        raise UserInputError(f"{what} cannot be read as a torch file ({why[:200]})") from None
+
+
+@contextlib.contextmanager
+def _writing(path: Path):
+    """A failed write inside (a full disk) is an OSError naming ``path``, also where torch wraps it in a
+    RuntimeError ("PytorchStreamWriter failed writing file")."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        cause = err if isinstance(err, OSError) else err.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
+        raise
+
+
+def save_tensors(obj, path: str | Path) -> None:
+    """``torch.save(obj)`` to ``path`` atomically: a temporary file, fsynced, renamed over ``path``. A failed
+    write (a full disk) is an OSError naming ``path``; the temporary file is removed, the old ``path`` kept."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    with _writing(path):
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    os.replace(tmp, path)
+
+
+def read_checkpoint(path: str | Path, map_location="cpu", check=None) -> dict:
+    """The checkpoint ``path`` as stored (``{"state": ..., "n_rows": ...}``), read by :func:`load_tensors`.
+    ``check(state)``: what in the state does not fit the run (a phrase), or None. A file that cannot be read
+    or does not fit is a UserInputError naming it."""
+    again = "move the run directory away and rerun"
+    try:
+        ck = load_tensors(path, str(path), map_location)
+    except UserInputError as err:
+        raise UserInputError(f"{err}; {again}") from None
+    if not (isinstance(ck, dict) and isinstance(ck.get("state"), dict)):
+        problem = "no dict under 'state'"
+    elif type(ck.get("n_rows")) is not int or ck["n_rows"] < 0:
+        problem = "no row count under 'n_rows'"
+    else:
+        problem = check(ck["state"]) if check is not None else None
+    if problem:
+        raise UserInputError(f"{path} is not a checkpoint of this run ({problem}); {again}")
+    return ck
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -78,9 +158,9 @@ class RunStore:
         self.n_rows = len(read_rows(self.metrics_path))
 
     def append(self, row: dict) -> None:
-        """Appends one row, flushed and fsynced."""
+        """Appends one row, flushed and fsynced (a failed write is an OSError naming the file)."""
         line = dumps(row) + "\n"
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
+        with _writing(self.metrics_path), open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(line)
             f.flush()
             os.fsync(f.fileno())
@@ -90,25 +170,21 @@ class RunStore:
         return read_rows(self.metrics_path)
 
     def save_checkpoint(self, state: dict) -> None:
-        """Atomically stores ``state`` (anything ``torch.save`` takes) with the current row count."""
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            torch.save({"state": state, "n_rows": self.n_rows}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.checkpoint_path)
+        """Atomically stores ``state`` (tensors, numbers, strings, lists, dicts: what :func:`load_tensors`
+        reads back) with the current row count."""
+        save_tensors({"state": state, "n_rows": self.n_rows}, self.checkpoint_path)
 
     @classmethod
-    def finished(cls, out, config: dict, defaults: dict | None = None, *, done, map_location="cpu"):
+    def finished(cls, out, config: dict, defaults: dict | None = None, *, done, check=None, map_location="cpu"):
         """The store of a run in ``out`` that is complete (``done(state)`` of its checkpoint is true and the
         metrics hold exactly the checkpoint's rows), opened without writing anything; None when there is
         no such run (nothing there, or one still to resume). A different configuration is refused as by
-        the constructor."""
+        the constructor; ``check``: as for :func:`read_checkpoint`."""
         d = Path(out)
         if not ((d / "config.json").is_file() and (d / "checkpoint.pt").is_file()):
             return None
         store = cls(d, config, defaults, create=False)
-        ck = store.read_checkpoint(map_location)
+        ck = store.read_checkpoint(map_location, check)
         if not done(ck["state"]):
             return None
         rows = read_rows(store.metrics_path)
@@ -123,26 +199,19 @@ class RunStore:
         have = self.metrics_path.read_bytes() if self.metrics_path.exists() else b""
         return have == want
 
-    def read_checkpoint(self, map_location="cpu") -> dict:
-        """The checkpoint file as stored (``{"state": ..., "n_rows": ...}``), read only; an unreadable one is a
-        UserInputError naming it."""
-        try:
-            return torch.load(self.checkpoint_path, map_location=map_location, weights_only=False)
-        except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as err:
-            raise UserInputError(
-                f"{self.checkpoint_path} cannot be read ({type(err).__name__}: {err}); move the "
-                "run directory away and rerun"
-            ) from None
+    def read_checkpoint(self, map_location="cpu", check=None) -> dict:
+        """:func:`read_checkpoint` of this run's checkpoint.pt (read only)."""
+        return read_checkpoint(self.checkpoint_path, map_location, check)
 
-    def load_checkpoint(self, map_location="cpu") -> dict | None:
+    def load_checkpoint(self, map_location="cpu", check=None) -> dict | None:
         """The last checkpoint's state (None if there is none), tensors on ``map_location``; truncates
-        the metrics to its rows."""
+        the metrics to its rows. ``check``: as for :func:`read_checkpoint`."""
         if not self.checkpoint_path.exists():
             if self.metrics_path.exists():
                 self.metrics_path.unlink()  # rows without any checkpoint: start over
             self.n_rows = 0
             return None
-        ck = self.read_checkpoint(map_location)
+        ck = self.read_checkpoint(map_location, check)
         rows = read_rows(self.metrics_path)[: ck["n_rows"]]
         if len(rows) < ck["n_rows"]:
             raise UserInputError(

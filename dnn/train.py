@@ -19,6 +19,7 @@ loss stops the run with a final row ``diverged = step`` (a result, not a crash).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections import deque
@@ -34,13 +35,13 @@ from dnn.config import OPTIMIZERS, TrainConfig, stored_config
 from dnn.data import batches, channel_stats, data_digest, measurement_subset, normalize, to_float_nchw
 from dnn.models import build_model, footprint
 from dnn.objective import Objective, flat_params, per_example_loss
-from dnn.store import RunStore
+from dnn.store import RunStore, load_tensors, read_checkpoint, save_tensors
 from dnn.walk_metrics import WalkTracker
 from valleysim.errors import UserInputError, check_writable_dir
 from valleysim.locking import DirectoryLock
 from valleysim.memory import check_fits
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "train", "seed_for"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "read_run_checkpoint", "train", "seed_for", "weights_problem"]
 
 
 def seed_for(*keys: int) -> int:
@@ -99,14 +100,14 @@ def check_environment(run_dir: Path, record: bool = True) -> None:
     import json
 
     from valleysim.errors import warn
-    from valleysim.jsonout import atomic_write
+    from valleysim.jsonout import atomic_write, read_json
 
     path, now = Path(run_dir) / "environment.json", environment()
     if not path.exists():
         if record:
             atomic_write(path, (json.dumps(now, indent=1) + "\n").encode())
         return
-    was = json.loads(path.read_text())
+    was = read_json(path)
     diff = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
     if diff:
         what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in diff.items())
@@ -196,8 +197,12 @@ def train(
     model = run_model(cfg, input_shape, num_classes).to(device)
     if cfg.init_from is not None:
         if not Path(cfg.init_from).is_file():
-            raise UserInputError(f"init_from: no such file {cfg.init_from}")
-        model.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True))
+            raise UserInputError(f"--init-from: no such file {cfg.init_from}")
+        weights = load_tensors(cfg.init_from, f"--init-from {cfg.init_from}", device)
+        problem = weights_problem(model, weights)
+        if problem:
+            raise UserInputError(f"--init-from {cfg.init_from} does not hold this model's weights ({problem})")
+        model.load_state_dict(weights)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     n = len(images)
     if cfg.optimizer in ("gd", "gd-noise"):
@@ -212,7 +217,8 @@ def train(
     scored = None if test is None or cfg.test_size == 0 else (test[0][: cfg.test_size], test[1][: cfg.test_size])
     config = stored_config(out, cfg, data_digest(images, labels, scored))  # refuses a run on other data
     # everything above validated the options and the data: only now is --out touched
-    finished = RunStore.finished(out, config, TrainConfig.defaults(), done=_is_done, map_location=device)
+    fits = functools.partial(checkpoint_problem, model=model, opt=opt, dim=objective.dim)
+    finished = RunStore.finished(out, config, TrainConfig.defaults(), done=_is_done, check=fits, map_location=device)
     if finished is not None:  # nothing to do: read it, write nothing (no lock: a read-only directory reopens)
         check_environment(finished.dir, record=False)
         return finished
@@ -237,7 +243,7 @@ def train(
             done=False,
             last_loss=float("nan"),
         )
-        ck = store.load_checkpoint(map_location=device)
+        ck = store.load_checkpoint(map_location=device, check=fits)
         if ck is not None:
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -267,8 +273,7 @@ def train(
             if cfg.keep_every and state["step"] % cfg.keep_every == 0:
                 path = store.dir / "weights" / f"step{state['step']:07d}.pt"
                 path.parent.mkdir(exist_ok=True)
-                torch.save(model.state_dict(), path.with_suffix(".tmp"))
-                path.with_suffix(".tmp").replace(path)
+                save_tensors(model.state_dict(), path)
 
         def checkpoint():
             state.update(acc_hist=list(acc_hist), walk=walk.state())
@@ -424,6 +429,120 @@ def train(
 def _is_done(checkpoint_state: dict) -> bool:
     """A checkpoint's run has finished (ran to the end or diverged)."""
     return bool(checkpoint_state["state"]["done"])
+
+
+#: the training state in a checkpoint (besides the model's and the optimizer's): key -> its types
+_STATE_TYPES = {
+    "step": int,
+    "epoch": int,
+    "batch_in_epoch": int,
+    "acc_hist": list,
+    "fired": list,
+    "probe_state": dict,
+    "nsgd_vectors": (torch.Tensor, type(None)),
+    "nsgd_step": (int, type(None)),
+    "walk": (dict, type(None)),
+    "wall": (int, float),
+    "probe_time": (int, float),
+    "done": bool,
+    "last_loss": (int, float),
+}
+#: the SGD options an optimizer state's parameter group must hold (numbers)
+_SGD_OPTIONS = ("lr", "momentum", "dampening", "weight_decay")
+
+
+def weights_problem(model: torch.nn.Module, weights) -> str | None:
+    """What keeps ``weights`` from being ``model``'s state dict (a phrase), or None: the same names, each a
+    tensor of the model's shape."""
+    if not isinstance(weights, dict):
+        return f"a {type(weights).__name__}, not a dict of weights"
+    want = model.state_dict()
+    missing, extra = [k for k in want if k not in weights], [str(k) for k in weights if k not in want]
+    if missing or extra:
+        return ", ".join(f"{what} {_few(ks)}" for what, ks in (("missing", missing), ("unexpected", extra)) if ks)
+    for k, v in want.items():
+        w = weights[k]
+        if not isinstance(w, torch.Tensor) or w.shape != v.shape:
+            got = tuple(w.shape) if isinstance(w, torch.Tensor) else f"a {type(w).__name__}"
+            return f"{k} is {got}, the model's is {tuple(v.shape)}"
+    return None
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def checkpoint_problem(ck: dict, model=None, opt=None, dim: int | None = None) -> str | None:
+    """What keeps a checkpoint's state ``ck`` from being a training run's (a phrase), or None: dicts under
+    model, optimizer and state, the training state of :data:`_STATE_TYPES`. Given the run's ``model``,
+    ``opt`` and probe dimension ``dim`` (for a run to resume), the weights, the optimizer's parameter groups
+    and momentum buffers, and every vector of the state (walk, NSGD, the probes' eigenvectors) fit them."""
+    if not all(isinstance(ck.get(k), dict) for k in ("model", "optimizer", "state")):
+        return "no dicts under 'model', 'optimizer' and 'state'"
+    st = ck["state"]
+    wrong = [k for k, types in _STATE_TYPES.items() if not isinstance(st.get(k, ...), types)]
+    if wrong:
+        return f"training state without a valid {_few(wrong)}"
+    if not all(isinstance(a, (int, float)) for a in st["acc_hist"] + st["fired"]):
+        return "acc_hist or fired holds something other than numbers"
+    if model is None:
+        return None
+    problem = weights_problem(model, ck["model"])
+    if problem:
+        return f"model: {problem}"
+    problem = _optimizer_problem(ck["optimizer"], opt)
+    if problem:
+        return f"optimizer: {problem}"
+    walk = st["walk"] or {}
+    if walk and not (
+        all(k in walk for k in WalkTracker._STATE)
+        and isinstance(walk["theta_init"], torch.Tensor)
+        and type(walk["steps"]) is int
+        and isinstance(walk["cos_last"], (int, float))
+    ):
+        return "walk: not a walk tracker's state"
+    vectors = {
+        "nsgd_vectors": (st["nsgd_vectors"], 2),
+        **{f"probe_state {k}": (v, 2) for k, v in st["probe_state"].items() if k != "slq"},
+        **{f"walk {k}": (walk[k], 1) for k in ("theta_init", "theta_before", "theta_after", "g_last") if k in walk},
+    }
+    for name, (v, ndim) in vectors.items():
+        if v is not None and not (isinstance(v, torch.Tensor) and v.ndim == ndim and v.shape[-1] == dim):
+            got = tuple(v.shape) if isinstance(v, torch.Tensor) else f"a {type(v).__name__}"
+            return f"{name} is {got}, not {ndim}-D with {dim} columns"
+    return None
+
+
+def _optimizer_problem(sd: dict, opt: torch.optim.Optimizer) -> str | None:
+    """What keeps ``sd`` from being a state dict of ``opt`` (an SGD) (a phrase), or None."""
+    groups = sd.get("param_groups")
+    if not (isinstance(groups, list) and isinstance(sd.get("state"), dict)):
+        return "no 'param_groups' list and 'state' dict"
+    if not all(
+        isinstance(g, dict) and isinstance(g.get("params"), list) and all(type(i) is int for i in g["params"])
+        for g in groups
+    ) or [len(g["params"]) for g in groups] != [len(g["params"]) for g in opt.param_groups]:
+        return "its parameter groups are not the model's"
+    if not all(isinstance(g.get(k), (int, float)) for g in groups for k in _SGD_OPTIONS):
+        return f"a parameter group without the numbers {', '.join(_SGD_OPTIONS)}"
+    shapes = dict(
+        zip(
+            (i for g in groups for i in g["params"]),
+            (p.shape for g in opt.param_groups for p in g["params"]),
+        )
+    )
+    for i, s in sd["state"].items():
+        buf = s.get("momentum_buffer") if isinstance(s, dict) else ...
+        if i not in shapes or not (buf is None or isinstance(buf, torch.Tensor) and buf.shape == shapes[i]):
+            return f"the state of parameter {str(i)[:40]} does not fit the model"
+    return None
+
+
+def read_run_checkpoint(run_dir: str | Path, map_location="cpu") -> dict:
+    """The checkpoint of the dnn train run in ``run_dir`` as stored (``{"state": {"model", "optimizer",
+    "state"}, "n_rows"}``), read without running code; one that is not a training run's is a UserInputError
+    naming the file."""
+    return read_checkpoint(Path(run_dir) / "checkpoint.pt", map_location, check=checkpoint_problem)
 
 
 @torch.no_grad()

@@ -19,7 +19,6 @@ run's own m must reproduce the stored row exactly, which the script checks and p
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -31,8 +30,9 @@ from dnn import density as D
 from dnn.config import TrainConfig
 from dnn.data import channel_stats, load_cifar10
 from dnn.store import RunStore
-from dnn.train import measurement_objective, run_model
+from dnn.train import measurement_objective, read_run_checkpoint, run_model, weights_problem
 from valleysim.errors import UserInputError
+from valleysim.jsonout import read_json
 
 DEFAULT_OUT = C.ROOT / "docs" / "figures" / "dnn_curvature"
 
@@ -58,12 +58,15 @@ def load(run: Path) -> tuple[RunStore, list[dict], dict, dict[int, D.SLQResult]]
     probe's quadrature per step from it."""
     if not (run / "config.json").is_file() or not (run / "checkpoint.pt").is_file():
         raise UserInputError(f"--run {run}: not a dnn train directory (needs config.json and checkpoint.pt)")
-    store = RunStore(run, json.loads((run / "config.json").read_text()), create=False)
+    store = RunStore(run, read_json(run / "config.json"), create=False)
     rows = [r for r in store.rows() if "slq_trace" in r]
     if not rows:
         raise UserInputError(f"--run {run}: no row has the density probe's columns (run it with --probes density)")
-    ck = store.read_checkpoint()["state"]
-    slq = {int(k): D.SLQResult.from_state(v) for k, v in ck["state"]["probe_state"].get("slq", {}).items()}
+    ck = read_run_checkpoint(run)["state"]
+    try:
+        slq = {int(k): D.SLQResult.from_state(v) for k, v in ck["state"]["probe_state"].get("slq", {}).items()}
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise UserInputError(f"--run {run}: checkpoint.pt holds damaged density quadratures (slq)") from None
     return store, rows, ck, slq
 
 
@@ -72,7 +75,7 @@ def convergence(store: RunStore, ck: dict, data: str, ms: list[int], last: dict)
     thread count (environment.json), so the run's own m reproduces its row bit for bit."""
     run = store.dir
     env = run / "environment.json"  # the run's torch thread count: float32 reductions split by it
-    threads = json.loads(env.read_text()).get("torch_threads") if env.is_file() else None
+    threads = read_json(env).get("torch_threads") if env.is_file() else None
     if threads:
         torch.set_num_threads(int(threads))
     cfg = TrainConfig.from_stored(store.config)
@@ -85,6 +88,9 @@ def convergence(store: RunStore, ck: dict, data: str, ms: list[int], last: dict)
     if cfg.n_train is not None:
         images, labels = images[: cfg.n_train], labels[: cfg.n_train]
     model = run_model(cfg, (images.shape[3], images.shape[1], images.shape[2]))
+    problem = weights_problem(model, ck["model"])
+    if problem:
+        raise UserInputError(f"--run {run}: checkpoint.pt does not hold the weights of its config's model ({problem})")
     model.load_state_dict(ck["model"])
     obj = measurement_objective(cfg, model, images, labels, *channel_stats(images))
     out = []

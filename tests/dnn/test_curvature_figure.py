@@ -19,7 +19,7 @@ from dnn.data import channel_stats
 from dnn.models import build_model
 from dnn.train import measurement_objective, train
 
-from tiny_nets import fake_batches_dir, synthetic_images
+from tiny_nets import Payload, fake_batches_dir, synthetic_images
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBES = ("lanczos", "covariance", "exact_covariance", "gauss_newton", "density")
@@ -59,7 +59,7 @@ def test_figure_reads_every_probes_density_and_matches_a_fresh_quadrature(tmp_pa
         for k in ("lambda_K_gram_over_exact", "trace_K_gram_over_exact", "second_term_norm_eH1", "cos_HG"):
             assert np.isfinite(r[k]), k
     # the last probe's quadrature is a fresh SLQ of the final weights with the probe's seed (seed + step)
-    ck = torch.load(run / "checkpoint.pt", weights_only=False)["state"]
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)["state"]
     model = build_model(cfg.model, input_shape=(3, 8, 8), width=cfg.width, seed=cfg.seed)
     model.load_state_dict(ck["model"])
     obj = measurement_objective(cfg, model, x, y, *channel_stats(x))
@@ -88,3 +88,33 @@ def test_convergence_reruns_the_last_density_probe_from_the_data_path(tmp_path, 
     assert all(np.isfinite(c["slq_neg_mass"]) and c["density_n_hvp"] == 2 * c["steps"] for c in conv)
     bad = figure("--run", run, "--convergence", "8", timeout=120)
     assert bad.returncode == 2 and "--convergence needs --data" in bad.stderr
+    # the run's files as the figure reads them: a damaged environment.json, weights of another network
+    (run / "environment.json").write_text('{"torch_threads": ')
+    bad = figure("--run", run, "--out", out, "--data", d, "--convergence", "8", timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "environment.json is damaged" in bad.stderr
+    (run / "environment.json").unlink()
+    ck = torch.load(run / "checkpoint.pt", weights_only=True)
+    ck["state"]["model"]["features.0.weight"] = torch.zeros(2)
+    torch.save(ck, run / "checkpoint.pt")
+    bad = figure("--run", run, "--out", out, "--data", d, "--convergence", "8", timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "does not hold the weights of its config's model (features.0.weight is (2,)" in bad.stderr
+
+
+def test_the_figure_never_runs_a_checkpoint_and_names_a_damaged_one(tmp_path):
+    x, y = synthetic_images(32, 0)
+    run = tmp_path / "run"
+    train(train_cfg(epochs=1, probes=("density",), measure_size=12, slq_steps=8), run, x, y, progress=False)
+    path, marker = run / "checkpoint.pt", tmp_path / "MARKER"
+    good = torch.load(path, weights_only=True)
+    ck = torch.load(path, weights_only=True)
+    ck["state"]["state"]["probe_state"]["slq"][0] = Payload(marker)
+    torch.save(ck, path)
+    res = figure("--run", run, "--out", tmp_path / "f")
+    assert not marker.exists(), "the payload ran"
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Traceback" not in res.stderr, res.stderr
+    assert f"{path} refused: it holds Python objects, not only tensors (posix.system)" in res.stderr
+    good["state"]["state"]["probe_state"]["slq"][0] = {"nodes": 1}  # plain data, not a quadrature
+    torch.save(good, path)
+    res = figure("--run", run, "--out", tmp_path / "f")
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "holds damaged density quadratures" in res.stderr

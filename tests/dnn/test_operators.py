@@ -415,7 +415,7 @@ def test_mse_runs_train_on_the_mse_loss(tmp_path):
     mean, std = channel_stats(x)
     obj = Objective(model0, normalize(to_float_nchw(x), mean, std), torch.as_tensor(y), loss="mse")
     expected = obj.theta0 - c.lr * obj.grad()
-    model0.load_state_dict(torch.load(tmp_path / "gd" / "checkpoint.pt", weights_only=False)["state"]["model"])
+    model0.load_state_dict(torch.load(tmp_path / "gd" / "checkpoint.pt", weights_only=True)["state"]["model"])
     torch.testing.assert_close(flat_params(model0).double(), expected, rtol=0, atol=2e-6)
     ce_grad = Objective(
         build_model("simplecnn", input_shape=(3, 8, 8), width=0.125, seed=0), obj.inputs, obj.targets

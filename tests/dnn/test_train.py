@@ -83,7 +83,7 @@ def test_kept_weights_are_the_models_at_those_steps(tmp_path):
     store = train(c, tmp_path / "k", x, y, progress=False)
     kept = sorted(p.name for p in (tmp_path / "k" / "weights").iterdir())
     assert kept == [f"step{s:07d}.pt" for s in (0, 2, 4, 6)]  # 6 steps of 4 images
-    final = torch.load(tmp_path / "k" / "checkpoint.pt", weights_only=False)["state"]["model"]
+    final = torch.load(tmp_path / "k" / "checkpoint.pt", weights_only=True)["state"]["model"]
     last = torch.load(tmp_path / "k" / "weights" / "step0000006.pt", weights_only=True)
     assert all(torch.equal(final[k], last[k]) for k in final)
     start = build_model(c.model, input_shape=(3, 8, 8), width=c.width, seed=c.seed).state_dict()
@@ -102,7 +102,7 @@ def test_gd_step_is_the_full_gradient_step(tmp_path):
     mean, std = channel_stats(x)
     obj = Objective(model0, normalize(to_float_nchw(x), mean, std), torch.as_tensor(y), dtype=torch.float64)
     expected = obj.theta0 - c.lr * obj.grad()
-    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ck = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     model0.load_state_dict(ck["state"]["model"])
     torch.testing.assert_close(flat_params(model0).double(), expected, rtol=0, atol=2e-6)
 
@@ -115,7 +115,7 @@ def test_gd_noise_adds_isotropic_gaussian_noise(tmp_path):
     for i, cc in enumerate((c, c_gd)):
         train(cc, tmp_path / str(i), x, y, progress=False)
         m = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125)
-        m.load_state_dict(torch.load(tmp_path / str(i) / "checkpoint.pt", weights_only=False)["state"]["model"])
+        m.load_state_dict(torch.load(tmp_path / str(i) / "checkpoint.pt", weights_only=True)["state"]["model"])
         thetas.append(flat_params(m).double())
     xi = (thetas[1] - thetas[0]) / (c.lr * c.noise_std)  # theta_gd - theta_noise = eta sigma xi
     n = xi.numel()
@@ -153,7 +153,7 @@ def test_nsgd_step_is_the_explicit_projection(tmp_path):
     P = torch.eye(obj.dim, dtype=torch.float64) - (1 - c.nsgd_gamma) * E.T @ E
     expected = obj.theta0 - c.lr * (P @ g)
     m = build_model("simplecnn", input_shape=(3, 8, 8), width=0.125)
-    m.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]["model"])
+    m.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state"]["model"])
     torch.testing.assert_close(flat_params(m).double(), expected, rtol=0, atol=5e-6)
 
 
@@ -346,7 +346,7 @@ def test_test_metrics_are_the_eval_mode_loss_on_the_test_set(tmp_path):
     ).rows()
     assert all("test_loss" in r and "test_acc" in r for r in rows)
     m = build_model("simplecnn-bn", input_shape=(3, 8, 8), width=0.125)
-    m.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["state"]["model"])
+    m.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["state"]["model"])
     f = x.astype(np.float64) / 255
     mean, std = f.mean(axis=(0, 1, 2)), f.std(axis=(0, 1, 2))
     t = ((tx[:20].astype(np.float64) / 255 - mean) / std).transpose(0, 3, 1, 2)
@@ -408,7 +408,7 @@ def test_a_refused_run_leaves_out_untouched(tmp_path):
     with pytest.raises(UserInputError, match="measurement subset size must be in 1..24"):
         train(cfg(measure_size=100000), tmp_path / "r", x, y, progress=False)
     assert not (tmp_path / "r").exists()
-    with pytest.raises(UserInputError, match="init_from: no such file"):
+    with pytest.raises(UserInputError, match="--init-from: no such file"):
         train(cfg(init_from=str(tmp_path / "missing.pt")), tmp_path / "r", x, y, progress=False)
     assert not (tmp_path / "r").exists()
     assert train(cfg(measure_size=8, epochs=1), tmp_path / "r", x, y, progress=False).rows()

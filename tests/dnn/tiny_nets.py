@@ -95,3 +95,16 @@ def fake_batches_dir(root: Path, per_batch: int = 3):
     expect["train"] = (np.concatenate(tr_i), np.concatenate(tr_l))
     expect["test"] = (im, lab)
     return d, expect
+
+
+class Payload:
+    """A pickle payload: unpickling it runs ``touch MARKER`` (tests assert that it never does)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        import shlex
+
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
