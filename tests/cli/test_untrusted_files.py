@@ -291,6 +291,7 @@ def test_a_full_disk_while_saving_is_one_named_line_and_the_run_resumes(finished
 
 def _payload_run(run_dir: Path, marker: Path) -> None:
     run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")  # a run's files as the readers find them: config, rows, checkpoint
     (run_dir / "metrics.jsonl").write_text('{"step": 3}\n')
     torch.save({"state": {"model": Payload(marker)}, "n_rows": 1}, run_dir / "checkpoint.pt")
 
