@@ -9,7 +9,9 @@ a hash of everything the code depends on. numba's on-disk cache
 compiled kernel instead of recompiling it.
 
 The generated ``run`` kernel advances R trajectories (``prange``; each has its
-own counter-seeded generator, so results do not depend on the thread count):
+own counter-seeded generator, so results do not depend on the thread count)
+over steps t_begin <= t < t_end, carrying their state across calls
+(``valleysim.chunks``):
 
     x_{t+1} = x_t - eta (g_B(x_t)),  g_B = grad L + xi  (Gaussian)  or  mean of S example gradients
 
@@ -41,7 +43,7 @@ from valleysim.errors import warn
 from valleysim.valley.landscape import ValleyLandscape, diff
 from valleysim.valley.noise import SCALE, NoiseModel
 
-CODEGEN_VERSION = "5"
+CODEGEN_VERSION = "6"
 #: ``reason`` codes of a stopped trajectory.
 REASONS = {
     0: "completed",
@@ -168,13 +170,24 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
     src += (
         [
             "@njit(cache=True, parallel=True)",
-            "def run(x0, eta, scale, n_burn, n_steps, record_every, seed, data, S, rec, acc, status, reason):",
+            "def run(x0, eta, scale, n_burn, n_steps, record_every, seed, data, S, t_begin, t_end,",
+            "        points, states, perms, rec, acc, status, reason):",
             "    R = x0.shape[0]",
             f"    D = {D}",
             "    M = data.shape[0]",
+            "    n_total = n_burn + n_steps",
             "    for r in prange(R):",
-            "        state = seed_state(seed, r)",
-            "        p = x0[r].copy()",
+            "        if t_begin == 0:",
+            "            states[r] = seed_state(seed, r)",
+            "            points[r] = x0[r]",
+            "            perms[r] = np.arange(M)",
+            "            status[r] = -1",
+            "            reason[r] = 0",
+            "        if status[r] >= 0:",
+            "            continue",
+            "        state = states[r].copy()",
+            "        p = points[r].copy()",
+            "        perm = perms[r].copy()",
             "        g = np.empty(D)",
             "        gb = np.empty(D)",
             "        ge = np.empty(D)",
@@ -182,12 +195,8 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
             f"        lam = np.empty({max(n if lam else 0, 1)})",
             f"        kink = np.empty({max(len(kinks), 1)})",
             f"        kink0 = np.ones({max(len(kinks), 1)})",
-            "        perm = np.arange(M)",
-            "        point(p, scale, g, sd, lam, kink0)",
-            "        status[r] = -1",
-            "        reason[r] = 0",
-            "        n_total = n_burn + n_steps",
-            "        for t in range(n_total + 1):",
+            "        point(x0[r], scale, g, sd, lam, kink0)",
+            "        for t in range(t_begin, t_end):",
             "            point(p, scale, g, sd, lam, kink)",
             "            code = 0",
             f"            for i in range({n if lam else 0}):",
@@ -220,6 +229,9 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
             f"                    acc[r, {n + 1}] += gb[i] * gb[i]",
             "            for d in range(D):",
             "                p[d] -= eta * gb[d]",
+            "        states[r] = state",
+            "        points[r] = p",
+            "        perms[r] = perm",
             "    return 0",
             "",
         ]
