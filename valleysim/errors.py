@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -14,6 +15,13 @@ from pathlib import Path
 
 class UserInputError(ValueError):
     """Bad input from a user (not a bug): the message names the parameter."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised by the command's handler: unwinds like Ctrl-C (finally blocks run), exit code 143."""
+
+    def __init__(self):
+        super().__init__(128 + signal.SIGTERM)
 
 
 def _shown(value) -> str:
@@ -122,11 +130,14 @@ def check_writable_dir(path, what: str = "--out", reason: str = "") -> Path:
     return p
 
 
+_KEPT = "(finished points and checkpoints are kept; rerun to resume)"
+
+
 def report_errors(fn, *args, prog: str = "valleysim") -> int:
     """``fn(*args)`` as a command: a UserInputError is one line ``prog: error: ...`` and exit code 2; the
     machine failing the run (out of memory, a full or vanished disk) one line and exit code 1; a closed
-    stdout (``| head``) nothing and 141; an interruption exit code 130 (finished work is kept: stores
-    resume)."""
+    stdout (``| head``) nothing and 141; an interruption exit code 130, a ``Terminated`` 143 (finished
+    work is kept: stores resume)."""
     try:
         return fn(*args)
     except UserInputError as err:
@@ -147,5 +158,8 @@ def report_errors(fn, *args, prog: str = "valleysim") -> int:
         print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted (finished points and checkpoints are kept; rerun to resume)", file=sys.stderr)
+        print(f"{prog}: interrupted {_KEPT}", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"{prog}: terminated {_KEPT}", file=sys.stderr)
+        return exc.code
