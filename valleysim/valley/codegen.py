@@ -6,7 +6,8 @@ eliminated and printed as straight-line numba code into a module file under
 the kernel cache (``$VALLEYSIM_CACHE``, default ``~/.cache/valleysim``), named by
 a hash of everything the code depends on. numba's on-disk cache
 (``cache=True``) then makes a second run of the same landscape load the
-compiled kernel instead of recompiling it.
+compiled kernel instead of recompiling it. What runs is the source generated
+now, never what the file holds (``compile_kernels``).
 
 The generated ``run`` kernel advances R trajectories (``prange``; each has its
 own counter-seeded generator, so results do not depend on the thread count)
@@ -27,12 +28,12 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import importlib.util
 import inspect
 import os
 import shutil
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import sympy as sp
@@ -59,13 +60,19 @@ _FALLBACK: list[Path] = []  # the temporary cache of this process, once the conf
 
 
 def cache_dir() -> Path:
-    """The kernel cache: ``$VALLEYSIM_CACHE``/kernels (default ~/.cache/valleysim/kernels) if it can be
-    written, else a temporary directory for this process, with a warning."""
+    """The kernel cache: ``$VALLEYSIM_CACHE``/kernels (default ~/.cache/valleysim/kernels) if this user owns it,
+    no one else can write it and it can be written, else a temporary directory for this process, with a
+    warning. (numba's index files there are pickles that its loader unpickles: the cache is as trusted as
+    this user's own files, and a directory that others can write is not.)"""
     if _FALLBACK:
         return _FALLBACK[0]
     path = Path(os.environ.get("VALLEYSIM_CACHE", Path.home() / ".cache" / "valleysim")) / "kernels"
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for d in (path, path / "__pycache__"):  # numba's cache of the kernels
+            st = d.stat() if d.exists() else None
+            if st is not None and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+                raise PermissionError(f"{d} is not this user's alone: uid {st.st_uid}, mode {st.st_mode & 0o777:o}")
         with tempfile.TemporaryFile(dir=path):
             pass
         return path
@@ -73,8 +80,8 @@ def cache_dir() -> Path:
         _FALLBACK.append(Path(tempfile.mkdtemp(prefix="valleysim-kernels-")))
         atexit.register(shutil.rmtree, _FALLBACK[0], ignore_errors=True)
         warn(
-            f"kernel cache {path} is not writable ({exc.strerror or exc}); compiling into {_FALLBACK[0]} "
-            "for this run (set $VALLEYSIM_CACHE to a writable directory to keep compiled kernels)"
+            f"kernel cache {path} cannot be used ({exc.strerror or exc}); compiling into {_FALLBACK[0]} "
+            "for this run (set $VALLEYSIM_CACHE to a directory of your own to keep compiled kernels)"
         )
         return _FALLBACK[0]
 
@@ -245,18 +252,28 @@ def _module_key(land: ValleyLandscape, noise: NoiseModel) -> str:
 
 
 def compile_kernels(land: ValleyLandscape, noise: NoiseModel):
-    """Import (writing it once) the kernel module for this landscape and noise model."""
+    """The kernel module for this landscape and noise model, run from its source as generated now.
+
+    The cached file is only where the code lives for numba's cache (keyed on the file's path and
+    modification time): one that differs from the generated source (edited, torn, from another version)
+    is rewritten, atomically, before anything runs; Python's bytecode cache is not used.
+    """
     key = _module_key(land, noise)
     name = f"valleysim_kernel_{key}"
     if name in sys.modules:
         return sys.modules[name]
+    source = kernel_source(land, noise)
     path = cache_dir() / f"{name}.py"
-    if not path.exists():
+    try:
+        same = path.read_bytes() == source.encode()
+    except OSError:
+        same = False
+    if not same:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(kernel_source(land, noise), encoding="utf-8")
+        tmp.write_text(source, encoding="utf-8")
         os.replace(tmp, path)  # atomic: concurrent runs never see half a file
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    exec(compile(source, str(path), "exec"), module.__dict__)
     return module
