@@ -135,9 +135,9 @@ _KEPT = "(finished points and checkpoints are kept; rerun to resume)"
 
 def report_errors(fn, *args, prog: str = "valleysim") -> int:
     """``fn(*args)`` as a command: a UserInputError is one line ``prog: error: ...`` and exit code 2; the
-    machine failing the run (out of memory, a full or vanished disk) one line and exit code 1; a closed
-    stdout (``| head``) nothing and 141; an interruption exit code 130, a ``Terminated`` 143 (finished
-    work is kept: stores resume)."""
+    machine failing the run (out of memory, a library that cannot be mapped into the address space, a full
+    or vanished disk) one line and exit code 1; a closed stdout (``| head``) nothing and 141; an
+    interruption exit code 130, a ``Terminated`` 143 (finished work is kept: stores resume)."""
     try:
         return fn(*args)
     except UserInputError as err:
@@ -147,11 +147,14 @@ def report_errors(fn, *args, prog: str = "valleysim") -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-    except MemoryError:
-        print(
-            f"{prog}: error: out of memory (the sizes passed the estimate before the run but not the run; lower them)",
-            file=sys.stderr,
-        )
+    except MemoryError as err:
+        why = str(err) or "the sizes passed the estimate before the run but not the run; lower them"
+        print(f"{prog}: error: out of memory ({why})", file=sys.stderr)
+        return 1
+    except ImportError as err:
+        if "failed to map segment" not in str(err):  # dlopen's word for an mmap refused (ulimit -v)
+            raise
+        print(f"{prog}: error: out of memory ({err}; is the address space limited? see ulimit -v)", file=sys.stderr)
         return 1
     except OSError as err:
         where = f" ({err.filename})" if err.filename else ""

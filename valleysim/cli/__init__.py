@@ -2,7 +2,7 @@
 
 One module per command group; each has ``add_parser(sub)``. User errors print one line
 ``valleysim <command>: error: ...`` and exit with code 2 (``errors.report_errors``). The command groups
-(numpy and the rest) load inside ``main``, after its signal handlers are in place.
+(numpy and the rest) load inside ``main``, after its signal handlers and the address-space check.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import sys
 import threading
 
 from valleysim.errors import Terminated, report_errors
+from valleysim.memory import check_address_space
 
 
 def cmd_demo(args) -> int:
@@ -43,6 +44,8 @@ def build_parser():
 
 
 def _run(argv) -> int:
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith("-")), None)
+    check_address_space(f"valleysim {command or ''}".strip(), networks=command in ("dnn", "demo"))
     args = build_parser().parse_args(argv)
     return args.func(args)
 
