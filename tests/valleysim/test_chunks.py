@@ -90,22 +90,11 @@ def test_walk_divergence(monkeypatch):
     from valleysim.walk import WalkLandscape
     from valleysim.walk.sim import simulate
 
-    wall = WalkLandscape.make(
-        n_examples=1,
-        k=1.0,
-        k_spread=0.0,
-        offset_std=0.0,
-        slope=0.0,
-        slope_std=0.0,
-        barrier=0.0,
-        n_flat=0,
-        x0=1.0,
-        width=math.inf,
-    )
+    land = WalkLandscape.make(n_examples=8, seed=3, width=math.inf)  # quadratic walls: eta k > 2 diverges
     out = _same_for_any_chunking(
-        monkeypatch, lambda: simulate(wall, 3.0, optimizer="gd", steps=40, trajectories=2, n_rec=1)
+        monkeypatch, lambda: simulate(land, 3.0, 3, optimizer="sgd", steps=60, trajectories=4, seed=1, n_rec=2)
     )
-    assert list(out["diverged_step"]) == [27, 27]  # |x_t| = 2^t passes 1e8 at t = 27
+    assert (out["diverged_step"] > 0).all() and len(set(out["diverged_step"])) > 1
 
 
 @pytest.mark.parametrize("eta, S, frozen", [(0.1, 4, False), (1.9, 2, False), (0.1, 4, True)])
