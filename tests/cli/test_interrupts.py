@@ -151,6 +151,13 @@ def test_sigterm_while_numba_compiles_ends_the_command(tmp_path, after):
     assert (code, err.strip()) == LINE[signal.SIGTERM], (code, err)
 
 
+def test_ctrl_c_while_the_command_loads_is_one_line(tmp_path):
+    """Ctrl-C in the imports (numpy, scipy, sympy, numba): before, a KeyboardInterrupt traceback."""
+    proc = _start([*VALLEYSIM, "walk", "--steps", str(10**8)], tmp_path)
+    code, out, err, took = _signalled(proc, signal.SIGINT, after=0.5)
+    assert (code, err.strip()) == LINE[signal.SIGINT], (code, err)
+
+
 CALLBACK_SWALLOWS = """
 import ctypes, os, signal, sys, time
 import valleysim.cli.walk as W
