@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -16,6 +17,13 @@ import numpy as np
 
 class UserInputError(ValueError):
     """Bad input from a user (not a bug): the message names the parameter."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM, raised by the command's handler: unwinds like Ctrl-C (finally blocks run), exit code 143."""
+
+    def __init__(self):
+        super().__init__(128 + signal.SIGTERM)
 
 
 def _shown(value) -> str:
@@ -185,11 +193,14 @@ def check_writable_dir(path, what: str = "--out", reason: str = "") -> Path:
     return p
 
 
+_KEPT = "(finished points and checkpoints are kept; rerun to resume)"
+
+
 def report_errors(fn, *args, prog: str = "valleysim") -> int:
     """``fn(*args)`` as a command: a UserInputError is one line ``prog: error: ...`` and exit code 2; the
-    machine failing the run (out of memory, a full or vanished disk) one line and exit code 1; a closed
-    stdout (``| head``) nothing and 141; an interruption exit code 130 (finished work is kept: stores
-    resume)."""
+    machine failing the run (out of memory, a library that cannot be mapped into the address space, a full
+    or vanished disk) one line and exit code 1; a closed stdout (``| head``) nothing and 141; an
+    interruption exit code 130, a ``Terminated`` 143 (finished work is kept: stores resume)."""
     try:
         return fn(*args)
     except UserInputError as err:
@@ -199,16 +210,22 @@ def report_errors(fn, *args, prog: str = "valleysim") -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-    except MemoryError:
-        print(
-            f"{prog}: error: out of memory (the sizes passed the estimate before the run but not the run; lower them)",
-            file=sys.stderr,
-        )
+    except MemoryError as err:
+        why = str(err) or "the sizes passed the estimate before the run but not the run; lower them"
+        print(f"{prog}: error: out of memory ({why})", file=sys.stderr)
+        return 1
+    except ImportError as err:
+        if "failed to map segment" not in str(err):  # dlopen's word for an mmap refused (ulimit -v)
+            raise
+        print(f"{prog}: error: out of memory ({err}; is the address space limited? see ulimit -v)", file=sys.stderr)
         return 1
     except OSError as err:
         where = f" ({err.filename})" if err.filename else ""
         print(f"{prog}: error: {err.strerror or err}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted (finished points and checkpoints are kept; rerun to resume)", file=sys.stderr)
+        print(f"{prog}: interrupted {_KEPT}", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"{prog}: terminated {_KEPT}", file=sys.stderr)
+        return exc.code

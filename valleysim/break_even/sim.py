@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from valleysim import chunks
 from valleysim.break_even.landscape import SharpeningLandscape, check_landscape
 from valleysim.break_even.theory import almost_sure_break_even, drift_steps, predicted_break_even, steps_for_break_even
 from valleysim.errors import (
@@ -35,32 +36,64 @@ TRAJECTORIES = 128  # default ensemble size of ``simulate``, ``sweep`` and ``val
 
 
 @njit(parallel=True, cache=True)
-def _kernel(a0, rates, f, b, beta, eta, S, n_steps, rec_every, seed, x0, z0, frozen, R, late_from):
-    k = a0.size
+def _kernel(
+    a0,
+    rates,
+    f,
+    b,
+    beta,
+    eta,
+    S,
+    n_steps,
+    rec_every,
+    seed,
+    x0,
+    z0,
+    frozen,
+    t_begin,
+    t_end,
+    late_from,
+    states,
+    perms,
+    xs,
+    zs,
+    late_sum,
+    X,
+    Z,
+    amax,
+    t_amax,
+    div,
+):
+    """Steps t_begin <= t < t_end (t = 0: the start) of every trajectory. Its state (x, z, generator,
+    permutation, the running sum of max_j a_j from step late_from on) is set up at t = 0 and carried from
+    one call to the next; X and Z (NaN-filled) receive the records."""
+    R, k = xs.shape
     N = f.shape[0]
-    n_rec = n_steps // rec_every + 1
-    X = np.full((R, n_rec, k), np.nan)
-    Z = np.full((R, n_rec), np.nan)
-    amax = np.zeros(R)
-    t_amax = np.zeros(R, dtype=np.int64)
-    late = np.zeros(R)
-    div = np.full(R, -1, dtype=np.int64)
     for r in prange(R):
-        state = seed_state(seed, r)
-        perm = np.arange(N)
-        x = x0.copy()
-        z = z0
+        if t_begin == 0:
+            states[r] = seed_state(seed, r)
+            perms[r] = np.arange(N)
+            xs[r] = x0
+            zs[r] = z0
+            late_sum[r] = 0.0
+            div[r] = -1
+            t_amax[r] = 0
+            m = -np.inf
+            for j in range(k):
+                m = max(m, a0[j] * math.exp(rates[j] * z0))
+            amax[r] = m
+            for j in range(k):
+                X[r, 0, j] = x0[j]
+            Z[r, 0] = z0
+        if div[r] >= 0:
+            continue
+        state = states[r].copy()
+        perm = perms[r].copy()
+        x = xs[r].copy()
+        z = zs[r]
         a = np.empty(k)
         gx = np.empty(k)
-        m = -np.inf
-        for j in range(k):
-            m = max(m, a0[j] * math.exp(rates[j] * z))
-        amax[r] = m
-        for j in range(k):
-            X[r, 0, j] = x[j]
-        Z[r, 0] = z
-        late_sum = 0.0
-        for t in range(1, n_steps + 1):
+        for t in range(max(t_begin, 1), t_end):
             for j in range(k):
                 a[j] = a0[j] * math.exp(rates[j] * z)
                 gx[j] = 0.0
@@ -96,14 +129,16 @@ def _kernel(a0, rates, f, b, beta, eta, S, n_steps, rec_every, seed, x0, z0, fro
                 amax[r] = m
                 t_amax[r] = t
             if t > late_from:
-                late_sum += m
+                late_sum[r] += m
             if t % rec_every == 0:
                 jr = t // rec_every
                 for j in range(k):
                     X[r, jr, j] = x[j]
                 Z[r, jr] = z
-        late[r] = late_sum / max(n_steps - late_from, 1)
-    return X, Z, amax, t_amax, late, div
+        states[r] = state
+        perms[r] = perm
+        xs[r] = x
+        zs[r] = z
 
 
 # --------------------------------------------------------------------------------------------- runs
@@ -177,23 +212,44 @@ def simulate(
     )
     x0 = np.zeros(land.k) if x0 is None else check_array(x0, "x0", (land.k,))
     z0 = check_finite(z0, "z0")
-    X, Z, amax, tmax, late, div = _kernel(
-        land.a0,
-        land.rates,
-        land.f,
-        land.b,
-        land.beta,
-        eta,
-        S,
-        steps,
-        rec,
-        seed,
-        x0,
-        float(z0),
-        bool(frozen),
-        R,
-        steps // 2,
-    )
+    X, Z = np.full((R, n_rec, land.k), np.nan), np.full((R, n_rec), np.nan)
+    amax, tmax, div = np.empty(R), np.empty(R, dtype=np.int64), np.empty(R, dtype=np.int64)
+    # the trajectories' state, carried from one chunk of steps to the next (valleysim.chunks)
+    states, perms = np.empty((R, 2), dtype=np.uint64), np.empty((R, land.N), dtype=np.int64)
+    xs, zs, late_sum = np.empty((R, land.k)), np.empty(R), np.empty(R)
+
+    def advance(t0, t1):
+        _kernel(
+            land.a0,
+            land.rates,
+            land.f,
+            land.b,
+            land.beta,
+            eta,
+            S,
+            steps,
+            rec,
+            seed,
+            x0,
+            float(z0),
+            bool(frozen),
+            t0,
+            t1,
+            steps // 2,
+            states,
+            perms,
+            xs,
+            zs,
+            late_sum,
+            X,
+            Z,
+            amax,
+            tmax,
+            div,
+        )
+
+    chunks.run_in_chunks(advance, 0, steps + 1)
+    late = late_sum / max(steps - steps // 2, 1)  # the plateau: mean of max_j a_j over the steps of the last half
     return BreakEvenRun(land, eta, S, steps, rec, seed, X, Z, amax, tmax, late, div, default_steps=default)
 
 

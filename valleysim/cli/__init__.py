@@ -1,20 +1,20 @@
 """The ``valleysim`` command: demo, stability, phase-diagram, valley, break-even, walk, nsgd, dnn.
 
 One module per command group; each has ``add_parser(sub)``. User errors print one line
-``valleysim <command>: error: ...`` and exit with code 2 (``errors.report_errors``).
+``valleysim <command>: error: ...`` and exit with code 2 (``errors.report_errors``). The command groups
+(numpy and the rest) load inside ``main``, after its signal handlers and the address-space check.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import threading
 
-from valleysim import argtypes as T
-from valleysim.cli import break_even, dnn, nsgd, quadratic, valley, walk
-from valleysim.errors import report_errors
-
-COMMAND_GROUPS = (quadratic, valley, break_even, walk, nsgd, dnn)
+from valleysim.errors import Terminated, report_errors
+from valleysim.memory import check_address_space
 
 
 def cmd_demo(args) -> int:
@@ -24,7 +24,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def build_parser() -> T.OneLineParser:
+def build_parser():
+    """The argument parser of every command (a ``valleysim.argtypes.OneLineParser``)."""
+    from valleysim import argtypes as T
+    from valleysim.cli import break_even, dnn, nsgd, quadratic, valley, walk
+
     p = T.OneLineParser(prog="valleysim", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     d = sub.add_parser("demo", help="the main job: theory vs simulation on built-in landscapes, figures")
@@ -34,26 +38,53 @@ def build_parser() -> T.OneLineParser:
         "--data", default=None, help="CIFAR-10 path for the network section (default $VALLEYSIM_DATA; none: skipped)"
     )
     d.set_defaults(func=cmd_demo)
-    for group in COMMAND_GROUPS:
+    for group in (quadratic, valley, break_even, walk, nsgd, dnn):
         group.add_parser(sub)
     return p
+
+
+def _run(argv) -> int:
+    command = next((a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith("-")), None)
+    check_address_space(f"valleysim {command or ''}".strip(), networks=command in ("dnn", "demo"))
+    args = build_parser().parse_args(argv)
+    return args.func(args)
 
 
 def _terminate(signum, frame):
     """SIGTERM unwinds like Ctrl-C: the sweeps' finally blocks shut their pools down; finished points
     are already on disk."""
-    raise SystemExit(128 + signum)
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _signals():
+    """SIGTERM raises ``Terminated``. A Ctrl-C or SIGTERM that Python drops because it was raised in a
+    callback (llvmlite's ctypes callbacks while numba compiles: "Exception ignored ... SystemExit: 143",
+    and the command ran on) is sent again, to be raised in the command's own code."""
+    hook = sys.unraisablehook
+
+    def send_again(unraisable):
+        if not isinstance(unraisable.exc_value, (KeyboardInterrupt, Terminated)):
+            return hook(unraisable)
+        sig = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        timer = threading.Timer(0.01, os.kill, (os.getpid(), sig))  # from outside the callback
+        timer.daemon = True
+        timer.start()
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    sys.unraisablehook = send_again
+    try:
+        yield
+    finally:
+        sys.unraisablehook = hook
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
     if threading.current_thread() is not threading.main_thread():
-        return report_errors(args.func, args)
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return report_errors(args.func, args)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return report_errors(_run, argv)
+    with _signals():
+        return report_errors(_run, argv)
 
 
 if __name__ == "__main__":

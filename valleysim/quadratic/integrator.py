@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import get_num_threads, njit, prange
 
+from valleysim import chunks
 from valleysim.errors import UserInputError, check_array, check_batch_size, check_int_range, check_positive
 from valleysim.memory import F64, check_fits
 from valleysim.quadratic.landscape import PerExampleQuadratic, check_landscape
@@ -139,87 +140,103 @@ def _ensemble_kernel(
     kind,
     data,
     H,
-    U0,
     eta,
     S,
     scheme,
-    n_steps,
+    t_begin,
+    t_end,
     rec_steps,
     seed,
     renormalize,
     threshold,
     block,
+    u,
+    states,
+    perms,
+    pos,
+    alive,
+    n0,
+    log_acc,
     dist2,
     loss,
     log_norm,
     div_step,
 ):
-    """Blocks of ``block`` trajectories advance in lockstep; within a step the
+    """Steps t_begin <= t < t_end (t = 0: the start, records only) of every trajectory. Its state (u
+    from U0, generator, permutation, epoch position, alive, |u_0|, log-norm) lives in the arrays from
+    ``u`` to ``log_acc``, set up at t = 0 and carried from one call to the next.
+
+    Blocks of ``block`` trajectories advance in lockstep; within a step the
     (trajectory, example) pairs of all batches are sorted by example, so each
     H_i is read once per block and step (N H_i do not fit in cache). Every
     trajectory adds its H_i u in increasing example order: the result does
     not depend on the blocking or the thread count.
     """
-    R, D = U0.shape
+    R, D = u.shape
     N = data.shape[0]
     n_rec = rec_steps.shape[0]
     n_blocks = (R + block - 1) // block
+    first_rec = np.searchsorted(rec_steps, t_begin)
     for blk in prange(n_blocks):
         r0 = blk * block
-        nb = min(R, r0 + block) - r0
-        states = np.empty((nb, 2), dtype=np.uint64)
-        perms = np.empty((nb, max(N, S)), dtype=np.int64)
-        pos = np.full(nb, N, dtype=np.int64)  # forces a shuffle on the first reshuffle step
+        r1 = min(R, r0 + block)
+        nb = r1 - r0
+        if t_begin == 0:
+            for j in range(r0, r1):
+                states[j] = seed_state(seed, j)
+                perms[j, :N] = np.arange(N)
+                pos[j] = N  # forces a shuffle on the first reshuffle step
+                alive[j] = True
+                n0[j] = np.sqrt(np.sum(u[j] * u[j]))
+                if renormalize and n0[j] > 0.0:
+                    u[j] /= n0[j]
+                log_acc[j] = 0.0  # renormalize: log(||u_t|| / ||u_0||), u kept at unit norm
+                div_step[j] = -1
+        st = states[r0:r1].copy()  # the block's state in local arrays while it runs
+        pm = perms[r0:r1].copy()
+        ps = pos[r0:r1].copy()
+        ok = alive[r0:r1].copy()
+        ub = u[r0:r1].copy()
+        la = log_acc[r0:r1].copy()
         start = np.zeros(nb, dtype=np.int64)
-        alive = np.ones(nb, dtype=np.bool_)
-        u = U0[r0 : r0 + nb].copy()
         g = np.empty((nb, D))
-        n0 = np.empty(nb)
-        log_acc = np.zeros(nb)  # renormalize: log(||u_t|| / ||u_0||), u kept at unit norm
         offset = np.empty(N + 1, dtype=np.int64)
         order = np.empty(nb * S, dtype=np.int64)
-        for j in range(nb):
-            states[j] = seed_state(seed, r0 + j)
-            perms[j, :N] = np.arange(N)
-            n0[j] = np.sqrt(np.sum(u[j] * u[j]))
-            if renormalize and n0[j] > 0.0:
-                u[j] /= n0[j]
-            div_step[r0 + j] = -1
-        rec = 0
-        for t in range(n_steps + 1):
+        rec = first_rec
+        for t in range(t_begin, t_end):
             if t > 0:
                 offset[:] = 0
                 for j in range(nb):
-                    if alive[j]:
-                        start[j], pos[j] = _draw_batch(states[j], scheme, perms[j], pos[j], S, N)
+                    if ok[j]:
+                        start[j], ps[j] = _draw_batch(st[j], scheme, pm[j], ps[j], S, N)
                         for k in range(S):
-                            offset[perms[j, start[j] + k] + 1] += 1
+                            offset[pm[j, start[j] + k] + 1] += 1
                 for i in range(N):
                     offset[i + 1] += offset[i]
                 for j in range(nb):  # counting sort: order[offset[i]:offset[i+1]] = trajectories using i
-                    if alive[j]:
+                    if ok[j]:
                         for k in range(S):
-                            i = perms[j, start[j] + k]
+                            i = pm[j, start[j] + k]
                             order[offset[i]] = j
                             offset[i] += 1
                 g[:] = 0.0
                 lo = 0
                 for i in range(N):  # offset[i] is now the end of example i's slice
-                    _add_hvps(kind, data, i, order[lo : offset[i]], u, g)
+                    _add_hvps(kind, data, i, order[lo : offset[i]], ub, g)
                     lo = offset[i]
                 for j in range(nb):
-                    if not alive[j]:
+                    if not ok[j]:
                         continue
                     for a in range(D):
-                        u[j, a] -= eta * (g[j, a] / S)
-                    n2 = np.sum(u[j] * u[j])
+                        ub[j, a] -= eta * (g[j, a] / S)
+                    n2 = np.sum(ub[j] * ub[j])
                     if renormalize:
                         nrm = np.sqrt(n2)
-                        log_acc[j] += np.log(nrm)
+                        la[j] += np.log(nrm)
                         if nrm > 0.0:
-                            u[j] /= nrm
+                            ub[j] /= nrm
                     elif not n2 < threshold:
-                        alive[j] = False
+                        ok[j] = False
                         div_step[r0 + j] = t
                         for q in range(rec, n_rec):
                             dist2[r0 + j, q] = np.inf
@@ -227,14 +244,14 @@ def _ensemble_kernel(
                             log_norm[r0 + j, q] = np.inf
             if rec < n_rec and rec_steps[rec] == t:
                 for j in range(nb):
-                    if not alive[j]:
+                    if not ok[j]:
                         continue
                     if renormalize:
                         _record(
                             H,
-                            u,
-                            n0[j] * n0[j] * np.exp(2.0 * log_acc[j]),
-                            log_acc[j],
+                            ub,
+                            n0[r0 + j] * n0[r0 + j] * np.exp(2.0 * la[j]),
+                            la[j],
                             j,
                             r0 + j,
                             rec,
@@ -245,9 +262,9 @@ def _ensemble_kernel(
                     else:
                         _record(
                             H,
-                            u,
+                            ub,
                             1.0,
-                            0.5 * np.log(np.sum(u[j] * u[j])) - np.log(n0[j]),
+                            0.5 * np.log(np.sum(ub[j] * ub[j])) - np.log(n0[r0 + j]),
                             j,
                             r0 + j,
                             rec,
@@ -256,6 +273,12 @@ def _ensemble_kernel(
                             log_norm,
                         )
                 rec += 1
+        states[r0:r1] = st
+        perms[r0:r1] = pm
+        pos[r0:r1] = ps
+        alive[r0:r1] = ok
+        u[r0:r1] = ub
+        log_acc[r0:r1] = la
 
 
 def block_size(kind: str, n_traj: int, N: int, S: int) -> int:
@@ -343,29 +366,47 @@ def simulate(
     q, factor = q.unit_scaled()  # outside [1e-100, 1e100]: the exactly rescaled problem, the same iterates
     eta = float(eta) * factor
     kind, data = kernel_layout(q)
-    U0 = initial_points(q, n_traj, seed, w0)
     shape = (n_traj, steps.size)
     dist2, loss, log_norm = np.empty(shape), np.empty(shape), np.empty(shape)
     div_step = np.empty(n_traj, dtype=np.int64)
-    _ensemble_kernel(
-        kind,
-        data,
-        q.mean_hessian(),
-        U0,
-        float(eta),
-        int(batch_size),
-        SCHEMES.index(scheme),
-        int(n_steps),
-        steps,
-        int(seed),
-        bool(renormalize),
-        float(divergence_threshold),
-        block_size(q.kind, n_traj, q.N, int(batch_size)),
-        dist2,
-        loss,
-        log_norm,
-        div_step,
-    )
+    # the trajectories' state, carried from one chunk of steps to the next (valleysim.chunks)
+    u = initial_points(q, n_traj, seed, w0).copy()
+    states = np.empty((n_traj, 2), dtype=np.uint64)
+    perms = np.empty((n_traj, max(q.N, int(batch_size))), dtype=np.int64)
+    pos = np.empty(n_traj, dtype=np.int64)
+    alive = np.empty(n_traj, dtype=np.bool_)
+    n0, log_acc = np.empty(n_traj), np.empty(n_traj)
+    H, block = q.mean_hessian(), block_size(q.kind, n_traj, q.N, int(batch_size))
+
+    def advance(t0, t1):
+        _ensemble_kernel(
+            kind,
+            data,
+            H,
+            float(eta),
+            int(batch_size),
+            SCHEMES.index(scheme),
+            t0,
+            t1,
+            steps,
+            int(seed),
+            bool(renormalize),
+            float(divergence_threshold),
+            block,
+            u,
+            states,
+            perms,
+            pos,
+            alive,
+            n0,
+            log_acc,
+            dist2,
+            loss,
+            log_norm,
+            div_step,
+        )
+
+    chunks.run_in_chunks(advance, 0, n_steps + 1)
     if factor != 1.0:
         with np.errstate(over="ignore"):  # a loss beyond float64 is inf in the units given
             loss *= factor  # the loss is in the units of the H_i given

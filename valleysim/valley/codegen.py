@@ -6,10 +6,13 @@ eliminated and printed as straight-line numba code into a module file under
 the kernel cache (``$VALLEYSIM_CACHE``, default ``~/.cache/valleysim``), named by
 a hash of everything the code depends on. numba's on-disk cache
 (``cache=True``) then makes a second run of the same landscape load the
-compiled kernel instead of recompiling it.
+compiled kernel instead of recompiling it. What runs is the source generated
+now, never what the file holds (``compile_kernels``).
 
 The generated ``run`` kernel advances R trajectories (``prange``; each has its
-own counter-seeded generator, so results do not depend on the thread count):
+own counter-seeded generator, so results do not depend on the thread count)
+over steps t_begin <= t < t_end, carrying their state across calls
+(``valleysim.chunks``):
 
     x_{t+1} = x_t - eta (g_B(x_t)),  g_B = grad L + xi  (Gaussian)  or  mean of S example gradients
 
@@ -25,12 +28,12 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import importlib.util
 import inspect
 import os
 import shutil
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import sympy as sp
@@ -41,7 +44,7 @@ from valleysim.errors import warn
 from valleysim.valley.landscape import ValleyLandscape, diff
 from valleysim.valley.noise import SCALE, NoiseModel
 
-CODEGEN_VERSION = "5"
+CODEGEN_VERSION = "6"
 #: ``reason`` codes of a stopped trajectory.
 REASONS = {
     0: "completed",
@@ -57,13 +60,19 @@ _FALLBACK: list[Path] = []  # the temporary cache of this process, once the conf
 
 
 def cache_dir() -> Path:
-    """The kernel cache: ``$VALLEYSIM_CACHE``/kernels (default ~/.cache/valleysim/kernels) if it can be
-    written, else a temporary directory for this process, with a warning."""
+    """The kernel cache: ``$VALLEYSIM_CACHE``/kernels (default ~/.cache/valleysim/kernels) if this user owns it,
+    no one else can write it and it can be written, else a temporary directory for this process, with a
+    warning. (numba's index files there are pickles that its loader unpickles: the cache is as trusted as
+    this user's own files, and a directory that others can write is not.)"""
     if _FALLBACK:
         return _FALLBACK[0]
     path = Path(os.environ.get("VALLEYSIM_CACHE", Path.home() / ".cache" / "valleysim")) / "kernels"
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for d in (path, path / "__pycache__"):  # numba's cache of the kernels
+            st = d.stat() if d.exists() else None
+            if st is not None and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+                raise PermissionError(f"{d} is not this user's alone: uid {st.st_uid}, mode {st.st_mode & 0o777:o}")
         with tempfile.TemporaryFile(dir=path):
             pass
         return path
@@ -71,8 +80,8 @@ def cache_dir() -> Path:
         _FALLBACK.append(Path(tempfile.mkdtemp(prefix="valleysim-kernels-")))
         atexit.register(shutil.rmtree, _FALLBACK[0], ignore_errors=True)
         warn(
-            f"kernel cache {path} is not writable ({exc.strerror or exc}); compiling into {_FALLBACK[0]} "
-            "for this run (set $VALLEYSIM_CACHE to a writable directory to keep compiled kernels)"
+            f"kernel cache {path} cannot be used ({exc.strerror or exc}); compiling into {_FALLBACK[0]} "
+            "for this run (set $VALLEYSIM_CACHE to a directory of your own to keep compiled kernels)"
         )
         return _FALLBACK[0]
 
@@ -168,13 +177,24 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
     src += (
         [
             "@njit(cache=True, parallel=True)",
-            "def run(x0, eta, scale, n_burn, n_steps, record_every, seed, data, S, rec, acc, status, reason):",
+            "def run(x0, eta, scale, n_burn, n_steps, record_every, seed, data, S, t_begin, t_end,",
+            "        points, states, perms, rec, acc, status, reason):",
             "    R = x0.shape[0]",
             f"    D = {D}",
             "    M = data.shape[0]",
+            "    n_total = n_burn + n_steps",
             "    for r in prange(R):",
-            "        state = seed_state(seed, r)",
-            "        p = x0[r].copy()",
+            "        if t_begin == 0:",
+            "            states[r] = seed_state(seed, r)",
+            "            points[r] = x0[r]",
+            "            perms[r] = np.arange(M)",
+            "            status[r] = -1",
+            "            reason[r] = 0",
+            "        if status[r] >= 0:",
+            "            continue",
+            "        state = states[r].copy()",
+            "        p = points[r].copy()",
+            "        perm = perms[r].copy()",
             "        g = np.empty(D)",
             "        gb = np.empty(D)",
             "        ge = np.empty(D)",
@@ -182,12 +202,8 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
             f"        lam = np.empty({max(n if lam else 0, 1)})",
             f"        kink = np.empty({max(len(kinks), 1)})",
             f"        kink0 = np.ones({max(len(kinks), 1)})",
-            "        perm = np.arange(M)",
-            "        point(p, scale, g, sd, lam, kink0)",
-            "        status[r] = -1",
-            "        reason[r] = 0",
-            "        n_total = n_burn + n_steps",
-            "        for t in range(n_total + 1):",
+            "        point(x0[r], scale, g, sd, lam, kink0)",
+            "        for t in range(t_begin, t_end):",
             "            point(p, scale, g, sd, lam, kink)",
             "            code = 0",
             f"            for i in range({n if lam else 0}):",
@@ -220,6 +236,9 @@ def kernel_source(land: ValleyLandscape, noise: NoiseModel) -> str:
             f"                    acc[r, {n + 1}] += gb[i] * gb[i]",
             "            for d in range(D):",
             "                p[d] -= eta * gb[d]",
+            "        states[r] = state",
+            "        points[r] = p",
+            "        perms[r] = perm",
             "    return 0",
             "",
         ]
@@ -233,18 +252,28 @@ def _module_key(land: ValleyLandscape, noise: NoiseModel) -> str:
 
 
 def compile_kernels(land: ValleyLandscape, noise: NoiseModel):
-    """Import (writing it once) the kernel module for this landscape and noise model."""
+    """The kernel module for this landscape and noise model, run from its source as generated now.
+
+    The cached file is only where the code lives for numba's cache (keyed on the file's path and
+    modification time): one that differs from the generated source (edited, torn, from another version)
+    is rewritten, atomically, before anything runs; Python's bytecode cache is not used.
+    """
     key = _module_key(land, noise)
     name = f"valleysim_kernel_{key}"
     if name in sys.modules:
         return sys.modules[name]
+    source = kernel_source(land, noise)
     path = cache_dir() / f"{name}.py"
-    if not path.exists():
+    try:
+        same = path.read_bytes() == source.encode()
+    except OSError:
+        same = False
+    if not same:
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(kernel_source(land, noise), encoding="utf-8")
+        tmp.write_text(source, encoding="utf-8")
         os.replace(tmp, path)  # atomic: concurrent runs never see half a file
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    exec(compile(source, str(path), "exec"), module.__dict__)
     return module

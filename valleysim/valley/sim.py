@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import sympy as sp
 
+from valleysim import chunks
 from valleysim.errors import UserInputError, check_array, check_instance, check_int_range, check_learning_rate
 from valleysim.memory import F64, check_fits
 from valleysim.stats import mean_se
@@ -148,7 +149,33 @@ def simulate(
     X = np.tile(x0, (R, 1))
     data = land.data if land.finite_sum else np.zeros((1, 1))
     S = noise.S if noise.minibatch else 1
-    kernels.run(X, eta, noise.scale, burn_in, steps, record_every, seed, data, S, rec, acc, status, reason)
+    # the trajectories' state, carried from one chunk of steps to the next (valleysim.chunks)
+    points, states = np.empty_like(X), np.empty((R, 2), dtype=np.uint64)
+    perms = np.empty((R, data.shape[0]), dtype=np.int64)
+
+    def advance(t0, t1):
+        kernels.run(
+            X,
+            eta,
+            noise.scale,
+            burn_in,
+            steps,
+            record_every,
+            seed,
+            data,
+            S,
+            t0,
+            t1,
+            points,
+            states,
+            perms,
+            rec,
+            acc,
+            status,
+            reason,
+        )
+
+    chunks.run_in_chunks(advance, 0, burn_in + steps + 1)
     return ValleyRun(land, noise, eta, burn_in, steps, record_every, rec, acc, status, reason)
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
+from valleysim import chunks
 from valleysim.errors import (
     UserInputError,
     check_batch_size,
@@ -46,12 +47,19 @@ def _walk_kernel(
     S,
     sigma,
     n_steps,
+    t_begin,
+    t_end,
     R,
     seed,
     n_interp,
     n_bins,
     n_rec,
     div_threshold,
+    states,
+    perms,
+    gprevs,
+    prev_floors,
+    L0s,
     bins,
     bin_steps,
     theta_end,
@@ -60,25 +68,33 @@ def _walk_kernel(
     traces,
     interp,
 ):
+    """Steps t_begin <= t < t_end of every walk. Its state (theta in ``theta_end``, generator, permutation,
+    the last gradient, floor and loss) is set up at t = 0 and carried from one call to the next; the last
+    call (t_end = n_steps) also sets ``dist_end``."""
     N = k.shape[0]
     D = theta0.shape[0]
     for r in prange(R):
-        state = seed_state(seed, r)
-        perm = np.arange(N)
+        if t_begin == 0:
+            states[r] = seed_state(seed, r)
+            perms[r] = np.arange(N)
+            theta_end[r] = theta0
+            div_step[r] = -1
+            zsq0 = 0.0
+            for d in range(2, D):
+                zsq0 += theta0[d] * theta0[d]
+            L0s[r] = _full_loss(theta0[0], theta0[1], zsq0, k, a, slope, inv_w2, barrier, period, inv_h2, kappa)
+        state = states[r].copy()
+        perm = perms[r].copy()
         allidx = np.arange(N)
-        th = theta0.copy()
+        th = theta_end[r].copy()
         new = np.empty(D)
         g = np.empty(D)
-        gprev = np.zeros(D)
+        gprev = gprevs[r].copy()
         Ls = np.empty(n_interp + 2)
-        have_prev = False
-        prev_floor = 0.0
-        div_step[r] = -1
-        zsq0 = 0.0
-        for d in range(2, D):
-            zsq0 += th[d] * th[d]
-        L0 = _full_loss(th[0], th[1], zsq0, k, a, slope, inv_w2, barrier, period, inv_h2, kappa)
-        for t in range(n_steps):
+        prev_floor = prev_floors[r]
+        L0 = L0s[r]
+        stop = t_end if div_step[r] < 0 else t_begin  # a diverged walk stays where it stopped
+        for t in range(t_begin, stop):
             b = (t * n_bins) // n_steps
             # the step's gradient
             if opt == 1:
@@ -135,7 +151,7 @@ def _walk_kernel(
             crossed = inner > top + BARRIER_RTOL * (1.0 + abs(top))
             # cosine of consecutive step gradients
             c = np.nan
-            if have_prev:
+            if t > 0:
                 dot = 0.0
                 n0 = 0.0
                 n1 = 0.0
@@ -173,13 +189,18 @@ def _walk_kernel(
             for d in range(D):
                 gprev[d] = g[d]
                 th[d] = new[d]
-            have_prev = True
             L0 = L1
-        dist = 0.0
-        for d in range(D):
-            theta_end[r, d] = th[d]
-            dist += (th[d] - theta0[d]) ** 2
-        dist_end[r] = math.sqrt(dist)
+        states[r] = state
+        perms[r] = perm
+        theta_end[r] = th
+        gprevs[r] = gprev
+        prev_floors[r] = prev_floor
+        L0s[r] = L0
+        if t_end == n_steps:
+            dist = 0.0
+            for d in range(D):
+                dist += (th[d] - theta0[d]) ** 2
+            dist_end[r] = math.sqrt(dist)
 
 
 # --- the driver ---------------------------------------------------------------------------------------
@@ -276,36 +297,50 @@ def simulate(
     div_step = np.empty(R, dtype=np.int64)
     traces = np.full((n_rec, steps, len(TRACE_FIELDS)), np.nan)
     interp = np.full((n_rec, steps, n_interp + 2), np.nan)
-    _walk_kernel(
-        land.k,
-        land.a,
-        land.e,
-        land.slope,
-        inv_w2,
-        land.barrier,
-        land.period,
-        inv_h2,
-        land.kappa,
-        land.theta0,
-        _OPT_CODE[optimizer],
-        eta,
-        S,
-        sigma,
-        steps,
-        R,
-        seed,
-        n_interp,
-        n_bins,
-        n_rec,
-        float(div_threshold),
-        bins,
-        bin_steps,
-        theta_end,
-        dist_end,
-        div_step,
-        traces,
-        interp,
-    )
+    # the walks' state, carried from one chunk of steps to the next (valleysim.chunks); theta in theta_end
+    states, perms = np.empty((R, 2), dtype=np.uint64), np.empty((R, land.N), dtype=np.int64)
+    gprevs, prev_floors, L0s = np.zeros((R, land.D)), np.zeros(R), np.empty(R)
+
+    def advance(t0, t1):
+        _walk_kernel(
+            land.k,
+            land.a,
+            land.e,
+            land.slope,
+            inv_w2,
+            land.barrier,
+            land.period,
+            inv_h2,
+            land.kappa,
+            land.theta0,
+            _OPT_CODE[optimizer],
+            eta,
+            S,
+            sigma,
+            steps,
+            t0,
+            t1,
+            R,
+            seed,
+            n_interp,
+            n_bins,
+            n_rec,
+            float(div_threshold),
+            states,
+            perms,
+            gprevs,
+            prev_floors,
+            L0s,
+            bins,
+            bin_steps,
+            theta_end,
+            dist_end,
+            div_step,
+            traces,
+            interp,
+        )
+
+    chunks.run_in_chunks(advance, 0, steps)
     return WalkRun(
         land,
         optimizer,
