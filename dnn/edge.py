@@ -71,13 +71,9 @@ def stability_edges(
     lam = np.linalg.eigvalsh(A.mean(axis=0))[::-1]
     rho = moments.spectral_radius(eta, c)
     eta_star = moments.eta_star(c)
-    threads = torch.get_num_threads()
-    try:  # numba's first parallel launch resets torch's OpenMP thread count (1 -> the core count)
-        lyap = lyapunov_exponent(
-            q, eta, S, "with_replacement", n_steps=n_steps, burn_in=n_steps // 10, n_traj=n_traj, seed=seed
-        )
-    finally:
-        torch.set_num_threads(threads)
+    lyap = lyapunov_exponent(
+        q, eta, S, "with_replacement", n_steps=n_steps, burn_in=n_steps // 10, n_traj=n_traj, seed=seed
+    )
     return {
         "k": k,
         **{f"lambda_{i + 1}": float(v) for i, v in enumerate(lam)},

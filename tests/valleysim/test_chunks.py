@@ -123,3 +123,22 @@ def test_chunks_cover_the_range_and_grow_to_the_time_aimed_at(monkeypatch):
     seen.clear()
     chunks.run_in_chunks(lambda t0, t1: seen.append((t0, t1)), 0, 5)
     assert seen == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
+
+
+def test_a_toy_run_leaves_torchs_thread_count_alone():
+    """numba's first parallel launch in a process resets the OpenMP thread count torch shares: in a fresh
+    process with torch on one thread that has run a convolution, a break-even simulation leaves it at one
+    (the cross-check's runs after its toy column recorded one thread and ran on two)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch; torch.set_num_threads(1); torch.nn.Conv2d(3, 8, 3)(torch.randn(8, 3, 32, 32)).sum().backward()\n"
+        "from valleysim import break_even as be\n"
+        "land = be.SharpeningLandscape.make(n_examples=16)\n"
+        "be.simulate(land, 0.1, 4, steps=200, trajectories=8, seed=0)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[-1] == "1"
