@@ -125,20 +125,29 @@ def test_chunks_cover_the_range_and_grow_to_the_time_aimed_at(monkeypatch):
     assert seen == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5)]
 
 
-def test_a_toy_run_leaves_torchs_thread_count_alone():
+@pytest.mark.parametrize(
+    "toy",
+    [
+        "from valleysim import break_even as be\n"
+        "be.simulate(be.SharpeningLandscape.make(n_examples=16), 0.1, 4, steps=200, trajectories=8)\n",
+        # dense Hessians: the block size asks numba for its thread count before the kernel runs
+        "from valleysim import quadratic as qd\n"
+        "qd.simulate(qd.generate('dense', 8, 3), 0.1, 2, steps=50, trajectories=8)\n",
+    ],
+    ids=["break-even", "quadratic-dense"],
+)
+def test_a_toy_run_leaves_torchs_thread_count_alone(toy):
     """numba's first parallel launch in a process resets the OpenMP thread count torch shares: in a fresh
-    process with torch on one thread that has run a convolution, a break-even simulation leaves it at one
-    (the cross-check's runs after its toy column recorded one thread and ran on two)."""
+    process with torch on one thread that has run a convolution, a toy's simulation leaves it at one
+    (the cross-check's and the break-even edge analysis's runs after a toy recorded one thread and ran on
+    two)."""
     import subprocess
     import sys
 
-    script = (
+    torch_first = (
         "import torch; torch.set_num_threads(1); torch.nn.Conv2d(3, 8, 3)(torch.randn(8, 3, 32, 32)).sum().backward()\n"
-        "from valleysim import break_even as be\n"
-        "land = be.SharpeningLandscape.make(n_examples=16)\n"
-        "be.simulate(land, 0.1, 4, steps=200, trajectories=8, seed=0)\n"
-        "print(torch.get_num_threads())\n"
     )
+    script = torch_first + toy + "print(torch.get_num_threads())\n"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-1] == "1"

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from valleysim import chunks
 from valleysim.errors import UserInputError, check_array, check_batch_size, check_int_range, check_positive
@@ -292,7 +292,7 @@ def block_size(kind: str, n_traj: int, N: int, S: int) -> int:
     """
     if kind != "dense":
         return BLOCK
-    threads = get_num_threads()
+    threads = chunks.numba_threads()
     cap = max(BLOCK, BLOCK_BYTES // (8 * max(N, S)))
     n_blocks = threads * -(-n_traj // (threads * cap))
     return -(-n_traj // n_blocks)
