@@ -13,7 +13,6 @@ Conjectures 1-2 as Kendall tau per seed (:func:`dnn.study.orderings_across_seeds
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from dnn import predictions as P
 from dnn.config import TrainConfig
 from dnn.store import read_rows
 from dnn.study import Point, SGDGrid, cell, finish, open_study, orderings_table, run_dir, run_study, seeds_for
+from valleysim.errors import UserInputError
+from valleysim.jsonout import read_json
 
 SIGNS = dict(P.CONJECTURE_SIGNS)  # Conj. 1: max lambda_H, lambda_K fall with the noise; Conj. 2: Tr K / lambda_K rises
 
@@ -347,8 +348,8 @@ def _read_edge_cache(path: Path, key: dict) -> list[dict] | None:
     """The rows of an edge cache file made with ``key``; None where there is none, or it is damaged, from
     before the key or made with another (then it is recomputed)."""
     try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
+        cached = read_json(path)
+    except (OSError, UserInputError):
         return None
     return cached["rows"] if isinstance(cached, dict) and cached.get("key") == key else None
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dnn import predictions as P
+from dnn.store import save_tensors
 from dnn.study import SGDGrid, open_study, train_runs
 from dnn.train import TrainConfig, read_run_checkpoint
 from valleysim.errors import UserInputError
@@ -160,13 +161,8 @@ def plan(p: Preset, out: Path) -> dict[str, list[tuple[str, TrainConfig]]]:
 
 
 def _save_final_model(run_dir: Path, dest: Path) -> None:
-    import torch
-
     if not dest.exists():
-        ck = read_run_checkpoint(run_dir)
-        tmp = dest.with_suffix(".tmp")
-        torch.save(ck["state"]["model"], tmp)
-        tmp.replace(dest)
+        save_tensors(read_run_checkpoint(run_dir)["state"]["model"], dest)
 
 
 def run_crosscheck(

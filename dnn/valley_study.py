@@ -242,18 +242,14 @@ def summarise_run(rows: list[dict], cfg: TrainConfig, floor: float) -> dict:
 def find_minimum(preset: Preset, out: Path, images, labels, *, device: str = "cpu", progress: bool = True) -> dict:
     """Trains (or reads back) the minimum into ``out/minimum``; writes ``out/minimum.pt`` (its weights) and
     returns {path, loss, floor, steps}."""
-    import torch
-
+    from dnn.store import save_tensors
     from dnn.train import train
     from valleysim.jsonout import atomic_write
 
     store = train(preset.minimum_config(device), out / "minimum", images, labels, progress=progress)
     path = out / "minimum.pt"
     if not path.exists():
-        state = store.load_checkpoint()["model"]
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(state, tmp)
-        tmp.replace(path)
+        save_tensors(store.load_checkpoint()["model"], path)
     last = store.rows()[-1]
     info = {
         "path": str(path),
@@ -281,17 +277,16 @@ def run(
 ) -> dict:
     """The minimum, the noise calibration at it, the runs from it; writes the CSVs, summary.json, report.md,
     the figure; returns the summary (with ``minimum`` and ``noise_calibration``)."""
-    import torch
-
+    from dnn.store import load_tensors
     from dnn.walk_study import Preset as WalkPreset
     from dnn.walk_study import sgd_noise_std
-    from valleysim.jsonout import atomic_write, dumps
+    from valleysim.jsonout import atomic_write, dumps, read_json
 
     out = open_study(out, "valley", preset.name, images, labels, test)
     minimum = find_minimum(preset, out, images, labels, device=device, progress=progress)
     cal = out / "noise_calibration.json"
     if cal.exists():
-        noise = json.loads(cal.read_text())
+        noise = read_json(cal)
     else:
         wp = WalkPreset(
             name="valley-calibration",
@@ -301,7 +296,7 @@ def run(
             noise_batch=preset.batch,
             measure_size=preset.n_train,
         )
-        state = torch.load(minimum["path"], map_location="cpu", weights_only=True)
+        state = load_tensors(minimum["path"], minimum["path"])
         noise = sgd_noise_std(
             wp, images, labels, device=device, state_dict=state, label_smoothing=preset.label_smoothing
         )
@@ -356,9 +351,10 @@ def projected_paths(preset: Preset, out: Path, pts, seeds, images, labels, test,
     from dnn.eigen import hutchinson_trace_frobenius
     from dnn.objective import Objective
     from dnn.projected_path import projected_path
+    from dnn.store import load_tensors
     from dnn.study import run_dir
     from dnn.train import _model_data, measurement_objective, run_model, uses_channels_last
-    from valleysim.jsonout import atomic_write, dumps
+    from valleysim.jsonout import atomic_write, dumps, read_json
 
     runs = [(p, sd) for p in pts if p.cfg.keep_every for sd in seeds]
     if not runs:
@@ -372,7 +368,7 @@ def projected_paths(preset: Preset, out: Path, pts, seeds, images, labels, test,
     for p, sd in tqdm(runs, desc="projected paths", disable=not progress):
         cache = out / "projected" / f"{p.label}_seed{sd}.json"
         if cache.exists():
-            found[(p.label, sd)] = json.loads(cache.read_text())
+            found[(p.label, sd)] = read_json(cache)
             continue
         cfg = dataclasses.replace(p.cfg, seed=sd)
         shape = (x.shape[3], x.shape[1], x.shape[2])
@@ -387,9 +383,8 @@ def projected_paths(preset: Preset, out: Path, pts, seeds, images, labels, test,
         steps = sorted(int(f.stem.removeprefix("step")) for f in weights.glob("step*.pt"))
 
         def load(step: int):
-            model.load_state_dict(
-                torch.load(weights / f"step{step:07d}.pt", map_location=cfg.device, weights_only=True)
-            )
+            path = weights / f"step{step:07d}.pt"
+            model.load_state_dict(load_tensors(path, str(path), cfg.device))
             return obj.load(model).theta0.clone()
 
         def measure(theta):

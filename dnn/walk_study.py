@@ -285,7 +285,7 @@ def run(
     source=None,
 ) -> dict:
     """Calibrate GD + noise, train the study into ``out``, write its CSVs, summary.json, report.md, figure."""
-    from valleysim.jsonout import atomic_write, dumps
+    from valleysim.jsonout import atomic_write, dumps, read_json
 
     out = open_study(out, "walk", preset.name, images, labels, test)
     n = len(images) if preset.n_train is None else min(preset.n_train, len(images))
@@ -293,9 +293,7 @@ def run(
     if preset.gd:
         cal = out / "noise_calibration.json"
         if cal.exists():  # a resumed study keeps the sigma its runs were started with
-            import json
-
-            noise = json.loads(cal.read_text())
+            noise = read_json(cal)
         else:
             noise = sgd_noise_std(preset, images, labels, device=device)
             atomic_write(cal, (dumps(noise, indent=2) + "\n").encode())

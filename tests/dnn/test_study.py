@@ -249,6 +249,8 @@ def test_the_edge_cache_is_keyed_by_what_it_was_computed_with(tmp_path):
     cache.write_text(json.dumps([{"label": "lr0.05_S8", "measure_size": 99, "k": 9}]))
     assert analysed(preset) == [(16, 1), (16, 2)]
     assert json.loads(cache.read_text())["key"]["edge_sizes"] == [16]
+    cache.write_text("[" * 200_000 + "]" * 200_000)  # damaged deeper than json's recursion goes: recomputed
+    assert analysed(preset) == [(16, 1), (16, 2)]
 
 
 @pytest.mark.parametrize("other", ["sharpest", "walk", "valley", "crosscheck"])

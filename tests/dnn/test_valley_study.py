@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from dnn import valley_study as vs
 from dnn.config import TrainConfig
 from dnn.study import run_dir
+from valleysim.errors import UserInputError
 
-from tiny_nets import synthetic_images
+from tiny_nets import Payload, synthetic_images
 
 
 @pytest.mark.parametrize("eps", [0.0, 0.1, 0.5])
@@ -84,3 +85,21 @@ def test_a_tiny_valley_study_end_to_end_and_resumed(tmp_path):
     shutil.rmtree(run_dir(tmp_path, "gd", 1))
     again = vs.run(preset, tmp_path, x, y, test=test, progress=False)
     assert again["per_run"] == s["per_run"]
+    # the files it reads back never run code, and a damaged one is one named error
+    cal, minimum, marker = tmp_path / "noise_calibration.json", tmp_path / "minimum.pt", tmp_path / "MARKER"
+    stored = {f: f.read_bytes() for f in (cal, minimum)}
+    cal.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(UserInputError, match="noise_calibration.json is damaged"):
+        vs.run(preset, tmp_path, x, y, test=test, progress=False)
+    cal.unlink()
+    torch.save({"w": Payload(marker)}, minimum)
+    with pytest.raises(UserInputError, match="minimum.pt refused: it holds Python objects"):
+        vs.run(preset, tmp_path, x, y, test=test, progress=False)
+    for f, data in stored.items():
+        f.write_bytes(data)
+    for kept in (run_dir(tmp_path, "sgd_lr0.05", 0) / "weights").glob("step*.pt"):
+        torch.save({"w": Payload(marker)}, kept)
+    (tmp_path / "projected" / "sgd_lr0.05_seed0.json").unlink()
+    with pytest.raises(UserInputError, match=r"step\d{7}.pt refused: it holds Python objects"):
+        vs.run(preset, tmp_path, x, y, test=test, progress=False)
+    assert not marker.exists()
