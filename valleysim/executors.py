@@ -285,6 +285,14 @@ def pinned_device(device: str, n_gpus: int, slot: int | None) -> str:
     return f"cuda:{slot % n_gpus}"
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """A job's UserInputError, returned instead of raised: submitit turns a raised exception into the text of
+    its traceback, and the driver should print the error's one line, as it does for the other executors."""
+
+    error: UserInputError
+
+
 class _Requeueable:
     """``fn(*args)`` as a submitit job that Slurm may preempt or time out: its checkpoint resubmits the
     same call (a point is recomputed from (seed, point), so a rerun gives the same result)."""
@@ -294,7 +302,10 @@ class _Requeueable:
 
     def __call__(self, *args, **kwargs):
         os.environ.update(WORKER_ENV)
-        return self.fn(*args, **kwargs)
+        try:
+            return self.fn(*args, **kwargs)
+        except UserInputError as err:
+            return _Refused(err)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -314,6 +325,19 @@ def _sbatch_refusal():
     except (FailedJobError, FailedSubmissionError) as err:
         reason = " ".join(str(err).split()) or "no reason given"
         raise UserInputError(f"--executor slurm: the jobs were not submitted: {reason}") from None
+
+
+def _job_failure(job, exc: BaseException) -> BaseException:
+    """What a job's failure means to the sweep: a job that ended without a result (killed by Slurm after its
+    requeues, cancelled, out of memory) is a lost worker (one line naming its log, exit 1; the other points
+    go on and a rerun computes it); an exception the point raised stays itself."""
+    from submitit.core.utils import FailedJobError, UncompletedJobError
+
+    from valleysim.runner import LostWorker
+
+    if isinstance(exc, UncompletedJobError) and not isinstance(exc, FailedJobError):
+        return LostWorker(f"job {job.job_id} ended without a result (its log: {job.paths.stdout})")
+    return exc
 
 
 class SubmititExecutor(Executor):
@@ -353,9 +377,14 @@ class SubmititExecutor(Executor):
             for job, fut in pending:
                 if job.done():
                     try:
-                        fut.set_result(job.result())
+                        result = job.result()
                     except BaseException as exc:  # the job's exception, or submitit's failure report
-                        fut.set_exception(exc)
+                        fut.set_exception(_job_failure(job, exc))
+                    else:
+                        if isinstance(result, _Refused):
+                            fut.set_exception(result.error)
+                        else:
+                            fut.set_result(result)
                     with self._lock:
                         self._pending.remove((job, fut))
             time.sleep(self.poll_s)

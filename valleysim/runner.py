@@ -135,6 +135,7 @@ class LocalPool(Executor):
         self.max_workers, self.retries = max_workers, retries
         self._lock = threading.Lock()
         self._closed = False
+        self._announced = 0  # the highest retry a warning has told of
         self._pool = self._fresh_pool()
 
     def _fresh_pool(self) -> ProcessPoolExecutor:
@@ -147,12 +148,15 @@ class LocalPool(Executor):
         )
 
     def _replace(self, broken: ProcessPoolExecutor, tries: int) -> None:
-        """A fresh pool in place of ``broken`` (once per break; the broken one stops its own workers)."""
+        """A fresh pool in place of ``broken`` (once per break; the broken one stops its own workers), told
+        in one warning per retry level (pools that break before their tasks fail repeat a level)."""
         if self._pool is broken and not self._closed:
-            warn(
-                f"a worker process died (killed, or out of memory); its tasks run again on fresh workers "
-                f"(retry {tries} of {self.retries})"
-            )
+            if tries > self._announced:
+                warn(
+                    f"a worker process died (killed, or out of memory); its tasks run again on fresh workers "
+                    f"(retry {tries} of {self.retries})"
+                )
+                self._announced = tries
             self._pool = self._fresh_pool()
 
     def submit(self, fn, /, *args, **kwargs) -> Future:
@@ -251,7 +255,7 @@ def run_sweep(
                 futures = dict(zip(pool.submit_all(fn, [p for _, p in items]), (k for k, _ in items)))
             else:
                 futures = {pool.submit(fn, p): k for k, p in items}
-            error, lost = None, []
+            error, lost, why = None, [], None
             with (
                 open(path, "ab", buffering=0) as fh,  # unbuffered: a failed write leaves nothing to flush
                 tqdm(total=len(points), initial=len(points) - len(todo), desc=desc, disable=not progress) as bar,
@@ -263,6 +267,7 @@ def run_sweep(
                     except BaseException as exc:
                         if _lost_worker(exc):  # the machine's fault: the other points go on
                             lost.append(key)
+                            why = why or (str(exc) if isinstance(exc, LostWorker) and str(exc) else None)
                             continue
                         error = error or exc  # keep what finishes, cancel the rest, re-raise the first
                         for pending in futures:
@@ -276,10 +281,10 @@ def run_sweep(
                 raise error
             if lost:
                 shown = ", ".join(lost[:3]) + (", ..." if len(lost) > 3 else "")
+                why = why or "their worker processes died (killed, or out of memory) on every try"
                 raise LostWorker(
-                    f"{len(lost)} point(s) lost ({shown}): their worker processes died (killed, or out of memory) "
-                    f"on every try; the {len(done)} finished points are kept in {path}: rerun the command to "
-                    "compute the rest"
+                    f"{len(lost)} point(s) lost ({shown}): {why}; the {len(done)} finished points are kept in "
+                    f"{path}: rerun the command to compute the rest"
                 )
         finally:
             if own:

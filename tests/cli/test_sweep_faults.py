@@ -98,7 +98,7 @@ def test_pool_workers_lost_on_every_try_end_in_one_line_and_the_rerun_resumes(in
     assert warnings == [f"{RETRY} (retry {k} of 3)" for k in (1, 2, 3)]
     message = error_line(line)
     assert message.startswith(f"{N_POINTS} point(s) lost (") and message.endswith(
-        "their worker processes died (killed, or out of memory) on every try; the 0 finished points are kept in "
+        "a worker process died (killed, or out of memory) on each of 4 tries; the 0 finished points are kept in "
         "pd/sweep.jsonl: rerun the command to compute the rest"
     )
     rerun = installed(*PD, "--out", "pd", "--workers", "2")

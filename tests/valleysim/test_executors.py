@@ -52,6 +52,30 @@ def test_submitit_local_executor_gives_the_local_table(tmp_path, local_table):
     assert any((tmp_path / "jobs").iterdir())  # submitit wrote its job files there
 
 
+def _killed_or_refused(point):
+    """x = 1 kills its own job (as Slurm does past its requeues); x = 2 is bad input; the rest square."""
+    if point["x"] == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if point["x"] == 2:
+        raise UserInputError("x = 2 is refused")
+    return {"y": point["x"] ** 2}
+
+
+def test_a_submitit_job_killed_or_refused_is_one_named_line(tmp_path):
+    """A job that ends without a result is a lost point naming its log (the CLI's one line, exit 1), after the
+    others are stored; a point's UserInputError comes back as itself, not as submitit's traceback text."""
+    from valleysim.runner import LostWorker, load_store
+
+    opts = ExecutorOptions(slurm_cluster="local", slurm_folder=str(tmp_path / "jobs"), slurm_time=5)
+    store = tmp_path / "sweep.jsonl"
+    with open_executor("slurm", opts, log=lambda m: None) as ex:
+        with pytest.raises(LostWorker, match=r'^1 point\(s\) lost \(\{"x":1\}\): job \S+ ended without a result '):
+            run_sweep(_killed_or_refused, [{"x": 0}, {"x": 1}, {"x": 3}], store, executor=ex, progress=False)
+        assert sorted(r["y"] for r in load_store(store).values()) == [0, 9]
+        with pytest.raises(UserInputError, match="^x = 2 is refused$"):
+            run_sweep(_killed_or_refused, [{"x": 2}], tmp_path / "other.jsonl", executor=ex, progress=False)
+
+
 def _slow_square(point):
     time.sleep(0.3)
     return {"y": point["x"] ** 2, "pid": os.getpid()}
