@@ -197,6 +197,7 @@ def train_runs(
     carries its slice of the arrays."""
     from dnn.store import read_rows
     from dnn.train import train
+    from valleysim.runner import LostWorker, is_lost_worker
 
     if executor is None:
         return [train(cfg, d, images, labels, test=test, progress=progress).rows() for cfg, d in runs]
@@ -213,10 +214,25 @@ def train_runs(
             k = None if test is None else (len(test[0]) if cfg.test_size is None else cfg.test_size)
             data = (images[:n], labels[:n], None if test is None else (test[0][:k], test[1][:k]))
         futures.append(executor.submit(train_task, cfg, str(d), data))
+    where = {fut: Path(d) for fut, (_, d) in zip(futures, runs)}
+    lost, why = [], None
     with tqdm(total=len(futures), desc="study runs", disable=not progress) as bar:
         for fut in as_completed(futures):
-            fut.result()  # a failed run raises here, the others keep their directories
+            try:
+                fut.result()  # a failed run raises here, the others keep their directories
+            except Exception as exc:
+                if not is_lost_worker(exc):
+                    raise
+                lost.append(where[fut].name)  # the machine's fault: the other runs go on
+                why = why or (str(exc) if isinstance(exc, LostWorker) and str(exc) else None)
             bar.update()
+    if lost:
+        shown = ", ".join(lost[:3]) + (", ..." if len(lost) > 3 else "")
+        why = why or "their worker processes died (killed, or out of memory) on every try"
+        raise LostWorker(
+            f"{len(lost)} run(s) lost ({shown}): {why}; the other runs are kept and each lost one resumes from "
+            "its checkpoint: rerun the command"
+        )
     return [read_rows(Path(d) / "metrics.jsonl") for _, d in runs]
 
 

@@ -213,7 +213,7 @@ def _append_line(fh, line: str, path: Path) -> None:
         raise OSError(err.errno, err.strerror or str(err), str(path)) from None
 
 
-def _lost_worker(exc: BaseException) -> bool:
+def is_lost_worker(exc: BaseException) -> bool:
     """Whether ``exc`` says that the worker running a task died: :class:`LocalPool` after its retries,
     another process pool, dask after its allowed failures."""
     killed = getattr(sys.modules.get("distributed"), "KilledWorker", None)
@@ -265,7 +265,7 @@ def run_sweep(
                     try:
                         result = fut.result()
                     except BaseException as exc:
-                        if _lost_worker(exc):  # the machine's fault: the other points go on
+                        if is_lost_worker(exc):  # the machine's fault: the other points go on
                             lost.append(key)
                             why = why or (str(exc) if isinstance(exc, LostWorker) and str(exc) else None)
                             continue

@@ -3,6 +3,7 @@ break-even study on synthetic images that resumes after a kill, bad input."""
 
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -277,3 +278,26 @@ def test_another_study_in_a_study_directory_is_refused_before_writing(tmp_path, 
     with pytest.raises(UserInputError, match="holds a break-even study of other data"):
         bes.run(preset, tmp_path, x, y[::-1].copy(), progress=False)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_runs_lost_on_every_try_are_named_and_the_others_kept(tmp_path, monkeypatch):
+    """A run whose worker died on every try (the pool's LostWorker) does not stop the others; the study ends
+    with one LostWorker (the CLI's one line, exit 1) naming the lost runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dnn import study
+    from valleysim.runner import LostWorker
+
+    def task(cfg, out, data):
+        if out.endswith("b"):
+            raise LostWorker("a worker process died (killed, or out of memory) on each of 4 tries")
+        Path(out).mkdir(parents=True)
+        (Path(out) / "metrics.jsonl").write_text('{"step": 0}\n')
+        return 1
+
+    monkeypatch.setattr(study, "train_task", task)
+    runs = [(None, tmp_path / name) for name in "abc"]
+    lost = r"^1 run\(s\) lost \(b\): a worker process died \(killed, or out of memory\) on each of 4 tries; the other"
+    with ThreadPoolExecutor(1) as ex, pytest.raises(LostWorker, match=lost):
+        study.train_runs(runs, None, None, executor=ex, source="the data", progress=False)
+    assert all((tmp_path / name / "metrics.jsonl").is_file() for name in "ac")
