@@ -9,6 +9,7 @@ zero, 1e308, 1e-320, huge integers and non-numbers; paths; devices; stores).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +252,8 @@ def test_unwritable_kernel_cache_falls_back_with_a_warning(workdir, cli, monkeyp
     from valleysim.valley import codegen
 
     monkeypatch.setattr(codegen, "_FALLBACK", [])
+    for name in [m for m in sys.modules if m.startswith("valleysim_kernel_")]:  # loaded by an earlier test
+        monkeypatch.delitem(sys.modules, name)
     code, out, err = cli(*QUICK_VALLEY)
     assert code == 0 and "trace drift" in out
     assert err.startswith("valleysim: warning: kernel cache") and err.count("\n") == 1, err
