@@ -11,8 +11,10 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads where an array is checked: the command's signal handlers come first
+    import numpy as np
 
 
 class UserInputError(ValueError):
@@ -95,6 +97,8 @@ def check_array(value, name: str, shape: tuple | None = None, finite: bool = Tru
     """``value`` as a float64 array with ``shape`` (None: any shape; a None or str entry: any length along
     that axis, the str naming it in the message) and finite entries (``finite`` False: NaN and inf pass, for
     formulas that carry them through)."""
+    import numpy as np
+
     kind = type(value).__name__
     try:
         if value is None:  # np.asarray would make it NaN
@@ -140,6 +144,8 @@ def check_path(value, what: str) -> Path:
 
 def check_list(values, name: str) -> list:
     """``values`` as a non-empty list (a bare value: a one-entry list)."""
+    import numpy as np
+
     values = list(np.atleast_1d(np.asarray(values, dtype=object)))
     if not values:
         raise UserInputError(f"{name} must list at least one value")

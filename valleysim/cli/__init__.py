@@ -43,10 +43,30 @@ def build_parser():
     return p
 
 
+HELD = {signal.SIGINT, signal.SIGTERM}  # the signals that wait while the libraries load
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait while the libraries load (numpy, scipy, sympy, numba: about 2 s) and act
+    once they have: an import they interrupt ends in a traceback, or numpy's misleading ImportError ("do not
+    import numpy from its source directory"). Only in the main thread, where Python acts on signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, HELD)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD)  # also what ``python -m valleysim`` held
+
+
 def _run(argv) -> int:
     command = next((a for a in (sys.argv[1:] if argv is None else argv) if not str(a).startswith("-")), None)
     check_address_space(f"valleysim {command or ''}".strip(), networks=command in ("dnn", "demo"))
-    args = build_parser().parse_args(argv)
+    with _signals_held():
+        parser = build_parser()
+    args = parser.parse_args(argv)
     return args.func(args)
 
 
